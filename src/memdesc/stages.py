@@ -1,0 +1,209 @@
+"""The memdesc Path as data: one record per bisectable stage.
+
+Every other part of memdesc (the emulator in ``mm/``, the survey's cost model, the trace replay)
+asks a :class:`Stage` what the world looks like at that step instead of branching on stage names.
+
+Sources: design/README.md §1-2 and research/memdesc-spec.md §2, §4.3, §8. Layout offsets of
+``v6.18`` are the real ones read from this machine's BTF (fixtures/btf/pahole/page.txt) [M];
+later layouts are the Path's proposals [S: kernelnewbies.org/MatthewWilcox/Memdescs/Path].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+
+@dataclass(frozen=True)
+class Field:
+    """One member of a struct layout. Members that share ``offset`` are union members."""
+
+    name: str
+    offset: int
+    size: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class StructLayout:
+    """A C struct as pahole would print it: name, total size and members (unions overlap)."""
+
+    name: str
+    size: int
+    fields: tuple[Field, ...]
+
+    def field(self, name: str) -> Field | None:
+        """The member called ``name``, or None when this layout does not have it."""
+        for f in self.fields:
+            if f.name == name:
+                return f
+        return None
+
+    def has(self, name: str) -> bool:
+        return self.field(name) is not None
+
+
+def _layout(name: str, size: int, *fields: tuple) -> StructLayout:
+    return StructLayout(name, size, tuple(Field(*f) for f in fields))
+
+
+# struct page of Linux 6.18 as built on this machine [M: fixtures/btf/pahole/page.txt].
+# The vendor-only `buddy_since` (offset 32) is left out: we model upstream (research §0).
+PAGE_V6_18 = _layout(
+    "page", 64,
+    ("flags", 0, 8, "memdesc_flags_t: PG_* bits 0..23, zone 53..51, node 63..54"),
+    ("lru", 8, 16),
+    ("buddy_list", 8, 16, "free_area[order].free_list[mt] links"),
+    ("pcp_list", 8, 16, "per_cpu_pages.lists[] links"),
+    ("compound_head", 8, 8, "tail pages: head | 1"),
+    ("mapping", 24, 8),
+    ("__folio_index", 32, 8),
+    ("private", 40, 8, "buddy order of a free block head"),
+    ("page_type", 48, 4, "PGTY_* << 24 in the top byte"),
+    ("_mapcount", 48, 4),
+    ("_refcount", 52, 4),
+    ("memcg_data", 56, 8),
+)
+
+# `folio` stage: filesystems are folio-only; ->mapping exists only as __folio_mapping [S: Path rev 1].
+PAGE_FOLIO = _layout(
+    "page", 64,
+    *[(f.name if f.name != "mapping" else "__folio_mapping", f.offset, f.size, f.note)
+      for f in PAGE_V6_18.fields],
+)
+
+# `dynamic`: same bytes, but the word at 8 holds `memdesc pointer | type` on *every* page
+# (head included) instead of only tails [S: Path rev 1].
+PAGE_DYNAMIC = _layout(
+    "page", 64,
+    *[(f.name, f.offset, f.size, f.note) for f in PAGE_FOLIO.fields if f.name != "compound_head"],
+    ("memdesc", 8, 8, "descriptor address | 4-bit type, every page of an allocation"),
+)
+
+# Path rev 1 (May 2024): 32 bytes [S: Path?action=recall&rev=1].
+PAGE_32 = _layout(
+    "page", 32,
+    ("flags", 0, 8, "still holds node/zone for page_zone()"),
+    ("buddy_list", 8, 16),
+    ("pcp_list", 8, 16),
+    ("memdesc", 8, 8, "was compound_head; overlaps buddy_list.next"),
+    ("private", 24, 8),
+)
+
+# 16 bytes: union { buddy_list; { memdesc; private } } [S: Memdescs overview; buddy mail Option 1].
+PAGE_16 = _layout(
+    "page", 16,
+    ("buddy_list", 0, 16, "Option 1: next|Buddy type, prev|order"),
+    ("memdesc", 0, 8),
+    ("private", 8, 8),
+)
+
+# 8 bytes: the end state `struct page { unsigned long memdesc; }` [S: Memdescs].
+PAGE_8 = _layout(
+    "page", 8,
+    ("memdesc", 0, 8, "free pages: packed buddy word (research §8.3a)"),
+)
+
+
+# ---- memdesc type tables (research §2.1-2.2) ---------------------------------------------
+
+#: Memdescs revision B (wiki source), the default [S: Memdescs?action=Save].
+TYPES_REV_B: dict[int, str] = {
+    0: "Misc", 1: "Buddy", 2: "File", 3: "Anon", 4: "KSM", 5: "Slab", 6: "Movable",
+    7: "PageTable", 8: "NetPool", 9: "HWPoison", 10: "PerCPU",
+}
+#: Memdescs revision A (rendered page) [S: kernelnewbies.org/MatthewWilcox/Memdescs].
+TYPES_REV_A: dict[int, str] = {
+    0: "Misc", 1: "File", 2: "Anon", 3: "KSM", 4: "Slab", 5: "Buddy", 6: "Movable",
+    7: "VmallocMappable", 9: "PageTable", 10: "NetPool", 11: "HWPoison",
+}
+#: Path 2025: 0/4/8/12 alias "buddy" because buddy_list.next overlaps the word [S: Path?action=raw].
+#: Only 0-4 are visible in the stored excerpt; the rest keep Rev B's names on values whose
+#: low two bits are non-zero [I: research §2.2].
+TYPES_PATH_2025: dict[int, str] = {
+    0: "Buddy", 1: "Misc", 2: "File", 3: "Anon", 4: "Buddy", 5: "Slab", 6: "KSM",
+    7: "PageTable", 8: "Buddy", 9: "NetPool", 10: "HWPoison", 11: "PerCPU", 12: "Buddy",
+    13: "Movable",
+}
+TYPE_TABLES: dict[str, dict[int, str]] = {
+    "rev-b": TYPES_REV_B, "rev-a": TYPES_REV_A, "path-2025": TYPES_PATH_2025,
+}
+
+#: Misc (type 0, Rev B) subtypes in bits 4-10 [S: Memdescs rev B].
+MISC_SUBTYPES: dict[int, str] = {
+    0: "reserved", 1: "zero", 2: "unknown", 3: "vmalloc", 4: "guard", 5: "offline",
+    6: "kmalloc_large", 7: "exact", 8: "brd",
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the Path.
+
+    ``descriptor_policy``: "overlay" (descriptors are struct pages reinterpreted) or "dynamic"
+    (each descriptor type has its own 16-byte-aligned slab cache).
+    ``zone_lookup``: "page_flags" (page->flags high bits) or "descriptor" (memdesc_flags_t of the
+    descriptor, the Misc inline word, or a PFN-indexed table for free pages).
+    ``free_tracking``: how a free block is marked and linked: "page_type" (PGTY_buddy in
+    page_type, order in private), "flags_bit" (a PG bit in flags, order in private),
+    "option1" (next|type, prev|order) or "packed" (one 64-bit word, research §8.3a).
+    """
+
+    id: str
+    title: str
+    page: StructLayout
+    descriptor_policy: str
+    zone_lookup: str
+    free_tracking: str
+    type_table: str = "rev-b"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def struct_page_bytes(self) -> int:
+        return self.page.size
+
+    @property
+    def dynamic(self) -> bool:
+        return self.descriptor_policy == "dynamic"
+
+    @property
+    def types(self) -> dict[int, str]:
+        return TYPE_TABLES[self.type_table]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("v6.18", "Linux 6.18 as built (reference)", PAGE_V6_18, "overlay", "page_flags",
+          "page_type", notes=("folio overlays 4 struct pages; slab/ptdesc overlay one",)),
+    Stage("folio", "folio-only filesystems; ->mapping/->index are __folio_*", PAGE_FOLIO,
+          "overlay", "page_flags", "page_type",
+          notes=("page-level ->mapping is an error",)),
+    Stage("dynamic", "descriptors from slab caches; memdesc word on every page", PAGE_DYNAMIC,
+          "dynamic", "page_flags", "page_type"),
+    Stage("page32", "struct page shrinks to 32 bytes (Path rev 1)", PAGE_32, "dynamic",
+          "page_flags", "flags_bit"),
+    Stage("page16", "struct page is 16 bytes; flags leave the page", PAGE_16, "dynamic",
+          "descriptor", "option1"),
+    Stage("page8", "struct page is the memdesc word alone", PAGE_8, "dynamic", "descriptor",
+          "packed"),
+)
+
+STAGE_IDS: tuple[str, ...] = tuple(s.id for s in STAGES)
+REFERENCE = "v6.18"
+
+
+def get_stage(stage_id: str) -> Stage:
+    """The stage called ``stage_id``; ValueError naming the valid ids otherwise."""
+    for s in STAGES:
+        if s.id == stage_id:
+            return s
+    raise ValueError(f"unknown stage {stage_id!r}; stages are: {', '.join(STAGE_IDS)}")
+
+
+def parse_stages(spec: str) -> list[Stage]:
+    """``"all"`` or a comma-separated list of stage ids, in Path order."""
+    if spec == "all":
+        return list(STAGES)
+    wanted = [get_stage(s.strip()) for s in spec.split(",") if s.strip()]
+    return [s for s in STAGES if s in wanted]
