@@ -16,11 +16,11 @@ from memdesc.errors import MemdescError
 
 #: Sub-command modules, in the order `memdesc --help` lists them.
 COMMAND_MODULES = (
-    "memdesc.cli.survey",      # survey, kpageflags
-    "memdesc.cli.snapshot",    # snapshot save
+    "memdesc.cli.survey",      # survey
+    "memdesc.cli.snapshot",    # kpageflags, snapshot save
     "memdesc.cli.stages",      # stages
     "memdesc.cli.simulate",    # simulate
-    "memdesc.cli.trace",       # record, replay
+    "memdesc.cli.trace",       # record, trace-info, replay
 )
 
 

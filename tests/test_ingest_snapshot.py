@@ -1,0 +1,411 @@
+"""Opening snapshots (live, folder, bundled), streaming their PFN files, and refusing bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+
+from memdesc.cli import main
+from memdesc.errors import InputError
+from memdesc.ingest.procfs import parse_zoneinfo, zones_max_pfn
+from memdesc.ingest.snapshot import (
+    CHUNK_PFNS,
+    KPAGE_FILES,
+    PROCFS_FILES,
+    bundled_snapshot,
+    open_snapshot,
+)
+
+PFNS = 6_553_600
+
+
+def whole(path: Path) -> np.ndarray:
+    """A kpage file loaded in one piece, by another route than Snapshot.chunks()."""
+    data = path.read_bytes()
+    if path.suffix == ".zst":
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return np.frombuffer(data, dtype="<u8")
+
+
+def write_folder(folder: Path, arrays: dict[str, np.ndarray], compress: bool = False,
+                 **extra: str) -> Path:
+    """A snapshot folder holding ``arrays`` as kpage files (zstd with content size if asked)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays.items():
+        data = arr.astype("<u8").tobytes()
+        if compress:
+            (folder / f"{name}.bin.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
+        else:
+            (folder / f"{name}.bin").write_bytes(data)
+    for fname, text in extra.items():
+        (folder / fname.replace("_", ".")).write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def idle_flags() -> np.ndarray:
+    from conftest import fixture_dir
+    return whole(fixture_dir("snapshot-idle") / "kpageflags.bin.zst")
+
+
+def one_line_error(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    return msg
+
+
+# --- real folders -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk_pfns", [CHUNK_PFNS, 1_000_003])
+def test_chunks_equal_whole_file(snapshot_dir, chunk_pfns):
+    snap = open_snapshot(snapshot_dir)
+    assert (snap.kind, snap.source, snap.pfn_count) == ("folder", str(snapshot_dir), PFNS)
+    parts = {n: [] for n in KPAGE_FILES}
+    expect_start = 0
+    for start, arrays in snap.chunks(KPAGE_FILES, chunk_pfns=chunk_pfns):
+        assert start == expect_start and set(arrays) == set(KPAGE_FILES)
+        lengths = {len(a) for a in arrays.values()}
+        assert len(lengths) == 1 and lengths.pop() <= chunk_pfns
+        for n, a in arrays.items():
+            assert a.dtype == np.uint64
+            parts[n].append(a)
+        expect_start += len(arrays["kpageflags"])
+    assert expect_start == PFNS
+    for n in KPAGE_FILES:
+        assert np.array_equal(np.concatenate(parts[n]), whole(snapshot_dir / f"{n}.bin.zst"))
+
+
+def test_chunks_sub_range(snapshot_dir):
+    snap = open_snapshot(snapshot_dir)
+    ref = whole(snapshot_dir / "kpagecount.bin.zst")
+    start, end = 1_048_573, 1_048_573 + 3 * 65_537 + 11          # odd, unaligned
+    got = list(snap.chunks(["kpagecount"], chunk_pfns=65_537, start_pfn=start, end_pfn=end))
+    assert [s for s, _ in got] == [start + i * 65_537 for i in range(4)]
+    assert np.array_equal(np.concatenate([a["kpagecount"] for _, a in got]), ref[start:end])
+    assert list(snap.chunks(start_pfn=PFNS)) == []
+    tail = list(snap.chunks(start_pfn=PFNS - 5, end_pfn=PFNS + 100))
+    assert len(tail) == 1 and np.array_equal(tail[0][1]["kpageflags"],
+                                             whole(snapshot_dir / "kpageflags.bin.zst")[-5:])
+    with pytest.raises(ValueError):
+        list(snap.chunks(chunk_pfns=0))
+    with pytest.raises(ValueError):
+        snap.chunks(["pagemap"])
+
+
+def test_folder_metadata_and_text(snapshot_dir):
+    snap = open_snapshot(snapshot_dir)
+    assert snap.kernel == "6.18.44-fc-v657" and snap.note is None
+    assert snap.skipped == [] and all(snap.has(n) for n in KPAGE_FILES + PROCFS_FILES)
+    for name in ("meminfo", "zoneinfo", "buddyinfo", "pagetypeinfo", "vmstat"):
+        assert snap.text(name) == (snapshot_dir / f"{name}.before").read_text()
+        assert snap.text(name, "after") == (snapshot_dir / f"{name}.after").read_text()
+    assert snap.text("slabinfo", "after") == (snapshot_dir / "slabinfo.txt").read_text()
+    assert snap.text("iomem") == (snapshot_dir / "iomem.txt").read_text()
+    assert snap.text("cmdline") == (snapshot_dir / "cmdline.txt").read_text()
+    assert snap.text("no-such-file") is None
+    with pytest.raises(ValueError):
+        snap.text("meminfo", "during")
+    with pytest.raises(ValueError):
+        snap.has("pagemap")
+
+
+def test_text_fallbacks(tmp_path, idle_flags):
+    folder = write_folder(tmp_path / "s", {"kpageflags": idle_flags[:4096]},
+                          meminfo_after="MemTotal: 1 kB\n", vmstat="nr_free_pages 3\n")
+    snap = open_snapshot(folder)
+    assert snap.text("meminfo", "before") == "MemTotal: 1 kB\n"    # only .after: falls back
+    assert snap.text("vmstat", "after") == "nr_free_pages 3\n"     # plain NAME
+    assert snap.kernel is None
+
+
+def test_bundled_equals_fixture():
+    from conftest import fixture_dir
+    fixture = fixture_dir("snapshot-idle")
+    for snap in (bundled_snapshot(), open_snapshot("bundled"),
+                 open_snapshot("bundled:snapshot-idle")):
+        assert (snap.kind, snap.source, snap.pfn_count) == ("bundled", "bundled:snapshot-idle",
+                                                            PFNS)
+        assert snap.kernel == "6.18.44-fc-v657" and snap.skipped == []
+    snap = bundled_snapshot()
+    for f in sorted(snap.root.iterdir()):   # every bundled file is a byte copy of the capture
+        assert hashlib.sha256(f.read_bytes()).digest() == \
+            hashlib.sha256((fixture / f.name).read_bytes()).digest(), f.name
+    assert {f.name for f in snap.root.iterdir()} >= {f"{n}.bin.zst" for n in KPAGE_FILES}
+    mine = np.concatenate([a["kpagecgroup"] for _, a in snap.chunks(["kpagecgroup"])])
+    assert np.array_equal(mine, whole(fixture / "kpagecgroup.bin.zst"))
+    total = sum(p.stat().st_size for p in snap.root.iterdir())
+    assert total < 200_000                  # "keep it small"
+
+
+def test_only_kpageflags_is_valid(tmp_path, idle_flags):
+    folder = write_folder(tmp_path / "s", {"kpageflags": idle_flags[:70_000]}, compress=True)
+    snap = open_snapshot(folder)
+    assert snap.pfn_count == 70_000
+    assert snap.skipped == ["kpagecount", "kpagecgroup", *PROCFS_FILES]
+    got = np.concatenate([a["kpageflags"] for _, a in snap.chunks(chunk_pfns=4097)])
+    assert np.array_equal(got, idle_flags[:70_000])
+    with pytest.raises(InputError, match=r"has no kpagecount; available: kpageflags$"):
+        list(snap.chunks(["kpageflags", "kpagecount"]))
+
+
+def test_multi_frame_zst(tmp_path, idle_flags):
+    """Concatenated zstd frames (and a skippable frame between them) read as one stream."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    c = zstandard.ZstdCompressor(write_checksum=True)
+    skippable = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"memdc"
+    part = idle_flags[:50_000]
+    (folder / "kpageflags.bin.zst").write_bytes(
+        c.compress(part[:20_000].tobytes()) + skippable + c.compress(part[20_000:].tobytes()))
+    snap = open_snapshot(folder)
+    assert snap.pfn_count == 50_000
+    got = np.concatenate([a["kpageflags"] for _, a in snap.chunks(chunk_pfns=7_777,
+                                                                  start_pfn=15_000)])
+    assert np.array_equal(got, part[15_000:])
+
+
+# --- bad input: one line, nothing written -----------------------------------------------------
+
+def test_missing_and_not_a_folder(tmp_path):
+    with pytest.raises(InputError) as e:
+        open_snapshot(tmp_path / "missing")
+    assert one_line_error(e) == (f"snapshot folder {tmp_path / 'missing'} does not exist; pass a "
+                                 "folder written by `memdesc snapshot save`")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is not a folder"):
+        open_snapshot(tmp_path / "file")
+
+
+def test_empty_folder_and_no_kpageflags(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as e:
+        open_snapshot(tmp_path / "empty")
+    assert one_line_error(e) == (f"snapshot folder {tmp_path / 'empty'} is empty; pass a folder "
+                                 "written by `memdesc snapshot save`")
+    folder = write_folder(tmp_path / "s", {"kpagecount": np.zeros(8)}, meminfo_before="A: 1\n")
+    with pytest.raises(InputError) as e:
+        open_snapshot(folder)
+    assert one_line_error(e) == f"{folder}: a snapshot needs kpageflags.bin or kpageflags.bin.zst"
+
+
+def test_length_not_multiple_of_8(tmp_path, idle_flags):
+    folder = write_folder(tmp_path / "raw", {"kpageflags": idle_flags[:1000]})
+    with open(folder / "kpageflags.bin", "ab") as f:
+        f.write(b"\0\0\0")
+    with pytest.raises(InputError) as e:
+        open_snapshot(folder)
+    assert one_line_error(e) == (f"{folder / 'kpageflags.bin'}: 8,003 bytes is not a whole number "
+                                 "of 8-byte PFN entries: the file is truncated; copy or capture "
+                                 "it again")
+    # zstd with a content size in the frame header: caught from the header alone.
+    zfolder = tmp_path / "zst"
+    zfolder.mkdir()
+    (zfolder / "kpageflags.bin.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(idle_flags[:1000].tobytes() + b"\1"))
+    with pytest.raises(InputError, match=r"8,001 bytes is not a whole number"):
+        open_snapshot(zfolder)
+    # zstd without a content size (like the captures): caught by decompressing at open.
+    nfolder = tmp_path / "nosize"
+    nfolder.mkdir()
+    cobj = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    data = cobj.compress(idle_flags[:1000].tobytes() + b"\1\2") + cobj.flush()
+    assert zstandard.get_frame_parameters(data).content_size == zstandard.CONTENTSIZE_UNKNOWN
+    (nfolder / "kpageflags.bin.zst").write_bytes(data)
+    with pytest.raises(InputError, match=r"8,002 bytes is not a whole number"):
+        open_snapshot(nfolder)
+
+
+def test_mismatched_lengths(tmp_path, idle_flags):
+    folder = write_folder(tmp_path / "s", {"kpageflags": idle_flags[:1000],
+                                           "kpagecount": np.zeros(999)})
+    with pytest.raises(InputError) as e:
+        open_snapshot(folder)
+    assert one_line_error(e) == (f"{folder}: kpage files hold different numbers of PFNs "
+                                 "(kpageflags.bin 1,000, kpagecount.bin 999); they come from "
+                                 "different captures or one is truncated")
+
+
+def test_meta_pfn_count_mismatch(tmp_path, idle_flags):
+    folder = write_folder(tmp_path / "s", {"kpageflags": idle_flags[:1000]},
+                          meta_json=json.dumps({"pfn_count": 2000}))
+    with pytest.raises(InputError, match=r"meta.json records 2,000 PFNs but the kpage files "
+                                         r"hold 1,000"):
+        open_snapshot(folder)
+
+
+def corrupt_copy(src: Path, dest: Path, cut: bool = False) -> Path:
+    data = bytearray(src.read_bytes())
+    if cut:
+        del data[len(data) // 2:]
+    else:
+        for i in range(len(data) // 2, len(data) // 2 + 64):   # flip bits in the middle
+            data[i] ^= 0x5A
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def test_corrupt_zst_capture_caught_at_open(tmp_path):
+    from conftest import fixture_dir
+    src = fixture_dir("snapshot-idle") / "kpageflags.bin.zst"
+    for cut in (False, True):
+        folder = tmp_path / f"cut{cut}"
+        folder.mkdir()
+        path = corrupt_copy(src, folder / "kpageflags.bin.zst", cut=cut)
+        with pytest.raises(InputError) as e:
+            open_snapshot(folder)
+        msg = one_line_error(e)
+        assert msg.startswith(f"{path}: corrupt zstd data (")
+        assert msg.endswith("); copy or capture the snapshot again")
+
+
+def test_corrupt_zst_with_size_caught_while_streaming(tmp_path, idle_flags, capsys):
+    """A frame that records its size and is intact in structure opens without decompressing;
+    damaged content (here: its checksum) is found while streaming, as one line naming the
+    file, and the CLI prints no partial table."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    data = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(idle_flags.tobytes()))
+    data[-1] ^= 0xFF
+    path = folder / "kpageflags.bin.zst"
+    path.write_bytes(bytes(data))
+    snap = open_snapshot(folder)
+    assert snap.pfn_count == PFNS
+    with pytest.raises(InputError) as e:
+        list(snap.chunks())
+    assert one_line_error(e).startswith(f"{path}: corrupt zstd data (")
+    before = sorted(p.name for p in folder.iterdir())
+    assert main(["kpageflags", "--snapshot", str(folder)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"memdesc: {path}: corrupt zstd data (")
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_file_shrinking_after_open(tmp_path, idle_flags):
+    folder = write_folder(tmp_path / "s", {"kpageflags": idle_flags[:100_000]})
+    snap = open_snapshot(folder)
+    os.truncate(folder / "kpageflags.bin", 8 * 60_000 + 4)
+    with pytest.raises(InputError, match=r"kpageflags.bin: 480,004 bytes is not a whole number"):
+        list(snap.chunks(chunk_pfns=50_000))
+    os.truncate(folder / "kpageflags.bin", 8 * 60_000)
+    with pytest.raises(InputError, match=r"kpageflags.bin: ends after 60,000 PFNs, expected "
+                                         r"100,000: the file is truncated"):
+        list(snap.chunks(chunk_pfns=50_000))
+
+
+# --- permissions (we run as root, so check as the unprivileged user "nobody") -----------------
+
+#: Child preamble: import everything first (the interpreter lives under /root, which "nobody"
+#: may not read), then drop to "nobody" when we are root.
+_DROP_PRIVILEGES = """
+import os, pwd
+from importlib import resources
+import memdesc.cli, memdesc.ingest.kpageflags, memdesc.ingest.save, memdesc.ingest.snapshot
+memdesc.cli.build_parser()
+resources.files("memdesc").joinpath("data")
+if os.geteuid() == 0:
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+"""
+
+
+def run_unprivileged(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter as the user "nobody" (as ourselves if not root)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-c", _DROP_PRIVILEGES + textwrap.dedent(code)],
+                          capture_output=True, text=True, env=env, cwd="/", timeout=120)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A temporary folder an unprivileged user can enter (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="memdesc-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(not Path("/proc/kpageflags").exists(), reason="no /proc/kpageflags here")
+def test_not_root_falls_back_to_bundled_or_refuses():
+    r = run_unprivileged("""
+        from memdesc.errors import PermissionProblem
+        from memdesc.ingest.snapshot import open_snapshot
+        s = open_snapshot(None)
+        print(s.kind, s.source, s.pfn_count)
+        print(s.note)
+        try:
+            open_snapshot("/proc")
+        except PermissionProblem as e:
+            print("PermissionProblem:", e)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "bundled bundled:snapshot-idle 6553600",
+        "not root: /proc/kpageflags is not readable; surveying the bundled Linux 6.18 snapshot "
+        "snapshot-idle",
+        "PermissionProblem: /proc/kpageflags is not readable (it needs root): run as root or "
+        "pass --snapshot DIR",
+    ]
+
+
+@pytest.mark.skipif(not Path("/proc/kpageflags").exists(), reason="no /proc/kpageflags here")
+def test_not_root_cli_kpageflags_uses_bundled():
+    r = run_unprivileged("""
+        import sys
+        from memdesc.cli import main
+        sys.exit(main(["kpageflags"]))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ("memdesc: not root: /proc/kpageflags is not readable; surveying the "
+                        "bundled Linux 6.18 snapshot snapshot-idle\n")
+    assert r.stdout == (bundled_snapshot().root / "page-types-r.txt").read_text()
+
+
+def test_unreadable_file_in_folder(shared_tmp, idle_flags):
+    folder = write_folder(shared_tmp / "s", {"kpageflags": idle_flags[:1000]})
+    folder.chmod(0o755)
+    (folder / "kpageflags.bin").chmod(0o000)
+    r = run_unprivileged(f"""
+        from memdesc.errors import PermissionProblem
+        from memdesc.ingest.snapshot import open_snapshot
+        try:
+            open_snapshot({str(folder)!r})
+        except PermissionProblem as e:
+            print(e)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (f"{folder / 'kpageflags.bin'} is not readable by this user: fix its "
+                        "permissions or run as a user who may read it\n")
+
+
+# --- live -------------------------------------------------------------------------------------
+
+@pytest.mark.live
+@pytest.mark.skipif(not os.access("/proc/kpageflags", os.R_OK), reason="/proc/kpageflags is "
+                    "not readable (needs root)")
+def test_live_snapshot():
+    snap = open_snapshot(None)
+    assert (snap.kind, snap.source, snap.note) == ("live", "/proc", None)
+    assert snap.kernel == os.uname().release and snap.has("zoneinfo")
+    zones = parse_zoneinfo(snap.text("zoneinfo"))
+    # get_max_dump_pfn(): max_pfn rounded up to a memory section (2^15 PFNs on x86-64 [S]).
+    section = 1 << 15
+    assert snap.pfn_count == -(-zones_max_pfn(zones) // section) * section
+    (start, arrays), = list(snap.chunks(KPAGE_FILES, start_pfn=4096, end_pfn=4096 + 5000))
+    assert start == 4096 and all(len(a) == 5000 for a in arrays.values())
+    assert snap.text("meminfo", "after") is not None
+    assert open_snapshot("/proc").kind == "live"
