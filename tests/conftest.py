@@ -24,7 +24,8 @@ def fixture_dir(name: str) -> Path:
     """Path of a shared fixture folder, or skip the test saying what is missing."""
     path = FIXTURES / name
     if not path.is_dir():
-        pytest.skip(f"real fixture {path} is absent (set MEMDESC_FIXTURES to the shared/fixtures folder)")
+        pytest.skip(f"real fixture {path} is absent "
+                    "(set MEMDESC_FIXTURES to the shared/fixtures folder)")
     return path
 
 

@@ -67,10 +67,11 @@ PAGE_V6_18 = _layout(
     ("memcg_data", 56, 8),
 )
 
-# `folio` stage: filesystems are folio-only; ->mapping exists only as __folio_mapping [S: Path rev 1].
+# `folio` stage: filesystems are folio-only; ->mapping exists only as __folio_mapping
+# [S: Path rev 1].
 PAGE_FOLIO = _layout(
     "page", 64,
-    *[(f.name if f.name != "mapping" else "__folio_mapping", f.offset, f.size, f.note)
+    *[("__folio_mapping" if f.name == "mapping" else f.name, f.offset, f.size, f.note)
       for f in PAGE_V6_18.fields],
 )
 

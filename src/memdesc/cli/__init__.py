@@ -27,7 +27,8 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memdesc",
-        description="What each step of the memdesc Path costs on a real machine, snapshot or trace.",
+        description="What each step of the memdesc Path costs on a real machine, snapshot "
+                    "or trace.",
     )
     parser.add_argument("--version", action="version", version=f"memdesc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -29,7 +29,8 @@ class LazyProgress:
 
     def tick(self, n: int) -> None:
         self.done += n
-        if self._bar is None and sys.stderr.isatty() and time.monotonic() - self._start > self.delay:
+        late = time.monotonic() - self._start > self.delay
+        if self._bar is None and sys.stderr.isatty() and late:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.completed:,}/{task.total:,} " + self.unit),
                                  TimeRemainingColumn(), transient=True)

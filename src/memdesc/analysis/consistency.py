@@ -1,0 +1,280 @@
+"""Our census against the kernel's own counters: /proc/meminfo, /proc/slabinfo, buddyinfo.
+
+Every check shows our figure, the kernel's figure read just before and just after the kpage
+reads (the two bound the drift while we read), the difference, and an explanation in words.
+Page counts throughout (meminfo's kB divided by 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memdesc.analysis.census import NR_PAGE_ORDERS, Census
+from memdesc.ingest.procfs import PageTypeInfo, SlabCache
+from memdesc.stages import PAGE_SIZE
+
+KB_PER_PAGE = PAGE_SIZE // 1024
+
+
+@dataclass
+class Check:
+    """One comparison. ``ours`` is a page count; kernel values may be None (not captured)."""
+
+    name: str
+    kernel_label: str
+    ours_label: str
+    ours: int
+    kernel_before: int | None
+    kernel_after: int | None
+    explanation: str
+    #: allowed distance outside [before, after] before the check counts as "differs"
+    tolerance: int = 0
+    #: an upper bound on the kernel value that we can also explain (e.g. Slab ≤ slab + Misc)
+    ours_upper: int | None = None
+
+    @property
+    def kernel_lo(self) -> int | None:
+        vals = [v for v in (self.kernel_before, self.kernel_after) if v is not None]
+        return min(vals) if vals else None
+
+    @property
+    def kernel_hi(self) -> int | None:
+        vals = [v for v in (self.kernel_before, self.kernel_after) if v is not None]
+        return max(vals) if vals else None
+
+    @property
+    def diff(self) -> int | None:
+        """ours − kernel, measured to the nearer of the before/after values (0 between)."""
+        lo, hi = self.kernel_lo, self.kernel_hi
+        if lo is None:
+            return None
+        if self.ours < lo:
+            return self.ours - lo
+        return self.ours - hi if self.ours > hi else 0
+
+    @property
+    def diff_percent(self) -> float | None:
+        d = self.diff
+        if d is None:
+            return None
+        ref = self.kernel_hi if d > 0 else self.kernel_lo
+        return 100.0 * d / ref if ref else (0.0 if d == 0 else float("inf"))
+
+    @property
+    def status(self) -> str:
+        d = self.diff
+        if d is None:
+            return "skipped"
+        if abs(d) <= self.tolerance:
+            return "ok"
+        if self.ours_upper is not None and self.ours <= self.kernel_lo <= self.ours_upper:
+            return "ok"
+        return "differs"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kernel": self.kernel_label, "ours_label": self.ours_label,
+                "ours_pages": self.ours, "kernel_before_pages": self.kernel_before,
+                "kernel_after_pages": self.kernel_after, "diff_pages": self.diff,
+                "diff_percent": self.diff_percent, "status": self.status,
+                "tolerance_pages": self.tolerance, "ours_upper_pages": self.ours_upper,
+                "explanation": self.explanation}
+
+
+def _pages(meminfo: dict[str, int] | None, *keys: str) -> int | None:
+    if meminfo is None or any(k not in meminfo for k in keys):
+        return None
+    return sum(meminfo[k] for k in keys) // KB_PER_PAGE
+
+
+def _tol(*values: int | None, frac: float = 0.02, floor: int = 64) -> int:
+    """A few percent of the kernel value, at least ``floor`` pages: counters drift while
+    ~a second of kpage reads happens, and per-CPU vmstat deltas are folded in lazily."""
+    vals = [v for v in values if v is not None]
+    return max(floor, int(frac * max(vals))) if vals else floor
+
+
+def _skew(before: int | None, after: int | None) -> str:
+    if before is None or after is None or before == after:
+        return ""
+    return f"the kernel's value moved {after - before:+,} pages between the before and after " \
+           "reads (read skew bounds)"
+
+
+def hidden_reserved(census: Census, meminfo: dict[str, int] | None) -> int | None:
+    """Pages present but neither in MemTotal nor visibly PG_reserved.
+
+    MemTotal is totalram_pages(): present pages minus memblock reservations (plus what was
+    freed later). Reserved pages whose struct pages are initialised show KPF_RESERVED; on a
+    lazily initialised kernel, reservations inside the never-initialised range (memblock
+    allocates top-down: the memmap itself, page tables, ...) read as flags 0 and are counted in
+    our ``uninitialised`` class. This is their number [I].
+    """
+    total = _pages(meminfo, "MemTotal")
+    if total is None or not census.zones:
+        return None
+    visible = sum(z.reserved_flag_pages for z in census.zones)
+    return max(0, census.ram_pages - total - visible)
+
+
+def meminfo_checks(census: Census, before: dict[str, int] | None,
+                   after: dict[str, int] | None) -> list[Check]:
+    """Our class totals against /proc/meminfo (fs/proc/meminfo.c)."""
+    p = census.pages_by_class
+    checks: list[Check] = []
+
+    def add(name, keys, ours_label, ours, explanation, frac=0.02, upper=None):
+        b, a = _pages(before, *keys), _pages(after, *keys)
+        skew = _skew(b, a)
+        text = explanation + (f"; {skew}" if skew else "")
+        checks.append(Check(name, " + ".join(keys), ours_label, ours, b, a, text,
+                            _tol(b, a, frac=frac), upper))
+
+    add("anonymous", ("AnonPages",), "anon + ksm", p["anon"] + p["ksm"],
+        "AnonPages is NR_ANON_MAPPED: anonymous pages mapped by a process (KSM pages "
+        "included, shmem not); we count every page whose folio->mapping is anonymous, "
+        "mapped or not (swap cache, being unmapped), so ours may exceed it slightly; the huge "
+        "zero folio (KPF_ZERO_PAGE|KPF_THP) is in neither (our zero class)")
+    add("shmem", ("Shmem",), "shmem", p["shmem"],
+        "Shmem is NR_SHMEM: tmpfs/shm/memfd folios; ours are SWAPBACKED pages without "
+        "KPF_ANON")
+    swapcached = _pages(before, "SwapCached") or 0
+    add("page cache", ("Cached", "Buffers"), "file + shmem", p["file"] + p["shmem"],
+        "Cached + Buffers + SwapCached = NR_FILE_PAGES, which includes shmem; ours are file "
+        "folios (page-cache flags, not anonymous, not swap-backed) plus shmem"
+        + (f"; SwapCached ({swapcached:,} pages) is not in this sum" if swapcached else ""))
+    compound_misc = int(census.extras.get("untyped_compound_pages", 0))
+    add("slab", ("Slab",), "slab pages", p["slab"],
+        "Slab = SReclaimable + SUnreclaim (NR_SLAB_*_B) counts slab pages and also the pages of "
+        "large kmalloc allocations (___kmalloc_large_node() in mm/slub.c adds them to "
+        "NR_SLAB_UNRECLAIMABLE_B); kpageflags shows those as compound pages without a type, "
+        f"which we count as untyped (Misc): {compound_misc:,} such pages here, so Slab should "
+        f"lie between {p['slab']:,} and {p['slab'] + compound_misc:,}",
+        upper=p["slab"] + compound_misc)
+    add("page tables", ("PageTables",), "pagetable", p["pagetable"],
+        "PageTables is NR_PAGETABLE: pages with PGTY_table (KPF_PGTABLE); page tables are "
+        "allocated and freed continuously by running processes")
+    if p["hugetlb"] or (_pages(before, "Hugetlb") or 0):
+        add("hugetlb", ("Hugetlb",), "hugetlb", p["hugetlb"],
+            "Hugetlb counts every hugetlb page of every size, free or in use (KPF_HUGE)")
+    hidden = hidden_reserved(census, before or after)
+    uninit = p["uninitialised"]
+    usable_uninit = max(0, uninit - (hidden or 0))
+    pcp = census.extras.get("pcp_pages")
+    text = ("MemFree is NR_FREE_PAGES (pages in the buddy free lists; pages on the per-CPU "
+            "pcp lists are not counted" + (f": {pcp:,} pages by zoneinfo pcp counts, part of "
+                                           "our untyped" if pcp is not None else "") + ")")
+    if uninit:
+        text += (f", plus on this lazily initialised kernel the never-initialised pages that "
+                 f"are not memblock-reserved: {uninit:,} uninitialised − "
+                 f"{hidden if hidden is not None else 0:,} reserved inside that range "
+                 "(present − MemTotal − PG_reserved pages, i.e. boot-time reservations such as "
+                 "the memmap that sit in never-initialised memory)")
+    add("free", ("MemFree",), "free + uninitialised − hidden reserved" if uninit else "free",
+        p["free"] + usable_uninit, text, frac=0.002)
+    return checks
+
+
+def slab_heads_check(census: Census, slabinfo: list[SlabCache] | None) -> Check:
+    """Slab head count (allocation units of class slab) against Σ num_slabs of slabinfo."""
+    heads = census.units("slab")
+    total = sum(c.num_slabs for c in slabinfo) if slabinfo is not None else None
+    pages = sum(c.num_slabs * c.pagesperslab for c in slabinfo) if slabinfo is not None else None
+    text = ("one slab = one KPF_SLAB unit (order-0 page or compound head with its tails); "
+            "slabinfo's num_slabs counts the slabs on each kmem_cache_node, per-CPU and partial "
+            "ones included. slabinfo was read once, before the kpage reads, so slabs allocated "
+            "or freed in between differ")
+    if total is not None:
+        text += (f"; slabinfo implies {pages:,} slab pages (num_slabs × pagesperslab) vs our "
+                 f"{census.pages_by_class['slab']:,}")
+    return Check("slab heads", "Σ num_slabs (slabinfo)", "slab units", heads, total, None, text,
+                 _tol(total, frac=0.06, floor=16))
+
+
+@dataclass
+class BuddyZone:
+    """Our free blocks of one zone against /proc/buddyinfo before and after."""
+
+    node: int
+    zone: str
+    ours: list[int]
+    before: list[int] | None
+    after: list[int] | None
+    explanation: str = ""
+    pcp_pages: int | None = None
+    isolate_blocks: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def pages(counts: list[int] | None) -> int | None:
+        return None if counts is None else sum(n << o for o, n in enumerate(counts))
+
+    def diff(self, other: list[int] | None) -> list[int] | None:
+        return None if other is None else [a - b for a, b in zip(self.ours, other, strict=False)]
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "zone": self.zone, "ours": self.ours,
+                "buddyinfo_before": self.before, "buddyinfo_after": self.after,
+                "diff_before": self.diff(self.before), "diff_after": self.diff(self.after),
+                "ours_pages": self.pages(self.ours), "before_pages": self.pages(self.before),
+                "after_pages": self.pages(self.after), "pcp_pages": self.pcp_pages,
+                "explanation": self.explanation}
+
+
+def _explain_buddy(z: BuddyZone, unmergeable: bool | None) -> str:
+    b, a = z.before, z.after
+    if b is None and a is None:
+        return "no buddyinfo captured"
+    if z.ours == b or z.ours == a:
+        which = "before" if z.ours == b else "after"
+        return (f"identical to buddyinfo.{which}: maximal merging of the KPF_BUDDY runs gives "
+                "exactly the kernel's free lists")
+    b, a = b or a, a or b
+    lo = [min(x, y) for x, y in zip(b, a, strict=True)]
+    hi = [max(x, y) for x, y in zip(b, a, strict=True)]
+    outside = {o: z.ours[o] - (hi[o] if z.ours[o] > hi[o] else lo[o])
+               for o in range(len(z.ours)) if not lo[o] <= z.ours[o] <= hi[o]}
+    pages = [BuddyZone.pages(x) for x in (z.ours, b, a)]
+    parts = []
+    if min(pages[1:]) <= pages[0] <= max(pages[1:]):
+        parts.append(f"our {pages[0]:,} free pages lie between the before and after totals "
+                     f"({pages[1]:,}, {pages[2]:,}): the free lists changed while kpageflags was "
+                     "read (in chunks over about a second, each PFN at a different moment)")
+    else:
+        parts.append(f"our {pages[0]:,} free pages are outside the before/after totals "
+                     f"({pages[1]:,}, {pages[2]:,})")
+    if not outside:
+        parts.append("every order lies between buddyinfo.before and .after")
+    else:
+        parts.append("orders outside the before/after bounds: " + ", ".join(
+            f"{o} ({d:+d})" for o, d in outside.items()) + "; a block split or merged during "
+                     "the read moves counts between neighbouring orders")
+        if unmergeable and any(d > 0 for o, d in outside.items() if o >= 9):
+            parts.append("we merge more than the kernel at pageblock order and above: "
+                         "__free_one_page() does not merge across isolated/highatomic/CMA "
+                         "pageblocks, and this zone has some")
+    if unmergeable is False:
+        parts.append("pagetypeinfo shows no isolated/highatomic/CMA pageblocks, so the kernel "
+                     "merges across every pageblock boundary as we do")
+    return "; ".join(parts)
+
+
+def buddy_reconciliation(census: Census, before: dict[tuple[int, str], list[int]] | None,
+                         after: dict[tuple[int, str], list[int]] | None,
+                         pagetypeinfo: PageTypeInfo | None = None) -> list[BuddyZone]:
+    """Per zone: our maximal-merge decomposition of KPF_BUDDY runs vs buddyinfo."""
+    out = []
+    for z in census.zones:
+        key = (z.node, z.name)
+        b = (before or {}).get(key)
+        a = (after or {}).get(key)
+        unmergeable = None
+        iso = None
+        if pagetypeinfo is not None and key in pagetypeinfo.blocks:
+            blocks = pagetypeinfo.blocks[key]
+            iso = blocks.get("Isolate", 0)
+            unmergeable = any(blocks.get(t, 0) for t in ("Isolate", "HighAtomic", "CMA"))
+        bz = BuddyZone(z.node, z.name, list(z.free_blocks)[:NR_PAGE_ORDERS], b, a,
+                       pcp_pages=z.pcp_pages, isolate_blocks=iso)
+        bz.explanation = _explain_buddy(bz, unmergeable)
+        out.append(bz)
+    return out

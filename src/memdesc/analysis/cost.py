@@ -1,0 +1,303 @@
+"""What the metadata of a census costs at each stage of the memdesc Path.
+
+Per stage: the memmap (one struct page per PFN of every present section, at the stage's
+struct page size) plus, from the ``dynamic`` stage on, the descriptors allocated from slab
+caches: one per allocation unit that needs one (folios, KSM pages, slabs, page tables), rounded
+up to 16 bytes and packed into slab pages exactly as SLUB would size that cache, plus a
+``struct slab`` for every descriptor slab, allocated from the slab-descriptor cache itself
+(iterated to a fixed point). Free blocks, Misc memory (untyped, reserved, zero, offline) and
+holes need no descriptor: buddy information stays embedded in struct page, Misc carries no
+pointer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memdesc.analysis.census import NR_UNIT_ORDERS, Census
+from memdesc.analysis.descriptors import CachePolicy, DescriptorTable
+from memdesc.mm import slub
+from memdesc.mm.slab_common import get_order
+from memdesc.stages import PAGE_SIZE, REFERENCE, STAGES, Stage
+
+#: Census classes whose units need a descriptor, and which one (None: by order, see below).
+FOLIO_LIKE = ("file", "anon", "shmem")
+#: Order in which descriptor caches are listed; "slab" (struct slab) comes last because it
+#: also describes every other descriptor slab.
+DESCRIPTOR_TYPES = ("folio", "large_folio", "hugetlb_folio", "ksm", "ptdesc", "slab")
+
+
+# --- SLUB cache geometry ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SlabGeometry:
+    """How SLUB lays out one descriptor cache: stride (s->size), slab order, objects per slab,
+    and the intermediate values of calculate_order() that --explain shows."""
+
+    object_size: int       # the descriptor, rounded up to the cache alignment
+    stride: int            # s->size: object + outside free pointer, realigned
+    freeptr_outside: bool
+    min_objects: int
+    min_order: int
+    order: int
+    objects: int           # oo_objects(s->oo)
+    fraction: int | None   # the waste fraction calc_slab_order() accepted (None: fallback)
+
+    @property
+    def pages(self) -> int:
+        return 1 << self.order
+
+
+def slab_geometry(object_bytes: int, nr_cpus: int, policy: CachePolicy) -> SlabGeometry:
+    """Geometry of a descriptor cache of ``object_bytes`` objects on a machine of ``nr_cpus``.
+
+    The cache is created as the memdesc plan says (16-byte alignment, SLAB_TYPESAFE_BY_RCU,
+    optionally a free pointer inside the object) and sized by the emulator's mirror of
+    calculate_sizes()/calculate_order() in mm/slub.c (memdesc.mm.slub); ``nr_cpus`` stands for
+    num_present_cpus().
+    """
+    rcu = policy.typesafe_by_rcu
+    geo = slub.calculate_sizes(object_bytes, slub.SLAB_TYPESAFE_BY_RCU if rcu else 0,
+                               policy.align,
+                               freeptr_offset=0 if rcu and policy.use_freeptr_offset else None,
+                               nr_cpus=nr_cpus)
+    stride = geo.size
+    order = slub.calculate_order(stride, nr_cpus, slub_min_objects=policy.min_objects,
+                                 slub_min_order=policy.min_order,
+                                 slub_max_order=policy.max_order)
+    if order < 0:
+        raise ValueError(f"a {stride}-byte descriptor does not fit any slab order")
+    # The steps of calculate_order() that led there, for --explain.
+    min_objects = policy.min_objects or slub.default_min_objects(max(1, nr_cpus))
+    min_objects = min(min_objects, max(slub.order_objects(policy.max_order, stride), 1))
+    min_order = max(policy.min_order, get_order(min_objects * stride))
+    fraction = next((f for f in (16, 8, 4, 2)
+                     if slub.calc_slab_order(stride, min_order, policy.max_order, f) == order),
+                    None)
+    a = policy.align
+    return SlabGeometry(-(-object_bytes // a) * a, stride, rcu and not policy.use_freeptr_offset,
+                        min_objects, min_order, order, slub.order_objects(order, stride),
+                        fraction)
+
+
+# --- per-stage cost -----------------------------------------------------------------------
+
+@dataclass
+class CacheCost:
+    """One descriptor cache at one stage: its objects and the slab pages they occupy."""
+
+    name: str
+    descriptor_bytes: int      # C size from the table
+    objects: int
+    geometry: SlabGeometry
+    slabs: int
+    pages: int
+
+    @property
+    def bytes(self) -> int:
+        return self.pages * PAGE_SIZE
+
+    @property
+    def object_bytes(self) -> int:
+        return self.objects * self.geometry.object_size
+
+
+@dataclass
+class StageCost:
+    """Metadata bytes of one stage. ``by_type`` adds up to ``total_bytes``."""
+
+    id: str
+    title: str
+    struct_page_size: int
+    memmap_pages: int
+    struct_page_bytes: int
+    descriptor_bytes: int
+    total_bytes: int
+    percent_of_ram: float
+    by_type: dict[str, int]
+    saving_bytes: int = 0
+    saving_percent: float = 0.0
+    caches: list[CacheCost] = field(default_factory=list)
+    #: objects of the struct slab cache at each step of the fixed point
+    fixed_point: list[int] = field(default_factory=list)
+    real_slabs: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "title": self.title, "struct_page_size": self.struct_page_size,
+            "memmap_pages": self.memmap_pages, "struct_page_bytes": self.struct_page_bytes,
+            "descriptor_bytes": self.descriptor_bytes, "total_bytes": self.total_bytes,
+            "percent_of_ram": self.percent_of_ram, "by_type": dict(self.by_type),
+            "saving_bytes": self.saving_bytes, "saving_percent": self.saving_percent,
+            "descriptor_caches": [
+                {"type": c.name, "descriptor_bytes": c.descriptor_bytes, "objects": c.objects,
+                 "object_size": c.geometry.object_size, "stride": c.geometry.stride,
+                 "slab_order": c.geometry.order, "objects_per_slab": c.geometry.objects,
+                 "slabs": c.slabs, "pages": c.pages} for c in self.caches],
+            "struct_slab_fixed_point": list(self.fixed_point),
+        }
+
+
+def descriptor_demand(census: Census) -> dict[str, int]:
+    """Descriptors the census's allocation units need once descriptors are dynamic.
+
+    Order-0 file/anon/shmem folios take a ``folio``; larger ones a ``large_folio`` (it keeps
+    what 6.18 stores in the first tail pages); hugetlb folios a ``hugetlb_folio``; KSM pages a
+    ``ksm``; slabs a ``slab``; page tables a ``ptdesc``. Everything else needs none.
+    """
+    u = census.units_by_class
+    small = sum(int(u[c][0]) for c in FOLIO_LIKE)
+    large = sum(int(u[c][1:].sum()) for c in FOLIO_LIKE)
+    return {"folio": small, "large_folio": large, "hugetlb_folio": census.units("hugetlb"),
+            "ksm": census.units("ksm"), "ptdesc": census.units("pagetable"),
+            "slab": census.units("slab")}
+
+
+def _cache(name: str, objects: int, table: DescriptorTable, nr_cpus: int) -> CacheCost:
+    geo = slab_geometry(table[name].bytes, nr_cpus, table.cache)
+    slabs = -(-objects // geo.objects)
+    return CacheCost(name, table[name].bytes, objects, geo, slabs, slabs * geo.pages)
+
+
+def stage_cost(census: Census, stage: Stage, table: DescriptorTable,
+               nr_cpus: int | None = None) -> StageCost:
+    """The cost of ``census`` at ``stage`` (savings are filled in by :func:`survey_costs`)."""
+    nr_cpus = nr_cpus or census.nr_cpus or 1
+    memmap = census.memmap_pages * stage.struct_page_bytes
+    by_type = {"memmap": memmap}
+    caches: list[CacheCost] = []
+    fixed: list[int] = []
+    demand = descriptor_demand(census)
+    if stage.dynamic:
+        caches = [_cache(n, demand[n], table, nr_cpus) for n in DESCRIPTOR_TYPES if n != "slab"]
+        # struct slab for the machine's slabs and for every descriptor slab, the struct slab
+        # cache's own slabs included: iterate until the count stops changing.
+        base = demand["slab"] + sum(c.slabs for c in caches)
+        geo = slab_geometry(table["slab"].bytes, nr_cpus, table.cache)
+        objects = base
+        fixed.append(objects)
+        while True:
+            nxt = base + -(-objects // geo.objects)
+            if nxt == objects:
+                break
+            objects = nxt
+            fixed.append(objects)
+        slab_cache = _cache("slab", objects, table, nr_cpus)
+        caches.append(slab_cache)
+        for c in caches:
+            if c.name != "slab":
+                by_type[c.name] = c.object_bytes
+        size = slab_cache.geometry.object_size
+        by_type["slab"] = demand["slab"] * size
+        by_type["slab_overhead"] = (objects - demand["slab"]) * size
+        by_type["slack"] = sum(c.bytes for c in caches) - sum(c.object_bytes for c in caches)
+    descriptor = sum(c.bytes for c in caches)
+    total = memmap + descriptor
+    return StageCost(stage.id, stage.title, stage.struct_page_bytes, census.memmap_pages,
+                     memmap, descriptor, total, 100.0 * total / max(1, census.ram_bytes),
+                     by_type, caches=caches, fixed_point=fixed, real_slabs=demand["slab"])
+
+
+def survey_costs(census: Census, stages: list[Stage] | None = None,
+                 table: DescriptorTable | None = None, nr_cpus: int | None = None
+                 ) -> list[StageCost]:
+    """Costs for ``stages`` (default: all) with savings against ``v6.18``."""
+    from memdesc.analysis.descriptors import load_descriptors
+
+    table = table or load_descriptors()
+    stages = list(stages or STAGES)
+    ref_stage = next(s for s in STAGES if s.id == REFERENCE)
+    ref = stage_cost(census, ref_stage, table, nr_cpus)
+    out = []
+    for s in stages:
+        c = stage_cost(census, s, table, nr_cpus)
+        c.saving_bytes = ref.total_bytes - c.total_bytes
+        c.saving_percent = 100.0 * c.saving_bytes / max(1, ref.total_bytes)
+        out.append(c)
+    return out
+
+
+def folio_order_distribution(census: Census) -> dict[str, object]:
+    """Folio units and pages by order, all folio classes together and per class."""
+    orders = np.arange(NR_UNIT_ORDERS)
+    per = {c: census.units_by_class[c] for c in ("file", "anon", "shmem", "ksm", "hugetlb")}
+    units = sum(per.values())
+    return {
+        "units_by_order": [int(x) for x in units],
+        "pages_by_order": [int(x) for x in units << orders],
+        "by_class": {c: [int(x) for x in v] for c, v in per.items()},
+    }
+
+
+# --- --explain ----------------------------------------------------------------------------
+
+def _b(n: int) -> str:
+    return f"{n:,} B ({n / 2**20:,.1f} MiB)"
+
+
+def explain(cost: StageCost, census: Census, table: DescriptorTable,
+            nr_cpus: int | None = None) -> list[str]:
+    """The arithmetic of one stage, step by step (counts × sizes = bytes)."""
+    nr_cpus = nr_cpus or census.nr_cpus or 1
+    lines = [f"stage {cost.id}: {cost.title}",
+             f"memmap: {census.memmap_pages:,} struct pages "
+             f"({census.extras.get('memmap_basis', 'present sections')}) × "
+             f"{cost.struct_page_size} B = {_b(cost.struct_page_bytes)}"]
+    if not cost.caches:
+        lines.append("descriptors: none allocated — at this stage folios, slabs and ptdescs "
+                     "overlay the struct pages they describe (already in the memmap)")
+    else:
+        p = table.cache
+        lines.append(f"descriptor sizes from {table.path} (rounded up to {p.align} B):")
+        for name, d in table.descriptors.items():
+            lines.append(f"  {name:14s} {d.bytes:4d} B -> {table.size(name):4d} B   {d.source}")
+        lines.append(f"  [slab_cache] {p.source}")
+        freeptr = ("after the object (+8 B)" if p.typesafe_by_rcu and not p.use_freeptr_offset
+                   else "inside the object (use_freeptr_offset)")
+        lines.append(f"slab geometry: SLUB calculate_sizes()/calculate_order() (mm/slub.c) with "
+                     f"{nr_cpus} CPU(s): min_objects = 4 × (fls({nr_cpus}) + 1) = "
+                     f"{4 * (nr_cpus.bit_length() + 1)}, slub_max_order {p.max_order}, free "
+                     f"pointer {freeptr}")
+        demand = descriptor_demand(census)
+        u = census.units_by_class
+        lines.append("descriptor demand (allocation units needing one):")
+        lines.append("  folio       = order-0 file + anon + shmem = "
+                     f"{int(u['file'][0]):,} + {int(u['anon'][0]):,} + {int(u['shmem'][0]):,} = "
+                     f"{demand['folio']:,}")
+        lines.append("  large_folio = order>=1 file + anon + shmem = "
+                     f"{int(u['file'][1:].sum()):,} + {int(u['anon'][1:].sum()):,} + "
+                     f"{int(u['shmem'][1:].sum()):,} = {demand['large_folio']:,}")
+        lines.append(f"  hugetlb_folio = {demand['hugetlb_folio']:,}, ksm = {demand['ksm']:,}, "
+                     f"ptdesc = {demand['ptdesc']:,}, slab (this machine's slabs) = "
+                     f"{demand['slab']:,}")
+        for name in table.descriptors:
+            if name not in DESCRIPTOR_TYPES:
+                lines.append(f"  {name}: 0 (its pages are not distinguishable in kpageflags; "
+                             "they are counted as untyped Misc)")
+        for c in cost.caches:
+            g = c.geometry
+            why = (f"waste <= 1/{g.fraction}" if g.fraction else "fallback get_order()")
+            lines.append(f"  {c.name:14s} stride {g.stride} B, order {g.order} ({why}), "
+                         f"{g.objects} objects/slab: ceil({c.objects:,} / {g.objects}) = "
+                         f"{c.slabs:,} slabs × {g.pages} page(s) = {c.pages:,} pages = "
+                         f"{_b(c.bytes)}")
+        slab_geo = cost.caches[-1].geometry
+        base = cost.real_slabs + sum(c.slabs for c in cost.caches[:-1])
+        lines.append(f"struct slab fixed point: n = {cost.real_slabs:,} slabs of the machine + "
+                     f"{base - cost.real_slabs:,} descriptor slabs + ceil(n / "
+                     f"{slab_geo.objects}) slabs of the struct slab cache itself:")
+        for prev, cur in zip(cost.fixed_point, cost.fixed_point[1:], strict=False):
+            lines.append(f"  n = {base:,} + ceil({prev:,} / {slab_geo.objects}) = {cur:,}")
+        last = cost.fixed_point[-1]
+        lines.append(f"  n = {base:,} + ceil({last:,} / {slab_geo.objects}) = "
+                     f"{base + -(-last // slab_geo.objects):,} (stable)")
+        lines.append(f"descriptors: {sum(c.pages for c in cost.caches):,} slab pages × "
+                     f"{PAGE_SIZE} B = {_b(cost.descriptor_bytes)}")
+    lines.append("by type: " + ", ".join(f"{k} {v:,} B" for k, v in cost.by_type.items()))
+    lines.append(f"total: {cost.struct_page_bytes:,} + {cost.descriptor_bytes:,} = "
+                 f"{_b(cost.total_bytes)} = {cost.percent_of_ram:.4f} % of "
+                 f"{census.ram_pages:,} present pages × {PAGE_SIZE} B")
+    lines.append(f"saving vs {REFERENCE}: {cost.saving_bytes:,} B ({cost.saving_percent:+.2f} %)")
+    return lines

@@ -1,0 +1,168 @@
+"""The cost model: SLUB cache geometry, per-stage arithmetic on hand censuses, descriptor table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import fixture_dir
+from memdesc.analysis.census import CLASSES, NR_UNIT_ORDERS, Census
+from memdesc.analysis.cost import (
+    descriptor_demand,
+    explain,
+    slab_geometry,
+    stage_cost,
+    survey_costs,
+)
+from memdesc.analysis.descriptors import CachePolicy, load_descriptors
+from memdesc.analysis.survey import run_survey
+from memdesc.errors import InputError
+from memdesc.ingest.snapshot import open_snapshot
+from memdesc.stages import STAGES, get_stage
+
+TABLE = load_descriptors()
+
+
+def hand_census(pfns: int, memmap: int | None = None, **units: dict[int, int]) -> Census:
+    """A census with ``units[class] = {order: count}``; the rest of the PFNs are free."""
+    u = {c: np.zeros(NR_UNIT_ORDERS, np.int64) for c in CLASSES}
+    pages = dict.fromkeys(CLASSES, 0)
+    for cls, by_order in units.items():
+        for order, n in by_order.items():
+            u[cls][order] += n
+            pages[cls] += n << order
+    pages["free"] = pfns - sum(pages.values())
+    u["free"][0] = pages["free"]
+    c = Census("hand", pfns, pages, u, memmap_pages=memmap or pfns, ram_pages=pfns, nr_cpus=2)
+    c.check()
+    return c
+
+
+# --- SLUB geometry ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("size", "objects"), [(64, 64), (80, 51), (128, 32), (160, 25)])
+def test_descriptor_caches_are_order_0_on_two_cpus(size, objects):
+    """calculate_order(): min_objects = 4 * (fls(2) + 1) = 12; 12 * 160 = 1920 fits one page
+    and 4096 % size <= 4096 / 16 for these sizes, so order 0."""
+    g = slab_geometry(size, 2, CachePolicy())
+    assert (g.order, g.objects, g.stride, g.min_objects, g.fraction) == (0, objects, size, 12, 16)
+
+
+def test_many_cpus_raise_the_slab_order():
+    """64 CPUs: min_objects = 4 * (fls(64) + 1) = 32; 32 * 160 = 5120 B needs order 1, and
+    8192 % 160 = 32 <= 8192 / 16, so order 1 with 51 objects."""
+    g = slab_geometry(160, 64, CachePolicy())
+    assert (g.min_objects, g.min_order, g.order, g.objects) == (32, 1, 1, 51)
+
+
+def test_free_pointer_outside_the_object_grows_the_stride():
+    """SLAB_TYPESAFE_BY_RCU without freeptr_offset: 80 + 8 = 88, aligned to 16 -> 96."""
+    g = slab_geometry(80, 2, CachePolicy(use_freeptr_offset=False))
+    assert (g.stride, g.objects, g.freeptr_outside) == (96, 42, True)
+
+
+def test_waste_fraction_backs_off():
+    """A 2,100 B object has a 2,112 B stride; 12 of them need 25,344 B (order 3), and
+    32768 % 2112 = 1088 <= 32768 / 16, so order 3 with 15 objects."""
+    g = slab_geometry(2100, 2, CachePolicy())
+    assert (g.stride, g.min_order, g.order, g.objects) == (2112, 3, 3, 15)
+
+
+# --- per-stage arithmetic ----------------------------------------------------------------------
+
+def test_one_order_9_anon_folio_at_page16():
+    """512 struct pages × 16 B = 8,192 B; one 124 B large folio -> 128 B in an order-0 slab
+    (one page, 4,096 B); struct slab: 1 descriptor slab + the struct slab cache's own slab ->
+    2 objects in one more page (4,096 B). Total 16,384 B, half of v6.18's 512 × 64 = 32,768."""
+    c = hand_census(512, anon={9: 1})
+    cost = stage_cost(c, get_stage("page16"), TABLE)
+    assert cost.struct_page_bytes == 512 * 16
+    assert cost.descriptor_bytes == 4096 + 4096
+    assert cost.total_bytes == 16384
+    assert cost.fixed_point == [1, 2]
+    assert cost.by_type == {"memmap": 8192, "folio": 0, "large_folio": 128, "hugetlb_folio": 0,
+                            "ksm": 0, "ptdesc": 0, "slab": 0, "slab_overhead": 128,
+                            "slack": 8192 - 256}
+    ref = stage_cost(c, get_stage("v6.18"), TABLE)
+    assert ref.total_bytes == 512 * 64 and ref.descriptor_bytes == 0
+
+
+def test_order_0_folios_cost_more_than_today_at_page16():
+    """design §1: an order-0 folio costs 16 + 80 = 96 B > 64 B. 51 folios fill one slab page."""
+    c = hand_census(51, file={0: 51})
+    cost = stage_cost(c, get_stage("page16"), TABLE)
+    assert cost.by_type["folio"] == 51 * 80
+    assert cost.total_bytes == 51 * 16 + 4096 + 4096 > 51 * 64
+
+
+def test_struct_slab_fixed_point():
+    """10,000 slabs + 157 folio slabs (8,000 folios / 51); n = 10,157 + ceil(n / 64)."""
+    c = hand_census(1 << 20, file={0: 8000}, slab={0: 10000})
+    cost = stage_cost(c, get_stage("dynamic"), TABLE)
+    n = cost.fixed_point[-1]
+    assert n == 10157 + -(-n // 64) == 10319
+    assert cost.caches[-1].objects == n and cost.caches[-1].slabs == -(-n // 64)
+
+
+def test_no_descriptors_before_dynamic_and_by_type_adds_up():
+    r = run_survey(open_snapshot(fixture_dir("snapshot-idle")))
+    for s in r.costs:
+        assert sum(s.by_type.values()) == s.total_bytes
+        assert s.struct_page_bytes == r.census.memmap_pages * get_stage(s.id).struct_page_bytes
+        if not get_stage(s.id).dynamic:
+            assert s.descriptor_bytes == 0
+    ids = [s.id for s in r.costs]
+    assert ids == [s.id for s in STAGES]
+    by = {s.id: s for s in r.costs}
+    assert by["v6.18"].saving_bytes == 0
+    assert by["page8"].total_bytes < by["page16"].total_bytes < by["page32"].total_bytes
+    assert by["dynamic"].total_bytes > by["v6.18"].total_bytes
+
+
+def test_descriptor_demand_by_class_and_order():
+    c = hand_census(4096, file={0: 3, 2: 1}, shmem={0: 2}, anon={9: 1}, ksm={0: 4},
+                    hugetlb={9: 1}, slab={0: 5, 3: 2}, pagetable={0: 6})
+    assert descriptor_demand(c) == {"folio": 5, "large_folio": 2, "hugetlb_folio": 1, "ksm": 4,
+                                    "ptdesc": 6, "slab": 7}
+
+
+def test_explain_prints_the_arithmetic():
+    c = hand_census(512, anon={9: 1})
+    cost = survey_costs(c, [get_stage("page16")], TABLE)[0]
+    text = "\n".join(explain(cost, c, TABLE))
+    assert "512 struct pages" in text and "× 16 B = 8,192 B" in text
+    assert "ceil(1 / 32) = 1 slabs" in text
+    assert "n = 1 + ceil(2 / 64) = 2 (stable)" in text
+    assert "saving vs v6.18: 16,384 B (+50.00 %)" in text
+
+
+# --- descriptor table --------------------------------------------------------------------------
+
+def test_bundled_table_has_sources_for_every_size():
+    for d in TABLE.descriptors.values():
+        assert d.bytes > 0 and d.source.startswith("[")
+    assert TABLE.size("large_folio") == 128 and TABLE.size("zpdesc") == 64
+
+
+def test_override_table_changes_the_cost(tmp_path):
+    text = Path(TABLE.path).read_text().replace("[folio]\nbytes = 80", "[folio]\nbytes = 96")
+    assert "bytes = 96" in text
+    p = tmp_path / "d.toml"
+    p.write_text(text)
+    t = load_descriptors(p)
+    assert t.size("folio") == 96
+    c = hand_census(51, file={0: 51})
+    assert stage_cost(c, get_stage("page8"), t).by_type["folio"] == 51 * 96
+
+
+@pytest.mark.parametrize("text", ["[folio\nbytes=1", "schema = 1\n[folio]\nbytes = 80\n",
+                                  "[folio]\nbytes = -3\n", "schema = 9\n"])
+def test_bad_tables_are_one_line_errors(tmp_path, text):
+    p = tmp_path / "d.toml"
+    p.write_text(text)
+    with pytest.raises(InputError, match="descriptor table"):
+        load_descriptors(p)
+    with pytest.raises(InputError, match="does not exist"):
+        load_descriptors(tmp_path / "absent.toml")
