@@ -1,0 +1,138 @@
+"""``memdesc record`` (trace kmem allocation events into a folder) and ``memdesc trace-info``
+(read a trace in any supported format and summarise it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from memdesc.cli.progress import LazyProgress
+from memdesc.errors import InputError
+from memdesc.ingest.ftrace import Trace, read_trace, trace_input_bytes
+from memdesc.ingest.record import RecordOptions, record
+
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '2m', '1h', '500ms' or plain seconds -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(ms|s|min|m|h|)\s*", text)
+    if not m or float(m[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 2m, 1h)")
+    return float(m[1]) * _UNITS[m[2]]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser(
+        "record", help="trace kmem page (and slab) allocation events into a folder (root)",
+        description="Record the kernel's kmem allocation tracepoints in a private tracefs "
+                    "instance while COMMAND runs (or for --duration), with a snapshot at the "
+                    "start tied to the trace by markers. Writes DIR atomically; the instance "
+                    "is removed and tracefs left as found on exit, error, Ctrl-C or SIGTERM.",
+        usage="memdesc record -o DIR [--slab] [--buffer-kb N] [--no-snapshot] "
+              "(--duration 30s | -- COMMAND ...)")
+    r.add_argument("-o", "--output", required=True, metavar="DIR", type=Path,
+                   help="new folder to create (never overwritten)")
+    r.add_argument("--slab", action="store_true",
+                   help="also record kmem_cache_alloc/kmem_cache_free/kmalloc/kfree")
+    r.add_argument("--duration", type=parse_duration, metavar="TIME",
+                   help="record for this long (30s, 2m, ...) instead of running a command")
+    r.add_argument("--buffer-kb", type=int, metavar="N",
+                   help="ring buffer per CPU in KB (default: sized for the run, at most a "
+                        "quarter of MemAvailable)")
+    r.add_argument("--no-snapshot", action="store_true",
+                   help="skip the pre-snapshot of /proc/kpage* (faster, but no start state)")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... to trace")
+    r.set_defaults(func=run_record)
+
+    i = sub.add_parser(
+        "trace-info", help="read a trace (any format) and print counts, CPUs, losses",
+        description="Read a recording folder, raw per-CPU pages, tracefs text, trace-cmd "
+                    "report or perf script output and print event counts per CPU, duration, "
+                    "markers, lost events/overruns and skipped lines.")
+    i.add_argument("path", metavar="FILE|DIR", type=Path)
+    i.add_argument("--lenient", action="store_true",
+                   help="skip (and count) bad lines or pages instead of stopping at the first")
+    i.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    i.set_defaults(func=run_trace_info)
+
+
+def run_record(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if args.buffer_kb is not None and args.buffer_kb <= 0:
+        raise InputError(f"--buffer-kb must be positive, not {args.buffer_kb}")
+    opts = RecordOptions(out=args.output, slab=args.slab, duration_s=args.duration,
+                         command=command, buffer_kb=args.buffer_kb,
+                         snapshot=not args.no_snapshot)
+    path = record(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"memdesc: saved {path}", file=sys.stderr)
+    return 0
+
+
+def summary(tr: Trace) -> dict:
+    """Everything trace-info reports, as plain data."""
+    ev = tr.events
+    cpus = sorted(int(c) for c in np.unique(ev["cpu"])) if len(tr) else []
+    per_cpu = {}
+    for code, name in enumerate(tr.event_names):
+        m = ev["event"] == code
+        per_cpu[name] = {str(c): int(np.count_nonzero(m & (ev["cpu"] == c))) for c in cpus}
+    t = ev["time"]
+    return {
+        "path": str(tr.path), "format": tr.source_format, "events": len(tr),
+        "counts": tr.counts(), "per_cpu": per_cpu, "cpus": cpus,
+        "first_ns": int(t[0]) if len(t) else None, "last_ns": int(t[-1]) if len(t) else None,
+        "duration_s": tr.duration_ns / 1e9, "markers": len(tr.markers.get("text", [])),
+        "quirks": tr.quirks, "other_events": tr.other_events,
+        "lost": [lost._asdict() for lost in tr.lost], "overruns": tr.overruns,
+        "skipped_lines": tr.skipped_lines, "skipped_where": tr.skipped_where,
+        "snapshot_dir": str(tr.snapshot_dir) if tr.snapshot_dir else None,
+        "problems": tr.problems(),
+    }
+
+
+def run_trace_info(args: argparse.Namespace) -> int:
+    with LazyProgress("reading trace", trace_input_bytes(args.path), unit="bytes") as tick:
+        tr = read_trace(args.path, lenient=args.lenient, progress=tick)
+    s = summary(tr)
+    if args.json:
+        print(json.dumps(s, indent=1))
+        return 0
+    cpus = s["cpus"]
+    out = [f"trace: {s['path']} ({s['format']})",
+           f"events: {s['events']:,} on CPUs {','.join(map(str, cpus)) or '-'} over "
+           f"{s['duration_s']:.6f} s"
+           + (f" (t={s['first_ns'] / 1e9:.6f} .. {s['last_ns'] / 1e9:.6f} s)"
+              if s["first_ns"] is not None else ""),
+           "",
+           f"{'event':<28}{'total':>12}" + "".join(f"{'cpu' + str(c):>11}" for c in cpus)]
+    for name, total in s["counts"].items():
+        out.append(f"{name:<28}{total:>12,}"
+                   + "".join(f"{s['per_cpu'][name][str(c)]:>11,}" for c in cpus))
+    out.append(f"{'markers (trace_marker)':<28}{s['markers']:>12,}")
+    out.append("")
+    out.append("quirks: " + ", ".join(f"{k}={v:,}" for k, v in s["quirks"].items()))
+    if s["other_events"]:
+        out.append("other events (ignored): " + ", ".join(
+            f"{k}={v:,}" for k, v in sorted(s["other_events"].items())))
+    if tr.overruns:
+        out.append("ring buffer counters: " + "; ".join(
+            f"cpu{c} overrun={v.get('overrun', 0):,} commit_overrun="
+            f"{v.get('commit_overrun', 0):,} dropped={v.get('dropped_events', 0):,}"
+            for c, v in sorted(tr.overruns.items())))
+    out.append(f"loss reports in the trace: {len(tr.lost) or 'none'}; "
+               f"skipped lines: {tr.skipped_lines:,}")
+    out.extend(f"  ! {p}" for p in s["problems"][:30])
+    if len(s["problems"]) > 30:
+        out.append(f"  ! ... {len(s['problems']) - 30} more")
+    if s["snapshot_dir"]:
+        out.append(f"snapshot: {s['snapshot_dir']}")
+    print("\n".join(out))
+    return 0

@@ -1,0 +1,355 @@
+"""The numba kernel that parses kmem trace text lines (see :mod:`memdesc.ingest.ftrace_text`).
+
+One int64 row per meaningful line (event, marker, loss report, other event, bad line), with
+numbers already parsed and strings (gfp flags, cache name, call site, marker text) left as a
+64-bit FNV-1a hash plus the byte span, for decoding once per distinct value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from memdesc.ingest.trace_events import EVENT_NAMES
+
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+
+
+def fnv1a(data: bytes) -> int:
+    """64-bit FNV-1a as a signed int64, the same value the numba kernel computes."""
+    h = _FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+# Row layout of the kernel's output (one int64 row per meaningful line).
+(R_KIND, R_LINE, R_CPU, R_TIME, R_EV, R_PFN, R_ORDER, R_MT, R_GFP_H, R_GFP_S, R_GFP_E, R_PTR,
+ R_NAME_H, R_NAME_S, R_NAME_E, R_CS_H, R_CS_S, R_CS_E, R_BREQ, R_BALLOC, R_REFILL, R_COUNT,
+ R_TXT_S, R_TXT_E, R_PAGE, R_HAVE, R_ERR, R_SYS) = range(28)
+NROW = 28
+K_EVENT, K_MARKER, K_LOST, K_OTHER, K_BAD = 1, 2, 3, 4, 5
+# Bits of R_HAVE: which key=value fields the line carried.
+H_PFN, H_PAGE, H_ORDER, H_MT, H_GFP, H_PTR, H_NAME, H_CS, H_BREQ, H_BALLOC, H_REFILL = (
+    1 << i for i in range(11))
+H_PAGE_NULL = 1 << 11
+_KEYS = (b"pfn", b"page", b"order", b"migratetype", b"gfp_flags", b"ptr", b"name", b"call_site",
+         b"bytes_req", b"bytes_alloc", b"percpu_refill")
+KEY_HASHES = np.array([fnv1a(k) for k in _KEYS], dtype=np.int64)
+_PAGE = H_PFN | H_PAGE
+#: Fields an event line must carry (any of the _PAGE pair) -- from the 6.18 print fmts.
+REQUIRED = np.array([
+    _PAGE | H_ORDER | H_MT | H_GFP,      # mm_page_alloc
+    _PAGE | H_ORDER,                     # mm_page_free
+    _PAGE,                               # mm_page_free_batched
+    _PAGE | H_ORDER | H_MT,              # mm_page_alloc_zone_locked
+    _PAGE | H_ORDER | H_MT,              # mm_page_pcpu_drain
+    H_PTR | H_CS | H_BREQ | H_BALLOC | H_GFP,   # kmem_cache_alloc
+    H_PTR | H_CS,                        # kmem_cache_free
+    H_PTR | H_CS | H_BREQ | H_BALLOC | H_GFP,   # kmalloc
+    H_PTR | H_CS,                        # kfree
+], dtype=np.int64)
+EVENT_HASHES = np.array([fnv1a(n.encode()) for n in EVENT_NAMES]
+                        + [fnv1a(b"tracing_mark_write"), fnv1a(b"print")], dtype=np.int64)
+ERRORS = {
+    1: "not a trace line (no [CPU] field)",
+    2: "bad timestamp (expected SECONDS.FRACTION:)",
+    3: "no event name after the timestamp",
+    4: "bad field value",
+    5: "a field this event always carries is missing (truncated line?)",
+    6: "bad loss line",
+}
+
+
+@njit(cache=True)
+def _fnv(buf, s, e):
+    h = np.uint64(0xCBF29CE484222325)
+    for i in range(s, e):
+        h = (h ^ np.uint64(buf[i])) * np.uint64(0x100000001B3)
+    return np.int64(h)
+
+
+@njit(cache=True)
+def _num(buf, s, e, hex_only):
+    """Parse [-]digits, 0xHEX, bare HEX (hex_only) or (null)/(nil). Returns (value, ok)."""
+    if s >= e:
+        return 0, False
+    if buf[s] == 40:                                   # '(' : (null) / (nil)
+        return 0, (e - s == 5 or e - s == 6) and buf[e - 1] == 41
+    neg = buf[s] == 45
+    if neg:
+        s += 1
+    base = 10
+    if e - s > 2 and buf[s] == 48 and (buf[s + 1] == 120 or buf[s + 1] == 88):
+        base = 16
+        s += 2
+    elif hex_only:
+        base = 16
+    if s >= e:
+        return 0, False
+    v = np.int64(0)
+    for i in range(s, e):
+        c = buf[i]
+        if 48 <= c <= 57:
+            d = c - 48
+        elif base == 16 and 97 <= c <= 102:
+            d = c - 87
+        elif base == 16 and 65 <= c <= 70:
+            d = c - 55
+        else:
+            return 0, False
+        v = v * base + d
+    return (-v if neg else v), True
+
+
+@njit(cache=True)
+def _starts(buf, p, e, lit):
+    if e - p < len(lit):
+        return False
+    for i in range(len(lit)):  # noqa: SIM110 (numba: no generators)
+        if buf[p + i] != lit[i]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _parse_line(buf, p, e, row, ev_hashes, key_hashes, required):
+    """Parse one line [p, e) into ``row``; return its kind (0 = nothing to keep)."""
+    comment = p < e and buf[p] == 35                   # '#' in column 0 (a comm may hold '#')
+    while p < e and buf[p] == 32:
+        p += 1
+    if p >= e:
+        return 0
+    if comment:
+        if _starts(buf, p, e, b"##### CPU "):
+            v, ok = _num(buf, p + 10, p + 10 + _span_digits(buf, p + 10, e), False)
+            row[R_CPU] = v
+            row[R_COUNT] = -1
+            return K_LOST if ok else 0
+        return 0
+    # The [CPU] field: the first '[' + digits + ']'.
+    q, cpu_s, cpu_e = p, -1, -1
+    while q < e:
+        if buf[q] == 91:
+            n = _span_digits(buf, q + 1, e)
+            if n > 0 and q + 1 + n < e and buf[q + 1 + n] == 93:
+                cpu_s, cpu_e = q + 1, q + 1 + n
+                break
+        q += 1
+    if cpu_s < 0:
+        return _parse_loss(buf, p, e, row)
+    row[R_CPU] = _num(buf, cpu_s, cpu_e, False)[0]
+    q = cpu_e + 1
+    # Optional irq/preempt flags column, then the timestamp token "S.F:".
+    for _ in range(2):
+        while q < e and buf[q] == 32:
+            q += 1
+        t = q
+        while t < e and buf[t] != 32:
+            t += 1
+        if t - q >= 2 and buf[t - 1] == 58 and 48 <= buf[q] <= 57:
+            break
+        q = t
+    else:
+        row[R_ERR] = 2
+        return K_BAD
+    dot = q
+    while dot < t - 1 and buf[dot] != 46:
+        dot += 1
+    secs, ok = _num(buf, q, dot, False)
+    if not ok:
+        row[R_ERR] = 2
+        return K_BAD
+    if dot < t - 1:
+        frac, ok = _num(buf, dot + 1, t - 1, False)
+        nd = t - 1 - dot - 1
+        if not ok or nd > 9:
+            row[R_ERR] = 2
+            return K_BAD
+        for _ in range(9 - nd):
+            frac *= 10
+        row[R_TIME] = secs * 1000000000 + frac
+    else:
+        row[R_TIME] = secs                              # counter-style clocks: as printed
+    q = t
+    while q < e and buf[q] == 32:
+        q += 1
+    t = q
+    while t < e and buf[t] != 32:
+        t += 1
+    if t - q == 16 and _starts(buf, q, e, b"PERF_RECORD_LOST"):
+        while t < e and buf[t] == 32:
+            t += 1
+        if _starts(buf, t, e, b"lost "):
+            v, ok = _num(buf, t + 5, t + 5 + _span_digits(buf, t + 5, e), False)
+            if ok:
+                row[R_COUNT] = v
+                return K_LOST
+        row[R_ERR] = 6
+        return K_BAD
+    if t - q < 2 or buf[t - 1] != 58:
+        row[R_ERR] = 3
+        return K_BAD
+    ns = q
+    for i in range(q, t - 1):                           # perf: "kmem:mm_page_alloc:"
+        if buf[i] == 58:
+            ns = i + 1
+            row[R_SYS] = 1
+    h = _fnv(buf, ns, t - 1)
+    code = -1
+    for i in range(len(ev_hashes)):
+        if ev_hashes[i] == h:
+            code = i
+            break
+    q = t + 1 if t < e else t
+    if code < 0 or code >= len(required):
+        if code < 0:
+            row[R_TXT_S], row[R_TXT_E] = ns, t - 1
+            return K_OTHER
+        if code == len(required) + 1:                   # trace-cmd "print: IP: TEXT"
+            while q < e and buf[q] == 32:
+                q += 1
+            while q < e and not (buf[q] == 58 and (q + 1 == e or buf[q + 1] == 32)):
+                q += 1
+            q = q + 2 if q + 1 < e else e
+        row[R_TXT_S], row[R_TXT_E] = q, e
+        return K_MARKER
+    row[R_EV] = code
+    have = 0
+    while q < e:
+        while q < e and buf[q] == 32:
+            q += 1
+        ks = q
+        while q < e and buf[q] != 32 and buf[q] != 61:
+            q += 1
+        if q >= e or buf[q] == 32:                      # a token without '=': skip it
+            continue
+        ke = q
+        vs = q + 1
+        ve = vs
+        while ve < e and buf[ve] != 32:
+            ve += 1
+        q = ve
+        kh = _fnv(buf, ks, ke)
+        k = -1
+        for i in range(len(key_hashes)):
+            if key_hashes[i] == kh:
+                k = i
+                break
+        if k < 0:
+            continue
+        bit = 1 << k
+        if k == 4 or k == 6 or k == 7:                  # gfp_flags, name, call_site: strings
+            col = R_GFP_H if k == 4 else (R_NAME_H if k == 6 else R_CS_H)
+            row[col], row[col + 1], row[col + 2] = _fnv(buf, vs, ve), vs, ve
+        else:
+            v, ok = _num(buf, vs, ve, k == 1 or k == 5)
+            if not ok:
+                row[R_ERR] = 4
+                row[R_TXT_S], row[R_TXT_E] = ks, ve
+                return K_BAD
+            if k == 0:
+                row[R_PFN] = v
+            elif k == 1:
+                row[R_PAGE] = v
+                if v == 0:
+                    have |= H_PAGE_NULL
+            elif k == 2:
+                row[R_ORDER] = v
+            elif k == 3:
+                row[R_MT] = v
+            elif k == 5:
+                row[R_PTR] = v
+            elif k == 8:
+                row[R_BREQ] = v
+            elif k == 9:
+                row[R_BALLOC] = v
+            else:
+                row[R_REFILL] = v
+        have |= bit
+    row[R_HAVE] = have
+    need = required[code]
+    if (need & _PAGE and not have & _PAGE) or (need & ~_PAGE & ~have):
+        row[R_ERR] = 5
+        return K_BAD
+    return K_EVENT
+
+
+@njit(cache=True)
+def _span_digits(buf, p, e):
+    n = 0
+    while p + n < e and 48 <= buf[p + n] <= 57:
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def _parse_loss(buf, p, e, row):
+    """Lines without a [CPU] field: loss reports, trace-cmd headers, or garbage."""
+    if _starts(buf, p, e, b"cpus=") or _starts(buf, p, e, b"version = "):
+        return 0
+    q = p
+    while q + 4 <= e and not _starts(buf, q, e, b"CPU:"):
+        q += 1
+    if q + 4 > e:
+        if _starts(buf, p, e, b"CPU ") and _starts(buf, e - 9, e, b" is empty"):
+            return 0
+        row[R_ERR] = 1
+        return K_BAD
+    n = _span_digits(buf, q + 4, e)
+    cpu, ok = _num(buf, q + 4, q + 4 + n, False)
+    q += 4 + n
+    if not ok or not _starts(buf, q, e, b" ["):
+        row[R_ERR] = 6
+        return K_BAD
+    q += 2
+    row[R_CPU] = cpu
+    if _starts(buf, q, e, b"LOST "):                     # trace_pipe: CPU:N [LOST M EVENTS]
+        q += 5
+    elif _starts(buf, q, e, b"EVENTS DROPPED]"):         # trace-cmd, count unknown
+        row[R_COUNT] = -1
+        return K_LOST
+    n = _span_digits(buf, q, e)
+    v, ok = _num(buf, q, q + n, False)
+    if ok and (_starts(buf, q + n, e, b" EVENTS]") or _starts(buf, q + n, e, b" EVENTS DROPPED]")):
+        row[R_COUNT] = v
+        return K_LOST
+    row[R_ERR] = 6
+    return K_BAD
+
+
+@njit(cache=True)
+def parse_block(buf, n, out, defaults, ev_hashes, key_hashes, required):
+    """Parse complete lines of buf[:n] into rows of ``out``; returns (rows, lines)."""
+    nrow = 0
+    line = 0
+    pos = 0
+    while pos < n:
+        e = pos
+        while e < n and buf[e] != 10:
+            e += 1
+        le = e - 1 if e > pos and buf[e - 1] == 13 else e
+        row = out[nrow]
+        row[:] = defaults
+        kind = _parse_line(buf, pos, le, row, ev_hashes, key_hashes, required)
+        if kind != 0:
+            row[R_KIND] = kind
+            row[R_LINE] = line
+            nrow += 1
+        line += 1
+        pos = e + 1
+    return nrow, line
+
+
+ROW_DEFAULTS = np.zeros(NROW, dtype=np.int64)
+for _c in (R_CPU, R_EV, R_PFN, R_ORDER, R_MT, R_REFILL, R_BREQ, R_BALLOC, R_TIME, R_COUNT):
+    ROW_DEFAULTS[_c] = -1
+
+
+@njit(cache=True)
+def fnv_rows(buf, starts, ends):
+    out = np.empty(len(starts), dtype=np.int64)
+    for i in range(len(starts)):
+        out[i] = _fnv(buf, starts[i], ends[i])
+    return out
