@@ -10,7 +10,7 @@ later layouts are the Path's proposals [S: kernelnewbies.org/MatthewWilcox/Memde
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -194,17 +194,113 @@ STAGE_IDS: tuple[str, ...] = tuple(s.id for s in STAGES)
 REFERENCE = "v6.18"
 
 
+# ---- variants: another type table or free-page tracking option for a stage -------------------
+
+#: How each ``free_tracking`` value marks and links a free block (``memdesc stages`` prints it).
+FREE_TRACKING: dict[str, str] = {
+    "page_type": "PageBuddy = PGTY_buddy (0xf0) in the top byte of page_type; order in "
+                 "page->private; links in page->buddy_list (mm/page_alloc.c set_buddy_order())",
+    "flags_bit": "PageBuddy = bit 24 of page->flags (first unused flag bit above __NR_PAGEFLAGS "
+                 "[I]); order in page->private; links in buddy_list (overlaps the memdesc word)",
+    "type_alias": "PageBuddy = memdesc type 0/4/8/12 (buddy_list.next overlaps the word, Path "
+                  "2025) with an order <= MAX_PAGE_ORDER in page->private; tails/pcp pages "
+                  "carry an out-of-range private [I]",
+    "option1": "BuddyAllocator Option 1: buddy {next | Buddy type, prev | order}; links are "
+               "16-byte aligned struct page addresses, the low nibbles hold type and order",
+    "packed": "one word: type:4 | order:4 | next:28 | prev:28, next/prev are block indices "
+              "(pfn - zone base) >> order (research §8.3a, not Wilcox's)",
+}
+#: Free-page tracking options per stage id; the first is the default [S/I: research §8.3].
+FREE_TRACKING_OPTIONS: dict[str, tuple[str, ...]] = {
+    "v6.18": ("page_type",), "folio": ("page_type",), "dynamic": ("page_type",),
+    "page32": ("flags_bit", "type_alias"), "page16": ("option1",), "page8": ("packed",),
+}
+#: How page_zone()/page_to_nid() find node and zone (``memdesc stages`` prints it).
+ZONE_LOOKUP: dict[str, str] = {
+    "page_flags": "memdesc_zonenum(page->flags) / memdesc_nid(page->flags): zone bits 53..51, "
+                  "node bits 63..54 of the page's own flags word",
+    "descriptor": "allocated: the descriptor's memdesc_flags_t (folio->flags, slab->flags ...); "
+                  "Misc pages: the inline high bits of the memdesc word; free pages: a "
+                  "PFN-indexed table (per pageblock)",
+}
+
+
+def _with(stage: Stage, type_table: str | None, tracking: str | None) -> Stage:
+    if type_table is not None and type_table not in TYPE_TABLES:
+        raise ValueError(f"unknown type table {type_table!r}; tables are: "
+                         f"{', '.join(TYPE_TABLES)}")
+    options = FREE_TRACKING_OPTIONS[stage.id]
+    if tracking is None and stage.id == "page32":
+        # page32 marks free pages by whichever rule its type table allows (research §2.2)
+        tracking = "type_alias" if type_table == "path-2025" else "flags_bit"
+    if tracking is not None and tracking not in options:
+        raise ValueError(f"stage {stage.id} has no free-page tracking {tracking!r}; "
+                         f"options: {', '.join(options)}")
+    if tracking == "type_alias" and (type_table or stage.type_table) != "path-2025":
+        raise ValueError("type_alias free tracking needs the path-2025 type table "
+                         "(only it makes 0/4/8/12 alias Buddy)")
+    if tracking == "flags_bit" and type_table == "path-2025":
+        raise ValueError("page32 with the path-2025 table marks free pages by type alias")
+    return replace(stage, type_table=type_table or stage.type_table,
+                   free_tracking=tracking or stage.free_tracking)
+
+
+def stage_variant(stage: Stage | str, type_table: str | None = None,
+                  free_tracking: str | None = None) -> Stage:
+    """``stage`` with another memdesc type table and/or free-page tracking option.
+
+    The variant keeps the stage's ``id`` (same Path step); :func:`variant_name` tells them
+    apart. ValueError for a table or option the stage does not have.
+    """
+    base = get_stage(stage) if isinstance(stage, str) else stage
+    return _with(base, type_table, free_tracking)
+
+
+def variant_name(stage: Stage) -> str:
+    """``id[/tracking][@table]``, leaving out what is the stage's default."""
+    base = get_stage(stage.id)
+    name = stage.id
+    if stage.free_tracking != _with(base, stage.type_table, None).free_tracking:
+        name += f"/{stage.free_tracking}"
+    if stage.type_table != base.type_table:
+        name += f"@{stage.type_table}"
+    return name
+
+
 def get_stage(stage_id: str) -> Stage:
-    """The stage called ``stage_id``; ValueError naming the valid ids otherwise."""
+    """The stage called ``stage_id``; ValueError naming the valid ids otherwise.
+
+    ``stage_id`` may name a variant: ``ID[/TRACKING][@TABLE]``, e.g. ``page32@path-2025`` or
+    ``page8/packed`` (see :data:`FREE_TRACKING_OPTIONS`, :data:`TYPE_TABLES`).
+    """
     for s in STAGES:
         if s.id == stage_id:
             return s
-    raise ValueError(f"unknown stage {stage_id!r}; stages are: {', '.join(STAGE_IDS)}")
+    base, _, table = stage_id.partition("@")
+    base, _, tracking = base.partition("/")
+    if (table or tracking) and base in STAGE_IDS:
+        return _with(get_stage(base), table or None, tracking or None)
+    raise ValueError(f"unknown stage {stage_id!r}; stages are: {', '.join(STAGE_IDS)} "
+                     "(variants: ID[/TRACKING][@TABLE])")
 
 
 def parse_stages(spec: str) -> list[Stage]:
-    """``"all"`` or a comma-separated list of stage ids, in Path order."""
+    """``"all"`` or a comma-separated list of stage ids (or variants), in Path order."""
     if spec == "all":
         return list(STAGES)
     wanted = [get_stage(s.strip()) for s in spec.split(",") if s.strip()]
-    return [s for s in STAGES if s in wanted]
+    order = {sid: i for i, sid in enumerate(STAGE_IDS)}
+    seen: list[Stage] = []
+    for s in sorted(wanted, key=lambda s: order[s.id]):
+        if s not in seen:
+            seen.append(s)
+    return seen
+
+
+def type_code(stage: Stage, name: str) -> int:
+    """The memdesc type value called ``name`` in the stage's table (lowest if aliased);
+    ValueError when the table has no such type."""
+    for code, n in sorted(stage.types.items()):
+        if n == name:
+            return code
+    raise ValueError(f"type table {stage.type_table} has no {name!r} type")

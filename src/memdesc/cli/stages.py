@@ -1,0 +1,141 @@
+"""``memdesc stages``: the Path, one stage after another, each struct page drawn the way pahole
+draws it (offsets and sizes, union members grouped), with how the stage finds a page's zone and
+marks free pages, and what its mem_map costs."""
+
+from __future__ import annotations
+
+import argparse
+
+from memdesc.errors import InputError
+from memdesc.mm.mm_types import FOLIO_PATH_2025, OVERLAYS_V6_18
+from memdesc.stages import (
+    FREE_TRACKING,
+    PAGE_SIZE,
+    ZONE_LOOKUP,
+    Field,
+    Stage,
+    StructLayout,
+    parse_stages,
+    type_code,
+    variant_name,
+)
+
+_CTYPE = {
+    "flags": "memdesc_flags_t", "mapping": "struct address_space *",
+    "__folio_mapping": "struct address_space *", "_mapcount": "atomic_t",
+    "_refcount": "atomic_t", "page_type": "unsigned int", "slab_cache": "struct kmem_cache *",
+    "freelist": "void *", "private": "unsigned long", "memdesc": "unsigned long",
+}
+_BY_SIZE = {16: "struct list_head", 8: "unsigned long", 4: "unsigned int", 1: "unsigned char"}
+
+
+def _ctype(f: Field) -> str:
+    return _CTYPE.get(f.name) or _BY_SIZE.get(f.size, f"char[{f.size}]")
+
+
+def _member(f: Field, depth: int) -> str:
+    decl = f"{'    ' * depth}{_ctype(f)} {f.name};"
+    note = f"  {f.note}" if f.note else ""
+    return f"{decl:<52}/* {f.offset:5d} {f.size:5d} */{note}"
+
+
+def _close(kind_end: str, start: int, size: int, depth: int) -> str:
+    return f"{'    ' * depth + kind_end:<52}/* {start:5d} {size:5d} */"
+
+
+def _clusters(fields: tuple[Field, ...]) -> list[list[Field]]:
+    """Runs of members whose byte ranges overlap (a union when more than one)."""
+    out: list[list[Field]] = []
+    end = -1
+    for f in sorted(fields, key=lambda f: (f.offset, -f.size)):
+        if out and f.offset < end:
+            out[-1].append(f)
+            end = max(end, f.offset + f.size)
+        else:
+            out.append([f])
+            end = f.offset + f.size
+    return out
+
+
+def draw(layout: StructLayout) -> list[str]:
+    """pahole-style lines for ``layout``."""
+    lines = [f"struct {layout.name} {{"]
+    for cl in _clusters(layout.fields):
+        if len(cl) == 1:
+            lines.append(_member(cl[0], 1))
+            continue
+        start, end = cl[0].offset, max(f.offset + f.size for f in cl)
+        alts: list[list[Field]] = []                       # union alternatives
+        for f in cl:
+            for alt in alts:
+                if alt[-1].offset + alt[-1].size <= f.offset:
+                    alt.append(f)
+                    break
+            else:
+                alts.append([f])
+        lines.append("    union {")
+        for alt in alts:
+            if len(alt) == 1:
+                lines.append(_member(alt[0], 2))
+                continue
+            lines.append("        struct {")
+            lines += [_member(f, 3) for f in alt]
+            a_end = alt[-1].offset + alt[-1].size
+            lines.append(_close("};", alt[0].offset, a_end - alt[0].offset, 2))
+        lines.append(_close("};", start, end - start, 1))
+    members = len(_clusters(layout.fields))
+    lines.append(f"\n    /* size: {layout.size}, cachelines: {-(-layout.size // 64)}, "
+                 f"members: {members} */")
+    lines.append("};")
+    return lines
+
+
+def describe(stage: Stage) -> list[str]:
+    """Header lines of one stage: what changes, lookups, free tracking, mem_map cost."""
+    per_tib = stage.struct_page_bytes * ((1 << 40) // PAGE_SIZE) / (1 << 30)
+    types = ", ".join(f"{c} {n}" for c, n in sorted(stage.types.items()))
+    return [
+        f"== {variant_name(stage)}: {stage.title}",
+        f"   struct page {stage.struct_page_bytes} B = {per_tib:g} GiB of mem_map per TiB "
+        f"({100 * stage.struct_page_bytes / PAGE_SIZE:.2f}% of RAM); descriptors: "
+        f"{stage.descriptor_policy}",
+        f"   memdesc types ({stage.type_table}): {types}",
+        f"   page_zone()/page_to_nid(): {ZONE_LOOKUP[stage.zone_lookup]}",
+        f"   free pages ({stage.free_tracking}): {FREE_TRACKING[stage.free_tracking]}",
+        *(f"   note: {n}" for n in stage.notes),
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        stages = parse_stages(args.stages)
+    except ValueError as e:
+        raise InputError(f"--stages: {e}") from None
+    if not stages:
+        raise InputError(f"--stages {args.stages!r} names no stage")
+    out: list[str] = []
+    for stage in stages:
+        out += describe(stage)
+        if stage.dynamic:
+            out.append(f"   memdesc word: descriptor address | type (Buddy = "
+                       f"{type_code(stage, 'Buddy')}, Misc = {type_code(stage, 'Misc')}: "
+                       "subtype 4-10, mappable 11, order 12-17, zone 53..51, node 63..54)")
+        out += draw(stage.page)
+        out.append("")
+    if args.overlays:
+        out.append("== descriptor layouts (v6.18 overlays; Path 2025 folio from `dynamic` on)")
+        for layout in (*OVERLAYS_V6_18, FOLIO_PATH_2025):
+            out += draw(layout)
+            out.append("")
+    print("\n".join(out).rstrip())
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("stages", help="the Path: every stage's struct page, pahole-style",
+                       description=__doc__)
+    p.add_argument("--stages", default="all", metavar="all|ID[,ID...]",
+                   help="stages or variants (e.g. page32@path-2025, page16@rev-a); default all")
+    p.add_argument("--overlays", action="store_true",
+                   help="also draw struct folio/slab/ptdesc of 6.18 and the Path's 80-byte folio")
+    p.set_defaults(func=run)

@@ -1,0 +1,86 @@
+"""The Path as data: stages, variants (type tables, free-page tracking), type codes."""
+
+from __future__ import annotations
+
+import pytest
+
+from memdesc.stages import (
+    FREE_TRACKING,
+    FREE_TRACKING_OPTIONS,
+    STAGE_IDS,
+    STAGES,
+    TYPE_TABLES,
+    ZONE_LOOKUP,
+    get_stage,
+    parse_stages,
+    stage_variant,
+    type_code,
+    variant_name,
+)
+
+
+def test_path_order_and_sizes():
+    assert STAGE_IDS == ("v6.18", "folio", "dynamic", "page32", "page16", "page8")
+    assert [s.struct_page_bytes for s in STAGES] == [64, 64, 64, 32, 16, 8]
+    assert [s.dynamic for s in STAGES] == [False, False, True, True, True, True]
+    for s in STAGES:
+        assert s.free_tracking in FREE_TRACKING and s.zone_lookup in ZONE_LOOKUP
+        assert s.free_tracking == FREE_TRACKING_OPTIONS[s.id][0]
+
+
+def test_type_tables():
+    b = get_stage("page16")
+    assert type_code(b, "Buddy") == 1 and type_code(b, "Misc") == 0
+    assert type_code(b, "Slab") == 5 and type_code(b, "PerCPU") == 10
+    a = get_stage("page16@rev-a")
+    assert type_code(a, "Buddy") == 5 and type_code(a, "Slab") == 4
+    p = get_stage("page16@path-2025")
+    assert [c for c, n in p.types.items() if n == "Buddy"] == [0, 4, 8, 12]
+    assert type_code(p, "Buddy") == 0 and type_code(p, "Misc") == 1
+    for table in TYPE_TABLES.values():
+        assert all(0 <= c < 16 for c in table)
+    with pytest.raises(ValueError, match="no 'Frob'"):
+        type_code(b, "Frob")
+
+
+def test_variants():
+    s = get_stage("page32@path-2025")
+    assert (s.id, s.type_table, s.free_tracking) == ("page32", "path-2025", "type_alias")
+    assert variant_name(s) == "page32@path-2025"
+    assert get_stage("page32").free_tracking == "flags_bit"
+    assert variant_name(get_stage("page8/packed")) == "page8"
+    assert stage_variant("page16", type_table="rev-a") == get_stage("page16@rev-a")
+    with pytest.raises(ValueError, match="no free-page tracking 'bitmap'"):
+        get_stage("page8/bitmap")
+    with pytest.raises(ValueError, match="type_alias free tracking needs"):
+        get_stage("page32/type_alias")
+    with pytest.raises(ValueError, match="unknown type table"):
+        get_stage("page16@rev-z")
+    with pytest.raises(ValueError, match="unknown stage"):
+        get_stage("page4")
+
+
+def test_parse_stages_keeps_path_order():
+    assert [s.id for s in parse_stages("page8,v6.18,page8")] == ["v6.18", "page8"]
+    assert parse_stages("all") == list(STAGES)
+    got = parse_stages("page32@path-2025, folio")
+    assert [variant_name(s) for s in got] == ["folio", "page32@path-2025"]
+
+
+def test_memdesc_stages_draws_every_layout(capsys):
+    from memdesc.cli import main
+
+    assert main(["stages"]) == 0
+    out = capsys.readouterr().out
+    for sid in STAGE_IDS:
+        assert f"== {sid}:" in out
+    assert out.count("struct page {") == 6
+    assert "/* size: 64, cachelines: 1" in out and "/* size: 8, cachelines: 1" in out
+    # page16's union { buddy_list; struct { memdesc; private } } is drawn as such
+    page16 = out[out.index("== page16"):out.index("== page8")]
+    assert "union {" in page16 and "struct {" in page16
+    assert "unsigned long private;                  /*     8     8 */" in page16
+    assert main(["stages", "--stages", "page32@path-2025", "--overlays"]) == 0
+    out = capsys.readouterr().out
+    assert "== page32@path-2025" in out and "struct folio {" in out and "_nr_pages" in out
+    assert main(["stages", "--stages", "page4"]) == 2
