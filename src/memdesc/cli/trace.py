@@ -1,10 +1,12 @@
-"""``memdesc record`` (trace kmem allocation events into a folder) and ``memdesc trace-info``
-(read a trace in any supported format and summarise it)."""
+"""``memdesc record`` (trace kmem allocation events into a folder), ``memdesc trace-info``
+(read a trace in any supported format and summarise it) and ``memdesc replay`` (replay a trace
+through the emulator at every stage of the Path)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -60,6 +62,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip (and count) bad lines or pages instead of stopping at the first")
     i.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     i.set_defaults(func=run_trace_info)
+
+    p = sub.add_parser(
+        "replay", help="replay a trace through the emulator at every stage (cost, fragmentation)",
+        description="Replay a kmem trace through the emulated page allocator, starting from the "
+                    "snapshot taken inside the recording. placement: the trace's own PFNs drive "
+                    "the emulated buddy and pcp lists and the result is checked against the "
+                    "kernel's buddyinfo; policy: only the requests are replayed and the "
+                    "emulator places them. Prints metadata bytes and fragmentation per stage "
+                    "(docs/replay.md).",
+        usage="memdesc replay DIR|FILE [--stages all] [--mode placement|policy] [--plot PNG] "
+              "[--json [FILE]] [--lenient] [--snapshot DIR] [--samples N]")
+    p.add_argument("path", metavar="DIR|FILE", type=Path)
+    p.add_argument("--stages", default="all", metavar="all|a,b",
+                   help="stages (or variants such as page8/packed) to replay (default all)")
+    p.add_argument("--mode", choices=("placement", "policy"), default="placement",
+                   help="placement: the trace's PFNs (default); policy: the emulator places")
+    p.add_argument("--plot", metavar="PNG", help="metadata and fragmentation over time")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="write the results as JSON to FILE, or to stdout without FILE (then no "
+                        "table is printed)")
+    p.add_argument("--lenient", action="store_true",
+                   help="skip (and count) bad lines or pages of the trace")
+    p.add_argument("--snapshot", metavar="DIR", type=Path,
+                   help="start from this snapshot folder instead of the recording's "
+                        "pre-snapshot (needed for traces recorded without one)")
+    p.add_argument("--samples", type=int, default=100, metavar="N",
+                   help="points along the trace where state is sampled (default 100)")
+    p.set_defaults(func=run_replay)
 
 
 def run_record(args: argparse.Namespace) -> int:
@@ -135,4 +165,66 @@ def run_trace_info(args: argparse.Namespace) -> int:
     if s["snapshot_dir"]:
         out.append(f"snapshot: {s['snapshot_dir']}")
     print("\n".join(out))
+    return 0
+
+
+def _check_output(path: str | None, what: str) -> None:
+    """Fail before any work when an output cannot be written."""
+    if path is None or path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"--{what} {path} is a folder; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"--{what} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"--{what} {path}: folder {parent} is not writable")
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from memdesc.analysis.replay import load_replay_input, replay
+    from memdesc.report import replay_out
+    from memdesc.stages import parse_stages
+
+    try:
+        stages = parse_stages(args.stages)
+    except ValueError as e:
+        raise InputError(f"--stages: {e}") from None
+    if not stages:
+        raise InputError("--stages names no stage; use 'all' or ids such as v6.18,page8")
+    if args.samples < 2:
+        raise InputError(f"--samples must be at least 2, not {args.samples}")
+    _check_output(args.plot, "plot")
+    _check_output(args.json, "json")
+    with LazyProgress("reading trace", trace_input_bytes(args.path), unit="bytes") as tick:
+        tr = read_trace(args.path, lenient=args.lenient, progress=tick)
+    if not len(tr):
+        raise InputError(f"{args.path}: the trace holds no kmem events to replay")
+    snap_dir = args.snapshot or tr.snapshot_dir
+    if snap_dir is None:
+        raise InputError(f"{args.path}: no pre-snapshot in this recording; the replay starts "
+                         "from one: pass --snapshot DIR (a `memdesc snapshot save` folder of "
+                         "the same machine)")
+    from memdesc.ingest.snapshot import open_snapshot
+    pfns = open_snapshot(snap_dir).pfn_count
+    with LazyProgress("reading the snapshot", pfns) as tick:
+        inp = load_replay_input(tr, snap_dir, progress=tick)
+    if args.snapshot and tr.snapshot_dir is None:
+        inp.notes.append(f"the snapshot {args.snapshot} was not taken inside this recording: "
+                         "expect the replay to disagree with the trace where the machine "
+                         "changed in between")
+    with LazyProgress(f"replaying ({args.mode})", len(inp.ops) * len(stages),
+                      unit="ops") as tick:
+        result = replay(inp, stages, args.mode, args.samples, progress=tick)
+    if args.plot:
+        replay_out.write_plot(result, args.plot)
+    if args.json:
+        replay_out.write_json(result, args.json)
+    if args.json != "-":
+        print(replay_out.table(result))
+        if args.plot:
+            print(f"plot: {args.plot}")
+        if args.json:
+            print(f"json: {args.json}")
     return 0
