@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from memdesc.errors import InputError
+from memdesc.cli.options import stages_option
 from memdesc.mm.mm_types import FOLIO_PATH_2025, OVERLAYS_V6_18
 from memdesc.stages import (
     FREE_TRACKING,
@@ -15,7 +15,6 @@ from memdesc.stages import (
     Field,
     Stage,
     StructLayout,
-    parse_stages,
     type_code,
     variant_name,
 )
@@ -107,12 +106,7 @@ def describe(stage: Stage) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        stages = parse_stages(args.stages)
-    except ValueError as e:
-        raise InputError(f"--stages: {e}") from None
-    if not stages:
-        raise InputError(f"--stages {args.stages!r} names no stage")
+    stages = stages_option(args.stages)
     out: list[str] = []
     for stage in stages:
         out += describe(stage)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
-from memdesc.errors import InputError
-from memdesc.stages import STAGE_IDS, get_stage, parse_stages
+from memdesc.cli.options import check_output, stages_option
+from memdesc.stages import STAGE_IDS, get_stage
 
 DESCRIPTION = """\
 Classify every PFN of /proc/kpageflags (or a saved snapshot) into allocation units with a
@@ -40,18 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _check_output(path: str | None, what: str) -> None:
-    """Fail before any work when an output cannot be a file."""
-    if path is None or path == "-":
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"--{what} {path} is a folder; give a file name")
-    parent = p.parent if str(p.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise InputError(f"--{what} {path}: folder {parent} is not writable")
-
-
 def run(args: argparse.Namespace) -> int:
     from memdesc.analysis.cost import explain
     from memdesc.analysis.descriptors import load_descriptors
@@ -59,15 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from memdesc.cli.progress import LazyProgress
     from memdesc.ingest.snapshot import open_snapshot
 
-    try:
-        stages = parse_stages(args.stages)
-    except ValueError as e:
-        raise InputError(f"--stages: {e}") from None
-    if not stages:
-        raise InputError(f"--stages {args.stages!r} names no stage; stages are: "
-                         f"{', '.join(STAGE_IDS)}")
+    stages = stages_option(args.stages)
     for path, what in ((args.json, "json"), (args.plot, "plot"), (args.map, "map")):
-        _check_output(path, what)
+        check_output(path, what)
     table = load_descriptors(args.descriptors)
     snapshot = open_snapshot(args.snapshot)
     if snapshot.note:

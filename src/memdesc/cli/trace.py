@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from memdesc.cli.options import check_output, stages_option
 from memdesc.cli.progress import LazyProgress
 from memdesc.errors import InputError
 from memdesc.ingest.ftrace import Trace, read_trace, trace_input_bytes
@@ -168,35 +168,17 @@ def run_trace_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(path: str | None, what: str) -> None:
-    """Fail before any work when an output cannot be written."""
-    if path is None or path == "-":
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"--{what} {path} is a folder; give a file name")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"--{what} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"--{what} {path}: folder {parent} is not writable")
 
 
 def run_replay(args: argparse.Namespace) -> int:
     from memdesc.analysis.replay import load_replay_input, replay
     from memdesc.report import replay_out
-    from memdesc.stages import parse_stages
 
-    try:
-        stages = parse_stages(args.stages)
-    except ValueError as e:
-        raise InputError(f"--stages: {e}") from None
-    if not stages:
-        raise InputError("--stages names no stage; use 'all' or ids such as v6.18,page8")
+    stages = stages_option(args.stages)
     if args.samples < 2:
         raise InputError(f"--samples must be at least 2, not {args.samples}")
-    _check_output(args.plot, "plot")
-    _check_output(args.json, "json")
+    check_output(args.plot, "plot")
+    check_output(args.json, "json")
     with LazyProgress("reading trace", trace_input_bytes(args.path), unit="bytes") as tick:
         tr = read_trace(args.path, lenient=args.lenient, progress=tick)
     if not len(tr):

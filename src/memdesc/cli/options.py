@@ -1,0 +1,38 @@
+"""Option checks shared by sub-commands, done before any work starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from memdesc.errors import InputError
+from memdesc.stages import STAGE_IDS, Stage, parse_stages
+
+
+def stages_option(spec: str) -> list[Stage]:
+    """The stages named by ``--stages`` (``all`` or ``a,b``), in Path order."""
+    try:
+        stages = parse_stages(spec)
+    except ValueError as e:
+        raise InputError(f"--stages: {e}") from None
+    if not stages:
+        raise InputError(f"--stages {spec!r} names no stage; stages are: {', '.join(STAGE_IDS)}")
+    return stages
+
+
+def check_output(path: str | None, what: str) -> None:
+    """Fail before any work when ``--what PATH`` cannot be written as a file (``-`` is stdout)."""
+    if path is None or path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"--{what} {path} is a folder; give a file name")
+    # Missing folders are created when the output is written (memdesc.atomic), so check the
+    # nearest one that exists.
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"--{what} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"--{what} {path}: folder {parent} is not writable")
