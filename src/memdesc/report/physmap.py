@@ -3,7 +3,6 @@ dominant memdesc class of the cell, rows in PFN order, zone boundaries drawn, wi
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from typing import TYPE_CHECKING
@@ -11,7 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from memdesc.analysis.census import CLASSES, Census
-from memdesc.atomic import atomic_file
+from memdesc.report.json_out import write_bytes
+from memdesc.report.png import figure_png
 from memdesc.stages import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -109,16 +109,10 @@ def render_map_png(r: SurveyResult) -> bytes:
                for k in CLASSES if c.pages_by_class[k]]
     fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False,
                title="class (% of PFNs)", title_fontsize=8)
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def plot_map(r: SurveyResult, dest: str | os.PathLike) -> None:
     """Write the PNG to ``dest`` atomically."""
     data = render_map_png(r)
-    with atomic_file(dest, "wb") as f:
-        f.write(data)
+    write_bytes(dest, data)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import os
 from typing import TYPE_CHECKING
 
-from memdesc.atomic import atomic_file
+from memdesc.report.json_out import write_bytes
+from memdesc.report.png import figure_png
 
 if TYPE_CHECKING:
     from memdesc.analysis.survey import SurveyResult
@@ -62,16 +62,10 @@ def render_costs_png(r: SurveyResult) -> bytes:
     ax.legend(loc="upper right", fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def plot_costs(r: SurveyResult, dest: str | os.PathLike) -> None:
     """Write the PNG to ``dest`` atomically."""
     data = render_costs_png(r)
-    with atomic_file(dest, "wb") as f:
-        f.write(data)
+    write_bytes(dest, data)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from memdesc.analysis.replay import (
     zone_names,
 )
 from memdesc.report.json_out import write_bytes
+from memdesc.report.png import figure_png
 
 SCHEMA_VERSION = 1
 
@@ -248,12 +248,7 @@ def render_png(result: ReplayResult) -> bytes:
     for ax in axes:
         ax.spines[["top"]].set_visible(False)
     fig.tight_layout()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def write_plot(result: ReplayResult, dest: str | os.PathLike) -> None:
