@@ -1,0 +1,197 @@
+"""alloc_page_desc() and the descriptor caches: memory descriptors as slab objects.
+
+Mirrors the plan's allocation path [S: kernelnewbies.org/MatthewWilcox/FolioAlloc]:
+"First, we allocate a struct folio from slab. Then we call into the BuddyAllocator to allocate
+the memory, which will set the memdesc value in each page to refer to the folio." -
+descriptor first, memory second; if the memory cannot be had, the descriptor is freed again.
+
+This module holds the pieces every descriptor user shares:
+
+* the numba *environment* tuple ``E`` that the hot paths take (the MemMap arrays of
+  memdesc.mm.page_alloc, the PageContents arrays of memdesc.mm.kmem, the stage parameters,
+  the slab cache tables, the fault-injection state, the debug allocation record, the per-PFN
+  content tags and counters) and its index constants;
+* page allocation as the descriptor layer calls it: :func:`alloc_pages_e` (fail_page_alloc,
+  then alloc_pages_nb()), :func:`free_pages_e`, and :func:`alloc_page_desc_nb`, which writes
+  ``desc | type`` into every page of the allocation at the dynamic stages;
+* :data:`DESCRIPTOR_CACHES`: one cache per descriptor type, from ``dynamic`` on (mm/slub.py
+  creates them at boot). Sizes come from data/descriptors.toml rounded up to 16 bytes; every
+  cache is SLAB_TYPESAFE_BY_RCU with 16-byte alignment [S: Memdescs: "All structs pointed to
+  from a memdesc must be allocated from a slab which has its alignment set to 16 bytes ...
+  The slab must also have the TYPESAFE_BY_RCU flag set"]. Their free pointer sits inside the
+  object (kmem_cache_args.freeptr_offset, 6.13+), over a word RCU readers do not validate,
+  so the slot stays the descriptor's size: an 80-byte folio takes 80 bytes, not 96 [I].
+
+Freeing never allocates: the free paths (free_pages_e, the slab free path, folio_put) take
+only functions that give memory back; tests check that no page allocation happens in them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+from numba import njit
+
+from memdesc.mm.fault_inject import FA_PAGE, should_fail_nb
+from memdesc.mm.free_tracking import unmanaged
+from memdesc.mm.page_alloc import alloc_pages_nb, free_pages_nb, set_memdesc_nb
+
+# ---- the environment tuple ------------------------------------------------------------------
+# E[0:2] = MemMap.st (mem, S): mem_map words and the allocator's state array
+E_MEM, E_S = 0, 1
+E_SLOT, E_DATA, E_FSTACK, E_KMETA = 2, 3, 4, 5          # PageContents.arrays
+E_SP, E_CACHES, E_GEO, E_FA, E_REC, E_TAGS, E_STATS = 6, 7, 8, 9, 10, 11, 12
+
+# stage parameters, E[E_SP] (int64)
+SP_DYNAMIC = 0          # descriptors are slab objects (memdesc word on every page)
+SP_PAGE_BYTES = 1       # sizeof(struct page)
+SP_MEMDESC_OFF = 2      # byte offset of the memdesc word inside struct page
+SP_T_SLAB, SP_T_FILE, SP_T_ANON, SP_T_PGTABLE, SP_T_NETPOOL, SP_T_MOVABLE, SP_T_MISC = range(3, 10)
+SP_DEBUG = 10           # keep the MemMap's allocation record (E[E_REC]) in step
+SP_SLABDESC = 11        # cache index of the struct slab descriptor cache (-1 at overlay stages)
+SP_NR_NODES = 12
+SP_CPU = 13
+# cache indices of the descriptor caches (-1 at the overlay stages)
+SP_C_FOLIO, SP_C_FOLIO_LARGE, SP_C_PTDESC, SP_C_ZPDESC, SP_C_NETMEM = 16, 17, 18, 19, 20
+# per memdesc type code t: where a descriptor of that type keeps its first PFN
+# (sp[SP_PFN_OFF + t]) and its order byte (sp[SP_ORDER_OFF + t], -1: always order 0)
+SP_PFN_OFF = 32
+SP_ORDER_OFF = 48
+SP_WORDS = 64
+
+#: Where each dynamic descriptor keeps the PFN of its memory and its order. A descriptor that
+#: no longer overlays struct page must know its page; the Path folio has ``pfn`` and
+#: ``order`` [S]; for the others we use members that lose their meaning once the descriptor
+#: stands alone [I]: ptdesc ``__page_mapping`` (pfn) and the unused upper half of
+#: ``_pt_pad_2`` (order), zpdesc the 8 bytes its 56 are rounded up to, netmem_desc
+#: ``_pp_mapping_pad`` (pfn) and the low byte of ``_flags`` below the node/zone bits (order).
+DESC_PFN_ORDER: dict[str, tuple[int, int]] = {
+    "File": (64, 60), "Anon": (64, 60), "PageTable": (24, 44), "Movable": (56, -1),
+    "NetPool": (24, 0), "Slab": (48, -1),
+}
+
+# counters, E[E_STATS] (int64)
+ST_PAGE_ALLOCS, ST_PAGE_FREES, ST_PAGE_FAILS = 0, 1, 2
+ST_DESC_FAIL_UNWIND = 3     # descriptor allocated, memory failed, descriptor freed again
+ST_IN_FREE = 4              # >0 while a free path runs (alloc_pages_e asserts it is 0)
+ST_WORDS = 8
+
+
+@njit(cache=True)
+def borrow(E):
+    """E with every array rebound through free_tracking.unmanaged(): entry kernels (called
+    from Python, which keeps the arrays alive) call this once so that the many small
+    functions below them pass the arrays without atomic reference counting."""
+    return (unmanaged(E[0]), unmanaged(E[1]), unmanaged(E[2]), unmanaged(E[3]),
+            unmanaged(E[4]), unmanaged(E[5]), unmanaged(E[6]), unmanaged(E[7]),
+            unmanaged(E[8]), unmanaged(E[9]), unmanaged(E[10]), unmanaged(E[11]),
+            unmanaged(E[12]))
+
+
+@njit(cache=True)
+def alloc_pages_e(E, gfp, order, nid):
+    """__alloc_pages() as the descriptor layer sees it: should_fail_alloc_page() first, then
+    the buddy allocator; keeps the debug allocation record. Returns the PFN or -1."""
+    stats = E[E_STATS]
+    if stats[ST_IN_FREE] > 0:
+        raise AssertionError("memory allocated while freeing memory")
+    if should_fail_nb(E[E_FA], FA_PAGE, gfp, order):
+        stats[ST_PAGE_FAILS] += 1
+        return -1
+    sp = E[E_SP]
+    pfn = alloc_pages_nb(E[E_MEM], E[E_S], gfp, order, nid, sp[SP_CPU])
+    if pfn < 0:
+        stats[ST_PAGE_FAILS] += 1
+        return -1
+    stats[ST_PAGE_ALLOCS] += 1
+    if sp[SP_DEBUG]:
+        rec = E[E_REC]
+        if rec[pfn] != -1:
+            raise AssertionError("pfn handed out twice")
+        rec[pfn] = order
+    return pfn
+
+
+@njit(cache=True)
+def free_pages_e(E, pfn, order):
+    """__free_pages() with the debug record check (VM_BUG_ON_PAGE on a bad free)."""
+    sp = E[E_SP]
+    if sp[SP_DEBUG]:
+        rec = E[E_REC]
+        if rec[pfn] != order:
+            raise AssertionError("bad free: pfn not allocated at this order")
+        rec[pfn] = -1
+    E[E_TAGS][pfn:pfn + (np.int64(1) << order)] = 0
+    E[E_STATS][ST_PAGE_FREES] += 1
+    free_pages_nb(E[E_MEM], E[E_S], pfn, order, sp[SP_CPU])
+
+
+@njit(cache=True)
+def alloc_page_desc_nb(E, gfp, order, desc, type_code, nid):
+    """alloc_page_desc(gfp, order, type, desc): the pages, then ``desc | type`` into the
+    memdesc word of every one of them (dynamic stages; at the overlay stages the descriptor
+    *is* the struct page and nothing is written here). Returns the PFN or -1; the caller
+    still owns ``desc`` on failure and must free it."""
+    pfn = alloc_pages_e(E, gfp, order, nid)
+    if pfn >= 0 and E[E_SP][SP_DYNAMIC]:
+        set_memdesc_nb(E[E_MEM], E[E_S], pfn, order, np.uint64(desc) | np.uint64(type_code))
+    return pfn
+
+
+# ---- descriptor caches ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DescriptorCache:
+    """One memdesc descriptor cache: which descriptor, its memdesc type, bytes, free pointer."""
+
+    key: str            # key in data/descriptors.toml
+    cache_name: str     # kmem_cache name
+    memdesc_type: str   # type name in the stage's table
+    freeptr_offset: int  # a word inside the object that RCU readers do not validate [I]
+
+
+#: The caches created from ``dynamic`` on (the slab descriptor cache is mm/slub.py's own,
+#: self-hosted; see slub.Slub). zsmalloc pages are movable_ops pages: type Movable [I].
+DESCRIPTOR_CACHES: tuple[DescriptorCache, ...] = (
+    DescriptorCache("folio", "folio", "File", 8),           # over lru.next
+    DescriptorCache("large_folio", "folio_large", "File", 8),
+    DescriptorCache("ptdesc", "ptdesc", "PageTable", 8),    # over pt_list.next
+    DescriptorCache("zpdesc", "zpdesc", "Movable", 8),      # over lru.next
+    DescriptorCache("netmem_desc", "netmem_desc", "NetPool", 24),   # _pp_mapping_pad
+)
+#: sp[] slot that holds each descriptor cache's index.
+DESCRIPTOR_CACHE_SLOT = {"folio": SP_C_FOLIO, "large_folio": SP_C_FOLIO_LARGE,
+                         "ptdesc": SP_C_PTDESC, "zpdesc": SP_C_ZPDESC,
+                         "netmem_desc": SP_C_NETMEM}
+SLAB_DESC = DescriptorCache("slab", "memdesc_slab", "Slab", 16)     # over slab_list.next
+
+
+def _descriptors_toml() -> dict:
+    text = resources.files("memdesc").joinpath("data/descriptors.toml").read_text()
+    return tomllib.loads(text)
+
+
+def descriptor_sizes() -> dict[str, int]:
+    """C sizes of the descriptors (data/descriptors.toml, tables with ``bytes``)."""
+    return {k: int(v["bytes"]) for k, v in _descriptors_toml().items()
+            if isinstance(v, dict) and "bytes" in v}
+
+
+def use_freeptr_offset() -> bool:
+    """descriptors.toml [slab_cache] use_freeptr_offset: whether the descriptor caches keep
+    SLUB's free pointer inside the object (True) or after it (+8 bytes, realigned)."""
+    return bool(_descriptors_toml().get("slab_cache", {}).get("use_freeptr_offset", True))
+
+
+def descriptor_slot_bytes(key: str) -> int:
+    """The descriptor's size rounded up to the 16-byte slab alignment."""
+    return -(-descriptor_sizes()[key] // 16) * 16
+
+
+def new_env(mm, contents, sp, caches, geo, fault_state, tags, stats) -> tuple:
+    """Assemble the environment tuple from its parts (rebuild it when an array is replaced)."""
+    rec = mm._order if mm._order is not None else np.full(1, -1, np.int8)
+    return (*mm.st, *contents.arrays, sp, caches, geo, fault_state, rec, tags, stats)
