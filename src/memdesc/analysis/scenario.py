@@ -371,6 +371,7 @@ class World:
         self.k = Kernel(machine, stage, debug=debug or check, check_every=0)
         self.check = check
         self.vm = Vmalloc(self.k)
+        self.zero_pfn = self.vm.zero_page()
         self.pc = PageCache(self.k)
         self.anon = AnonMemory(self.k, self.vm)
         from memdesc.mm.zsmalloc import create_caches

@@ -74,6 +74,7 @@ def census_of_world(world) -> Census:
             untyped[0] += pool.classes[pool.zs_class[row]].pages_per_zspage
     for pages in world.reserved:
         units["reserved"][0] += pages.shape[0]
+    units["zero"][0] += int(world.zero_pfn >= 0)
 
     # free memory: buddy blocks by order, pcp pages as order-0 units
     nr_free = pa.free_area_counts(k.mm).sum(axis=0)

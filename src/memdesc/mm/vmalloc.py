@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm.free_tracking import misc_word, page_zone_index
+from memdesc.mm.gfp import GFP_KERNEL
 from memdesc.mm.kmem import TAG_RESERVED, TAG_VMALLOC, VMEMMAP_START, fill_tags, kread, kwrite
 from memdesc.mm.memdesc import MISC_SUBTYPE
 from memdesc.mm.memdesc_alloc import (
@@ -41,6 +42,7 @@ from memdesc.stages import PAGE_SHIFT, PAGE_SIZE
 
 MISC_VMALLOC = MISC_SUBTYPE["vmalloc"]
 MISC_RESERVED = MISC_SUBTYPE["reserved"]
+MISC_ZERO = MISC_SUBTYPE["zero"]
 #: sizeof(struct vmap_area) = 64 and sizeof(struct vm_struct) = 72 on x86-64 [I: 6.18
 #: include/linux/vmalloc.h member lists].
 VMAP_AREA_BYTES = 64
@@ -49,7 +51,7 @@ VM_STRUCT_BYTES = 72
 
 @njit(cache=True)
 def misc_pages_nb(E, n, gfpflags, subtype, tag_kind, owner, seq0, out):
-    """n order-0 pages marked Misc ``subtype`` (vmalloc or reserved) with their data tags;
+    """n order-0 pages marked Misc ``subtype`` (vmalloc, reserved or zero) with their data tags;
     all or nothing: on a failure the pages got so far are freed and False returned."""
     E = borrow(E)
     sp = E[E_SP]
@@ -63,7 +65,7 @@ def misc_pages_nb(E, n, gfpflags, subtype, tag_kind, owner, seq0, out):
         if sp[SP_DYNAMIC]:
             gz = page_zone_index(E[E_MEM], E[E_S], pfn)
             set_memdesc_nb(E[E_MEM], E[E_S], pfn, 0, misc_word(E[E_S], subtype, 0, gz))
-        elif subtype == MISC_RESERVED:
+        elif subtype in (MISC_RESERVED, MISC_ZERO):
             page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
             f = kread(E[E_MEM], E[E_DATA], E[E_SLOT], page)
             kwrite(E[E_MEM], E[E_DATA], E[E_SLOT], page, f | np.uint64(1 << PG_reserved))
@@ -81,7 +83,7 @@ def fill_tags_list(tags, pfns, kind, owner, seq0):
 @njit(cache=True)
 def _unmark(E, pfn, subtype):
     sp = E[E_SP]
-    if not sp[SP_DYNAMIC] and subtype == MISC_RESERVED:
+    if not sp[SP_DYNAMIC] and (subtype in (MISC_RESERVED, MISC_ZERO)):
         page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
         f = kread(E[E_MEM], E[E_DATA], E[E_SLOT], page)
         kwrite(E[E_MEM], E[E_DATA], E[E_SLOT], page, f & ~np.uint64(1 << PG_reserved))
@@ -170,6 +172,15 @@ class Vmalloc:
                              0, pages):
             return None
         return pages
+
+    def zero_page(self) -> int:
+        """The shared zero page: x86's empty_zero_page is a PG_reserved page of the kernel
+        image (kpageflags: zero_page,reserved); from ``dynamic`` on it is Misc subtype zero
+        [S: Memdescs rev B]. Allocated once at boot; never freed. Returns its PFN (-1 if none)."""
+        page = np.zeros(1, np.int64)
+        if not misc_pages_nb(self.k.E, 1, GFP_KERNEL, MISC_ZERO, TAG_RESERVED, 0, 0, page):
+            return -1
+        return int(page[0])
 
     def unreserve(self, pages: np.ndarray) -> None:
         free_misc_pages_nb(self.k.E, pages, MISC_RESERVED)
