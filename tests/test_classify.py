@@ -286,3 +286,45 @@ def test_choose_cell_pfns_bounds_the_map():
     assert choose_cell_pfns(6_553_600) == 512
     assert choose_cell_pfns(1 << 28) == 512
     assert choose_cell_pfns(1 << 30) == 2048
+
+
+def test_swap_cache_without_anon_mapping_is_anon_not_shmem():
+    """A folio in the swap cache but not (yet) mapped: swapin readahead, or a shmem folio that
+    shmem_writeout() moved from the page cache to the swap cache. Its folio->mapping is not
+    anonymous, yet it is not shmem (NR_SHMEM no longer counts it) but swap cache (SwapCached);
+    stable_page_flags() reports KPF_SWAPCACHE only with PG_swapbacked."""
+    swapcache = B(kpf.KPF_UPTODATE, kpf.KPF_LRU, kpf.KPF_SWAPBACKED, kpf.KPF_SWAPCACHE)
+    shmem = B(kpf.KPF_UPTODATE, kpf.KPF_LRU, kpf.KPF_SWAPBACKED)
+    c = census_of([swapcache, swapcache | B(kpf.KPF_ANON), shmem, 0])
+    assert (c.pages_by_class["anon"], c.pages_by_class["shmem"]) == (2, 1)
+
+
+def test_meminfo_checks_flag_a_real_mismatch():
+    """The idle captures pass; the same census against perturbed counters must not."""
+    from memdesc.analysis.consistency import meminfo_checks
+
+    census = _survey("snapshot-idle").census
+    mem = procfs.parse_meminfo(open_snapshot(fixture_dir("snapshot-idle")).text("meminfo"))
+    p = census.pages_by_class
+    kb = 4
+    bad = dict(mem, Shmem=2 * p["shmem"] * kb,                       # twice our shmem
+               Slab=(p["slab"] + census.extras["untyped_compound_pages"] + 500) * kb,
+               PageTables=(p["pagetable"] + 200) * kb, MemFree=mem["MemFree"] // 2)
+    checks = {c.name: c for c in meminfo_checks(census, bad, bad)}
+    for n in ("shmem", "slab", "page tables", "free"):
+        assert checks[n].status == "differs", (n, checks[n].diff)
+    low = dict(mem, Slab=(p["slab"] - 500) * kb)                    # fewer than our slab pages
+    assert {c.name: c for c in meminfo_checks(census, low, low)}["slab"].status == "differs"
+
+
+def test_memmap_without_iomem_or_zoneinfo_matches_the_ram_base():
+    """Only kpageflags: a PFN not marked KPF_NOPAGE has a struct page (pfn_to_online_page()
+    found one), even when its flags are 0 (never initialised). The memmap must count those
+    sections, like the RAM base does, or % of RAM comes out halved (fixture: 88 of 192)."""
+    sec = 1 << 15
+    flags = np.zeros(3 * sec, np.uint64)                 # section 0: all flags 0
+    flags[sec:2 * sec] = B(kpf.KPF_NOPAGE)               # section 1: no struct pages
+    flags[2 * sec + 7] = B(kpf.KPF_LRU, kpf.KPF_UPTODATE)  # section 2: one file page
+    c = census_of(flags, cell=512)
+    assert c.ram_pages == 2 * sec
+    assert c.memmap_pages == 2 * sec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,14 @@ def test_bad_tables_are_one_line_errors(tmp_path, text):
         load_descriptors(p)
     with pytest.raises(InputError, match="does not exist"):
         load_descriptors(tmp_path / "absent.toml")
+
+
+def test_explain_shows_the_min_objects_the_geometry_used():
+    """A table that sets slub_min_objects: --explain must not claim 4 × (fls(cpus) + 1)."""
+    t = dataclasses.replace(TABLE, cache=dataclasses.replace(TABLE.cache, min_objects=40))
+    c = hand_census(512, anon={0: 100})
+    cost = survey_costs(c, [get_stage("page16")], t)[0]
+    text = "\n".join(explain(cost, c, t))
+    assert "min_objects = slub_min_objects 40" in text and "fls(" not in text
+    g = cost.caches[0].geometry
+    assert g.min_objects == 40 and g.order == 0          # 40 × 80 B still fit one page

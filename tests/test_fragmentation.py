@@ -68,6 +68,18 @@ def test_indices_stay_in_range(counts):
     u = fr.unusable_free_index(counts)
     e = fr.fragmentation_index(counts)
     assert ((u >= 0) & (u <= 1000)).all()
-    assert (((e >= 0) & (e <= 1000)) | (e == -1000)).all()
+    # __fragmentation_index() is 1000 - (1000 + 1000 * free / 2^order) / blocks: below 0 when
+    # few free blocks hold much of the request, never below -1000
+    # (-1000 itself means a suitable block exists).
+    assert ((e >= -1000) & (e <= 1000)).all()
+    suitable = np.array([sum(counts[k] for k in range(o, 11)) for o in range(11)])
+    assert ((e == -1000) == (suitable > 0)).all()
     # unusable index never decreases with the order (fewer blocks are large enough)
     assert (np.diff(u) >= 0).all()
+
+
+def test_fragmentation_index_goes_negative_like_the_kernel():
+    """One free order-9 block, asked for order 10: 1000 - (1000 + 512000 / 1024) / 1 = -500,
+    which the kernel's integer formula returns too (mm/vmstat.c __fragmentation_index())."""
+    counts = [0] * 9 + [1, 0]
+    assert fr.fragmentation_index(counts)[10] == -500

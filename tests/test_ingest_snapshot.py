@@ -409,3 +409,14 @@ def test_live_snapshot():
     assert start == 4096 and all(len(a) == 5000 for a in arrays.values())
     assert snap.text("meminfo", "after") is not None
     assert open_snapshot("/proc").kind == "live"
+
+
+def test_both_raw_and_compressed_copies_are_ambiguous(tmp_path, idle_flags):
+    """kpageflags.bin beside kpageflags.bin.zst (say a half-finished `zstd -d`): which one is
+    the capture? Refuse in one line rather than silently survey one of them."""
+    folder = write_folder(tmp_path / "s", {"kpageflags": idle_flags[:4096]}, compress=True)
+    write_folder(folder, {"kpageflags": idle_flags[:100]})
+    with pytest.raises(InputError) as e:
+        open_snapshot(folder)
+    msg = one_line_error(e)
+    assert "kpageflags.bin" in msg and "kpageflags.bin.zst" in msg

@@ -81,3 +81,33 @@ def test_pngs_render_and_write_atomically(tmp_path):
     write_bytes(tmp_path / "sub" / "m.png", pic)
     assert (tmp_path / "sub" / "m.png").read_bytes() == pic
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["m.png"]
+
+
+def test_a_check_against_a_zero_counter_stays_valid_json():
+    """Shmem 0 kB but our shmem > 0: the percentage is undefined, and JSON has no Infinity."""
+    from types import SimpleNamespace
+
+    from memdesc.analysis.consistency import Check
+    from memdesc.report.table import check_table
+
+    ch = Check("shmem", "Shmem", "shmem", 5, 0, 0, "why")
+    assert ch.diff == 5 and ch.status == "differs"
+    d = ch.to_dict()
+    assert d["diff_percent"] is None
+    json.dumps(d, allow_nan=False)
+    con = Console(record=True, width=200)
+    con.print(check_table(SimpleNamespace(checks=[ch])))
+    assert "+5 (" in con.export_text()
+
+
+def test_anomaly_note_explains_only_what_was_observed():
+    from dataclasses import replace as dc_replace
+
+    from memdesc.report.table import notes_lines
+
+    r = result()
+    c = r.census
+    extras = dict(c.extras, anomalies={"orphan_tail_runs": 2, "hole_pages_with_struct_page": 0})
+    text = "\n".join(notes_lines(dc_replace(r, census=dc_replace(c, extras=extras))))
+    assert "orphan tail runs 2" in text and "init_unavailable_range" not in text
+    assert "init_unavailable_range" in "\n".join(notes_lines(r))     # the fixture has 98

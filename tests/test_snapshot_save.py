@@ -165,3 +165,13 @@ def test_save_live(tmp_path, capsys):
     assert meta["compression"].startswith("zstd")
     flags = np.concatenate([a["kpageflags"] for _, a in open_snapshot(dest).chunks()])
     assert len(flags) == meta["pfn_count"] and (flags != 0).any()
+
+
+def test_save_where_no_folder_can_be_made_is_one_line(tmp_path, fake_proc):
+    """DIR under a regular file (or in /proc): one InputError line, not a traceback."""
+    (tmp_path / "afile").write_text("x")
+    dest = tmp_path / "afile" / "snap"
+    with pytest.raises(InputError) as e:
+        save_snapshot(dest, proc=fake_proc)
+    assert "\n" not in str(e.value) and str(dest) in str(e.value)
+    assert leftovers(tmp_path) == ["afile"]

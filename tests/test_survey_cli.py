@@ -116,3 +116,14 @@ def test_live_survey_when_root(capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["kind"] == "live" and d["source"] == "/proc"
     assert sum(d["pages_by_class"].values()) == d["pfns"]
+
+
+def test_an_output_that_fails_late_takes_the_others_with_it(tmp_path, capsys):
+    """/proc passes the up-front checks as root (a writable folder) but refuses new files: the
+    JSON written just before must not stay behind half a result set, and no traceback."""
+    src = fixture_dir("snapshot-idle")
+    rc = main(["survey", "--snapshot", str(src), "--json", str(tmp_path / "s.json"),
+               "--map", "/proc/memdesc-map.png"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("memdesc: "), err
+    assert list(tmp_path.iterdir()) == []

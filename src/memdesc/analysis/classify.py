@@ -16,8 +16,10 @@ head's flags because stable_page_flags() in fs/proc/page.c reads ``folio->flags`
 4. a compound head and the KPF_COMPOUND_TAIL run after it form one unit of order log2(len).
 5. SLAB first (slab pages can show spurious KPF_ANON/KPF_KSM: kpageflags derives them from the
    word at page->mapping, which in struct slab is a counter), then PGTABLE, HUGE (hugetlb),
-   ZERO_PAGE, OFFLINE, RESERVED, KSM, ANON, SWAPBACKED without ANON (shmem), page-cache hints
-   (file), and anything else is untyped (Misc: large kmalloc, page_pool, driver pages).
+   ZERO_PAGE, OFFLINE, RESERVED, KSM, ANON, SWAPCACHE without ANON (anon: a swap-cache folio
+   not mapped yet, or a shmem folio shmem_writeout() moved to the swap cache; its ->mapping is
+   not anonymous but NR_SHMEM no longer counts it), SWAPBACKED without ANON (shmem), page-cache
+   hints (file), and anything else is untyped (Misc: large kmalloc, page_pool, driver pages).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ B_RESERVED = _b(kpf.KPF_RESERVED)
 B_KSM = _b(kpf.KPF_KSM)
 B_ANON = _b(kpf.KPF_ANON)
 B_SWAPBACKED = _b(kpf.KPF_SWAPBACKED)
+B_SWAPCACHE = _b(kpf.KPF_SWAPCACHE)    # set only with PG_swapbacked [S: stable_page_flags()]
 B_HWPOISON = _b(kpf.KPF_HWPOISON)
 #: Flags only page-cache folios carry when not anonymous/swap-backed [I: PG_lru, and the
 #: filemap/buffer-head flags set by fs I/O; a folio sitting in a per-CPU LRU batch lacks PG_lru
@@ -155,6 +158,8 @@ def _classify_chunk(flags, start, bounds, seg_region, seg_ram, region_pages, res
                 while j < hi and flags[j] == U0:
                     j += 1
                 _add_span(region_pages, units, cells, shift, region, FLAG0, p, start + j)
+                # Not KPF_NOPAGE: pfn_to_online_page() found a struct page, initialised or not.
+                _mark_sections(sections, p, start + j)
                 i = j
                 continue
             if (f & B_NOPAGE) != U0:
@@ -208,7 +213,7 @@ def _classify_chunk(flags, start, bounds, seg_region, seg_ram, region_pages, res
                 cls = RESERVED
             elif (f & B_KSM) != U0:
                 cls = KSM
-            elif (f & B_ANON) != U0:
+            elif (f & (B_ANON | B_SWAPCACHE)) != U0:
                 cls = ANON
             elif (f & B_SWAPBACKED) != U0:
                 cls = SHMEM
@@ -332,7 +337,7 @@ class Tally:
     free_hist: np.ndarray         # int64[nregions, NR_PAGE_ORDERS]
     cells: np.ndarray             # int32[ncells, NCLS]
     last_typed: np.ndarray        # int64[nregions]  highest RAM PFN whose flags are not 0
-    sections: np.ndarray          # uint8[nsections] a struct page was seen in the section
+    sections: np.ndarray          # uint8[nsections] a PFN without KPF_NOPAGE is in the section
     anomalies: np.ndarray         # int64[len(ANOMALIES)]
     pfns_seen: int = 0
 
@@ -470,7 +475,7 @@ def memmap_pages(tally: Tally) -> tuple[int, str]:
         return -(-present // PAGES_PER_SECTION) * PAGES_PER_SECTION, \
             "Σ zone present rounded up to whole sections (no iomem)"
     return int(tally.sections.sum()) * PAGES_PER_SECTION, \
-        "sections where kpageflags shows a struct page (no iomem, no zoneinfo)"
+        "sections with a PFN kpageflags does not mark KPF_NOPAGE (no iomem, no zoneinfo)"
 
 
 def build_census(tally: Tally, source: str, kernel: str | None = None,

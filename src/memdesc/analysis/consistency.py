@@ -58,7 +58,10 @@ class Check:
         if d is None:
             return None
         ref = self.kernel_hi if d > 0 else self.kernel_lo
-        return 100.0 * d / ref if ref else (0.0 if d == 0 else float("inf"))
+        if not ref:
+            # Undefined against a zero counter; None, not inf (JSON has no Infinity).
+            return 0.0 if d == 0 else None
+        return 100.0 * d / ref
 
     @property
     def status(self) -> str:
@@ -129,15 +132,18 @@ def meminfo_checks(census: Census, before: dict[str, int] | None,
         checks.append(Check(name, " + ".join(keys), ours_label, ours, b, a, text,
                             _tol(b, a, frac=frac), upper))
 
+    swapcached = _pages(before, "SwapCached") or 0
     add("anonymous", ("AnonPages",), "anon + ksm", p["anon"] + p["ksm"],
         "AnonPages is NR_ANON_MAPPED: anonymous pages mapped by a process (KSM pages "
         "included, shmem not); we count every page whose folio->mapping is anonymous, "
-        "mapped or not (swap cache, being unmapped), so ours may exceed it slightly; the huge "
-        "zero folio (KPF_ZERO_PAGE|KPF_THP) is in neither (our zero class)")
+        "mapped or not (swap cache, being unmapped), and swap-cache folios not mapped yet, so "
+        "ours may exceed it"
+        + (f" by up to SwapCached ({swapcached:,} pages)" if swapcached else " slightly")
+        + "; the huge zero folio (KPF_ZERO_PAGE|KPF_THP) is in neither (our zero class)")
     add("shmem", ("Shmem",), "shmem", p["shmem"],
-        "Shmem is NR_SHMEM: tmpfs/shm/memfd folios; ours are SWAPBACKED pages without "
-        "KPF_ANON")
-    swapcached = _pages(before, "SwapCached") or 0
+        "Shmem is NR_SHMEM: tmpfs/shm/memfd folios in the page cache; ours are SWAPBACKED "
+        "pages without KPF_ANON or KPF_SWAPCACHE (a shmem folio moved to the swap cache "
+        "leaves NR_SHMEM and is in our anon)")
     add("page cache", ("Cached", "Buffers"), "file + shmem", p["file"] + p["shmem"],
         "Cached + Buffers + SwapCached = NR_FILE_PAGES, which includes shmem; ours are file "
         "folios (page-cache flags, not anonymous, not swap-backed) plus shmem"
@@ -162,7 +168,9 @@ def meminfo_checks(census: Census, before: dict[str, int] | None,
     pcp = census.extras.get("pcp_pages")
     text = ("MemFree is NR_FREE_PAGES (pages in the buddy free lists; pages on the per-CPU "
             "pcp lists are not counted" + (f": {pcp:,} pages by zoneinfo pcp counts, part of "
-                                           "our untyped" if pcp is not None else "") + ")")
+                                           "our untyped" if pcp is not None else "")
+            + "; free pages of isolated pageblocks are KPF_BUDDY but left out, "
+              "account_freepages() in mm/page_alloc.c skips MIGRATE_ISOLATE)")
     if uninit:
         text += (f", plus on this lazily initialised kernel the never-initialised pages that "
                  f"are not memblock-reserved: {uninit:,} uninitialised − "
@@ -182,7 +190,10 @@ def slab_heads_check(census: Census, slabinfo: list[SlabCache] | None) -> Check:
     text = ("one slab = one KPF_SLAB unit (order-0 page or compound head with its tails); "
             "slabinfo's num_slabs counts the slabs on each kmem_cache_node, per-CPU and partial "
             "ones included. slabinfo was read once, before the kpage reads, so slabs allocated "
-            "or freed in between differ")
+            "or freed in between differ; and a discarded slab of a SLAB_TYPESAFE_BY_RCU cache "
+            "leaves num_slabs at once (discard_slab() in mm/slub.c) but keeps KPF_SLAB, and its "
+            "Slab pages, until its RCU grace period ends (rcu_free_slab()), so ours can exceed "
+            "num_slabs while many slabs are being freed")
     if total is not None:
         text += (f"; slabinfo implies {pages:,} slab pages (num_slabs × pagesperslab) vs our "
                  f"{census.pages_by_class['slab']:,}")

@@ -256,9 +256,11 @@ def explain(cost: StageCost, census: Census, table: DescriptorTable,
         lines.append(f"  [slab_cache] {p.source}")
         freeptr = ("after the object (+8 B)" if p.typesafe_by_rcu and not p.use_freeptr_offset
                    else "inside the object (use_freeptr_offset)")
+        min_objects = (f"slub_min_objects {p.min_objects}" if p.min_objects else
+                       f"4 × (fls({nr_cpus}) + 1) = {slub.default_min_objects(nr_cpus)}")
         lines.append(f"slab geometry: SLUB calculate_sizes()/calculate_order() (mm/slub.c) with "
-                     f"{nr_cpus} CPU(s): min_objects = 4 × (fls({nr_cpus}) + 1) = "
-                     f"{4 * (nr_cpus.bit_length() + 1)}, slub_max_order {p.max_order}, free "
+                     f"{nr_cpus} CPU(s): min_objects = {min_objects} (capped at what fits "
+                     f"slub_max_order {p.max_order}), slub_min_order {p.min_order}, free "
                      f"pointer {freeptr}")
         demand = descriptor_demand(census)
         u = census.units_by_class

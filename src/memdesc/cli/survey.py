@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from memdesc.cli.options import check_output, stages_option
 from memdesc.stages import STAGE_IDS, get_stage
@@ -71,8 +73,18 @@ def run(args: argparse.Namespace) -> int:
         for path, render_fn in renderers:
             outputs.append((path, render_fn(result)))
             tick(1)
-    for path, data in outputs:
-        write_bytes(path, data)
+    # All or nothing: if one write fails, remove the files this run created before it.
+    created: list[Path] = []
+    try:
+        for path, data in outputs:
+            is_new = not os.path.lexists(path)
+            write_bytes(path, data)
+            if is_new:
+                created.append(Path(path))
+    except BaseException:
+        for p in created:
+            p.unlink(missing_ok=True)
+        raise
 
     if args.json == "-":
         sys.stdout.write(survey_json(result))

@@ -16,6 +16,7 @@ Everything goes into a temporary folder beside DIR that is renamed only when com
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -126,7 +127,13 @@ def save_snapshot(dest: str | os.PathLike, *, compress: bool = True,
     pfn_count = live_pfn_count(proc / "kpageflags")
     step("pfn_count_done")
 
-    with atomic_dir(dest) as tmp:
+    stack = contextlib.ExitStack()
+    try:
+        tmp = stack.enter_context(atomic_dir(dest))
+    except OSError as e:
+        raise InputError(f"cannot create {dest}: {e.strerror or e}; choose a folder on a "
+                         "writable file system") from None
+    with stack:
         step("before_read_begin")
         snap = open_live(proc, pfn_count=pfn_count)   # reads every /proc text file: "before"
         step("before_read_end")

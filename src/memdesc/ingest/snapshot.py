@@ -420,10 +420,12 @@ def _open_folder(root: Path, kind: str, source: str, note: str | None = None) ->
                          "`memdesc snapshot save`")
     kpage: dict[str, _KpageFile] = {}
     for name in KPAGE_FILES:
-        for candidate in (f"{name}.bin", f"{name}.bin.zst"):
-            if candidate in entries:
-                kpage[name] = _kpage_file(root / candidate)
-                break
+        found = [c for c in (f"{name}.bin", f"{name}.bin.zst") if c in entries]
+        if len(found) > 1:
+            raise InputError(f"{root}: holds both {found[0]} and {found[1]}; keep only one "
+                             "copy of the capture (delete the other)")
+        if found:
+            kpage[name] = _kpage_file(root / found[0])
     if "kpageflags" not in kpage:
         raise InputError(f"{root}: a snapshot needs kpageflags.bin or kpageflags.bin.zst")
     sizes = {n: f.nbytes for n, f in kpage.items()}

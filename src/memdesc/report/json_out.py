@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from memdesc import __version__
 from memdesc.analysis.census import CLASSES
 from memdesc.atomic import atomic_file
+from memdesc.errors import InputError
 from memdesc.stages import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -60,13 +61,18 @@ def survey_json(r: SurveyResult) -> str:
 
 def write_bytes(dest: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``dest`` atomically (a temporary file renamed over it). A character
-    device such as /dev/null is written directly: there is nothing to make atomic."""
-    if os.path.exists(dest) and not os.path.isfile(dest) and not os.path.isdir(dest):
-        with open(dest, "wb") as f:
+    device such as /dev/null is written directly: there is nothing to make atomic.
+    InputError (one line) when the file system refuses it."""
+    try:
+        if os.path.exists(dest) and not os.path.isfile(dest) and not os.path.isdir(dest):
+            with open(dest, "wb") as f:
+                f.write(data)
+            return
+        with atomic_file(dest, "wb") as f:
             f.write(data)
-        return
-    with atomic_file(dest, "wb") as f:
-        f.write(data)
+    except OSError as e:
+        raise InputError(f"cannot write {dest}: {e.strerror or e}; choose another file") \
+            from None
 
 
 def write_json(r: SurveyResult, dest: str | os.PathLike | None) -> None:

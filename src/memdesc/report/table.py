@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 CLASS_MEANING = {
     "free": "buddy free blocks (KPF_BUDDY)",
     "file": "page-cache folios",
-    "anon": "anonymous folios",
-    "shmem": "tmpfs/shm folios (SWAPBACKED, not ANON)",
+    "anon": "anonymous folios (swap cache included)",
+    "shmem": "tmpfs/shm folios (SWAPBACKED, not ANON, not SWAPCACHE)",
     "ksm": "KSM pages",
     "slab": "slabs (SLAB first: ANON/KSM bits there are spurious)",
     "pagetable": "page tables (ptdesc)",
@@ -114,7 +114,9 @@ def check_table(r: SurveyResult) -> Table:
 
     for ch in r.checks:
         d = ch.diff
-        dtxt = "—" if d is None else f"{d:+,} ({ch.diff_percent:+.2f} %)"
+        pct = ch.diff_percent
+        dtxt = "—" if d is None else f"{d:+,} (" + ("n/a" if pct is None else f"{pct:+.2f} %") \
+            + ")"
         style = {"ok": "green", "differs": "yellow", "skipped": "dim"}[ch.status]
         t.add_row(ch.name, ch.kernel_label, ch.ours_label, f"{ch.ours:,}", n(ch.kernel_before),
                   n(ch.kernel_after), dtxt, f"[{style}]{ch.status}[/]")
@@ -167,8 +169,9 @@ def notes_lines(r: SurveyResult) -> list[str]:
     an = {k: v for k, v in (c.extras.get("anomalies") or {}).items() if v}
     if an:
         out.append("observed: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in an.items())
-                   + " (hole pages with struct page: PFNs outside System RAM that "
-                     "init_unavailable_range() marked PG_reserved)")
+                   + (" (hole pages with struct page: PFNs outside System RAM that "
+                      "init_unavailable_range() marked PG_reserved)"
+                      if an.get("hole_pages_with_struct_page") else ""))
     out.append(f"memmap: {c.memmap_pages:,} struct pages ({c.extras.get('memmap_basis')}); "
                f"% of RAM uses {c.ram_pages:,} present pages ({_size(c.ram_pages)})")
     out.extend(n for n in c.notes if n != r.note)
