@@ -228,8 +228,8 @@ def render_png(result: ReplayResult) -> bytes:
     for run, ser in zip(result.runs, result.series, strict=True):
         pos = np.clip(run.samples_pos, 0, max(len(t) - 1, 0))
         x = (t[pos] - t0) / 1e9 if len(t) else np.zeros(len(pos))
-        axes[0].plot(x, ser.descriptor_bytes / 2**20,
-                     label=f"{run.name} (+ {ser.struct_page_bytes[0] / 2**20:,.0f} MiB memmap)")
+        total = (ser.struct_page_bytes + ser.descriptor_bytes) / 2**20
+        axes[0].plot(x, total, label=f"{run.name} ({total[-1]:,.0f} MiB at the end)")
         axes[1].plot(x, ser.free_2m_blocks, label=run.name)
         axes[2].plot(x, ser.unusable[:, zi, 9] / 1000, label=run.name)
     ser = result.series[0]
@@ -239,7 +239,7 @@ def render_png(result: ReplayResult) -> bytes:
     twin = axes[1].twinx()
     twin.plot(x, ser.free_huge_percent, color="#999999", linestyle=":", label="free-huge/optimal")
     twin.set_ylabel("free-huge / optimal (%)", fontsize=8)
-    axes[0].set_ylabel("descriptors (MiB)")
+    axes[0].set_ylabel("struct pages + descriptors (MiB)")
     axes[1].set_ylabel("free 2 MiB blocks")
     axes[2].set_ylabel("unusable index, order 9")
     axes[2].set_xlabel("trace time (s)")
