@@ -127,3 +127,13 @@ def test_an_output_that_fails_late_takes_the_others_with_it(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("memdesc: "), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_under_proc_or_sys_are_refused_before_any_work(tmp_path, capsys):
+    """Root passes os.access() on /proc; the tool must still never write there."""
+    from memdesc.cli import main
+
+    for bad in ("/proc/memdesc.json", "/sys/kernel/memdesc.png"):
+        rc = main(["survey", "--snapshot", "bundled", "--json", bad])
+        assert rc == 2
+        assert "never writes" in capsys.readouterr().err

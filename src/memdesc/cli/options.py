@@ -8,6 +8,9 @@ from pathlib import Path
 from memdesc.errors import InputError
 from memdesc.stages import STAGE_IDS, Stage, parse_stages
 
+#: Kernel interfaces an output must never land in (root passes every os.access() test there).
+KERNEL_FILESYSTEMS = ("/proc", "/sys")
+
 
 def stages_option(spec: str) -> list[Stage]:
     """The stages named by ``--stages`` (``all`` or ``a,b``), in Path order."""
@@ -25,6 +28,10 @@ def check_output(path: str | None, what: str) -> None:
     if path is None or path == "-":
         return
     p = Path(path)
+    real = os.path.realpath(p)
+    if any(real == k or real.startswith(k + "/") for k in KERNEL_FILESYSTEMS):
+        raise InputError(f"--{what} {path}: memdesc never writes its outputs under "
+                         f"{', '.join(KERNEL_FILESYSTEMS)}; give a file elsewhere")
     if p.is_dir():
         raise InputError(f"--{what} {path} is a folder; give a file name")
     # Missing folders are created when the output is written (memdesc.atomic), so check the
