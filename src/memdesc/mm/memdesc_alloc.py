@@ -37,6 +37,7 @@ from numba import njit
 
 from memdesc.mm.fault_inject import FA_PAGE, should_fail_nb
 from memdesc.mm.free_tracking import unmanaged
+from memdesc.mm.kmem import VMEMMAP_START, kread
 from memdesc.mm.page_alloc import alloc_pages_nb, free_pages_nb, set_memdesc_nb
 
 # ---- the environment tuple ------------------------------------------------------------------
@@ -89,6 +90,19 @@ def borrow(E):
             unmanaged(E[4]), unmanaged(E[5]), unmanaged(E[6]), unmanaged(E[7]),
             unmanaged(E[8]), unmanaged(E[9]), unmanaged(E[10]), unmanaged(E[11]),
             unmanaged(E[12]))
+
+
+@njit(cache=True)
+def page_desc(E, pfn):
+    """The descriptor of page ``pfn``: the struct page itself at the overlay stages, where
+    page_slab()/page_ptdesc()/page_zpdesc()/pp_page_to_nmdesc() are casts, and the address the
+    memdesc word points to (type bits cleared) from ``dynamic`` on."""
+    sp = E[E_SP]
+    page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
+    if sp[SP_DYNAMIC]:
+        return kread(E[E_MEM], E[E_DATA], E[E_SLOT],
+                     page + np.uint64(sp[SP_MEMDESC_OFF])) & ~np.uint64(15)
+    return page
 
 
 @njit(cache=True)

@@ -19,7 +19,6 @@ from memdesc.mm import gfp as _gfp
 from memdesc.mm.free_tracking import nodezone_bits, page_zone_index
 from memdesc.mm.kmem import (
     TAG_NETMEM,
-    VMEMMAP_START,
     content_tag,
     fill_tags,
     kread,
@@ -35,8 +34,6 @@ from memdesc.mm.memdesc_alloc import (
     E_TAGS,
     SP_C_NETMEM,
     SP_DYNAMIC,
-    SP_MEMDESC_OFF,
-    SP_PAGE_BYTES,
     SP_T_NETPOOL,
     ST_DESC_FAIL_UNWIND,
     ST_IN_FREE,
@@ -44,6 +41,7 @@ from memdesc.mm.memdesc_alloc import (
     alloc_pages_e,
     borrow,
     free_pages_e,
+    page_desc,
 )
 from memdesc.mm.mm_types import POISON_POINTER_DELTA
 from memdesc.mm.mmzone import NR_ZONES
@@ -61,12 +59,7 @@ GFP_NAPI = _gfp.GFP_ATOMIC | _gfp.__GFP_NOWARN
 
 @njit(cache=True)
 def _netmem_of(E, pfn):
-    sp = E[E_SP]
-    page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
-    if sp[SP_DYNAMIC]:
-        return kread(E[E_MEM], E[E_DATA], E[E_SLOT],
-                     page + np.uint64(sp[SP_MEMDESC_OFF])) & ~np.uint64(15)
-    return page
+    return page_desc(E, pfn)
 
 
 @njit(cache=True)

@@ -44,7 +44,6 @@ from memdesc.mm.memdesc_alloc import (
     E_STATS,
     SP_C_PTDESC,
     SP_DYNAMIC,
-    SP_MEMDESC_OFF,
     SP_PAGE_BYTES,
     SP_T_PGTABLE,
     ST_DESC_FAIL_UNWIND,
@@ -52,6 +51,7 @@ from memdesc.mm.memdesc_alloc import (
     alloc_page_desc_nb,
     alloc_pages_e,
     free_pages_e,
+    page_desc,
 )
 from memdesc.mm.mm_types import PG_head
 from memdesc.mm.mmzone import NR_ZONES
@@ -307,12 +307,7 @@ PT_GROW = -2
 def ptdesc_of(E, pfn):
     """page_ptdesc(pfn_to_page(pfn)): the struct page itself at the overlay stages, the
     descriptor the memdesc word points to from ``dynamic`` on."""
-    sp = E[E_SP]
-    page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
-    if sp[SP_DYNAMIC]:
-        return kread(E[E_MEM], E[E_DATA], E[E_SLOT],
-                     page + np.uint64(sp[SP_MEMDESC_OFF])) & ~np.uint64(15)
-    return page
+    return page_desc(E, pfn)
 
 
 @njit(cache=True)

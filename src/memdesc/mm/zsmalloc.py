@@ -40,7 +40,6 @@ from memdesc.mm.memdesc_alloc import (
     E_TAGS,
     SP_C_ZPDESC,
     SP_DYNAMIC,
-    SP_MEMDESC_OFF,
     SP_PAGE_BYTES,
     SP_T_MOVABLE,
     ST_DESC_FAIL_UNWIND,
@@ -49,6 +48,7 @@ from memdesc.mm.memdesc_alloc import (
     alloc_pages_e,
     borrow,
     free_pages_e,
+    page_desc,
 )
 from memdesc.mm.mmzone import NR_ZONES
 from memdesc.mm.slub import _GROW, _alloc_obj, kmem_cache_free_one_nb
@@ -141,12 +141,7 @@ GFP_ZSMALLOC = _gfp.GFP_NOIO | _gfp.__GFP_HIGHMEM | _gfp.__GFP_MOVABLE
 
 @njit(cache=True)
 def _zpdesc_of(E, pfn):
-    sp = E[E_SP]
-    page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
-    if sp[SP_DYNAMIC]:
-        return kread(E[E_MEM], E[E_DATA], E[E_SLOT],
-                     page + np.uint64(sp[SP_MEMDESC_OFF])) & ~np.uint64(15)
-    return page
+    return page_desc(E, pfn)
 
 
 @njit(cache=True)
