@@ -87,8 +87,8 @@ Methods: ``counts()`` (events per name), ``problems()`` (one line per loss or sk
 
 Reading never builds a Python object per event: text is parsed in blocks of a few MiB by a
 numba kernel over the bytes (:mod:`memdesc.ingest.ftrace_lines`); raw pages are walked by a
-numba kernel (:mod:`memdesc.ingest.ftrace_raw`) over each CPU's file (decompressed in memory,
-or memory-mapped when stored uncompressed).
+numba kernel (:mod:`memdesc.ingest.ftrace_raw`) over each CPU's file, streamed in chunks of
+whole pages (zstd-decompressed by a background thread while the previous chunk is decoded).
 """
 
 from __future__ import annotations

@@ -13,8 +13,12 @@ starts with common_type (the event ID); its fields sit at the offsets of its ``f
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import re
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,18 +69,48 @@ def _rd(data, off, size, signed):
 
 
 @njit(cache=True)
+def _keep_text(data, s, e, key, pool, ht, st):
+    """Copy ``data[s:e]`` to the text pool and return its span (start << 16 | length); with
+    ``key`` != 0 only the first time that key is seen (open-addressing table ``ht`` of keys and
+    spans). ``st`` holds the pool fill and an overflow flag (set: grow the pool and redo)."""
+    n = min(e - s, 0xFFFF)
+    slot = -1
+    if key != 0:
+        mask = len(ht) - 1
+        slot = key & mask
+        while ht[slot, 0] != 0:
+            if ht[slot, 0] == key:
+                return ht[slot, 1]
+            slot = (slot + 1) & mask
+        if 2 * (st[2] + 1) > len(ht):             # keep the table at most half full
+            st[1] = 1
+            return np.int64(-1)
+    if st[0] + n > len(pool):
+        st[1] = 1
+        return np.int64(-1)
+    pool[st[0]:st[0] + n] = data[s:s + n]
+    span = (st[0] << 16) | n
+    st[0] += n
+    if slot >= 0:
+        ht[slot, 0], ht[slot, 1] = key, span
+        st[2] += 1
+    return span
+
+
+@njit(cache=True, nogil=True)
 def _walk(data, page_size, hp, eh, id2code, foff, fsize, fsign, need, absent, ct_off, ct_size,
           fill, cpu, times, codes, dest, o_time, o_cpu, o_event, o_val, o_order, o_gfp, o_mt,
-          o_refill, o_key, o_span, m_span, lost, errs, others):
+          o_refill, o_key, pool, ht, st, m_span, lost, errs, others):
     """Walk every page of one CPU's file. Mirrors rb_update_read_stamp()/rb_event_length() in
     kernel/trace/ring_buffer.c.
 
     Pass 1 (``fill`` False) stores each known record's time and event code. Pass 2 writes
     record n's fields at row ``dest[n]`` of the output columns (markers: ``-1 - dest[n]`` in
     the marker table), so the CPUs are merged without an intermediate copy. ``o_val`` holds
-    pfn, ptr, call_site, bytes_req, bytes_alloc; ``o_key``/``o_span`` the hash and span
-    (start << 16 | length) of the cache name; ``m_span`` the marker texts' spans. ``absent``
-    is the per-event value of fields an event lacks. Returns (records, lost pages, errors).
+    pfn, ptr, call_site, bytes_req, bytes_alloc; ``o_key`` the hash of the cache name, whose
+    text goes to ``pool`` once per hash (:func:`_keep_text`); ``m_span`` the marker texts'
+    spans in ``pool``. ``absent`` is the per-event value of fields an event lacks. ``data``
+    may be any run of whole pages of the file. Returns (records, lost pages, errors).
     """
     ts_off, ts_size, c_off, c_size, d_off, d_size = hp[0], hp[1], hp[2], hp[3], hp[4], hp[5]
     tl_bits, padding, t_extend, t_stamp, dmax, td_bits = eh[0], eh[1], eh[2], eh[3], eh[4], eh[5]
@@ -177,16 +211,15 @@ def _walk(data, page_size, hp, eh, id2code, foff, fsize, fsign, need, absent, ct
                 while e < ds + dlen and data[e] != 0:
                     e += 1
             key = np.int64(0)
-            span = np.int64(-1)
+            if d < 0:                                 # a marker
+                m_span[-1 - d] = _keep_text(data, s, e, key, pool, ht, st) if s >= 0 else -1
+                continue
             if s >= 0:
                 h = np.uint64(0xCBF29CE484222325)
                 for i in range(s, e):
                     h = (h ^ np.uint64(data[i])) * np.uint64(0x100000001B3)
-                key = np.int64(h)
-                span = (s << 16) | min(e - s, 0xFFFF)
-            if d < 0:                                 # a marker
-                m_span[-1 - d] = span
-                continue
+                key = np.int64(h) | 1                 # never 0 (the table's empty slot)
+                _keep_text(data, s, e, key, pool, ht, st)
             for f in range(F_NAME):
                 o = foff[code, f]
                 v[f] = (_rd(data, ds + o, fsize[code, f], fsign[code, f]) if o >= 0
@@ -204,7 +237,6 @@ def _walk(data, page_size, hp, eh, id2code, foff, fsize, fsign, need, absent, ct
             o_mt[d] = v[F_MT]
             o_refill[d] = v[F_REFILL]
             o_key[d] = key
-            o_span[d] = span
     return n, nlost, nerr
 
 
@@ -239,7 +271,7 @@ def _merge(times, codes, starts, ends, marker):
         else:
             dest[r] = ne
             ne += 1
-    return dest, mrows[:nm], mindex[:nm]
+    return dest, mrows[:nm].copy(), mindex[:nm].copy()     # copies free the spare rows
 
 
 class RawTables:
@@ -299,20 +331,70 @@ def _gfp_names(formats: Formats) -> list[tuple[str, int]]:
     return table or list(GFP_NAMES_6_18)
 
 
-def _read_bytes(path: Path) -> np.ndarray:
-    """The file's bytes: decompressed (.zst) or mapped read-only (no copy)."""
-    if path.suffix != ".zst":
-        if path.stat().st_size == 0:
-            return np.empty(0, np.uint8)
-        return np.memmap(path, dtype=np.uint8, mode="r")
+def _fill(reader, buf: np.ndarray) -> int:
+    """Read into ``buf`` until it is full or the input ends; returns the bytes read."""
+    view, got = memoryview(buf), 0
+    while got < len(buf):
+        n = reader.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _file_chunks(path: Path, chunk: int):
+    """(file offset, bytes) of ``path`` in runs of ``chunk`` bytes, decompressed if .zst."""
+    with open(path, "rb") as fh:
+        reader = (zstandard.ZstdDecompressor().stream_reader(fh, read_size=1 << 20)
+                  if path.suffix == ".zst" else fh)
+        off = 0
+        while True:
+            buf = np.empty(chunk, np.uint8)
+            try:
+                n = _fill(reader, buf)
+            except zstandard.ZstdError as e:
+                raise InputError(f"{path}: not valid zstd data ({e})") from None
+            if n:
+                yield off, buf[:n]
+                off += n
+            if n < chunk:
+                return
+
+
+def _chunks(files: dict[int, Path], chunk: int):
+    """(cpu, file offset, bytes) over all files in order, read (and zstd-decompressed) by a
+    background thread one chunk ahead: zstandard and file reads release the GIL, and so does
+    _walk(), so reading overlaps decoding. Ends with (cpu, file size, None) per file."""
+    q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for cpu, path in files.items():
+                size = 0
+                for off, data in _file_chunks(path, chunk):
+                    if stop.is_set():
+                        return
+                    q.put((cpu, off, data))
+                    size = off + len(data)
+                q.put((cpu, size, None))
+            q.put(None)
+        except BaseException as e:                 # handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
     try:
-        raw = path.read_bytes()
-        dctx = zstandard.ZstdDecompressor()
-        raw = (dctx.decompress(raw) if zstandard.frame_content_size(raw[:18]) > 0
-               else dctx.decompressobj().decompress(raw))
-    except zstandard.ZstdError as e:
-        raise InputError(f"{path}: not valid zstd data ({e})") from None
-    return np.frombuffer(raw, dtype=np.uint8)
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():                   # unblock a producer waiting on put()
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.05)
+        thread.join()
 
 
 def raw_files(folder: Path) -> dict[int, Path]:
@@ -325,13 +407,25 @@ def raw_files(folder: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
+#: Bytes decoded at a time per CPU file (rounded down to whole pages): bounds the memory for
+#: input to about three chunks whatever the trace size.
+CHUNK_BYTES = 16 << 20
+#: Pass 1 keeps its decompressed chunks for pass 2 up to this many bytes (beyond, pass 2
+#: reads and decompresses the files again).
+RETAIN_BYTES = 256 << 20
+#: Pass 2 threads (_walk releases the GIL; each takes whole chunks).
+FILL_THREADS = 2
+
+
 def read_raw(folder: str | Path, formats: Formats | str | Path, *, lenient: bool = False,
-             progress: Callable[[int], None] | None = None) -> Trace:
+             progress: Callable[[int], None] | None = None,
+             chunk_bytes: int = CHUNK_BYTES) -> Trace:
     """Decode a folder of per-CPU trace_pipe_raw files with the given formats.
 
-    Pass 1 walks each CPU for times and event codes; the CPUs are merged in the order the
-    kernel's ``trace`` file uses; pass 2 walks again and writes every record's fields straight
-    into its merged row.
+    Pass 1 streams each CPU's pages for times and event codes; the CPUs are merged in the
+    order the kernel's ``trace`` file uses; pass 2 streams the pages again and writes every
+    record's fields straight into its merged row. Each pass reads ``chunk_bytes`` of whole
+    pages at a time, so memory is the output columns plus a few chunks.
     """
     folder = Path(folder)
     if not isinstance(formats, Formats):
@@ -340,80 +434,117 @@ def read_raw(folder: str | Path, formats: Formats | str | Path, *, lenient: bool
     files = raw_files(folder)
     if not files:
         raise InputError(f"{folder}: no trace_pipe_raw.cpuN.bin[.zst] files")
+    chunk = max(1, chunk_bytes // tab.page_size) * tab.page_size
     cpus = list(files)
-    datas, skipped, n_skipped = {}, [], 0
+    skipped, n_skipped = [], 0
     others = np.zeros(len(tab.id2code) + 1, dtype=np.int64)
     # pass 1 leaves the output columns alone: empty ones of the same types (one compilation)
     z8, z16, z32 = np.empty(0, np.int8), np.empty(0, np.int16), np.empty(0, np.uint32)
-    z64, z2 = np.empty(0, np.int64), np.empty((0, 0), np.int64)
-    times, codes, counts, nlost = [], [], [], []
-    for cpu, path in files.items():
-        data = datas[cpu] = _read_bytes(path)
-        tail = len(data) % tab.page_size
-        if tail:
-            msg = (f"{path}: byte offset {len(data) - tail}: truncated: {tail} bytes after the "
-                   f"last whole {tab.page_size}-byte page")
-            if not lenient:
-                raise InputError(msg + " (use --lenient to ignore them)")
-            skipped.append(msg)
-            n_skipped += 1
+    z64, z2, zu8 = np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty(0, np.uint8)
+    times = {c: [] for c in cpus}
+    codes = {c: [] for c in cpus}
+    nlost = dict.fromkeys(cpus, 0)
+    where: list[str] = []
+    starts: dict[tuple[int, int], tuple[int, int]] = {}   # (cpu, offset): first record, loss
+    kept, kept_bytes = [], 0
+    for cpu, off, data in _chunks(files, chunk):
+        path = files[cpu]
+        if data is None:                           # end of this CPU's file
+            tail = off % tab.page_size
+            if tail:
+                msg = (f"{path}: byte offset {off - tail}: truncated: {tail} bytes after the "
+                       f"last whole {tab.page_size}-byte page")
+                if not lenient:
+                    raise InputError(msg + " (use --lenient to ignore them)")
+                skipped.append(msg)
+                n_skipped += 1
+            if where:
+                if not lenient:
+                    raise InputError(where[0] + " (use --lenient to skip the rest of such "
+                                     "pages)")
+                skipped.extend(where)
+                where = []
+            continue
         bound = tab.bound(len(data))
         t, c = np.empty(bound, np.int64), np.empty(bound, np.int8)
         errs = np.zeros((20, 2), dtype=np.int64)
         n, nl, nerr = _walk(*tab.args(data), False, cpu, t, c, z64, z64, z16, z8, z2, z8, z32,
-                            z8, z8, z64, z64, z64, z2, errs, others)
-        if nerr:
-            where = [f"{path}: byte offset {int(o)}: {ERRORS.get(int(k), 'bad record')}"
-                     for o, k in errs[:min(nerr, len(errs))]]
-            if not lenient:
-                raise InputError(where[0] + " (use --lenient to skip the rest of such pages)")
-            skipped.extend(where)
-            n_skipped += nerr
-        times.append(t[:n])
-        codes.append(c[:n])
-        counts.append(n)
-        nlost.append(nl)
+                            z8, z8, z64, zu8, z2, z64, z64, z2, errs, others)
+        where.extend(f"{path}: byte offset {off + int(o)}: {ERRORS.get(int(k), 'bad record')}"
+                     for o, k in errs[:min(nerr, len(errs))])
+        n_skipped += nerr
+        starts[cpu, off] = sum(len(x) for x in times[cpu]), nlost[cpu]
+        kept_bytes += len(data)
+        kept.append((cpu, off, data if kept_bytes <= RETAIN_BYTES else None))
+        times[cpu].append(t[:n].copy())
+        codes[cpu].append(c[:n].copy())
+        nlost[cpu] += nl
         if progress:
             progress(len(data))
+    counts = [sum(len(t) for t in times[c]) for c in cpus]
     bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    all_times = np.concatenate(times)
-    dest, mrows, mindex = _merge(all_times, np.concatenate(codes), bounds[:-1], bounds[1:],
-                                 MARKER)
+    all_times = np.concatenate([t for c in cpus for t in times[c]] or [z64])
+    all_codes = np.concatenate([t for c in cpus for t in codes[c]] or [z8])
     del times, codes
+    dest, mrows, mindex = _merge(all_times, all_codes, bounds[:-1], bounds[1:], MARKER)
+    mtimes = all_times[mrows]
+    del all_codes, all_times
     n_ev = len(dest) - len(mrows)
     ev = {k: (np.zeros if k in ("dup_of_prev_free", "is_null") else np.empty)(n_ev, dtype=dt)
           for k, (dt, _) in COLUMNS.items()}
     val = np.empty((5, n_ev), np.int64)
-    key, span = np.empty(n_ev, np.int64), np.empty(n_ev, np.int64)
-    m_span = np.empty(len(mrows), np.int64)
-    lost = []
-    for i, cpu in enumerate(cpus):
-        lost_rows = np.empty((nlost[i], 3), np.int64)
-        _walk(*tab.args(datas[cpu]), True, cpu, z64, z8, dest[bounds[i]:bounds[i + 1]],
-              ev["time"], ev["cpu"], ev["event"], val, ev["order"], ev["gfp"],
-              ev["migratetype"], ev["percpu_refill"], key, span, m_span, lost_rows,
-              np.zeros((20, 2), np.int64), others)
-        lost.extend(LostEvents(cpu, int(t), int(c), f"cpu{cpu}+{hex(int(o))}")
-                    for t, c, o in lost_rows)
+    key = np.empty(n_ev, np.int64)
+    lost_rows = {c: np.empty((nlost[c], 3), np.int64) for c in cpus}
+    cols = (ev["time"], ev["cpu"], ev["event"], val, ev["order"], ev["gfp"], ev["migratetype"],
+            ev["percpu_refill"], key)
+    texts = [_Texts(len(mrows)) for _ in range(FILL_THREADS)]
+    if all(d is not None for _, _, d in kept):
+        todo = iter(kept)
+    else:                                          # too big to keep: read the files again
+        kept = []
+        todo = _chunks(files, chunk)
+    lock = threading.Lock()
+
+    def fill(tx: _Texts) -> None:
+        """Pass 2 over the chunks this thread takes from ``todo`` (any order: each chunk's
+        first output record and loss row are known from pass 1)."""
+        while True:
+            with lock:
+                item = next(todo, None)
+            if item is None:
+                return
+            cpu, off, data = item
+            if data is None:
+                continue
+            i = cpus.index(cpu)
+            r0, l0 = starts[cpu, off]
+            nl = tx.walk(tab.args(data), cpu, dest[bounds[i] + r0:bounds[i + 1]], cols,
+                         lost_rows[cpu][l0:])
+            lost_rows[cpu][l0:l0 + nl, 2] += off
+
+    with ThreadPoolExecutor(FILL_THREADS) as ex:
+        for fut in [ex.submit(fill, tx) for tx in texts]:
+            fut.result()
+    kept = dest = None                             # free them before the string tables
+    lost = [LostEvents(cpu, int(t), int(c), f"cpu{cpu}+{hex(int(o))}")
+            for cpu in cpus for t, c, o in lost_rows[cpu]]
     ev["pfn"], ev["ptr"], ev["bytes_req"], ev["bytes_alloc"] = \
         val[0], val[1].view(np.uint64), val[3], val[4]
 
-    def text(sp: int, cpu: int) -> str:
-        data = datas[cpu]
-        return data[sp >> 16:(sp >> 16) + (sp & 0xFFFF)].tobytes().decode("utf-8", "replace")
-
     mcpu = [cpus[i] for i in (np.searchsorted(bounds, mrows, "right") - 1).tolist()]
-    markers = [(int(all_times[r]), c, int(k), text(int(m_span[j]), c).rstrip())
-               for j, (r, k, c) in enumerate(zip(mrows.tolist(), mindex.tolist(), mcpu,
+    mtext = [next((t for tx in texts if (t := tx.marker(j)) is not None), "")
+             for j in range(len(mrows))]
+    markers = [(int(t), c, int(k), mtext[j].rstrip())
+               for j, (t, k, c) in enumerate(zip(mtimes.tolist(), mindex.tolist(), mcpu,
                                                  strict=True))]
+    names = {k: t for tx in texts for k, t in tx.names().items()}
     strings = StringTable()
     cs = val[2]
     ev["call_site"] = map_distinct(
         cs, (tab.foff[:, F_CS] >= 0)[ev["event"]],
         lambda i: strings.id(f"0x{int(cs[i]) & 0xFFFFFFFFFFFFFFFF:x}"), np.int32)
     ev["cache"] = map_distinct(key, (tab.foff[:, F_NAME] >= 0)[ev["event"]],
-                               lambda i: strings.id(text(int(span[i]), int(ev["cpu"][i]))),
-                               np.int32)
+                               lambda i: strings.id(names[int(key[i])]), np.int32)
     tr = Trace(events=ev, strings=strings.strings, source_format="raw", path=folder,
                skipped_lines=n_skipped, skipped_where=skipped[:20])
     tr.lost = sorted(lost, key=lambda x: (x.time, x.cpu))
@@ -422,3 +553,48 @@ def read_raw(folder: str | Path, formats: Formats | str | Path, *, lenient: bool
                 else tab.names_by_id.get(etype, f"id {etype}"))
         tr.other_events[name] = int(others[etype])
     return finish_trace(tr, markers)
+
+
+class _Texts:
+    """One pass-2 thread's text pool: cache names once per hash, marker texts (see
+    _keep_text()), grown and the chunk redone when full."""
+
+    def __init__(self, n_markers: int):
+        self.pool = np.empty(1 << 16, np.uint8)
+        self.ht = np.zeros((1 << 12, 2), np.int64)
+        self.st = np.zeros(3, np.int64)
+        self.m_span = np.full(n_markers, -1, np.int64)
+
+    def walk(self, args: tuple, cpu: int, dest: np.ndarray, cols: tuple,
+             lost: np.ndarray) -> int:
+        """_walk() pass 2 over one chunk; returns its lost-page rows."""
+        z64, z8 = np.empty(0, np.int64), np.empty(0, np.int8)
+        while True:
+            _, nl, _ = _walk(*args, True, cpu, z64, z8, dest, *cols, self.pool, self.ht,
+                             self.st, self.m_span, lost, np.zeros((20, 2), np.int64),
+                             np.zeros(1, np.int64))
+            if not self.st[1]:
+                return nl
+            self.st[1] = 0
+            self.pool = np.concatenate([self.pool, np.empty(len(self.pool), np.uint8)])
+            self.ht = self._rehash(2 * len(self.ht))
+
+    def _rehash(self, size: int) -> np.ndarray:
+        out = np.zeros((size, 2), np.int64)
+        for k, sp in self.ht[self.ht[:, 0] != 0].tolist():
+            slot = k & (size - 1)
+            while out[slot, 0]:
+                slot = (slot + 1) & (size - 1)
+            out[slot] = k, sp
+        return out
+
+    def text(self, sp: int) -> str:
+        return self.pool[sp >> 16:(sp >> 16) + (sp & 0xFFFF)].tobytes().decode("utf-8",
+                                                                            "replace")
+
+    def marker(self, j: int) -> str | None:
+        sp = int(self.m_span[j])
+        return None if sp < 0 else self.text(sp)
+
+    def names(self) -> dict[int, str]:
+        return {k: self.text(sp) for k, sp in self.ht[self.ht[:, 0] != 0].tolist()}
