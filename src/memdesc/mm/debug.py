@@ -121,6 +121,34 @@ def _mark(cover, lo, n, val):
 
 
 @njit(cache=True)
+def _check_span(mem, S, node, gz, order, zstart, zend, on_pcp):
+    """A listed block (buddy or pcp) is naturally aligned, inside its zone's span, and
+    page_zone() of its first page is that zone. (0, 0, 0, 0) when it is."""
+    size = np.int64(1) << order
+    if node & (size - 1):
+        return 3, node, np.int64(order), np.int64(on_pcp)
+    if node < zstart or node + size > zend:
+        return 4, node, np.int64(gz), np.int64(order)
+    z = np.int64(page_zone_index(mem, S, node))
+    if z != gz:
+        return 5, node, np.int64(gz), z
+    return 0, np.int64(0), np.int64(0), np.int64(0)
+
+
+@njit(cache=True)
+def _check_cover(mem, S, cover, node, order, mark):
+    """A listed block's tail pages are clean and no other list or allocation covers it."""
+    size = np.int64(1) << order
+    for t in range(node + 1, node + size):
+        if not _tail_ok(mem, S, t):
+            return 14, np.int64(t), node, np.int64(order)
+    p = np.int64(_mark(cover, node, size, mark))
+    if p >= 0:
+        return 7, p, node, np.int64(order)
+    return 0, np.int64(0), np.int64(0), np.int64(0)
+
+
+@njit(cache=True)
 def check_nb(mem, S, managed_map, alloc_order, have_record):
     """Returns (code, pfn, detail1, detail2); code 0 when every invariant holds."""
     mem, S = unmanaged(mem), unmanaged(S)
@@ -149,23 +177,17 @@ def check_nb(mem, S, managed_map, alloc_order, have_record):
                         return 1, node, gz, order
                     if buddy_order_of(mem, S, node) != order:
                         return 2, node, order, buddy_order_of(mem, S, node)
-                    if node & (size - 1):
-                        return 3, node, order, 0
-                    if node < zstart or node + size > zend:
-                        return 4, node, gz, order
-                    if page_zone_index(mem, S, node) != gz:
-                        return 5, node, gz, page_zone_index(mem, S, node)
+                    r = _check_span(mem, S, node, gz, order, zstart, zend, 0)
+                    if r[0]:
+                        return r
                     nb = max(np.int64(1), size >> pageblock_order)
                     for k in range(nb):
                         bmt = get_pfnblock_migratetype(S, node + k * pageblock_nr_pages)
                         if bmt != mt:
                             return 6, node + k * pageblock_nr_pages, mt, bmt
-                    for t in range(node + 1, node + size):
-                        if not _tail_ok(mem, S, t):
-                            return 14, t, node, order
-                    p = _mark(cover, node, size, 1)
-                    if p >= 0:
-                        return 7, p, node, order
+                    r = _check_cover(mem, S, cover, node, order, 1)
+                    if r[0]:
+                        return r
                     nblocks += 1
                     if mt != MIGRATE_ISOLATE:
                         free_pages += size
@@ -202,18 +224,12 @@ def check_nb(mem, S, managed_map, alloc_order, have_record):
                         return 1, node, gz, order
                     if buddy_order_of(mem, S, node) >= 0 or is_pcp_page(mem, S, node) == 0:
                         return 13, node, cpu, pindex
-                    if node & (size - 1):
-                        return 3, node, order, 1
-                    if node < zstart or node + size > zend:
-                        return 4, node, gz, order
-                    if page_zone_index(mem, S, node) != gz:
-                        return 5, node, gz, page_zone_index(mem, S, node)
-                    for t in range(node + 1, node + size):
-                        if not _tail_ok(mem, S, t):
-                            return 14, t, node, order
-                    p = _mark(cover, node, size, 2)
-                    if p >= 0:
-                        return 7, p, node, order
+                    r = _check_span(mem, S, node, gz, order, zstart, zend, 1)
+                    if r[0]:
+                        return r
+                    r = _check_cover(mem, S, cover, node, order, 2)
+                    if r[0]:
+                        return r
                     count += size
                     prev = node
                     node = link_get(mem, S, node, 0, gz, order)
