@@ -25,9 +25,10 @@ from memdesc.analysis.consistency import (
 )
 from memdesc.analysis.cost import StageCost, folio_order_distribution, survey_costs
 from memdesc.analysis.descriptors import DescriptorTable, load_descriptors
+from memdesc.analysis.in_use import break_even_orders
 from memdesc.ingest import procfs
 from memdesc.ingest.snapshot import CHUNK_PFNS, Snapshot
-from memdesc.stages import STAGES, Stage
+from memdesc.stages import STAGES, Stage, get_stage
 
 #: What each missing input takes away, for the one-line "skipped" message.
 WEAKENS = {
@@ -66,6 +67,12 @@ class SurveyResult:
     @property
     def folio_orders(self) -> dict:
         return folio_order_distribution(self.census)
+
+    @property
+    def break_even(self) -> dict[str, dict[str, int | None]]:
+        """Per stage and unit type, the order from which a unit costs less than at v6.18."""
+        return break_even_orders([get_stage(c.id) for c in self.costs], self.descriptors,
+                                 self.census.nr_cpus or 1)
 
 
 def prefetch(it: Iterable, depth: int = 2) -> Iterator:
