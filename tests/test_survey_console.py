@@ -86,3 +86,12 @@ def test_prose_wraps_between_words_only():
 def test_row_of_wrong_length_is_refused():
     with pytest.raises(ValueError):
         fit_table(COLS, [["x"]], 80)
+
+
+def test_size_and_percent_text_keep_units_attached():
+    from memdesc.report.console import percent_text, size_text
+    assert size_text(384 * 2**20) == "384.0\u00a0MiB"
+    assert size_text(-1_300_000, signed=True) == "-1.2\u00a0MiB"
+    assert size_text(3 * 2**30) == "3.00\u00a0GiB"
+    assert size_text(512, signed=True) == "+512\u00a0B"
+    assert percent_text(60.94) == "+60.9\u00a0%" and percent_text(None) == "—"

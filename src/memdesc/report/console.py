@@ -75,6 +75,24 @@ def qty(value: str, unit: str) -> str:
     return f"{value}{NBSP}{unit}"
 
 
+def size_text(b: int | float, signed: bool = False) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1, number and unit joined by
+    a non-breaking space: ``"384.0 MiB"``, ``"+1.3 MiB"``, ``"-512 B"``."""
+    sign = "+" if signed else ""
+    a = abs(b)
+    for div, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if a >= div:
+            return qty(f"{b / div:{sign},.{2 if div >= 2**30 else 1}f}", unit)
+    return qty(f"{b:{sign},.0f}", "B")
+
+
+def percent_text(p: float | None, signed: bool = True, digits: int = 1) -> str:
+    """``"+60.9 %"`` (number and sign joined to the unit), ``"—"`` for None."""
+    if p is None:
+        return "—"
+    return qty(f"{p:{'+' if signed else ''}.{digits}f}", "%")
+
+
 def add_brief_option(parser: argparse.ArgumentParser) -> None:
     """The ``--brief`` convention: print only the answer (the opening lines)."""
     parser.add_argument("--brief", action="store_true",
@@ -95,6 +113,8 @@ class Column:
     priority: int = 0
     wrap: bool = False
     style: str | None = None
+    #: prose columns are not squeezed below this many cells (a column is dropped instead)
+    min_wrap: int = 18
 
 
 def _text(cell: Cell) -> Text:
@@ -134,14 +154,19 @@ def _minimum(col: Column, header: str, cells: list[Text]) -> int:
     """Narrowest the column gets: its longest word (prose) or its widest cell."""
     if not col.wrap:
         return _natural(col, header, cells)
-    return max([_longest_word(header)] + [_longest_word(c.plain) for c in cells])
+    words = max([_longest_word(header)] + [_longest_word(c.plain) for c in cells])
+    return min(_natural(col, header, cells), max(words, col.min_wrap))
 
 
 def _build(cols: list[Column], idx: list[int], cells: list[list[Text] | None],
            styles: list[str | None], widths: dict[int, int], short: bool,
-           title: str | None, **kw) -> Table:
+           title: str | None, limit: int, **kw) -> Table:
     t = Table(title=title, box=kw.pop("box", box.SIMPLE_HEAD), title_justify="left",
               **kw)
+    if title:
+        # A table at least as wide as its title (up to the width), so the title does not
+        # wrap into a narrow column of words.
+        t.min_width = min(cell_len(title), limit)
     for i in idx:
         c = cols[i]
         head = c.short if short and c.short else c.header
@@ -195,7 +220,7 @@ def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell] | None], 
         widths: dict[int, int] = {}
         if squeeze:
             widths = _squeeze(cols, idx, col_cells, short, width, cells, sty, title, table_kw)
-        return _build(cols, idx, cells, sty, widths, short, title, **dict(table_kw))
+        return _build(cols, idx, cells, sty, widths, short, title, width, **dict(table_kw))
 
     while True:
         for short, squeeze in ((False, False), (True, False), (True, True)):
@@ -217,7 +242,7 @@ def _squeeze(cols, idx, col_cells, short, width, cells, sty, title, table_kw) ->
     heads = {i: (cols[i].short if short and cols[i].short else cols[i].header) for i in idx}
     natural = {i: _natural(cols[i], heads[i], col_cells(i)) for i in wrap}
     minimum = {i: _minimum(cols[i], heads[i], col_cells(i)) for i in wrap}
-    full = _build(cols, idx, cells, sty, {}, short, title, **dict(table_kw))
+    full = _build(cols, idx, cells, sty, {}, short, title, width, **dict(table_kw))
     excess = table_width(full) - width
     widths = dict(natural)
     # Take the excess from the widest prose column first, one column at a time.

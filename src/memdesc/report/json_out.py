@@ -17,7 +17,7 @@ from memdesc.stages import PAGE_SIZE
 if TYPE_CHECKING:
     from memdesc.analysis.survey import SurveyResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def survey_dict(r: SurveyResult) -> dict[str, Any]:
