@@ -98,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
         cost = next((c for c in result.costs if c.id == args.explain), None)
         if cost is None:
             from memdesc.analysis.cost import survey_costs
-            cost = survey_costs(result.census, [get_stage(args.explain)], table)[0]
+            cost = survey_costs(result.census, [get_stage(args.explain)], table,
+                                terms=result.terms)[0]
         out = sys.stderr if args.json == "-" else sys.stdout
         print(f"\n--explain {args.explain}", file=out)
-        for line in explain(cost, result.census, table):
+        for line in explain(cost, result.census, table, terms=result.terms):
             print(f"  {line}", file=out)
     return 0
