@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from memdesc.analysis.base_page import BasePageCost, base_page_costs, reference_4k
 from memdesc.analysis.census import Census
 from memdesc.analysis.classify import Layout, Zone, build_census, classify_chunks
 from memdesc.analysis.consistency import (
@@ -71,6 +72,16 @@ class SurveyResult:
     @property
     def folio_orders(self) -> dict:
         return folio_order_distribution(self.census)
+
+    @property
+    def base_pages(self) -> list[BasePageCost]:
+        """The stages with 16 KiB and 64 KiB base pages (analysis/base_page.py)."""
+        return base_page_costs(self.census, [get_stage(c.id) for c in self.costs],
+                               self.descriptors, self.terms)
+
+    @property
+    def reference_4k(self) -> StageCost:
+        return reference_4k(self.costs, self.census, self.descriptors, self.terms)
 
     @property
     def break_even(self) -> dict[str, dict[str, int | None]]:

@@ -100,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
             from memdesc.analysis.cost import survey_costs
             cost = survey_costs(result.census, [get_stage(args.explain)], table,
                                 terms=result.terms)[0]
+        from memdesc.report.console import make_console, print_lines
         out = sys.stderr if args.json == "-" else sys.stdout
-        print(f"\n--explain {args.explain}", file=out)
-        for line in explain(cost, result.census, table, terms=result.terms):
-            print(f"  {line}", file=out)
+        con = make_console(out)
+        print_lines(["", f"--explain {args.explain}"]
+                    + [f"  {line}" for line in explain(cost, result.census, table,
+                                                       terms=result.terms)], con)
     return 0
