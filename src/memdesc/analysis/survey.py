@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from memdesc.analysis.base_page import BasePageCost, base_page_costs, reference_4k
 from memdesc.analysis.census import Census
@@ -73,17 +74,17 @@ class SurveyResult:
     def folio_orders(self) -> dict:
         return folio_order_distribution(self.census)
 
-    @property
+    @cached_property
     def base_pages(self) -> list[BasePageCost]:
         """The stages with 16 KiB and 64 KiB base pages (analysis/base_page.py)."""
         return base_page_costs(self.census, [get_stage(c.id) for c in self.costs],
                                self.descriptors, self.terms)
 
-    @property
+    @cached_property
     def reference_4k(self) -> StageCost:
         return reference_4k(self.costs, self.census, self.descriptors, self.terms)
 
-    @property
+    @cached_property
     def break_even(self) -> dict[str, dict[str, int | None]]:
         """Per stage and unit type, the order from which a unit costs less than at v6.18."""
         return break_even_orders([get_stage(c.id) for c in self.costs], self.descriptors,
