@@ -62,10 +62,13 @@ def answer_lines(r: SurveyResult) -> list[str]:
     p16 = next((s for s in r.costs if s.id == "page16"), None)
     if p16 is not None:
         idle = -(p16.by_class_change["free"] + p16.by_class_change["unused"])
-        out.append(f"page16 {_verb(p16.in_use.saving_bytes, p16.in_use.saving_percent)} on "
-                   f"memory in use and {_verb(p16.saving_bytes, p16.saving_percent)} on the "
-                   f"whole machine, of which {size_text(idle)} is the struct pages of free, "
-                   "never-initialised and hole memory")
+        use = _verb(p16.in_use.saving_bytes, p16.in_use.saving_percent)
+        whole = _verb(p16.saving_bytes, p16.saving_percent)
+        if use.split()[0] == whole.split()[0]:
+            whole = whole.split(" ", 1)[1]          # "saves A on ... and B on ..."
+        out.append(f"page16 {use} on memory in use and {whole} on the whole machine, of which "
+                   f"{size_text(idle)} is the struct pages of free, never-initialised and hole "
+                   "memory")
     return out
 
 
