@@ -24,6 +24,7 @@ cost is visible.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from memdesc.analysis.cost_terms import CostTerms
 from memdesc.analysis.descriptors import DescriptorTable
 from memdesc.analysis.in_use import NOT_IN_USE
 from memdesc.stages import PAGE_SIZE, REFERENCE, Stage, get_stage
+
+if TYPE_CHECKING:
+    from memdesc.analysis.classify import Tally
 
 
 @dataclass
@@ -57,6 +61,23 @@ class BasePageCost:
                         "in_use_total_bytes": c.in_use.total_bytes,
                         "in_use_saving_percent": pct(ref_use - c.in_use.total_bytes, ref_use)}
                        for c in self.costs]}
+
+
+def base_page_counts(tally: Tally, not_in_use_flag0: int) -> dict[str, dict]:
+    """The census in 16 KiB and 64 KiB base pages: units per class and order, as
+    classify._base_unit() counted them, plus the base pages holding only flags==0 pages in use
+    (untyped; the never-initialised and hole pages among the flags==0 runs are taken off by
+    count, which may be off by one base page per run edge)."""
+    from memdesc.analysis.classify import BASE_SHIFTS
+
+    out = {}
+    for si, sh in enumerate(BASE_SHIFTS):
+        units = {c: [int(x) for x in tally.base_units[si, i]] for i, c in enumerate(CLASSES)}
+        flag0 = max(0, int(tally.flag0_blocks[si]) - (not_in_use_flag0 >> sh))
+        units["untyped"][0] += flag0
+        out[str(PAGE_SIZE << sh)] = {"shift": sh, "units_by_class": units,
+                                     "flag0_pages": flag0}
+    return out
 
 
 def census_at(census: Census, counts: dict) -> Census:

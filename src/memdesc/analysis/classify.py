@@ -44,7 +44,6 @@ from memdesc.ingest import kpageflags as kpf
 # x86-64 SECTION_SIZE_BITS 27 -> 128 MiB sections = 2^15 PFNs of 4 KiB
 # [S: arch/x86/include/asm/sparsemem.h; M: memory-blocks.txt shows 128 MiB blocks].
 SECTION_SHIFT = 15
-PAGE_SIZE_4K = 4096
 PAGES_PER_SECTION = 1 << SECTION_SHIFT
 
 # Class indices as numba constants; FLAG0 is the provisional class of flags == 0 pages.
@@ -557,21 +556,6 @@ def memmap_pages(tally: Tally) -> tuple[int, str]:
         "sections with a PFN kpageflags does not mark KPF_NOPAGE (no iomem, no zoneinfo)"
 
 
-def base_page_counts(tally: Tally, not_in_use_flag0: int) -> dict[str, dict]:
-    """The census in 16 KiB and 64 KiB base pages: units per class and order, as
-    :func:`_base_unit` counted them, plus the base pages holding only flags==0 pages in use
-    (untyped; the never-initialised and hole pages among the flags==0 runs are taken off by
-    count, which may be off by one base page per run edge)."""
-    out = {}
-    for si, sh in enumerate(BASE_SHIFTS):
-        units = {c: [int(x) for x in tally.base_units[si, i]] for i, c in enumerate(CLASSES)}
-        flag0 = max(0, int(tally.flag0_blocks[si]) - (not_in_use_flag0 >> sh))
-        units["untyped"][0] += flag0
-        out[str(PAGE_SIZE_4K << sh)] = {"shift": sh, "units_by_class": units,
-                                        "flag0_pages": flag0}
-    return out
-
-
 def build_census(tally: Tally, source: str, kernel: str | None = None,
                  nr_cpus: int | None = None) -> Census:
     """Finish a pass: split flags==0 pages, place holes, and package a Census."""
@@ -618,6 +602,8 @@ def build_census(tally: Tally, source: str, kernel: str | None = None,
         extras["accounted_misc"] = {
             "units_by_order": [int(x) for x in tally.accounted_misc],
             "pages": int((tally.accounted_misc << np.arange(NR_UNIT_ORDERS)).sum())}
+    from memdesc.analysis.base_page import base_page_counts
+
     extras["base_pages"] = base_page_counts(tally, int(pages[UNINIT]) + int(
         extras.get("holes_in_zones_by_count", 0)))
     dominant = tally.cells[:, :FLAG0].argmax(axis=1).astype(np.uint8)
