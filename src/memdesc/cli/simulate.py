@@ -84,11 +84,12 @@ def simulate(scenario, stages, *, check: bool = False, fault_factory=None,
     """Run ``scenario`` at ``stages`` (plus the reference) and build the result document."""
     from memdesc.analysis.cost import stage_cost
     from memdesc.analysis.descriptors import load_descriptors
-    from memdesc.analysis.scenario import compare_runs, run_stage
+    from memdesc.analysis.scenario import check_scenario, compare_runs, run_stage
 
     ids = [s.id for s in stages]
     if REFERENCE not in ids:
         stages = [s for s in parse_stages(REFERENCE)] + list(stages)
+    check_scenario(scenario, stages)
     runs = [run_stage(scenario, s, check=check, fault_factory=fault_factory, progress=progress)
             for s in stages]
     cmp = compare_runs(runs, REFERENCE)
