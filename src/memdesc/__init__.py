@@ -26,9 +26,10 @@ DEFAULT_CACHE_BASE = os.path.join(
     "memdesc", "numba")
 
 
-def source_hash() -> str:
-    """16 hex digits of SHA-256 over the path and bytes of every kernel-bearing .py file."""
-    root = os.path.dirname(os.path.abspath(__file__))
+def source_hash(root: str | None = None) -> str:
+    """16 hex digits of SHA-256 over the path and bytes of every kernel-bearing .py file of
+    the package at ``root`` (this one by default)."""
+    root = root or os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)

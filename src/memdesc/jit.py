@@ -58,11 +58,39 @@ _notice = {"installed": False, "quiet": False, "started": 0.0, "seconds": 0.0, "
            "depth": 0}
 
 
+def unliteral_calls() -> None:
+    """Compile memdesc's kernels once per argument *type*, not once per constant.
+
+    When a numba function calls another with a constant (``alloc_pages_nb(mem, S, gfp, 0,
+    0, cpu)``), numba types the argument as ``Literal[int](0)`` and compiles the callee, and
+    everything it calls, again for that value: the emulator had 323 signatures of 184
+    functions, most of them such copies, and they were most of the cold compile time. LLVM
+    still inlines and folds the constants, so nothing is lost at run time. Functions that
+    need a literal (none in memdesc) would fail to type, loudly."""
+    from numba.core import types
+    from numba.core.dispatcher import Dispatcher
+
+    original = Dispatcher.get_call_template
+    if getattr(original, "memdesc_unliteral", False):
+        return
+
+    def get_call_template(self, args, kws):
+        if getattr(self.py_func, "__module__", "").startswith("memdesc."):
+            args = tuple(types.unliteral(a) for a in args)
+            kws = {k: types.unliteral(v) for k, v in kws.items()}
+        return original(self, args, kws)
+
+    get_call_template.memdesc_unliteral = True
+    Dispatcher.get_call_template = get_call_template
+
+
 def install_notice() -> None:
     """Say on stderr when numba compiles (a cache miss), once per process, and at exit how
-    many kernels took how long. Idempotent."""
+    many kernels took how long; and compile once per type (:func:`unliteral_calls`).
+    Idempotent."""
     if _notice["installed"]:
         return
+    unliteral_calls()
     from numba.core import event
 
     class Notice(event.Listener):

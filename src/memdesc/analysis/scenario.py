@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from memdesc.analysis.scenario_limits import check_scenario
 from memdesc.analysis.scenario_parse import (
@@ -36,6 +37,36 @@ _GFP_OF = {"kernel": "GFP_KERNEL", "atomic": "GFP_ATOMIC", "nowait": "GFP_NOWAIT
 ATOMIC_CONTEXTS = ("atomic", "nowait")
 #: Compressed object sizes zsmalloc steps store (uniform, bytes) [I: ~2.5:1 compression].
 ZS_OBJECT_SIZES = (256, 3072)
+
+
+@njit(cache=True)
+def churn_ops(sizes, picks, live_max):
+    """The kmalloc/kfree sequence of ``kmalloc churn``: op i allocates sizes[i] into slot i;
+    whenever more than ``live_max`` slots are held, the one at position
+    int(picks[i] * held) of the held list is swapped to the end and freed. Returns
+    (kinds, sizes, slots) of the ops (kind 0 kmalloc, 1 kfree) and the slots held at the
+    end, sorted."""
+    n = sizes.shape[0]
+    kinds = np.zeros(2 * n, np.int64)
+    arg = np.zeros(2 * n, np.int64)
+    slots = np.zeros(2 * n, np.int64)
+    live = np.zeros(min(n, live_max) + 1, np.int64)
+    held = 0
+    k = 0
+    for i in range(n):
+        arg[k] = sizes[i]
+        slots[k] = i
+        k += 1
+        live[held] = i
+        held += 1
+        if held > live_max:
+            j = np.int64(picks[i] * held)
+            live[j], live[held - 1] = live[held - 1], live[j]
+            held -= 1
+            kinds[k] = 1
+            slots[k] = live[held]
+            k += 1
+    return kinds[:k], arg[:k], slots[:k], np.sort(live[:held])
 
 
 def _digest(obj: Any) -> str:
@@ -153,28 +184,14 @@ class World:
     def _step_churn(self, step, a):
         rng = self._rng(step)
         lo, hi = a["sizes"]
-        n, live_max = a["count"], a["live"]
+        n = a["count"]
         sizes = rng.integers(lo, hi + 1, n)
-        kinds, arg, slots = [], [], []
-        live: list[int] = []
-        picks = rng.random(n)
-        for i in range(n):
-            kinds.append(0)
-            arg.append(int(sizes[i]))
-            slots.append(i)
-            live.append(i)
-            if len(live) > live_max:
-                j = int(picks[i] * len(live))
-                live[j], live[-1] = live[-1], live[j]
-                kinds.append(1)
-                arg.append(0)
-                slots.append(live.pop())
-        slot_addr = self.k.slub.kmalloc_ops(kinds, arg, slots, n, self._gfp(a["gfp"]))
-        keep = np.array(sorted(live), np.int64)
+        kinds, arg, slots, keep = churn_ops(sizes, rng.random(n), a["live"])
+        slot_addr, failed = self.k.slub.kmalloc_ops(kinds, arg, slots, n, self._gfp(a["gfp"]))
         addrs = slot_addr[keep]
-        failed_live = int((addrs == 0).sum())
         self.kmalloc.setdefault(a["tag"], []).append((addrs, sizes[keep]))
-        return {"ok": int(n), "live": int((addrs != 0).sum()), "failed_live": failed_live}
+        return {"ok": int(n) - failed, "failed": failed, "live": int((addrs != 0).sum()),
+                "failed_live": int((addrs == 0).sum())}
 
     def _step_zsmalloc(self, step, a):
         from memdesc.mm.zsmalloc import ZsPool
@@ -341,7 +358,9 @@ def run_stage(scenario: Scenario, stage, *, check: bool = False, fault_factory=N
     records = []
     peak = 0
     for step in scenario.steps:
+        faults = world.k.fault.failures()
         result = world.run(step)
+        faults = world.k.fault.failures() - faults
         state = world.observe()
         acct = _accounting(world)
         peak = max(peak, acct["total_bytes"])
@@ -349,6 +368,7 @@ def run_stage(scenario: Scenario, stage, *, check: bool = False, fault_factory=N
                         "gfp": step.args.get("gfp", "atomic" if step.verb == "netpool"
                                              else "kernel"),
                         "result": result, "state_digest": _digest(state),
+                        "faults_injected": faults,
                         "metadata_bytes": acct["total_bytes"],
                         "descriptor_bytes": acct["descriptor_bytes"]})
         if progress:
@@ -361,26 +381,49 @@ def run_stage(scenario: Scenario, stage, *, check: bool = False, fault_factory=N
                     census_of_world(world), stats, time.perf_counter() - t0)
 
 
+#: Why a step's observables differ from the reference's, in the order the causes are tried.
+DIVERGENCE_KINDS = {
+    "injected": "faults injected by --fail in this step",
+    "atomic": "an allocation that may not reclaim failed (the plan's price)",
+    "reclaim": "an allocation failed where the kernel would have reclaimed (not modelled)",
+    "earlier": "a consequence of an earlier divergence: the step's own result is the "
+               "reference's and only the data differ, or the step only frees",
+}
+#: Steps that allocate nothing: they cannot fail, only free what earlier steps left.
+FREEING_VERBS = ("free", "exit", "truncate")
+
+
+def divergence_kind(ref: dict[str, Any], this: dict[str, Any], earlier: bool) -> str:
+    """Classify one differing step (see DIVERGENCE_KINDS)."""
+    if this.get("faults_injected"):
+        return "injected"
+    if earlier and (ref["result"] == this["result"] or this["verb"] in FREEING_VERBS):
+        return "earlier"
+    return "atomic" if this["gfp"] in ATOMIC_CONTEXTS else "reclaim"
+
+
 def compare_runs(runs: list[StageRun], reference: str = "v6.18") -> dict[str, Any]:
     """Compare every stage's observables with the reference stage's, step by step.
 
-    A differing step is a divergence. One in an atomic (no-reclaim) context is counted as
-    ``atomic``: the plan's price (the descriptor allocation needed memory the zone could not
-    give without reclaim). One in a context that may reclaim is counted as ``reclaim``: the
-    kernel would have reclaimed there (the emulator models no reclaim)."""
+    A differing step is a divergence, classified by :func:`divergence_kind`: ``injected``
+    when --fail injected a fault in that step; ``earlier`` after an earlier divergence, when
+    the step's own result is the reference's and only the data differ, or when the step only
+    frees (free, exit, truncate: it frees what the earlier steps left); ``atomic`` in a
+    no-reclaim context: the plan's price (the descriptor allocation needed memory the zone
+    could not give without reclaim); otherwise ``reclaim``: the kernel would have reclaimed
+    there (the emulator models no reclaim)."""
     ref = next((r for r in runs if r.stage == reference), runs[0])
     divergences: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
-        diffs = []
+        diffs: list[dict[str, Any]] = []
         for a, b in zip(ref.steps, r.steps, strict=True):
             if (a["result"], a["state_digest"]) != (b["result"], b["state_digest"]):
-                kind = "atomic" if b["gfp"] in ATOMIC_CONTEXTS else "reclaim"
-                diffs.append({"line": b["line"], "step": b["step"], "kind": kind,
+                diffs.append({"line": b["line"], "step": b["step"],
+                              "kind": divergence_kind(a, b, bool(diffs)),
                               "reference": a["result"], "this_stage": b["result"]})
         divergences[r.stage] = diffs
     identical = all(not d for d in divergences.values())
-    counts = {s: {"atomic": sum(1 for d in ds if d["kind"] == "atomic"),
-                  "reclaim": sum(1 for d in ds if d["kind"] == "reclaim")}
+    counts = {s: {k: sum(1 for d in ds if d["kind"] == k) for k in DIVERGENCE_KINDS}
               for s, ds in divergences.items()}
     return {"reference": ref.stage, "identical_across_stages": identical,
             "divergences": divergences, "divergence_counts": counts}
