@@ -141,7 +141,7 @@ def test_simulate_cli_json(tmp_path, capsys):
     out = capsys.readouterr().out
     head = " ".join(line.strip() for line in out.splitlines()[:6])    # the answer first
     assert "observables: identical at every stage" in head
-    assert "metadata after the last step" in head and "page16" in head
+    assert "metadata (struct pages + descriptors): v6.18" in head and "page16" in head
     assert out.index("observables:") < out.index("Metadata per stage")
 
 

@@ -52,12 +52,12 @@ def answer_lines(doc: dict[str, Any]) -> list[str]:
     stages = _stages(doc)
     ref = doc["reference"]
     nsteps = len(stages[0][1]["steps"])
-    lines = [f"{doc['scenario']}: machine {doc['machine']} ({size_text(_ram(doc))} RAM, "
-             f"{doc['cpus']} CPUs, seed {doc['seed']}), {nsteps} steps at {len(stages)} "
+    lines = [f"{doc['scenario']}: machine {doc['machine']}, {size_text(_ram(doc))} RAM, "
+             f"{doc['cpus']} CPUs, seed {doc['seed']}; {nsteps} steps × {len(stages)} "
              f"stage(s)"]
     if doc["identical_across_stages"]:
-        lines.append(f"observables: identical at every stage (every step's results and the "
-                     f"data read back equal {ref}'s)")
+        lines.append(f"observables: identical at every stage (results and data read back "
+                     f"= {ref}'s)")
     else:
         differ = [f"{sid} ({_kinds(doc['divergence_counts'][sid])})" for sid, s in stages
                   if s["divergences"]]
@@ -68,8 +68,7 @@ def answer_lines(doc: dict[str, Any]) -> list[str]:
         delta = "" if sid == ref else f" ({_change(doc, s)})"
         parts.append(f"{sid} {size_text(s['accounting']['total_bytes'])}{delta}"
                      .replace(" ", NBSP))
-    lines.append("metadata after the last step (struct pages + descriptors): "
-                 + " · ".join(parts))
+    lines.append("metadata (struct pages + descriptors): " + f"{NBSP}· ".join(parts))
     return lines
 
 
