@@ -226,3 +226,33 @@ def test_ctrl_c_stops_a_long_step_within_a_second():
         signal.signal(signal.SIGALRM, old)
     assert not ended, "the step ended before the interrupt"
     assert stopped - (start + 0.3) < 1.0
+
+
+def test_simulate_plot_fits_its_bars_and_keeps_zero_types_out(tmp_path, capsys):
+    """The tallest bar (and cost-model mark) stays inside the axes with room for its saving
+    label, a type that is zero at every stage is not in the legend, and the legend sits
+    outside the bars."""
+    import matplotlib.pyplot as plt
+
+    from memdesc.report.simulate_out import plot_figure
+
+    out = tmp_path / "sim.json"
+    assert cli_main(["simulate", str(EXAMPLES / "mixed.scenario"), "--stages", "dynamic,page8",
+                     "--json", str(out), "--brief"]) == 0
+    doc = json.loads(out.read_text())
+    fig = plot_figure(doc)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    zero = {k for k in doc["stages"]["v6.18"]["accounting"]["by_type"]
+            if not any(s["accounting"]["by_type"].get(k) for s in doc["stages"].values())}
+    assert zero and not zero & {x.replace(" ", "_") for x in labels}
+    assert "memmap" in labels and "survey cost model" in labels
+    tallest = max(max(s["accounting"]["total_bytes"], s["cost_model"]["total_bytes"])
+                  for s in doc["stages"].values()) / 2**20          # the plot is in MiB here
+    assert ax.get_ylim()[1] >= tallest * 1.15
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1 - 1                 # beside, not over
+    plt.close(fig)
+    text = capsys.readouterr().out
+    assert "observables:" in text and "Metadata per stage" not in text   # --brief

@@ -239,4 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # run the imported module's main: the notice state must be the one numba's hook installed
+    from memdesc.jit import main as _main
+
+    sys.exit(_main())

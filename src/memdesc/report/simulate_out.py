@@ -151,9 +151,14 @@ def render(doc: dict[str, Any], console: Console | None = None, brief: bool = Fa
 # ---- plot -----------------------------------------------------------------------------------
 
 def render_png(doc: dict[str, Any]) -> bytes:
+    """The PNG of :func:`plot_figure`."""
+    return figure_png(plot_figure(doc))
+
+
+def plot_figure(doc: dict[str, Any]):
     """One bar per stage, stacked by metadata type (types that are zero at every stage are
     left out), the survey's cost model marked on each bar, each bar labelled with its saving
-    against the reference, the legend beside the axes."""
+    against the reference, the legend beside the axes; a matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,4 +200,4 @@ def render_png(doc: dict[str, Any]) -> bytes:
     ax.set_title(f"{doc['scenario']} (machine {doc['machine']}): metadata after the last "
                  f"step\n{obs}", fontsize=10)
     fig.tight_layout()
-    return figure_png(fig)
+    return fig
