@@ -32,7 +32,8 @@ def _check(text: str, stages=ALL, available=PLENTY) -> str:
     ("machine 512M cpus=100000\nvmalloc 1M", 1, ["NR_CPUS=8192"]),
     ("machine 512M cpus=1000\nvmalloc 1M", 1, ["page8", "at most 288 CPUs", "cpus=288"]),
     ("machine 2048x1G\nvmalloc 1M", 1, ["2048 nodes", "at most 1024"]),
-    ("machine 64T\nvmalloc 1M", 1, ["64 TiB", "MAX_PHYSMEM_BITS 46"]),
+    ("machine 64T\nvmalloc 1M", 1, ["65,537 GiB", "65,536 GiB (64 TiB)",
+                                     "MAX_PHYSMEM_BITS 46"]),
     ("machine 2T\nvmalloc 1M", 1, ["28-bit", "page8", "per zone"]),
     # requests larger than the machine
     ("machine 512M\nkmalloc 1000000000000 size=8", 2, ["7.28 TiB", "512 MiB"]),
@@ -62,6 +63,9 @@ def test_host_memory_limit_says_what_would_fit():
     msg = _check("machine 64G\nvmalloc 1M", available=1 << 30)
     assert msg.startswith("s.scenario:1: machine 64G")
     assert "819 MiB is available" in msg and "enough for a machine of about" in msg
+    # the machine fits, a step's objects do not: the step is named
+    msg = _check("machine 1G\nvmalloc 1M\nkmalloc 40000000 size=8-16", available=1 << 30)
+    assert msg.startswith("s.scenario:3: kmalloc 40000000 size=8-16: needs about 1.19 GiB")
     # 8 GiB of RAM: 2.36 M PFNs (sections up to 9 GiB) at 112 B each, nothing else
     sc = parse_scenario("machine 8G\nvmalloc 1M", "s")
     from memdesc.analysis.scenario_limits import HOST_BYTES_PER_PFN, check_machine

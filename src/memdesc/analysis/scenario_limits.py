@@ -140,9 +140,9 @@ def check_machine(sc: Scenario, stages: Iterable[Stage]) -> Machine:
         raise InputError(f"{at}: {e}") from None
     top = machine.max_pfn << PAGE_SHIFT
     if top > 1 << MAX_PHYSMEM_BITS:
-        raise InputError(f"{at}: RAM would end at {_size(top)}, above the "
-                         f"{_size(1 << MAX_PHYSMEM_BITS)} x86-64 addresses with 4-level paging "
-                         f"(MAX_PHYSMEM_BITS {MAX_PHYSMEM_BITS})")
+        raise InputError(f"{at}: its RAM would end at {top >> 30:,} GiB (after the PCI hole), "
+                         f"above the {1 << (MAX_PHYSMEM_BITS - 30):,} GiB (64 TiB) x86-64 "
+                         f"addresses with 4-level paging (MAX_PHYSMEM_BITS {MAX_PHYSMEM_BITS})")
     packed = [st.id for st in stages if st.free_tracking == "packed"]
     widest = max((z.spanned for z in machine.zones), default=0)
     if packed and widest > MAX_PACKED_BLOCKS:
@@ -167,22 +167,33 @@ def check_requests(sc: Scenario, machine: Machine) -> None:
                              f"{_size(want)}, more than the machine's {_size(ram)} of RAM")
 
 
+def _host_of(step) -> int:
+    return HOST.get(step.verb, lambda a: 0)(step.args)
+
+
 def host_bytes(sc: Scenario, machine: Machine) -> int:
     """Estimated peak memory of one stage's emulation on this computer."""
-    ram = ram_bytes(machine)
-    kernel = sum(HOST.get(s.verb, lambda a: 0)(s.args) for s in sc.steps)
-    return machine.nr_pfns * HOST_BYTES_PER_PFN + min(kernel, 2 * ram)
+    kernel = sum(_host_of(s) for s in sc.steps)
+    return machine.nr_pfns * HOST_BYTES_PER_PFN + min(kernel, 2 * ram_bytes(machine))
 
 
 def check_host(sc: Scenario, machine: Machine, available: int | None = None) -> None:
-    """The emulation fits this computer's available memory."""
+    """The emulation fits this computer's available memory: the machine first, then the
+    steps' own bookkeeping (named when it is what does not fit)."""
     avail = int((mem_available() if available is None else available) * HOST_SHARE)
     need = host_bytes(sc, machine)
     if need <= avail:
         return
+    base = machine.nr_pfns * HOST_BYTES_PER_PFN
+    if base <= avail // 2:
+        step = max(sc.steps, key=_host_of)
+        raise InputError(f"{_where(sc, step.lineno)}: {step.text}: needs about "
+                         f"{_size(_host_of(step))} of this computer's memory to emulate "
+                         f"(its objects and the slab pages holding them); "
+                         f"{_size(avail - base)} is left after the machine itself")
     fits = avail // HOST_BYTES_PER_PFN * PAGE_SIZE
-    raise InputError(f"{_where(sc, sc.machine_line)}: machine {sc.machine} with these steps "
-                     f"needs about {_size(need)} of this computer's memory to emulate "
+    raise InputError(f"{_where(sc, sc.machine_line)}: machine {sc.machine} needs about "
+                     f"{_size(need)} of this computer's memory to emulate "
                      f"({HOST_BYTES_PER_PFN} B per 4 KiB page, plus slab and page-table "
                      f"pages); {_size(avail)} is available, enough for a machine of about "
                      f"{_size(fits)}")
@@ -207,6 +218,6 @@ def check_scenario(sc: Scenario, stages: list[Stage], *, available: int | None =
     MemAvailable)."""
     machine = check_machine(sc, stages)
     check_requests(sc, machine)
-    check_host(sc, machine, available)
     check_time(sc, len(stages))
+    check_host(sc, machine, available)
     return machine
