@@ -262,7 +262,8 @@ class PageCache:
         starts, folios = self.heads(a)
         gone = folios[np.isin(starts, which)]
         a.index_map[np.isin(a.index_map, gone)] = 0
-        filemap_remove_nb(self.k.E, gone)
+        for s in range(0, gone.shape[0], BATCH):        # Ctrl-C between batches
+            filemap_remove_nb(self.k.E, gone[s:s + BATCH])
         self._sync_xa_nodes(a, _gfp.GFP_KERNEL)
         return int(gone.size)
 

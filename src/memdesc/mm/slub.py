@@ -1157,13 +1157,15 @@ class Slub:
                               nid: int = 0) -> np.ndarray:
         """``n`` independent kmem_cache_alloc() calls; uint64 addresses, 0 where one failed."""
         out = np.zeros(n, np.uint64)
-        self._run(kmem_cache_alloc_nb, kc.index, gfpflags, nid, out)
+        for s in range(0, n, BATCH):                     # Ctrl-C between batches
+            self._run(kmem_cache_alloc_nb, kc.index, gfpflags, nid, out[s:s + BATCH])
         return out
 
     def kmem_cache_free(self, kc: KmemCache | None, objs) -> None:
         """kmem_cache_free() of one address or an array (kc None: kfree())."""
         objs = np.atleast_1d(np.asarray(objs, np.uint64))
-        self._run(kmem_cache_free_nb, -1 if kc is None else kc.index, objs)
+        for s in range(0, objs.shape[0], BATCH):         # Ctrl-C between batches
+            self._run(kmem_cache_free_nb, -1 if kc is None else kc.index, objs[s:s + BATCH])
 
     def kmalloc(self, sizes, gfpflags: int, nid: int = 0) -> np.ndarray:
         """kmalloc() of each size; uint64 addresses (0 where one failed)."""
