@@ -143,6 +143,18 @@ def test_simulate_cli_json(tmp_path, capsys):
     assert "observables: identical at every stage" in head
     assert "metadata (struct pages + descriptors): v6.18" in head and "page16" in head
     assert out.index("observables:") < out.index("Metadata per stage")
+    # 80 columns: every line fits, no number is parted from its unit
+    import io
+
+    from memdesc.report.console import make_console
+    from memdesc.report.simulate_out import render
+
+    buf = io.StringIO()
+    render(doc, make_console(buf, width=80))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert not any(line.lstrip().startswith(("MiB", "KiB", "GiB", "%")) for line in lines)
+    assert any(line.lstrip().startswith("page16") for line in lines)      # the table is there
 
 
 def test_simulate_cli_with_faults_reports_divergence(tmp_path, capsys):
