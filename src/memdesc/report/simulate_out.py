@@ -43,8 +43,13 @@ def _change(doc: dict[str, Any], s: dict[str, Any]) -> str:
     return qty("±0", "%") if delta == 0 else percent_text(100.0 * delta / max(1, ref))
 
 
-def _kinds(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {KIND_WORDS.get(k, k)}" for k, n in counts.items() if n)
+def _kinds(counts: dict[str, int], stages: int) -> str:
+    """``"2 injected, 1 earlier"`` (``each`` for several stages); atomic divergences alone
+    are the plan's price, and the clause says so."""
+    text = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    text += " each" if stages > 1 else ""
+    return text + (": the plan's price" if set(k for k, n in counts.items() if n)
+                   == {"atomic"} else "")
 
 
 def answer_lines(doc: dict[str, Any]) -> list[str]:
@@ -59,10 +64,15 @@ def answer_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(f"observables: identical at every stage (results and data read back "
                      f"= {ref}'s)")
     else:
-        differ = [f"{sid} ({_kinds(doc['divergence_counts'][sid])})" for sid, s in stages
-                  if s["divergences"]]
-        lines.append(f"observables: differ from {ref} at {'; '.join(differ)}; see "
-                     f"\"divergences\" below")
+        groups: dict[tuple, list[str]] = {}         # same divergence counts: one clause
+        for sid, s in stages:
+            if s["divergences"]:
+                key = tuple(sorted(doc["divergence_counts"][sid].items()))
+                groups.setdefault(key, []).append(sid)
+        differ = "; ".join(f"{', '.join(ids)} ({_kinds(dict(key), len(ids))})"
+                           for key, ids in groups.items())
+        lines.append(f"observables: differ from {ref} at {differ}; see \"divergences\" "
+                     f"below")
     parts = []
     for sid, s in stages:
         delta = "" if sid == ref else f" ({_change(doc, s)})"
