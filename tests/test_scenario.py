@@ -116,9 +116,11 @@ def test_atomic_divergence_is_counted_not_hidden():
     runs = [run_stage(sc, s) for s in ("v6.18", "dynamic", "page16")]
     cmp = compare_runs(runs)
     assert not cmp["identical_across_stages"]
-    assert cmp["divergence_counts"]["v6.18"] == {"atomic": 0, "reclaim": 0}
+    assert cmp["divergence_counts"]["v6.18"] == {"injected": 0, "atomic": 0, "reclaim": 0,
+                                                 "earlier": 0}
     for s in ("dynamic", "page16"):
         assert cmp["divergence_counts"][s]["reclaim"] == 0
+        assert cmp["divergence_counts"][s]["injected"] == 0
         d = [x for x in cmp["divergences"][s] if x["line"] == 8]
         assert d and d[0]["kind"] == "atomic"
         assert d[0]["reference"]["failed"] == 0 < d[0]["this_stage"]["failed"]
@@ -136,7 +138,23 @@ def test_simulate_cli_json(tmp_path, capsys):
     assert s["accounting"]["struct_page_bytes"] < doc["stages"]["v6.18"]["accounting"][
         "struct_page_bytes"]
     assert s["cost_model"]["id"] == "page16" and "census" in s
-    assert "identical_across_stages: True" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    head = " ".join(line.strip() for line in out.splitlines()[:6])    # the answer first
+    assert "observables: identical at every stage" in head
+    assert "metadata (struct pages + descriptors): v6.18" in head and "page16" in head
+    assert out.index("observables:") < out.index("Metadata per stage")
+    # 80 columns: every line fits, no number is parted from its unit
+    import io
+
+    from memdesc.report.console import make_console
+    from memdesc.report.simulate_out import render
+
+    buf = io.StringIO()
+    render(doc, make_console(buf, width=80))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert not any(line.lstrip().startswith(("MiB", "KiB", "GiB", "%")) for line in lines)
+    assert any(line.lstrip().startswith("page16") for line in lines)      # the table is there
 
 
 def test_simulate_cli_with_faults_reports_divergence(tmp_path, capsys):
@@ -151,7 +169,13 @@ def test_simulate_cli_with_faults_reports_divergence(tmp_path, capsys):
     assert doc["stages"]["dynamic"]["stats"]["faults_injected"] > 0
     assert doc["stages"]["dynamic"]["divergences"]
     assert doc["stages"]["v6.18"]["stats"]["faults_injected"] == 0
-    capsys.readouterr()
+    # a divergence caused by --fail says so, and no divergence is blamed on reclaim
+    kinds = {d["kind"] for d in doc["stages"]["dynamic"]["divergences"]}
+    assert "injected" in kinds and "reclaim" not in kinds, kinds
+    assert doc["divergence_counts"]["dynamic"]["injected"] >= 1
+    text = capsys.readouterr().out
+    assert "[injected fault]" in text and "{" not in text     # words, not Python dicts
+    assert "observables: differ from v6.18 at dynamic" in text
 
 
 def test_simulate_cli_bad_input(tmp_path, capsys):
@@ -160,3 +184,88 @@ def test_simulate_cli_bad_input(tmp_path, capsys):
     assert cli_main(["simulate", str(bad)]) == 2
     assert f"{bad}:2:" in capsys.readouterr().err
     assert cli_main(["simulate", str(EXAMPLES / "mixed.scenario"), "--fail", "nope:x=1"]) == 2
+
+
+def test_ok_counts_successes_not_requests():
+    """A 64 MiB machine with 40 MiB reserved cannot cache 32 MiB more: `ok` is what was
+    cached (as the page cache reads it back), and ok + failed is what was asked."""
+    from memdesc.analysis.scenario import World
+    from memdesc.stages import get_stage
+
+    sc = parse_scenario("machine 64M\nanon 1M proc=p\nreserve 40M\npagecache 32M file=f\n"
+                        "free all pagecache\nanon 32M proc=p\n", "s")
+    w = World(sc, get_stage("v6.18"))
+    results = [w.run(step) for step in sc.steps]
+    pc, anon = results[2], results[4]
+    assert 0 < pc["ok"] < 8192 and pc["ok"] + pc["failed_pages"] == 8192
+    assert pc["ok"] == sum(w.pc.observe(w.pc.files["f"])["folio_orders"]) + results[3]["ok"]
+    assert 0 < anon["ok"] < 8192 and anon["ok"] + anon["failed_units"] == 8192
+    assert anon["ok"] == w.observe()["procs"]["p"]["mapped_pages"] - 256
+
+
+def test_ctrl_c_stops_a_long_step_within_a_second():
+    """Python runs a signal handler (Ctrl-C's KeyboardInterrupt) only between bytecodes,
+    never inside a numba kernel: a step that ran as one kernel call would finish first.
+    Steps run in batches of mm.kmem.BATCH. The signal here is a real one (SIGALRM from a
+    kernel timer, handled like SIGINT), so it arrives on time whatever holds the GIL."""
+    import signal
+    import time
+
+    from memdesc.analysis.scenario import World
+    from memdesc.stages import get_stage
+
+    sc = parse_scenario("machine 2G\nkmalloc 6000000 size=8-16\n", "s")
+    w = World(sc, get_stage("page16"))
+    w.run(parse_scenario("machine 2G\nkmalloc 1000 size=8-16\n", "w").steps[0])  # compiled
+    w.k.contents.grow(40_000)     # room for every slab page: the step never returns to grow
+    w.k.slub._rebuild()
+
+    def ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, ctrl_c)
+    ended = []
+    try:
+        start = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            w.run(sc.steps[0])
+            ended.append(True)
+            time.sleep(5)       # (the step was too short to test anything: fail below)
+        stopped = time.monotonic()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not ended, "the step ended before the interrupt"
+    assert stopped - (start + 0.3) < 1.0
+
+
+def test_simulate_plot_fits_its_bars_and_keeps_zero_types_out(tmp_path, capsys):
+    """The tallest bar (and cost-model mark) stays inside the axes with room for its saving
+    label, a type that is zero at every stage is not in the legend, and the legend sits
+    outside the bars."""
+    import matplotlib.pyplot as plt
+
+    from memdesc.report.simulate_out import plot_figure
+
+    out, sc = tmp_path / "sim.json", tmp_path / "no-zram.scenario"
+    sc.write_text("machine 256M\npagecache 16M order=2\nkmalloc 2000 size=64\n")
+    assert cli_main(["simulate", str(sc), "--stages", "dynamic,page8", "--json", str(out),
+                     "--brief"]) == 0
+    doc = json.loads(out.read_text())
+    fig = plot_figure(doc)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    zero = {k for k in doc["stages"]["dynamic"]["accounting"]["by_type"]
+            if not any(s["accounting"]["by_type"].get(k) for s in doc["stages"].values())}
+    assert zero and not zero & {x.replace(" ", "_") for x in labels}
+    assert "memmap" in labels and "survey cost model" in labels
+    tallest = max(max(s["accounting"]["total_bytes"], s["cost_model"]["total_bytes"])
+                  for s in doc["stages"].values()) / 2**20          # the plot is in MiB here
+    assert ax.get_ylim()[1] >= tallest * 1.15
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1 - 1                 # beside, not over
+    plt.close(fig)
+    text = capsys.readouterr().out
+    assert "observables:" in text and "Metadata per stage" not in text   # --brief

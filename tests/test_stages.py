@@ -84,3 +84,16 @@ def test_memdesc_stages_draws_every_layout(capsys):
     out = capsys.readouterr().out
     assert "== page32@path-2025" in out and "struct folio {" in out and "_nr_pages" in out
     assert main(["stages", "--stages", "page4"]) == 2
+
+
+def test_memdesc_stages_fits_80_columns(capsys, monkeypatch):
+    """Prose wraps between words; a member's note that does not fit moves below it."""
+    from memdesc.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["stages", "--overlays"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    page16 = "\n".join(lines[lines.index(next(x for x in lines if x.startswith("== page16"))):])
+    assert "struct list_head buddy_list;                /*     0    16 */\n" in page16
+    assert "            /* Option 1: next|Buddy type, prev|order */" in page16

@@ -24,7 +24,8 @@ def stages_option(spec: str) -> list[Stage]:
 
 
 def check_output(path: str | None, what: str) -> None:
-    """Fail before any work when ``--what PATH`` cannot be written as a file (``-`` is stdout)."""
+    """Fail before any work when ``--what PATH`` cannot be written as a file (``-`` is stdout):
+    under /proc or /sys, a folder, in a folder that does not exist or is not writable."""
     if path is None or path == "-":
         return
     p = Path(path)
@@ -34,11 +35,11 @@ def check_output(path: str | None, what: str) -> None:
                          f"{', '.join(KERNEL_FILESYSTEMS)}; give a file elsewhere")
     if p.is_dir():
         raise InputError(f"--{what} {path} is a folder; give a file name")
-    # Missing folders are created when the output is written (memdesc.atomic), so check the
-    # nearest one that exists.
+    # The folder must exist: memdesc creates nothing the user did not ask for.
     parent = p.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
+    if not parent.exists():
+        raise InputError(f"--{what} {path}: folder {parent} does not exist; create it or "
+                         f"give a file in an existing folder")
     if not parent.is_dir():
         raise InputError(f"--{what} {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK):

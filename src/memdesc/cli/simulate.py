@@ -9,6 +9,7 @@ from typing import Any
 
 from memdesc.cli.options import check_output, stages_option
 from memdesc.errors import InputError
+from memdesc.report.console import add_brief_option
 from memdesc.stages import REFERENCE, parse_stages
 
 DESCRIPTION = """\
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fail", action="append", default=[], metavar="ATTR:SETTINGS",
                    help="fault injection, e.g. desc:probability=1,context=atomic or "
                         "page:interval=1000,times=5 (ATTR: failslab, desc, page)")
+    add_brief_option(p)
     p.set_defaults(func=run)
 
 
@@ -73,10 +75,11 @@ def parse_fail(specs: list[str]):
     return lambda: FaultInjection(**attrs)
 
 
-def _bytes(b: int) -> str:
-    if abs(b) >= 2**30:
-        return f"{b / 2**30:,.2f} GiB"
-    return f"{b / 2**20:,.2f} MiB" if abs(b) >= 2**20 else f"{b / 2**10:,.1f} KiB"
+def with_reference(stages: list) -> list:
+    """``stages`` with the reference stage in front when it is not among them."""
+    if REFERENCE in [s.id for s in stages]:
+        return list(stages)
+    return list(parse_stages(REFERENCE)) + list(stages)
 
 
 def simulate(scenario, stages, *, check: bool = False, fault_factory=None,
@@ -84,11 +87,10 @@ def simulate(scenario, stages, *, check: bool = False, fault_factory=None,
     """Run ``scenario`` at ``stages`` (plus the reference) and build the result document."""
     from memdesc.analysis.cost import stage_cost
     from memdesc.analysis.descriptors import load_descriptors
-    from memdesc.analysis.scenario import compare_runs, run_stage
+    from memdesc.analysis.scenario import check_scenario, compare_runs, run_stage
 
-    ids = [s.id for s in stages]
-    if REFERENCE not in ids:
-        stages = [s for s in parse_stages(REFERENCE)] + list(stages)
+    stages = with_reference(stages)
+    check_scenario(scenario, stages)
     runs = [run_stage(scenario, s, check=check, fault_factory=fault_factory, progress=progress)
             for s in stages]
     cmp = compare_runs(runs, REFERENCE)
@@ -119,57 +121,8 @@ def simulate(scenario, stages, *, check: bool = False, fault_factory=None,
             "divergence_counts": cmp["divergence_counts"], "stages": out_stages}
 
 
-def render(doc: dict[str, Any], console=None) -> None:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    con = console or Console(width=None if sys.stdout.isatty() else 170)
-    ram = next(iter(doc["stages"].values()))["census"]["ram_pages"] * 4096
-    con.print(f"[bold]memdesc simulate[/] {doc['scenario']}: machine {doc['machine']} "
-              f"({_bytes(ram)} RAM), {doc['cpus']} CPUs, seed {doc['seed']}, "
-              f"{len(next(iter(doc['stages'].values()))['steps'])} steps")
-    t = Table(title="Metadata cost at each stage (emulated, exact; and the survey's cost "
-                    "model on the emulator's census)", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in ("stage", "struct page", "memmap", "descriptors", "total", "% of RAM",
-                f"saving vs {REFERENCE}", "cost model", "model - exact", "largest descriptor types",
-                "observables"):
-        t.add_column(col, justify="left" if col in ("stage", "largest descriptor types",
-                                                    "observables") else "right",
-                     overflow="fold")
-    for sid, s in doc["stages"].items():
-        a = s["accounting"]
-        desc = sorted(((k, v) for k, v in a["by_type"].items() if k != "memmap" and v),
-                      key=lambda kv: -kv[1])[:3]
-        d = doc["divergence_counts"][sid]
-        obs = "equal" if not s["divergences"] else \
-            f"{d['atomic']} atomic, {d['reclaim']} reclaim divergence(s)"
-        t.add_row(sid, f"{s['struct_page_bytes_each']} B", _bytes(a["struct_page_bytes"]),
-                  _bytes(a["descriptor_bytes"]), _bytes(a["total_bytes"]),
-                  f"{a['percent_of_ram']:.3f}",
-                  f"{_bytes(s['saving_bytes'])} ({s['saving_percent']:+.1f} %)",
-                  _bytes(s["cost_model"]["total_bytes"]),
-                  _bytes(s["cost_model_minus_exact_bytes"]),
-                  ", ".join(f"{k} {_bytes(v)}" for k, v in desc), obs)
-    con.print(t)
-    con.print(f"identical_across_stages: [bold]{doc['identical_across_stages']}[/] "
-              f"(computed by comparing every step's results and state digests with "
-              f"{REFERENCE})", highlight=False)
-    for sid, s in doc["stages"].items():
-        for dv in s["divergences"]:
-            con.print(f"  {sid} line {dv['line']} ({dv['kind']}): {dv['step']}: "
-                      f"{dv['reference']} at {REFERENCE}, {dv['this_stage']} here",
-                      highlight=False)
-        st = s["stats"]
-        if st["faults_injected"] or st["descriptor_unwinds"]:
-            con.print(f"  {sid}: {st['faults_injected']} faults injected, "
-                      f"{st['descriptor_unwinds']} descriptor allocations undone because the "
-                      f"pages failed", highlight=False)
-
-
-
 def run(args: argparse.Namespace) -> int:
-    from memdesc.analysis.scenario import load_scenario
+    from memdesc.analysis.scenario import check_scenario, load_scenario
     from memdesc.atomic import atomic_file
     from memdesc.cli.progress import LazyProgress
     from memdesc.report import simulate_out
@@ -179,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.json, "json")
     scenario = load_scenario(args.scenario)
     factory = parse_fail(args.fail)
-    total = len(scenario.steps) * (len(stages) + (REFERENCE not in [s.id for s in stages]))
+    run_stages = with_reference(stages)
+    check_scenario(scenario, run_stages)         # before any work
+    total = len(scenario.steps) * len(run_stages)
     with LazyProgress("simulating", total, unit="steps") as tick:
         doc = simulate(scenario, stages, check=args.check, fault_factory=factory,
                        progress=tick)
@@ -194,5 +149,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json == "-":
         sys.stdout.write(text)
     else:
-        render(doc)
+        simulate_out.render(doc, brief=args.brief)
     return 0

@@ -5,6 +5,7 @@ marks free pages, and what its mem_map costs."""
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from memdesc.cli.options import stages_option
 from memdesc.mm.mm_types import FOLIO_PATH_2025, OVERLAYS_V6_18
@@ -32,10 +33,29 @@ def _ctype(f: Field) -> str:
     return _CTYPE.get(f.name) or _BY_SIZE.get(f.size, f"char[{f.size}]")
 
 
+#: Columns the drawing fits (set by run() from the terminal; 100 when piped).
+_WIDTH = {"columns": 100}
+
+
 def _member(f: Field, depth: int) -> str:
+    """One member line, pahole-style; a note that does not fit the width goes on the lines
+    below, as a comment wrapped between words."""
     decl = f"{'    ' * depth}{_ctype(f)} {f.name};"
-    note = f"  {f.note}" if f.note else ""
-    return f"{decl:<52}/* {f.offset:5d} {f.size:5d} */{note}"
+    line = f"{decl:<52}/* {f.offset:5d} {f.size:5d} */"
+    width = _WIDTH["columns"]
+    if not f.note or len(line) + 2 + len(f.note) <= width:
+        return f"{line}  {f.note}" if f.note else line
+    pad = "    " * (depth + 1)
+    wrapped = textwrap.wrap(f"/* {f.note} */", max(20, width - len(pad)),
+                            break_long_words=False, break_on_hyphens=False)
+    return "\n".join([line, *(pad + w for w in wrapped)])
+
+
+def _prose(line: str) -> list[str]:
+    """A description line wrapped between words at the width, continuation indented."""
+    indent = len(line) - len(line.lstrip(" "))
+    return textwrap.wrap(line, _WIDTH["columns"], subsequent_indent=" " * (indent + 2),
+                         break_long_words=False, break_on_hyphens=False) or [""]
 
 
 def _close(kind_end: str, start: int, size: int, depth: int) -> str:
@@ -106,14 +126,17 @@ def describe(stage: Stage) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from memdesc.report.console import terminal_width
+
     stages = stages_option(args.stages)
+    _WIDTH["columns"] = terminal_width()
     out: list[str] = []
     for stage in stages:
-        out += describe(stage)
+        out += [w for line in describe(stage) for w in _prose(line)]
         if stage.dynamic:
-            out.append(f"   memdesc word: descriptor address | type (Buddy = "
-                       f"{type_code(stage, 'Buddy')}, Misc = {type_code(stage, 'Misc')}: "
-                       "subtype 4-10, mappable 11, order 12-17, zone 53..51, node 63..54)")
+            out += _prose(f"   memdesc word: descriptor address | type (Buddy = "
+                          f"{type_code(stage, 'Buddy')}, Misc = {type_code(stage, 'Misc')}: "
+                          "subtype 4-10, mappable 11, order 12-17, zone 53..51, node 63..54)")
         out += draw(stage.page)
         out.append("")
     if args.overlays:

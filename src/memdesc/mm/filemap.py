@@ -33,7 +33,7 @@ from memdesc.mm.folio import (
     folio_ref_add,
     fset,
 )
-from memdesc.mm.kmem import M_TOP, M_USED, TAG_FILE, WORDS_PER_PAGE, content_tag, fill_tags
+from memdesc.mm.kmem import BATCH, M_TOP, M_USED, TAG_FILE, WORDS_PER_PAGE, content_tag, fill_tags
 from memdesc.mm.memdesc_alloc import E_DATA, E_KMETA, E_SP, E_TAGS, SP_T_FILE, borrow
 from memdesc.mm.slub import _GROW, SLAB_RECLAIM_ACCOUNT
 
@@ -211,7 +211,9 @@ class PageCache:
         return _orders_nb(self.k.E, folios.astype(np.uint64))
 
     def read(self, a: AddressSpace, nr_pages: int, order: int) -> dict[str, int]:
-        """Read ``nr_pages`` more of the file (appended at its end) in folios of ``order``."""
+        """Read ``nr_pages`` more of the file (appended at its end) in folios of ``order``.
+        Returns the folios of ``order`` cached, the units that fell back to order 0 and the
+        pages left uncached (failed)."""
         size = 1 << order
         first = (a.size_pages + size - 1) & ~(size - 1)
         units = -(-nr_pages // size)
@@ -219,9 +221,9 @@ class PageCache:
         gfpflags = GFP_RA_LARGE if order else GFP_PAGECACHE
         fallback: list[int] = []
         i = 0
-        while i < units:
+        while i < units:                        # in BATCHes: Ctrl-C between them
             i, status = filemap_read_nb(self.k.E, np.uint64(a.mapping), a.file_id, first, order,
-                                        gfpflags, out, i)
+                                        gfpflags, out[:i + BATCH], i)
             if status == R_GROW:
                 self.k.grow()
             elif status == R_FALLBACK:
@@ -246,7 +248,10 @@ class PageCache:
         failed = int((grown[first:] == 0).sum())
         a.failed += failed
         self._sync_xa_nodes(a, _gfp.GFP_KERNEL)
-        return {"folios": units - len(fallback), "fallback": len(fallback), "failed": failed}
+        large = np.ones(units, np.bool_)
+        large[fallback] = False
+        return {"folios": int((out[large] != 0).sum()), "fallback": len(fallback),
+                "failed": failed}
 
     def find_get_folio(self, a: AddressSpace, index: int) -> int:
         """filemap_get_folio(): the folio caching ``index`` (0 if none)."""
@@ -257,7 +262,8 @@ class PageCache:
         starts, folios = self.heads(a)
         gone = folios[np.isin(starts, which)]
         a.index_map[np.isin(a.index_map, gone)] = 0
-        filemap_remove_nb(self.k.E, gone)
+        for s in range(0, gone.shape[0], BATCH):        # Ctrl-C between batches
+            filemap_remove_nb(self.k.E, gone[s:s + BATCH])
         self._sync_xa_nodes(a, _gfp.GFP_KERNEL)
         return int(gone.size)
 

@@ -105,8 +105,20 @@ MIGRATE_TYPES = 5
 HEADS_FREE = (MAX_PAGE_ORDER + 1) * MIGRATE_TYPES
 
 
+#: packed (page8) numbers a zone's list heads in the top 4096 values of its 28-bit index [I]
+PACKED_HEADS = 1 << 12
+
+
 def heads_per_zone(nr_cpus: int) -> int:
     return HEADS_FREE + nr_cpus * NR_PCP_LISTS
+
+
+def max_cpus(stage: Stage) -> int | None:
+    """CPUs whose pcp list heads the stage's free tracking can name (None: no limit of its
+    own). packed: (4096 - 55 buddy heads) // 14 pcp lists = 288."""
+    if ENCODINGS[stage.free_tracking] == ENC_PACKED:
+        return (PACKED_HEADS - HEADS_FREE) // NR_PCP_LISTS
+    return None
 
 
 def make_cfg(stage: Stage, nr_cpus: int, nr_nodes: int) -> np.ndarray:
@@ -132,8 +144,9 @@ def make_cfg(stage: Stage, nr_cpus: int, nr_nodes: int) -> np.ndarray:
     cfg[C_BUDDYMASK] = sum(1 << c for c, n in stage.types.items() if n == "Buddy")
     cfg[C_NZ] = nr_nodes * NR_ZONES
     cfg[C_LINKOFF] = 0 if enc == ENC_OPTION1 else 8
-    if enc == ENC_PACKED and nr_cpus * NR_PCP_LISTS + HEADS_FREE > 4096:
-        raise ValueError("page8/packed names list heads with 12 bits: at most 288 CPUs")
+    limit = max_cpus(stage)
+    if limit is not None and nr_cpus > limit:
+        raise ValueError(f"page8/packed names list heads with 12 bits: at most {limit} CPUs")
     return cfg
 
 

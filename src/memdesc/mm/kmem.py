@@ -32,6 +32,10 @@ VMALLOC_START = 0xFFFFC90000000000
 START_KERNEL_MAP = 0xFFFFFFFF80000000
 
 WORDS_PER_PAGE = PAGE_SIZE // 8
+#: Items one call of a batch kernel handles at most. Python raises KeyboardInterrupt only
+#: between bytecodes, never inside a numba kernel, so drivers of long steps call kernels on
+#: slices of this size (a few ms each) and Ctrl-C stops a step within a second.
+BATCH = 1 << 15
 
 
 def page_address(pfn: int) -> int:

@@ -29,7 +29,7 @@ from memdesc.mm.folio import (
     folio_remove_rmap,
     page_folio,
 )
-from memdesc.mm.kmem import M_TOP, M_USED, TAG_ANON, WORDS_PER_PAGE, fill_tags
+from memdesc.mm.kmem import BATCH, M_TOP, M_USED, TAG_ANON, WORDS_PER_PAGE, fill_tags
 from memdesc.mm.memdesc_alloc import (
     E_DATA,
     E_KMETA,
@@ -302,7 +302,9 @@ class AnonMemory:
     # ---- faults and unmapping ----------------------------------------------------------
     def fault(self, p: Process, nr_pages: int, order: int) -> dict[str, int]:
         """Touch ``nr_pages`` more pages at the end of the VMA in folios of ``order``
-        (9: THP), falling back to order 0 where a large folio fails. Returns counts."""
+        (9: THP), falling back to order 0 where a large folio fails. Returns the folios of
+        ``order`` mapped, the units that fell back and the folios that failed (units of
+        ``order``, or order-0 folios of a fallback unit)."""
         size = 1 << order
         start = (p.end + (size << PAGE_SHIFT) - 1) & ~((size << PAGE_SHIFT) - 1)
         units = -(-nr_pages // size)
@@ -312,9 +314,9 @@ class AnonMemory:
         out = np.zeros(units, np.uint64)
         i = 0
         fallback_units: list[int] = []
-        while i < units:
+        while i < units:                        # in BATCHes: Ctrl-C between them
             i, status = anon_fault_nb(self.k.E, p.pgd, np.uint64(start), order, pmd, anon_vma,
-                                      p.pid, gfpflags, out, i)
+                                      p.pid, gfpflags, out[:i + BATCH], i)
             if status == F_GROW:
                 self.k.grow()
             elif status == F_FALLBACK:
@@ -325,6 +327,7 @@ class AnonMemory:
         keep[fallback_units] = False
         p.add_units(vas[keep], np.full(int(keep.sum()), order), np.full(int(keep.sum()), pmd),
                     out[keep])
+        small_failed = 0
         for u in fallback_units:                 # VM_FAULT_FALLBACK: small folios
             small = np.zeros(size, np.uint64)
             j = 0
@@ -335,10 +338,12 @@ class AnonMemory:
                     self.k.grow()
             p.add_units(np.uint64(vas[u]) + (np.arange(size, dtype=np.uint64) << np.uint64(12)),
                         np.zeros(size), np.zeros(size, np.bool_), small)
+            small_failed += int((small == 0).sum())
         p.end = start + (units * size << PAGE_SHIFT)
-        failed = int((p.folios[-units:] == 0).sum()) if units else 0
+        failed = int((out[keep] == 0).sum()) + small_failed
         p.failed += failed
-        return {"folios": int(keep.sum()), "fallback": len(fallback_units), "failed": failed}
+        return {"folios": int((out[keep] != 0).sum()), "fallback": len(fallback_units),
+                "failed": failed}
 
     def madvise_dontneed(self, p: Process, fraction: float) -> int:
         """Unmap ``fraction`` of the process's mapped units: every other one for 1/2, the

@@ -18,6 +18,7 @@ from numba import njit
 from memdesc.mm import gfp as _gfp
 from memdesc.mm.free_tracking import nodezone_bits, page_zone_index
 from memdesc.mm.kmem import (
+    BATCH,
     TAG_NETMEM,
     content_tag,
     fill_tags,
@@ -168,11 +169,13 @@ class PagePool:
 
     def alloc(self, nr_pages: int, gfpflags: int = GFP_NAPI) -> int:
         n = -(-nr_pages // (1 << self.order))
-        while self.k.contents.capacity - self.k.contents.attached_pages < 64:
-            self.k.grow()
         out = np.zeros(n, np.int64)
-        ok = page_pool_alloc_nb(self.k.E, np.uint64(self.struct), self.pool_id, self.order,
-                                gfpflags, self._seq, out)
+        ok = 0
+        for s in range(0, n, BATCH):                 # Ctrl-C between batches
+            while self.k.contents.capacity - self.k.contents.attached_pages < 64:
+                self.k.grow()
+            ok += page_pool_alloc_nb(self.k.E, np.uint64(self.struct), self.pool_id,
+                                     self.order, gfpflags, self._seq + s, out[s:s + BATCH])
         seqs = self._seq + np.arange(n, dtype=np.int64)
         self._seq += n
         good = out >= 0

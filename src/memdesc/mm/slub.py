@@ -18,6 +18,7 @@ from memdesc.mm import gfp as _gfp
 from memdesc.mm.fault_inject import FA_DESC, FA_FAILSLAB, should_fail_nb
 from memdesc.mm.free_tracking import C_BUDDYMASK, misc_word, nodezone_bits, page_zone_index
 from memdesc.mm.kmem import (
+    BATCH,
     M_TOP,
     M_USED,
     PAGE_OFFSET,
@@ -308,6 +309,8 @@ DONE = 0
 NEED_GROW = 1           # the PageContents store is full: grow it and call again
 BAD_FREE = 2            # the object is not from this cache / not a slab object
 _GROW = np.uint64(1)    # sentinel "slab address" meaning NEED_GROW
+OPS_FAILED = 1          # kmalloc_ops_nb: the slot's kmalloc() failed (no object is at 1)
+_OPS_FAILED = np.uint64(OPS_FAILED)
 MISC_KMALLOC_LARGE = MISC_SUBTYPE["kmalloc_large"]
 _GNOWARN, _GNORETRY, _GNOFAIL = _gfp.__GFP_NOWARN, _gfp.__GFP_NORETRY, _gfp.__GFP_NOFAIL
 _GDIRECT_RECLAIM, _GNOMEMALLOC = _gfp.__GFP_DIRECT_RECLAIM, _gfp.__GFP_NOMEMALLOC
@@ -840,7 +843,8 @@ def kmalloc_nb(E, kmc, size_index, sizes, gfpflags, nid, out, start):
 def kmalloc_ops_nb(E, kmc, size_index, kinds, sizes, slots, slot_addr, gfpflags, nid, start):
     """A kmalloc()/kfree() sequence in one call: op i with kinds[i] == 0 is
     kmalloc(sizes[i]) into slot_addr[slots[i]], kinds[i] == 1 kfree()s that slot (kfree(NULL)
-    if its allocation failed). Returns (index, DONE | NEED_GROW | BAD_FREE)."""
+    if its allocation failed). A failed kmalloc() leaves OPS_FAILED in its slot, so the caller
+    can count failures. Returns (index, DONE | NEED_GROW | BAD_FREE)."""
     E = borrow(E)
     one_size = np.zeros(1, np.int64)
     one = np.zeros(1, np.uint64)
@@ -851,10 +855,10 @@ def kmalloc_ops_nb(E, kmc, size_index, kinds, sizes, slots, slot_addr, gfpflags,
             _, st = kmalloc_nb(E, kmc, size_index, one_size, gfpflags, nid, one, 0)
             if st != DONE:
                 return i, st
-            slot_addr[slots[i]] = one[0]
+            slot_addr[slots[i]] = one[0] if one[0] != 0 else _OPS_FAILED
         else:
             a = slot_addr[slots[i]]
-            if a != 0:
+            if a != 0 and a != _OPS_FAILED:
                 one[0] = a
                 _, st = kmem_cache_free_nb(E, -1, one, 0)
                 if st != DONE:
@@ -1153,13 +1157,15 @@ class Slub:
                               nid: int = 0) -> np.ndarray:
         """``n`` independent kmem_cache_alloc() calls; uint64 addresses, 0 where one failed."""
         out = np.zeros(n, np.uint64)
-        self._run(kmem_cache_alloc_nb, kc.index, gfpflags, nid, out)
+        for s in range(0, n, BATCH):                     # Ctrl-C between batches
+            self._run(kmem_cache_alloc_nb, kc.index, gfpflags, nid, out[s:s + BATCH])
         return out
 
     def kmem_cache_free(self, kc: KmemCache | None, objs) -> None:
         """kmem_cache_free() of one address or an array (kc None: kfree())."""
         objs = np.atleast_1d(np.asarray(objs, np.uint64))
-        self._run(kmem_cache_free_nb, -1 if kc is None else kc.index, objs)
+        for s in range(0, objs.shape[0], BATCH):         # Ctrl-C between batches
+            self._run(kmem_cache_free_nb, -1 if kc is None else kc.index, objs[s:s + BATCH])
 
     def kmalloc(self, sizes, gfpflags: int, nid: int = 0) -> np.ndarray:
         """kmalloc() of each size; uint64 addresses (0 where one failed)."""
@@ -1167,18 +1173,27 @@ class Slub:
         if sizes.size and sizes.min() <= 0:
             raise ValueError("kmalloc sizes must be positive")
         out = np.zeros(sizes.shape[0], np.uint64)
-        self._run(kmalloc_nb, self.kmalloc_caches, self._size_index, sizes, gfpflags, nid, out)
+        for s in range(0, sizes.shape[0], BATCH):        # Ctrl-C between batches
+            self._run(kmalloc_nb, self.kmalloc_caches, self._size_index, sizes[s:s + BATCH],
+                      gfpflags, nid, out[s:s + BATCH])
         return out
 
     def kmalloc_ops(self, kinds, sizes, slots, nslots: int, gfpflags: int,
-                    nid: int = 0) -> np.ndarray:
+                    nid: int = 0) -> tuple[np.ndarray, int]:
         """Run a kmalloc/kfree sequence (see kmalloc_ops_nb); returns the slot addresses
-        still allocated at the end (0 for freed or failed slots)."""
+        still allocated at the end (0 for freed or failed slots) and how many of the
+        kmalloc() calls failed. Every kmalloc op must have a slot of its own."""
+        kinds = np.ascontiguousarray(kinds, np.int64)
+        sizes = np.ascontiguousarray(sizes, np.int64)
+        slots = np.ascontiguousarray(slots, np.int64)
         slot_addr = np.zeros(nslots, np.uint64)
-        self._run(kmalloc_ops_nb, self.kmalloc_caches, self._size_index,
-                  np.ascontiguousarray(kinds, np.int64), np.ascontiguousarray(sizes, np.int64),
-                  np.ascontiguousarray(slots, np.int64), slot_addr, gfpflags, nid)
-        return slot_addr
+        for s in range(0, kinds.shape[0], BATCH):        # Ctrl-C between batches
+            e = s + BATCH
+            self._run(kmalloc_ops_nb, self.kmalloc_caches, self._size_index, kinds[s:e],
+                      sizes[s:e], slots[s:e], slot_addr, gfpflags, nid)
+        failed = slot_addr == OPS_FAILED
+        slot_addr[failed] = 0
+        return slot_addr, int(failed.sum())
 
     def kfree(self, objs) -> None:
         """kfree() of one address or an array (0 entries are kfree(NULL))."""

@@ -19,7 +19,15 @@ from numba import njit
 
 from memdesc.mm.free_tracking import misc_word, page_zone_index
 from memdesc.mm.gfp import GFP_KERNEL
-from memdesc.mm.kmem import TAG_RESERVED, TAG_VMALLOC, VMEMMAP_START, fill_tags, kread, kwrite
+from memdesc.mm.kmem import (
+    BATCH,
+    TAG_RESERVED,
+    TAG_VMALLOC,
+    VMEMMAP_START,
+    fill_tags,
+    kread,
+    kwrite,
+)
 from memdesc.mm.memdesc import MISC_SUBTYPE
 from memdesc.mm.memdesc_alloc import (
     E_DATA,
@@ -142,9 +150,8 @@ class Vmalloc:
             slub.kfree(vm)
             slub.kmem_cache_free(self.vmap_area_cache, va)
             return None
-        pages = np.zeros(n, np.int64)
-        if not misc_pages_nb(self.k.E, n, gfpflags, MISC_VMALLOC, TAG_VMALLOC, tag, self._seq,
-                             pages):
+        pages = self._misc_pages(n, gfpflags, MISC_VMALLOC, TAG_VMALLOC, tag, self._seq)
+        if pages is None:
             self._free_array(array)
             slub.kfree(vm)
             slub.kmem_cache_free(self.vmap_area_cache, va)
@@ -167,10 +174,19 @@ class Vmalloc:
 
     def reserve(self, nr_pages: int, gfpflags: int, owner: int) -> np.ndarray | None:
         """alloc_page() + SetPageReserved() per page, all or nothing."""
-        pages = np.zeros(nr_pages, np.int64)
-        if not misc_pages_nb(self.k.E, nr_pages, gfpflags, MISC_RESERVED, TAG_RESERVED, owner,
-                             0, pages):
-            return None
+        return self._misc_pages(nr_pages, gfpflags, MISC_RESERVED, TAG_RESERVED, owner, 0)
+
+    def _misc_pages(self, n: int, gfpflags: int, subtype: int, tag_kind: int, owner: int,
+                    seq0: int) -> np.ndarray | None:
+        """misc_pages_nb() in BATCHes (Ctrl-C between them), still all or nothing: when a
+        batch fails (it undoes itself), the batches before it are freed too."""
+        pages = np.zeros(n, np.int64)
+        for s in range(0, n, BATCH):
+            chunk = pages[s:s + BATCH]
+            if not misc_pages_nb(self.k.E, chunk.shape[0], gfpflags, subtype, tag_kind, owner,
+                                 seq0 + s, chunk):
+                free_misc_pages_nb(self.k.E, pages[:s], subtype)
+                return None
         return pages
 
     def zero_page(self) -> int:
