@@ -20,9 +20,11 @@ PCPF_FREE_HIGH_BATCH. __GFP_ZERO is accepted but there are no page contents to c
 
 Public API (stable; other layers build on it)
 --------------------------------------------
-``mm = MemMap(machine, stage, debug=True)``
+``mm = MemMap(machine, stage, debug=True, free_all=True)``
     mem_map (one uint64 array, ``mm.mem``; ``mm.pages`` is the structured per-page view),
-    zones, pageblocks, pcp lists; every managed page is free after construction.
+    zones, pageblocks, pcp lists; every managed page is free after construction (with
+    ``free_all=False`` none is: memdesc.mm.start_state.set_start_state() sets up a running
+    kernel's state instead).
     ``debug`` keeps a record of live allocations, rejects bad frees (VMBug) and runs the full
     invariant check (memdesc.mm.debug) every ``check_every`` calls.
 ``alloc_pages(mm, gfp, order, nid=0, cpu=0) -> int``
@@ -1127,6 +1129,23 @@ def walk_list_nb(mem, S, h, gz, order, out):
     return n
 
 
+@njit(cache=True, nogil=True)
+def pagetypeinfo_free_nb(mem, S, gz, out):
+    """Mirrors pagetypeinfo_showfree_print(): ``out[mt, order]`` = blocks on
+    zone->free_area[order].free_list[mt], counted by walking the list (without the kernel's
+    cap at 100,000)."""
+    mem, S = unmanaged(mem), unmanaged(S)
+    for order in range(NR_PAGE_ORDERS):
+        for mt in range(MIGRATE_TYPES):
+            h = free_head(S, gz, order, mt)
+            n = 0
+            node = list_first(S, h)
+            while node != -1 - h:
+                n += 1
+                node = ft.link_get(mem, S, node, 0, gz, order)
+            out[mt, order] = n
+
+
 # ---- isolation (mm/page_isolation.c) -------------------------------------------------------------
 
 @njit(cache=True)
@@ -1227,7 +1246,7 @@ class MemMap:
     """
 
     def __init__(self, machine: Machine, stage: Stage | str, *, debug: bool = True,
-                 check_every: int | None = None):
+                 check_every: int | None = None, free_all: bool = True):
         self.machine = machine
         self.stage = get_stage(stage) if isinstance(stage, str) else stage
         st_ = self.stage
@@ -1278,7 +1297,7 @@ class MemMap:
                 pb[b0:b1 + 1] = MIGRATE_MOVABLE      # memmap_init_range(): MIGRATE_MOVABLE
         self.zl[:] = _zonelists(machine, zs)
         self.st = (self.mem, self.S)
-        self._boot()
+        self._boot(free_all)
         self.debug = debug
         if check_every is None:                       # full checks are O(nr_pfns)
             check_every = 1 if self.nr_pfns <= (1 << 18) else 0
@@ -1287,11 +1306,12 @@ class MemMap:
         self.contents = None          # memdesc.mm.kmem.PageContents, attached by a later layer
         self._order = np.full(self.nr_pfns, -1, np.int8) if debug else None
 
-    def _boot(self) -> None:
+    def _boot(self, free_all: bool = True) -> None:
         """memmap_init() then memblock_free_all(): every struct page initialised (RAM the
         buddy never gets, holes and the tail of the last section as PG_reserved / Misc
         reserved, like init_unavailable_range()), then the managed ranges freed in max-aligned
-        chunks to the tail of the free lists (__free_pages_core(FPI_TO_TAIL))."""
+        chunks to the tail of the free lists (__free_pages_core(FPI_TO_TAIL)). Without
+        ``free_all`` the free lists stay empty (memdesc.mm.start_state fills them)."""
         m = self.machine
         spans = sorted((z.start_pfn, z.end_pfn, gz) for gz, z in enumerate(m.zones) if z.spanned)
         pos = 0
@@ -1308,6 +1328,8 @@ class MemMap:
             pos = e0
         if pos < self.nr_pfns:
             init_range_nb(self.mem, self.S, pos, self.nr_pfns, spans[-1][2], True)
+        if not free_all:
+            return
         for gz, z in enumerate(m.zones):
             for s, e in m.managed_ranges(z):
                 free_range_boot_nb(self.mem, self.S, s, e, gz)

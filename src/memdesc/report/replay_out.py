@@ -109,20 +109,7 @@ def table(result: ReplayResult) -> str:
         out.append(f"identical observables at every stage (free lists, pcp, units"
                    f"{', PFNs handed out' if result.mode == 'policy' else ''}): "
                    f"{'yes' if same else 'NO'}")
-    check = next((c for c in result.checks if c), None)
-    if check is not None:
-        out.append(f"buddyinfo check at event {check['at_event']:,} against {check['reference']}"
-                   f": {'exact' if check['exact'] else 'DIFFERS'}")
-        for z in check["zones"]:
-            d = "same" if not any(z["diff"]) else "diff " + " ".join(f"{x:+d}" for x in z["diff"])
-            pcp = (f"; pcp pages kernel {z['kernel_pcp_pages']:,} (zoneinfo.after) vs "
-                   f"emulated {z['emulated_pcp_pages']:,} (only pcp blocks the trace showed "
-                   "entering)") if z["kernel_pcp_pages"] else ""
-            out.append(f"  {z['zone']:<10} free pages kernel {z['kernel_free_pages']:,} "
-                       f"emulated {z['emulated_free_pages']:,}: {d}{pcp}")
-    elif result.mode == "placement":
-        out.append("buddyinfo check: not possible (no buddyinfo taken after the snapshot's "
-                   "kpage reads inside this trace)")
+    out += check_lines(result)
     run = result.runs[0]
     exp = {k: v for k, v in run.mismatches.items() if v and k in EXPECTED}
     bad = {k: v for k, v in run.mismatches.items() if v and k not in EXPECTED}
@@ -133,6 +120,31 @@ def table(result: ReplayResult) -> str:
                                                f"{run.mismatch_where[k][0]:,})"
                                                for k, v in bad.items()) or "none"))
     return "\n".join(out)
+
+
+def check_lines(result: ReplayResult) -> list[str]:
+    """The checks against the kernel, one line per check point and zone, then each mismatch
+    cell and cause."""
+    rows = result.checks[0] if result.checks else []
+    if not rows:
+        return ["checks against the kernel: none possible (no buddyinfo read inside this "
+                "trace: no pre-snapshot .after files at a known event, no end state)"]
+    out = []
+    for r in rows:
+        bt = r["by_migratetype"]
+        mt = ("no pagetypeinfo" if bt is None else
+              "by migratetype exact" if not r["mismatched_pages"] else
+              f"{r['mismatched_pages']:,} pages on other (migratetype, order) lists")
+        fp = r["free_pages"]
+        out.append(f"check {r['at']} (event {r['event']:,}) {r['zone']}: by order "
+                   f"{'exact' if r['exact_by_order'] else 'DIFFERS'}, {mt}; free pages "
+                   f"kernel {fp['kernel']:,} emulated {fp['emulated']:,}")
+        if r["mismatches"]:
+            out.append("    cells (emulated - kernel): " + ", ".join(
+                f"{c.get('migratetype', '')[:4]}{'@' if 'migratetype' in c else 'order '}"
+                f"{c['order']} {c['diff']:+d}" for c in r["mismatches"]))
+        out += [f"    cause: {c}" for c in r["causes"]]
+    return out
 
 
 def _series_dict(result: ReplayResult, run: StageRun, ser) -> dict[str, Any]:
@@ -179,7 +191,7 @@ def replay_dict(result: ReplayResult) -> dict[str, Any]:
             "mismatch_first_last_event": {k: list(v) for k, v in run.mismatch_where.items()},
             "start": {k: v for k, v in run.start.items() if k != "buddyinfo"},
             "start_buddyinfo": run.start["buddyinfo"], "end_buddyinfo": run.final_buddyinfo,
-            "buddyinfo_check": check,
+            "checks_exact": all(r["exact"] for r in check),
             "samples": _series_dict(result, run, ser),
         })
     return {
@@ -198,6 +210,8 @@ def replay_dict(result: ReplayResult) -> dict[str, Any]:
                     for i, t in zip(*marker_positions(inp), strict=True)],
         "identical_observables": result.identical_observables(),
         "prepare_seconds": inp.prep_seconds,
+        "checks": result.checks[0] if result.checks else [],
+        "checks_identical_across_stages": all(c == result.checks[0] for c in result.checks),
         "stages": stages,
     }
 
