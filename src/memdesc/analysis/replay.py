@@ -320,8 +320,9 @@ def _free_mt(mm: pa.MemMap) -> np.ndarray:
     nz = int(mm.S[pa.C_NZ])
     out = np.zeros((nz, MIGRATE_TYPES, NR_PAGE_ORDERS), np.int64)
     for gz in range(nz):
-        if mm.zs[gz, pa.Z_MANAGED]:
-            pa.pagetypeinfo_free_nb(mm.mem, mm.S, gz, out[gz])
+        if mm.zs[gz, pa.Z_MANAGED] and not pa.pagetypeinfo_free_nb(mm.mem, mm.S, gz, out[gz]):
+            raise pa.VMBug(f"zone {gz}: a free list of the emulated memory is corrupt "
+                           f"(stage {variant_name(mm.stage)})")
     return out
 
 

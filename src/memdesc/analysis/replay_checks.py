@@ -32,7 +32,7 @@ from memdesc.mm.gfp import MIGRATE_TYPES
 from memdesc.mm.mmzone import NR_PAGE_ORDERS, NR_ZONES, ZONE_NAMES
 
 MT_NAMES = ("Unmovable", "Movable", "Reclaimable", "HighAtomic", "Isolate")
-STATE_MARKER = re.compile(r"^memdesc state (\S+)")
+STATE_MARKER = re.compile(r"^memdesc state (\S+) monotonic_ns=")
 #: the files a state folder holds (memdesc record writes them)
 STATE_FILES = ("buddyinfo", "pagetypeinfo", "zoneinfo", "meminfo", "vmstat")
 

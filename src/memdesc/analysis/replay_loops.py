@@ -191,7 +191,16 @@ def _pcp_link(mem, S, st, blk, pcpu, p, o, gz, cpu, mt, tail):
 
 
 @njit(cache=True, nogil=True)
-def _reset_pages(mem, S, p, o):
+def _reset_pages(mem, S, st, blk, pcpu, p, o):
+    """Every page of [p, p + 2^o) to the free-tail state. Blocks the replay still tracks
+    inside it (a snapshot unit, an allocation or a pcp block of its own, the trace's block
+    being larger) are forgotten first, pcp blocks unlinked: a later event on one of them
+    then sees memory the emulator already holds, never a stale state (freeing it twice
+    would corrupt the free lists)."""
+    for q in range(p + 1, p + (np.int64(1) << o)):
+        if st[q] == ST_PCP:
+            _pcp_unlink(mem, S, st, blk, pcpu, q)
+        st[q] = ST_NONE
     for q in range(p, p + (np.int64(1) << o)):
         free_state(mem, S, q)
 
@@ -291,7 +300,7 @@ def _placement_loop(mem, S, lo, hi, kind, pfn, order, mt, cpu, cls, evidx, appli
                     _count(mism, M_TAKE_PARTIAL, i)
                 if s in (ST_ALLOC, ST_SNAP):
                     _unit_drop(ucls, uord, units, p, o)
-                    _reset_pages(mem, S, p, o)
+                    _reset_pages(mem, S, st, blk, pcpu, p, o)
             if pa.pcp_allowed_order(o):
                 _pcp_link(mem, S, st, blk, pcpu, p, o, gz, c, mt[i], True)
             else:
@@ -314,7 +323,7 @@ def _placement_loop(mem, S, lo, hi, kind, pfn, order, mt, cpu, cls, evidx, appli
                 else:
                     _count(mism, M_ALLOC_OF_ALLOCATED, i)
                 _unit_drop(ucls, uord, units, p, o)
-                _reset_pages(mem, S, p, o)
+                _reset_pages(mem, S, st, blk, pcpu, p, o)
             else:
                 _count(mism, M_ALLOC_CLAIMED, i)
                 claim_whole_block(mem, S, gz, p, o, mt[i])
@@ -336,7 +345,7 @@ def _placement_loop(mem, S, lo, hi, kind, pfn, order, mt, cpu, cls, evidx, appli
             elif blk[p] != o:
                 _count(mism, M_SNAPSHOT_UNIT_ORDER if s == ST_SNAP else M_ORDER_MISMATCH, i)
             _unit_drop(ucls, uord, units, p, o)
-            _reset_pages(mem, S, p, o)
+            _reset_pages(mem, S, st, blk, pcpu, p, o)
             st[p] = ST_NONE
             pmt = pa.get_pfnblock_migratetype(S, p)
             if pa.pcp_allowed_order(o) and pmt != MIGRATE_ISOLATE:
@@ -357,7 +366,7 @@ def _placement_loop(mem, S, lo, hi, kind, pfn, order, mt, cpu, cls, evidx, appli
                 else:
                     _count(mism, M_DRAIN_NOT_PCP, i)
                 _unit_drop(ucls, uord, units, p, o)
-                _reset_pages(mem, S, p, o)
+                _reset_pages(mem, S, st, blk, pcpu, p, o)
                 st[p] = ST_NONE
             else:
                 _count(mism, M_DRAIN_CLAIMED, i)

@@ -1133,8 +1133,10 @@ def walk_list_nb(mem, S, h, gz, order, out):
 def pagetypeinfo_free_nb(mem, S, gz, out):
     """Mirrors pagetypeinfo_showfree_print(): ``out[mt, order]`` = blocks on
     zone->free_area[order].free_list[mt], counted by walking the list (without the kernel's
-    cap at 100,000)."""
+    cap at 100,000). Returns False when a list is longer than the zone could hold (a
+    corrupt list: a cycle)."""
     mem, S = unmanaged(mem), unmanaged(S)
+    limit = S[zx(S, gz) + Z_END] - S[zx(S, gz) + Z_START]
     for order in range(NR_PAGE_ORDERS):
         for mt in range(MIGRATE_TYPES):
             h = free_head(S, gz, order, mt)
@@ -1142,8 +1144,11 @@ def pagetypeinfo_free_nb(mem, S, gz, out):
             node = list_first(S, h)
             while node != -1 - h:
                 n += 1
+                if n > limit:
+                    return False
                 node = ft.link_get(mem, S, node, 0, gz, order)
             out[mt, order] = n
+    return True
 
 
 # ---- isolation (mm/page_isolation.c) -------------------------------------------------------------
