@@ -186,3 +186,17 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
     assert main(["replay", str(SMALL), "--plot", str(tmp_path)]) == 2
     assert main(["replay", str(tmp_path / "missing")]) == 2
     assert not list(Path(tmp_path).glob("*.png"))
+
+
+def test_policy_decays_pcp_high_each_second_of_trace_time(pagecache):
+    """vmstat's periodic decay_pcp_high() (memdesc.mm.vmstat) in policy mode: once per second
+    of trace time from the first op, on every CPU; the pcp lists end smaller than without it
+    and the start check compares them with zoneinfo's pcp counts."""
+    on = rp.replay_stage(pagecache, get_stage("page8"), "policy", samples=10)
+    off = rp.replay_stage(pagecache, get_stage("page8"), "policy", samples=10, vmstat=False)
+    ops_t = pagecache.ops.time
+    assert on.start["vmstat"]["intervals"] == (int(ops_t[-1]) - int(ops_t[0])) // 10**9
+    assert on.start["vmstat"]["pages_freed_by_decay"] > 0
+    assert on.pcp[-1].sum() < off.pcp[-1].sum()
+    normal = [r for r in rp.check_rows(pagecache, on) if r["zone"] == "0/Normal"][0]
+    assert normal["pcp_pages"]["kernel"] == 39_712        # zoneinfo.after, Σ count

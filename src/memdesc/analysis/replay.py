@@ -113,6 +113,7 @@ from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import MIGRATE_TYPES
 from memdesc.mm.mmzone import NR_PAGE_ORDERS, Machine
 from memdesc.mm.start_state import set_start_state
+from memdesc.mm.vmstat import STAT_INTERVAL_NS
 from memdesc.stages import Stage, variant_name
 
 MODES = ("placement", "policy")
@@ -329,8 +330,10 @@ def _free_mt(mm: pa.MemMap) -> np.ndarray:
 def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                  samples: int = 100, block: int = BLOCK_OPS,
                  progress: Callable[[int], None] | None = None,
-                 keep_memmap: bool = False) -> StageRun:
-    """Replay ``inp`` at ``stage`` in ``mode``; ``progress(n)`` after each block of ops."""
+                 keep_memmap: bool = False, vmstat: bool = True) -> StageRun:
+    """Replay ``inp`` at ``stage`` in ``mode``; ``progress(n)`` after each block of ops.
+    In policy mode ``vmstat`` runs the pcp->high decay each second of trace time
+    (memdesc.mm.vmstat); placement follows the trace's own drains instead."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     t0 = time.monotonic()
@@ -370,6 +373,10 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     emu = np.full(len(ops), -1, np.int64)
     nxt = 0
     bounds, check_at = _boundaries(inp, block)
+    t_ops = ops.time if ops.time is not None else np.zeros(len(ops), np.int64)
+    first_t = int(t_ops[0]) if len(t_ops) else 0
+    vm = np.array([first_t + STAT_INTERVAL_NS if vmstat and mode == "policy" else -1, 0, 0],
+                  np.int64)
     at_checks: list[dict | None] = [None] * len(check_at)
     t1 = time.monotonic()
     for lo, hi in zip(bounds[:-1].tolist() + [len(ops)], bounds[1:].tolist() + [len(ops)],
@@ -389,7 +396,7 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
             nxt = _policy_loop(mm.mem, mm.S, lo, hi, ops.kind, ops.pfn, ops.order, ops.cpu,
                                ops.gfp, ops.cls, ops.evidx, ops.applies, ops.pair, managed, st,
                                blk, ucls, uord, units, emu, mism, spos, nxt, nr_free, pcp,
-                               units_s)
+                               units_s, t_ops, vm)
         if progress:
             progress(hi - lo)
     while nxt < ns:                                   # samples at or past the last op
@@ -397,6 +404,9 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
         nxt += 1
     seconds = time.monotonic() - t1
     digest = _digest(emu) if mode == "policy" else ""
+    if mode == "policy":
+        start["vmstat"] = {"decay_pcp_high": bool(vmstat), "intervals": int(vm[2]),
+                           "pages_freed_by_decay": int(vm[1])}
     where = {name: (int(ops.evidx[mism[j, 1]]), int(ops.evidx[mism[j, 2]]))
              for j, name in enumerate(MISMATCHES) if mism[j, 0]}
     return StageRun(stage, mode, seconds, setup, spos, nr_free, pcp, units_s,

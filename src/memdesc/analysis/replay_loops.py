@@ -57,6 +57,7 @@ from memdesc.mm.gfp import (
     MIGRATE_PCPTYPES,
 )
 from memdesc.mm.mmzone import MAX_PAGE_ORDER, NR_PAGE_ORDERS, pageblock_order
+from memdesc.mm.vmstat import STAT_INTERVAL_NS, vmstat_update_until
 
 
 @njit(cache=True, nogil=True)
@@ -384,9 +385,12 @@ def _placement_loop(mem, S, lo, hi, kind, pfn, order, mt, cpu, cls, evidx, appli
 @njit(cache=True, nogil=True)
 def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies, pair,
                  managed, st, blk, ucls, uord, units, emu, mism, spos, snext, nr_free, pcp,
-                 units_s):
+                 units_s, t, vm):
     """Replay only the requests (module docstring). ``emu[i]`` is the emulator's PFN for
-    alloc op ``i`` (-1: failed / not yet / freed)."""
+    alloc op ``i`` (-1: failed / not yet / freed). With ``vm[0] >= 0`` (the next vmstat
+    interval, trace clock ns) vmstat's periodic work runs as trace time passes
+    (memdesc.mm.vmstat: decay_pcp_high() on every CPU each second); ``vm[1]`` counts the
+    pages it freed, ``vm[2]`` the intervals."""
     mem, S = unmanaged(mem), unmanaged(S)
     ncpu = S[pa.C_NCPU]
     k = snext
@@ -397,6 +401,11 @@ def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies
             k += 1
         if not applies[i]:
             continue
+        if vm[0] >= 0 and t[i] >= vm[0]:
+            before = vm[0]
+            vm[0], freed = vmstat_update_until(mem, S, t[i], vm[0])
+            vm[1] += freed
+            vm[2] += (vm[0] - before) // STAT_INTERVAL_NS
         op = kind[i]
         o = np.int64(order[i])
         if op == OP_ALLOC:

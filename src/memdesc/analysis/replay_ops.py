@@ -178,6 +178,8 @@ class ReplayOps:
     first: np.ndarray
     n_events: int
     stats: dict = field(default_factory=dict)
+    #: trace clock (ns) of each op (policy mode's vmstat intervals)
+    time: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -253,5 +255,5 @@ def prepare_ops(tr: Trace, types: tt.TypeInference, gates: ChunkGates) -> Replay
          "take_refill": int(((kind == OP_TAKE) & (ev["percpu_refill"][idx] == 1)).sum()),
          "frees_of_trace_allocs": int(stats[0]), "frees_of_older_allocs": int(stats[1]),
          "free_order_differs_from_alloc": int(stats[2]),
-         "allocs_live_at_end": int(stats[3])})
+         "allocs_live_at_end": int(stats[3])}, ev["time"][idx].astype(np.int64))
 
