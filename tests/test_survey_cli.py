@@ -21,6 +21,7 @@ STAGE_KEYS = {"id", "struct_page_bytes", "descriptor_bytes", "total_bytes", "per
 def test_survey_writes_json_plot_map_and_explains(tmp_path, capsys):
     snap = fixture_dir("snapshot-idle")
     out = tmp_path / "out"
+    out.mkdir()
     rc = main(["survey", "--snapshot", str(snap), "--json", str(out / "s.json"),
                "--plot", str(out / "costs.png"), "--map", str(out / "map.png"),
                "--explain", "page16"])
@@ -31,7 +32,7 @@ def test_survey_writes_json_plot_map_and_explains(tmp_path, capsys):
                  "struct slab fixed point", "(stable)"):
         assert word in text
     d = json.loads((out / "s.json").read_text())
-    assert d["schema_version"] == 1
+    assert d["schema_version"] == 2
     assert d["pfns"] == 6_553_600 == sum(d["pages_by_class"].values())
     assert list(d["pages_by_class"]) == list(CLASSES)
     assert [s["id"] for s in d["stages"]] == list(STAGE_IDS)
@@ -67,7 +68,7 @@ def test_folder_with_only_kpageflags_says_what_it_skipped(tmp_path, capsys):
     assert len(skipped) == 1
     d = json.loads((tmp_path / "s.json").read_text())
     assert d["skipped"] == ["zoneinfo", "iomem", "meminfo", "slabinfo", "buddyinfo",
-                            "pagetypeinfo"]
+                            "pagetypeinfo", "vmstat"]
     p = d["pages_by_class"]
     assert p["uninitialised"] == 0 and p["untyped"] >= 3_407_872
     assert p["free"] == 2_829_378 and d["consistency"] == []
@@ -100,6 +101,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
                  "json-dir": ["--json", str(tmp_path)],
                  "descriptors": ["--descriptors", str(tmp_path / "nope.toml")]}[case]
     out = tmp_path / "out"
+    out.mkdir()
     rc = main(["survey", "--snapshot", str(snap), "--plot", str(out / "c.png"),
                "--map", str(out / "m.png"), *(extra or ["--json", str(out / "s.json")])])
     err = capsys.readouterr().err.strip().splitlines()

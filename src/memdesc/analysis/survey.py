@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
+from memdesc.analysis.base_page import BasePageCost, base_page_costs, reference_4k
 from memdesc.analysis.census import Census
 from memdesc.analysis.classify import Layout, Zone, build_census, classify_chunks
 from memdesc.analysis.consistency import (
@@ -21,13 +23,16 @@ from memdesc.analysis.consistency import (
     Check,
     buddy_reconciliation,
     meminfo_checks,
+    memmap_check,
     slab_heads_check,
 )
 from memdesc.analysis.cost import StageCost, folio_order_distribution, survey_costs
+from memdesc.analysis.cost_terms import CostTerms, parse_sysctl_value, slab_occupancy
 from memdesc.analysis.descriptors import DescriptorTable, load_descriptors
+from memdesc.analysis.in_use import break_even_orders
 from memdesc.ingest import procfs
 from memdesc.ingest.snapshot import CHUNK_PFNS, Snapshot
-from memdesc.stages import STAGES, Stage
+from memdesc.stages import REFERENCE, STAGES, Stage, get_stage
 
 #: What each missing input takes away, for the one-line "skipped" message.
 WEAKENS = {
@@ -39,6 +44,7 @@ WEAKENS = {
     "slabinfo": "no slab-head check",
     "buddyinfo": "no buddyinfo reconciliation",
     "pagetypeinfo": "no pageblock check in the buddy reconciliation",
+    "vmstat": "no memmap check",
 }
 
 
@@ -54,6 +60,7 @@ class SurveyResult:
     buddy: list[BuddyZone]
     descriptors: DescriptorTable
     skipped: list[str] = field(default_factory=list)
+    terms: CostTerms | None = None
     seconds: float = 0.0
 
     @property
@@ -66,6 +73,22 @@ class SurveyResult:
     @property
     def folio_orders(self) -> dict:
         return folio_order_distribution(self.census)
+
+    @cached_property
+    def base_pages(self) -> list[BasePageCost]:
+        """The stages with 16 KiB and 64 KiB base pages (analysis/base_page.py)."""
+        return base_page_costs(self.census, [get_stage(c.id) for c in self.costs],
+                               self.descriptors, self.terms)
+
+    @cached_property
+    def reference_4k(self) -> StageCost:
+        return reference_4k(self.costs, self.census, self.descriptors, self.terms)
+
+    @cached_property
+    def break_even(self) -> dict[str, dict[str, int | None]]:
+        """Per stage and unit type, the order from which a unit costs less than at v6.18."""
+        return break_even_orders([get_stage(c.id) for c in self.costs], self.descriptors,
+                                 self.census.nr_cpus or 1)
 
 
 def prefetch(it: Iterable, depth: int = 2) -> Iterator:
@@ -104,18 +127,51 @@ def prefetch(it: Iterable, depth: int = 2) -> Iterator:
                 t.join(0.05)
 
 
+def _text_file(snapshot: Snapshot, name: str, when: str) -> str:
+    """The file a /proc text of ``snapshot`` comes from, for error messages."""
+    if snapshot.live:
+        return str(snapshot.root / name)
+    # Snapshot does not expose this publicly (ingest/snapshot.py belongs to the fleet work).
+    path = snapshot._text_path(name, when)
+    return str(path) if path is not None else f"{snapshot.source}/{name}"
+
+
 def _parse(snapshot: Snapshot, name: str, parser: Callable, when: str = "before"):
+    """Parse one /proc text of the snapshot; a parse error names the file and its folder
+    (``/path/to/snap/meminfo.before:3: expected ...``)."""
     text = snapshot.text(name, when)
-    return None if text is None else parser(text)
+    if text is None:
+        return None
+    try:
+        return parser(text)
+    except procfs.ParseError as e:
+        raise e.at(_text_file(snapshot, name, when)) from None
 
 
-def layout_of(snapshot: Snapshot) -> tuple[Layout, list[procfs.ZoneInfo] | None]:
+#: /proc texts the survey reads: name -> parser.
+PARSERS: dict[str, Callable] = {
+    "meminfo": procfs.parse_meminfo, "vmstat": procfs.parse_vmstat,
+    "buddyinfo": procfs.parse_buddyinfo, "pagetypeinfo": procfs.parse_pagetypeinfo,
+    "slabinfo": procfs.parse_slabinfo, "zoneinfo": procfs.parse_zoneinfo,
+    "iomem": procfs.parse_iomem,
+}
+
+
+def parse_texts(snapshot: Snapshot, when: str) -> dict[str, object]:
+    """Every /proc text the survey reads, parsed (None when absent)."""
+    return {n: _parse(snapshot, n, f, when) for n, f in PARSERS.items()}
+
+
+def layout_of(snapshot: Snapshot, texts: dict[str, object] | None = None
+              ) -> tuple[Layout, list[procfs.ZoneInfo] | None]:
     """Zones (zoneinfo) and System RAM (iomem) of a snapshot as a classification layout."""
-    zoneinfo = _parse(snapshot, "zoneinfo", procfs.parse_zoneinfo)
+    texts = texts if texts is not None else {}
+    zoneinfo = (texts["zoneinfo"] if "zoneinfo" in texts
+                else _parse(snapshot, "zoneinfo", procfs.parse_zoneinfo))
     zones = [Zone(z.node, z.name, z.start_pfn, z.end_pfn, z.present, z.managed,
                   sum(p.count for p in z.pcp) if z.pcp else None)
              for z in zoneinfo or () if z.spanned]
-    iomem = _parse(snapshot, "iomem", procfs.parse_iomem)
+    iomem = texts["iomem"] if "iomem" in texts else _parse(snapshot, "iomem", procfs.parse_iomem)
     ram = None
     if iomem is not None and not procfs.iomem_is_hidden(iomem):
         ram = procfs.system_ram_pfn_ranges(iomem)
@@ -128,6 +184,24 @@ def nr_cpus_of(zoneinfo: list[procfs.ZoneInfo] | None) -> int | None:
     return max(counts) if counts else None
 
 
+#: Where vm.hugetlb_optimize_vmemmap is found: a snapshot folder's `sysctl -a` capture, or
+#: the live /proc/sys file.
+SYSCTL_VM_FILE = "sysctl-vm.txt"
+HVO_SYSCTL = "hugetlb_optimize_vmemmap"
+
+
+def cost_terms_of(snapshot: Snapshot, slabinfo) -> CostTerms:
+    """What the snapshot says about the cost-model terms (analysis/cost_terms.py)."""
+    path = (snapshot.root / "sys" / "vm" / HVO_SYSCTL if snapshot.live
+            else snapshot.root / SYSCTL_VM_FILE)
+    try:
+        text = path.read_text() if path.is_file() else None
+    except OSError:
+        text = None
+    occ, names, objs = slab_occupancy(slabinfo)
+    return CostTerms(parse_sysctl_value(text, HVO_SYSCTL), occ, names, objs)
+
+
 def run_survey(snapshot: Snapshot, stages: list[Stage] | None = None,
                descriptors: DescriptorTable | None = None,
                progress: Callable[[int], None] | None = None,
@@ -135,28 +209,38 @@ def run_survey(snapshot: Snapshot, stages: list[Stage] | None = None,
     """Classify ``snapshot``, cost every stage, and check against the kernel's counters."""
     t0 = time.monotonic()
     descriptors = descriptors or load_descriptors()
-    layout, zoneinfo = layout_of(snapshot)
-    chunks = ((s, arrays["kpageflags"]) for s, arrays in
-              snapshot.chunks(("kpageflags",), chunk_pfns=chunk_pfns))
+    # Parse every text before the long pass, so bad input stops us before any work (a live
+    # snapshot reads its "after" copies now, after the kpage reads, below).
+    before = parse_texts(snapshot, "before")
+    after = None if snapshot.live else parse_texts(snapshot, "after")
+    layout, zoneinfo = layout_of(snapshot, before)
+    # kpagecgroup says which untyped pages are charged to a memcg (cost term memcg_misc).
+    names = ("kpageflags", "kpagecgroup") if snapshot.has("kpagecgroup") else ("kpageflags",)
+    chunks = ((s, *(arrays[n] for n in names)) for s, arrays in
+              snapshot.chunks(names, chunk_pfns=chunk_pfns))
     tally = classify_chunks(prefetch(chunks), layout, progress=progress)
     census = build_census(tally, snapshot.source, snapshot.kernel, nr_cpus_of(zoneinfo))
     if snapshot.note:
         census.notes.insert(0, snapshot.note)
-    costs = survey_costs(census, stages or list(STAGES), descriptors)
-    # After the kpage reads: the "after" copies (a live snapshot reads them now).
-    mem_b = _parse(snapshot, "meminfo", procfs.parse_meminfo, "before")
-    mem_a = _parse(snapshot, "meminfo", procfs.parse_meminfo, "after")
-    bud_b = _parse(snapshot, "buddyinfo", procfs.parse_buddyinfo, "before")
-    bud_a = _parse(snapshot, "buddyinfo", procfs.parse_buddyinfo, "after")
-    pti = _parse(snapshot, "pagetypeinfo", procfs.parse_pagetypeinfo)
-    slabinfo = _parse(snapshot, "slabinfo", procfs.parse_slabinfo)
+    terms = cost_terms_of(snapshot, before["slabinfo"])
+    costs = survey_costs(census, stages or list(STAGES), descriptors, terms=terms)
+    if after is None:
+        after = parse_texts(snapshot, "after")
+    mem_b, mem_a = before["meminfo"], after["meminfo"]
+    bud_b, bud_a = before["buddyinfo"], after["buddyinfo"]
     checks = meminfo_checks(census, mem_b, mem_a) if mem_b or mem_a else []
-    if slabinfo is not None:
-        checks.append(slab_heads_check(census, slabinfo))
-    buddy = buddy_reconciliation(census, bud_b, bud_a, pti) if bud_b or bud_a else []
-    skipped = [n for n in ("zoneinfo", "iomem", "meminfo", "slabinfo", "buddyinfo",
-                           "pagetypeinfo") if not snapshot.has(n)]
+    if before["slabinfo"] is not None:
+        checks.append(slab_heads_check(census, before["slabinfo"]))
+    if before["vmstat"] or after["vmstat"]:
+        ref = survey_costs(census, [get_stage(REFERENCE)], descriptors, terms=terms)[0]
+        hvo = -ref.by_type.get("hvo", 0)
+        checks.append(memmap_check(census, ref.struct_page_bytes, before["vmstat"],
+                                   after["vmstat"], f" − {hvo:,} B freed by HVO" if hvo else ""))
+    buddy = (buddy_reconciliation(census, bud_b, bud_a, before["pagetypeinfo"])
+             if bud_b or bud_a else [])
+    skipped = [n for n in WEAKENS if not snapshot.has(n)]
     if "iomem" not in skipped and layout.ram is None:
         skipped.append("iomem")       # present but addresses hidden (not root)
     return SurveyResult(snapshot.source, snapshot.kind, snapshot.kernel, snapshot.note, census,
-                        costs, checks, buddy, descriptors, skipped, time.monotonic() - t0)
+                        costs, checks, buddy, descriptors, skipped, terms,
+                        time.monotonic() - t0)
