@@ -17,7 +17,10 @@ from memdesc.cli.progress import LazyProgress
 from memdesc.errors import InputError
 from memdesc.ingest.ftrace import Trace, read_trace, trace_input_bytes
 from memdesc.ingest.record import RecordOptions, record
+from memdesc.report.console import add_brief_option
 
+#: --samples above this would make a JSON of hundreds of MB that no plot or table can show
+MAX_SAMPLES = 10_000
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "": 1.0}
 
 
@@ -72,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "emulator places them. Prints metadata bytes and fragmentation per stage "
                     "(docs/replay.md).",
         usage="memdesc replay DIR|FILE [--stages all] [--mode placement|policy] [--plot PNG] "
-              "[--json [FILE]] [--lenient] [--snapshot DIR] [--samples N]")
+              "[--json [FILE]] [--lenient] [--snapshot DIR] [--samples N] [--brief]")
     p.add_argument("path", metavar="DIR|FILE", type=Path)
     p.add_argument("--stages", default="all", metavar="all|a,b",
                    help="stages (or variants such as page8/packed) to replay (default all)")
@@ -88,7 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start from this snapshot folder instead of the recording's "
                         "pre-snapshot (needed for traces recorded without one)")
     p.add_argument("--samples", type=int, default=100, metavar="N",
-                   help="points along the trace where state is sampled (default 100)")
+                   help=f"points along the trace where state is sampled (default 100, at most "
+                        f"{MAX_SAMPLES:,})")
+    add_brief_option(p)
     p.set_defaults(func=run_replay)
 
 
@@ -177,6 +182,10 @@ def run_replay(args: argparse.Namespace) -> int:
     stages = stages_option(args.stages)
     if args.samples < 2:
         raise InputError(f"--samples must be at least 2, not {args.samples}")
+    if args.samples > MAX_SAMPLES:
+        raise InputError(f"--samples {args.samples:,}: at most {MAX_SAMPLES:,} (each sample "
+                         "adds about 50 KB of JSON per stage; 10,000 points already exceed "
+                         "what a plot or table shows)")
     check_output(args.plot, "plot")
     check_output(args.json, "json")
     with LazyProgress("reading trace", trace_input_bytes(args.path), unit="bytes") as tick:
@@ -204,7 +213,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.json:
         replay_out.write_json(result, args.json)
     if args.json != "-":
-        print(replay_out.table(result))
+        print(replay_out.table(result, brief=args.brief))
         if args.plot:
             print(f"plot: {args.plot}")
         if args.json:
