@@ -415,3 +415,34 @@ def test_decay_pcp_high_by_an_eighth_per_interval():
     nxt, freed = vmstat_update_until(mm.mem, mm.S, 3_500_000_000, 1_000_000_000)
     assert nxt == 4_000_000_000 and pcp[pa.P_HIGH] == 124 and freed == 168 - 124
     mm.check()
+
+
+@pytest.mark.parametrize("stage", STAGE_IDS)
+def test_init_range_fast_path_equals_page_init(stage):
+    """init_range_nb() writes a run of struct pages as a line from the first three; every
+    word must equal what page_init() writes page by page (free and reserved runs)."""
+    from numba import njit
+
+    from memdesc.mm.free_tracking import page_init
+
+    @njit
+    def per_page(mem, S, lo, hi, gz, reserved):
+        for pfn in range(lo, hi):
+            page_init(mem, S, pfn, gz, reserved)
+
+    m = Machine.from_spec("64M", hole_start="48M", dma32_end="64M")
+    mm = pa.MemMap(m, get_stage(stage), debug=False, free_all=False)
+    for lo, hi, gz, reserved in ((4096, 9000, 1, False), (0, 256, 0, True),
+                                 (9000, 9005, 1, False), (12288, 16384, 2, True)):
+        fast, slow = mm.mem.copy(), mm.mem.copy()
+        fast[:] = 0
+        slow[:] = 0
+        pa.init_range_nb(fast, mm.S, lo, hi, gz, reserved)
+        per_page(slow, mm.S, lo, hi, gz, reserved)
+        assert np.array_equal(fast, slow), (stage, lo, hi)
+    # a reused storage full of junk boots to the same mem_map as a fresh one
+    junk = np.full(mm.mem.size + 100, 0xDEADBEEF, np.uint64)
+    again = pa.MemMap(m, get_stage(stage), debug=False, buffer=junk)
+    fresh = pa.MemMap(m, get_stage(stage), debug=False)
+    assert np.array_equal(again.mem, fresh.mem) and np.shares_memory(again.mem, junk)
+    again.check()

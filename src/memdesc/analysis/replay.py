@@ -192,6 +192,8 @@ class ReplayInput:
     type_check: dict = field(default_factory=dict)
     #: where the kernel's free lists were read inside the trace (replay_checks)
     checkpoints: list[CheckPoint] = field(default_factory=list)
+    #: stage-independent results computed once (unit counts)
+    cache: dict = field(default_factory=dict)
 
     @property
     def pageblock_mt(self) -> np.ndarray:
@@ -309,10 +311,12 @@ def _boundaries(inp: ReplayInput, block: int) -> tuple[np.ndarray, list[int]]:
     return b.astype(np.int64), at
 
 
-def setup_stage(inp: ReplayInput, stage: Stage) -> pa.MemMap:
-    """The emulated memory of ``stage`` in the snapshot's state (memdesc.mm.start_state)."""
+def setup_stage(inp: ReplayInput, stage: Stage, buffer: np.ndarray | None = None
+                ) -> pa.MemMap:
+    """The emulated memory of ``stage`` in the snapshot's state (memdesc.mm.start_state),
+    in ``buffer`` when given (see MemMap)."""
     s = inp.start
-    mm = pa.MemMap(inp.machine, stage, debug=False, free_all=False)
+    mm = pa.MemMap(inp.machine, stage, debug=False, free_all=False, buffer=buffer)
     set_start_state(mm, s.pageblock_mt, s.free_pfn, s.free_order, s.unit_pfn, s.unit_order)
     return mm
 
@@ -330,14 +334,16 @@ def _free_mt(mm: pa.MemMap) -> np.ndarray:
 def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                  samples: int = 100, block: int = BLOCK_OPS,
                  progress: Callable[[int], None] | None = None,
-                 keep_memmap: bool = False, vmstat: bool = True) -> StageRun:
+                 keep_memmap: bool = False, vmstat: bool = True,
+                 buffer: np.ndarray | None = None) -> StageRun:
     """Replay ``inp`` at ``stage`` in ``mode``; ``progress(n)`` after each block of ops.
     In policy mode ``vmstat`` runs the pcp->high decay each second of trace time
-    (memdesc.mm.vmstat); placement follows the trace's own drains instead."""
+    (memdesc.mm.vmstat); placement follows the trace's own drains instead. ``buffer``
+    holds the emulated mem_map (reused across stages by replay())."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     t0 = time.monotonic()
-    mm = setup_stage(inp, stage)
+    mm = setup_stage(inp, stage, None if keep_memmap else buffer)
     n = mm.nr_pfns
     s0 = inp.start
     managed = s0.managed
@@ -346,13 +352,7 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     pcpu = np.zeros(n, np.int16)
     st[s0.unit_pfn] = ST_SNAP
     blk[s0.unit_pfn] = s0.unit_order
-    ucls = np.full(n, -1, np.int8)
-    uord = np.full(n, -1, np.int8)
-    k = min(n, inp.units.pfn_count)
-    ucls[:k] = inp.units.ucls[:k]
-    uord[:k] = inp.units.uord[:k]
-    # units outside managed RAM (reserved, holes) stay counted but are never touched
-    units = _unit_counts(ucls, uord)
+    ucls, uord, units = _start_units(inp, n)
     ops = inp.ops
     start = {"units_placed": len(s0.unit_pfn), "free_blocks": len(s0.free_pfn),
              "pageblocks_by_type": {MT_NAMES[t]: int((s0.pageblock_mt == t).sum())
@@ -413,6 +413,21 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                     {name: int(v) for name, v in zip(MISMATCHES, mism[:, 0], strict=True)},
                     start, pa.buddyinfo(mm), digest, where, mm if keep_memmap else None,
                     [c or {} for c in at_checks])
+
+
+def _start_units(inp: ReplayInput, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fresh per-PFN unit class and order arrays of the snapshot and the unit counts (units
+    outside managed RAM -- reserved, holes -- stay counted but are never touched); the
+    counts are computed once per input."""
+    ucls = np.full(n, -1, np.int8)
+    uord = np.full(n, -1, np.int8)
+    k = min(n, inp.units.pfn_count)
+    ucls[:k] = inp.units.ucls[:k]
+    uord[:k] = inp.units.uord[:k]
+    key = ("unit_counts", n)
+    if key not in inp.cache:
+        inp.cache[key] = _unit_counts(ucls, uord)
+    return ucls, uord, inp.cache[key].copy()
 
 
 def _unit_counts(ucls: np.ndarray, uord: np.ndarray) -> np.ndarray:
@@ -536,8 +551,12 @@ def replay(inp: ReplayInput, stages: list[Stage], mode: str = "placement",
     """Replay ``inp`` at each stage; series and the checks against the kernel per stage."""
     runs, series, checks = [], [], []
     table = table or load_descriptors()
+    # one mem_map storage for every stage, sized for the largest struct page: touching a
+    # fresh 400 MB array costs more than the whole replay loop
+    words = inp.machine.nr_pfns * max(s.struct_page_bytes for s in stages) // 8
+    buffer = np.empty(words, np.uint64)
     for s in stages:
-        run = replay_stage(inp, s, mode, samples, progress=progress)
+        run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer)
         runs.append(run)
         series.append(stage_series(inp, run, table))
         checks.append(check_rows(inp, run))

@@ -24,7 +24,8 @@ Public API (stable; other layers build on it)
     mem_map (one uint64 array, ``mm.mem``; ``mm.pages`` is the structured per-page view),
     zones, pageblocks, pcp lists; every managed page is free after construction (with
     ``free_all=False`` none is: memdesc.mm.start_state.set_start_state() sets up a running
-    kernel's state instead).
+    kernel's state instead). ``buffer=`` lends a uint64 array to hold mem_map (reused
+    across stages by the replay; its contents are overwritten).
     ``debug`` keeps a record of live allocations, rejects bad frees (VMBug) and runs the full
     invariant check (memdesc.mm.debug) every ``check_every`` calls.
 ``alloc_pages(mm, gfp, order, nid=0, cpu=0) -> int``
@@ -1026,11 +1027,55 @@ def drain_all_pages_nb(mem, S):
 # ---- boot: memmap_init() and memblock_free_all() ------------------------------------------------
 
 @njit(cache=True)
+def _page_init_clean(mem, S, pfn, gz, reserved):
+    """page_init() on a page whose words are first cleared (the storage may be reused)."""
+    w = S[ft.C_W]
+    for k in range(w):
+        mem[pfn * w + k] = 0
+    page_init(mem, S, pfn, gz, reserved)
+
+
+@njit(cache=True)
 def init_range_nb(mem, S, lo, hi, gz, reserved):
-    """memmap_init_range() over [lo, hi): struct pages of zone ``gz``."""
+    """memmap_init_range() over [lo, hi): struct pages of zone ``gz`` (page_init() each,
+    every word written, so the storage need not be zeroed first).
+
+    Fast path: a struct page of the range is the first one plus (pfn - lo) times a fixed
+    step per word (the words hold node/zone bits, constants and self-pointers such as
+    INIT_LIST_HEAD(lru) that move 64 B per page), so when page_init() of the first three
+    pages shows that, the rest is written as that line and the last page is checked
+    against page_init(); any other shape falls back to page_init() per page."""
     mem, S = unmanaged(mem), unmanaged(S)
-    for pfn in range(lo, hi):
-        page_init(mem, S, pfn, gz, reserved)
+    w = S[ft.C_W]
+    if hi - lo < 8:
+        for pfn in range(lo, hi):
+            _page_init_clean(mem, S, pfn, gz, reserved)
+        return
+    for pfn in range(lo, lo + 3):
+        _page_init_clean(mem, S, pfn, gz, reserved)
+    base = np.empty(w, np.uint64)
+    step = np.empty(w, np.uint64)
+    linear = True
+    for k in range(w):
+        base[k] = mem[lo * w + k]
+        step[k] = mem[(lo + 1) * w + k] - base[k]
+        if mem[(lo + 2) * w + k] != mem[(lo + 1) * w + k] + step[k]:
+            linear = False
+    if linear:
+        for pfn in range(lo + 3, hi):
+            i = np.uint64(pfn - lo)
+            for k in range(w):
+                mem[pfn * w + k] = base[k] + i * step[k]
+        last = np.empty(w, np.uint64)
+        for k in range(w):
+            last[k] = mem[(hi - 1) * w + k]
+        _page_init_clean(mem, S, hi - 1, gz, reserved)
+        for k in range(w):
+            if mem[(hi - 1) * w + k] != last[k]:
+                linear = False
+    if not linear:
+        for pfn in range(lo + 3, hi):
+            _page_init_clean(mem, S, pfn, gz, reserved)
 
 
 @njit(cache=True)
@@ -1251,14 +1296,21 @@ class MemMap:
     """
 
     def __init__(self, machine: Machine, stage: Stage | str, *, debug: bool = True,
-                 check_every: int | None = None, free_all: bool = True):
+                 check_every: int | None = None, free_all: bool = True,
+                 buffer: np.ndarray | None = None):
         self.machine = machine
         self.stage = get_stage(stage) if isinstance(stage, str) else stage
         st_ = self.stage
         nz, ncpu, nn = machine.nr_nodes * NR_ZONES, machine.nr_cpus, machine.nr_nodes
         cfg = ft.make_cfg(st_, ncpu, nn)
         self.nr_pfns = machine.nr_pfns
-        self.mem = np.zeros(self.nr_pfns * (st_.struct_page_bytes // 8), np.uint64)
+        words = self.nr_pfns * (st_.struct_page_bytes // 8)
+        if buffer is not None and buffer.dtype == np.uint64 and buffer.size >= words:
+            # a caller's mem_map storage, already faulted in (a fresh array's first touch
+            # costs more than initialising it); _boot() writes every word of it
+            self.mem = buffer[:words]
+        else:
+            self.mem = np.zeros(words, np.uint64)
         self.pages = self.mem.view(page_dtype(st_))
         hpz = int(cfg[C_HPZ])
         npb = self.nr_pfns >> pageblock_order
