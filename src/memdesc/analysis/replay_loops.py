@@ -233,6 +233,16 @@ def _sample(S, units, k, nr_free, pcp, units_s):
 
 
 @njit(cache=True, nogil=True)
+def _samples_until(S, units, k, event, spos, nr_free, pcp, units_s):
+    """Take every sample whose position is at or before ``event`` (before that op is
+    applied), from slot ``k``; returns the next slot."""
+    while k < spos.shape[0] and event >= spos[k]:
+        _sample(S, units, k, nr_free, pcp, units_s)
+        k += 1
+    return k
+
+
+@njit(cache=True, nogil=True)
 def _learn_mt(mem, S, gz, p, emt):
     """A drain's migratetype is its pageblock's at that moment (free_pcppages_bulk() reads
     get_pfnblock_migratetype()); move the emulated pageblock when it disagrees, unless the
@@ -273,11 +283,8 @@ def _placement_loop(mem, S, lo, hi, kind, pfn, order, mt, cpu, cls, evidx, appli
     mem, S = unmanaged(mem), unmanaged(S)
     ncpu = S[pa.C_NCPU]
     k = snext
-    ns = spos.shape[0]
     for i in range(lo, hi):
-        while k < ns and evidx[i] >= spos[k]:
-            _sample(S, units, k, nr_free, pcp, units_s)
-            k += 1
+        k = _samples_until(S, units, k, evidx[i], spos, nr_free, pcp, units_s)
         if not applies[i]:
             continue
         p = pfn[i]
@@ -394,11 +401,8 @@ def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies
     mem, S = unmanaged(mem), unmanaged(S)
     ncpu = S[pa.C_NCPU]
     k = snext
-    ns = spos.shape[0]
     for i in range(lo, hi):
-        while k < ns and evidx[i] >= spos[k]:
-            _sample(S, units, k, nr_free, pcp, units_s)
-            k += 1
+        k = _samples_until(S, units, k, evidx[i], spos, nr_free, pcp, units_s)
         if not applies[i]:
             continue
         if vm[0] >= 0 and t[i] >= vm[0]:
