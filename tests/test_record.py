@@ -148,16 +148,19 @@ def test_record_end_state_is_checked_by_the_replay(tracefs_ok, tmp_path):
     from memdesc.stages import get_stage
 
     out = tmp_path / "rec"
-    r = run_record(["-o", str(out), "--duration", "1s"])
+    r = run_record(["-o", str(out), "--duration", "1s", "--state-every", "0.4s"])
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "meta.json").read_text())
     assert meta["measured_rate_kb_s"] >= 0 and meta["lost_total"] == 0
+    assert meta["inner_states"] >= 1 and (out / "state-1" / "pagetypeinfo").is_file()
     inp = rp.load_replay_input(read_trace(out))
-    assert [c.at for c in inp.checkpoints] == ["start", "end"]
+    ats = [c.at for c in inp.checkpoints]
+    assert ats == ["start"] + [f"inner {i + 1}" for i in range(meta["inner_states"])] + ["end"]
+    assert [c.event for c in inp.checkpoints] == sorted(c.event for c in inp.checkpoints)
     run = rp.replay_stage(inp, get_stage("page8"), samples=4, keep_memmap=True)
     check_memmap(run.memmap)        # a block freed twice (stale inner state) corrupted lists
     rows = rp.check_rows(inp, run)
-    assert {r["at"] for r in rows} == {"start", "end"}
+    assert {r["at"] for r in rows} == set(ats)
     for row in rows:
         assert row["by_migratetype"] is not None
         assert row["exact"] or row["causes"]            # exact, or every mismatch explained

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "instance while COMMAND runs (or for --duration), with a snapshot at the "
                     "start tied to the trace by markers. Writes DIR atomically; the instance "
                     "is removed and tracefs left as found on exit, error, Ctrl-C or SIGTERM.",
-        usage="memdesc record -o DIR [--slab] [--buffer-kb N] [--no-snapshot] "
+        usage="memdesc record -o DIR [--slab] [--buffer-kb N] [--state-every TIME] "
+              "[--no-snapshot] "
               "(--duration 30s | -- COMMAND ...)")
     r.add_argument("-o", "--output", required=True, metavar="DIR", type=Path,
                    help="new folder to create (never overwritten)")
@@ -50,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--buffer-kb", type=int, metavar="N",
                    help="ring buffer per CPU in KB (default: sized for the run, at most a "
                         "quarter of MemAvailable)")
+    r.add_argument("--state-every", type=parse_duration, metavar="TIME",
+                   help="also save the kernel's free-list state (buddyinfo, pagetypeinfo, "
+                        "zoneinfo, meminfo, vmstat) every TIME during the workload, as "
+                        "state-N/ linked by a trace marker; the replay checks each")
     r.add_argument("--no-snapshot", action="store_true",
                    help="skip the pre-snapshot of /proc/kpage* (faster, but no start state)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... to trace")
@@ -105,7 +110,7 @@ def run_record(args: argparse.Namespace) -> int:
         raise InputError(f"--buffer-kb must be positive, not {args.buffer_kb}")
     opts = RecordOptions(out=args.output, slab=args.slab, duration_s=args.duration,
                          command=command, buffer_kb=args.buffer_kb,
-                         snapshot=not args.no_snapshot)
+                         snapshot=not args.no_snapshot, state_every_s=args.state_every)
     path = record(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"memdesc: saved {path}", file=sys.stderr)
     return 0

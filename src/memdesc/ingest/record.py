@@ -77,6 +77,8 @@ class RecordOptions:
     command: list[str] = field(default_factory=list)
     buffer_kb: int | None = None
     snapshot: bool = True
+    #: save an inner state (state-N/, no kpageflags) every this many seconds of the workload
+    state_every_s: float | None = None
 
 
 class Terminated(KeyboardInterrupt):
@@ -220,19 +222,47 @@ def _copy_compressed(src: Path, dest: Path, nonblock: bool, chunk: int) -> int:
     return total
 
 
-def _run_workload(opts: RecordOptions, log: Callable[[str], None]) -> int | None:
-    """Run the command (or sleep for the duration); returns the command's exit status."""
+class _InnerStates:
+    """Inner states during the workload: ``state-N/`` every ``every`` seconds, each after
+    the marker ``memdesc state N monotonic_ns=...`` (memdesc.ingest.record_state)."""
+
+    def __init__(self, tmp: Path | None, every: float | None, mark: Callable[[str], None]):
+        self.tmp, self.every, self.mark = tmp, every, mark
+        self.next = time.monotonic() + every if every else float("inf")
+        self.saved: list[dict] = []
+
+    def poll(self) -> float:
+        """Save the states that are due; returns seconds until the next one (inf: none)."""
+        now = time.monotonic()
+        if self.tmp is None or now < self.next:
+            return self.next - now
+        name = str(len(self.saved) + 1)
+        self.saved.append(save_state(self.tmp / f"state-{name}", name, self.mark,
+                                     kpageflags=False))
+        self.next = now + self.every
+        return self.every
+
+
+def _run_workload(opts: RecordOptions, log: Callable[[str], None],
+                  states: _InnerStates | None = None) -> int | None:
+    """Run the command (or sleep for the duration), saving inner states when due; returns
+    the command's exit status."""
+    states = states or _InnerStates(None, None, lambda s: None)
     if not opts.command:
         deadline = time.monotonic() + (opts.duration_s or 0)
         while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(left, 0.2))
+            time.sleep(max(0.0, min(left, 0.2, states.poll())))
         return None
     try:
         child = subprocess.Popen(opts.command)
     except OSError as e:
         raise InputError(f"cannot run {opts.command[0]!r}: {e.strerror}") from None
     try:
-        return child.wait()
+        while True:
+            try:
+                return child.wait(timeout=max(0.01, min(0.2, states.poll())))
+            except subprocess.TimeoutExpired:
+                continue
     except BaseException:
         with _shielded():
             if child.poll() is None:
@@ -330,7 +360,9 @@ def record(opts: RecordOptions, log: Callable[[str], None] = print) -> Path:
         meta["workload_begin_monotonic_ns"] = time.monotonic_ns()
         mark("memdesc workload begin")
         try:
-            meta["exit_status"] = _run_workload(opts, log)
+            states = _InnerStates(tmp, opts.state_every_s, mark)
+            meta["exit_status"] = _run_workload(opts, log, states)
+            meta["inner_states"] = len(states.saved)
         finally:
             meta["workload_end_monotonic_ns"] = time.monotonic_ns()
             mark("memdesc workload end")
