@@ -317,7 +317,18 @@ def _size_buffer(inst: Instance, opts: RecordOptions, ncpu: int, meta: dict,
 
 
 def record(opts: RecordOptions, log: Callable[[str], None] = print) -> Path:
-    """Record into the new folder ``opts.out``; returns it. See the module docstring."""
+    """Record into the new folder ``opts.out``; returns it. See the module docstring. A
+    tracefs file that disappears under us (the instance removed or tracefs unmounted by
+    another process) is one clear error, and nothing is left behind."""
+    try:
+        return _record(opts, log)
+    except FileNotFoundError as e:
+        raise InputError(f"{e.filename}: vanished while recording (was the tracefs instance "
+                         "removed or tracefs unmounted by another process?); nothing saved"
+                         ) from None
+
+
+def _record(opts: RecordOptions, log: Callable[[str], None]) -> Path:
     out = Path(opts.out)
     if out.exists():
         raise InputError(f"{out} already exists; record never overwrites: choose a new folder")
