@@ -125,13 +125,20 @@ def start_state(units: tt.SnapshotUnits, machine: Machine,
     return StartState(managed, fpfn, ford, upfn, uo.astype(np.int8), mt, rule, notes)
 
 
+@njit(cache=True, nogil=True)
+def _class_hist_nb(pclass, nb, ncls):
+    """int64[nb, ncls]: pages of each class per pageblock."""
+    hist = np.zeros((nb, ncls), np.int64)
+    for b in range(nb):
+        for i in range(b * PB, (b + 1) * PB):
+            hist[b, pclass[i]] += 1
+    return hist
+
+
 def _block_scores(pclass: np.ndarray, nb: int) -> np.ndarray:
     """float[nb, MIGRATE_TYPES]: step 2's score of each pageblock for each type, and the
     count of non-neutral pages in column MIGRATE_MOVABLE (movable pages)."""
-    pc = pclass[: nb * PB].astype(np.int64)
-    ncls = len(tt.CLASS_NAMES)
-    hist = np.bincount(np.repeat(np.arange(nb), PB) * ncls + pc,
-                       minlength=nb * ncls).reshape(nb, ncls)
+    hist = _class_hist_nb(pclass, nb, len(tt.CLASS_NAMES))
     movable = hist[:, _MOVABLE].sum(axis=1)
     slab = hist[:, tt.SLAB]
     other = PB - movable - slab - hist[:, _NEUTRAL].sum(axis=1)
