@@ -208,9 +208,12 @@ def check_lines(result: ReplayResult) -> list[str]:
               "by migratetype exact" if not r["mismatched_pages"] else
               f"{r['mismatched_pages']:,} pages on other (migratetype, order) lists")
         fp = r["free_pages"]
+        pc = r["pcp_pages"]
+        pcp = (f"; pcp pages kernel {pc['kernel']:,} (zoneinfo) emulated {pc['emulated']:,}"
+               if pc["kernel"] is not None else "")
         out.append(f"check {r['at']} (event {r['event']:,}) {r['zone']}: by order "
                    f"{'exact' if r['exact_by_order'] else 'DIFFERS'}, {mt}; free pages "
-                   f"kernel {fp['kernel']:,} emulated {fp['emulated']:,}")
+                   f"kernel {fp['kernel']:,} emulated {fp['emulated']:,}{pcp}")
         if r["mismatches"]:
             out.append("    cells (emulated - kernel): " + ", ".join(
                 f"{c.get('migratetype', '')[:4]}{'@' if 'migratetype' in c else 'order '}"
