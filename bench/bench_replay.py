@@ -13,6 +13,8 @@ kernel produced them. Prints ``bench: replay.FIGURE = VALUE UNIT`` lines.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -68,16 +70,37 @@ def _bench(label: str, tr: Trace, modes=("placement",)) -> None:
             _line(f"{label}.{mode}.{s.id}.disagreements", bad, "events")
 
 
+def whole_process(label: str, path: Path, events: int, stages: int = 6) -> None:
+    """``memdesc replay PATH --stages all`` as a user runs it (warm numba cache: run once
+    first): wall seconds of the whole process and events x stages / wall seconds (target
+    >= 5 M/s, issue 13)."""
+    cmd = [sys.executable, "-c", "import sys; from memdesc.cli import main; sys.exit(main())",
+           "replay", str(path), "--stages", "all", "--brief"]
+    env = {**os.environ, "NUMBA_CACHE_DIR": os.environ.get(
+        "NUMBA_CACHE_DIR", str(REPO / ".venv" / "numba-cache"))}
+    subprocess.run(cmd, check=True, capture_output=True, env=env)          # warm the cache
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    wall = time.perf_counter() - t0
+    _line(f"{label}.whole_process_seconds", wall, "s")
+    _line(f"{label}.whole_process_event_stages_per_s", events * stages / wall / 1e6,
+          "Mevents x stages/s")
+    _line(f"{label}.load_average_1min", os.getloadavg()[0], "")
+
+
 def main() -> None:
     src = FIXTURES / "trace-slab"
     if not src.is_dir():
         print(f"bench: replay skipped: {src} is absent (set MEMDESC_FIXTURES)")
         return
+    pc = FIXTURES / "trace-pagecache"
     tr = read_trace(src)
+    whole_process("slab", src, len(tr))
+    if pc.is_dir():
+        whole_process("pagecache", pc, len(read_trace(pc)))
     _bench("slab", tr, ("placement", "policy"))
     copies = -(-TARGET_EVENTS // len(tr))
     _bench(f"slab_x{copies}", concatenate(tr, copies))
-    pc = FIXTURES / "trace-pagecache"
     if pc.is_dir():              # page events only: the densest allocator work per event
         _bench("pagecache", read_trace(pc))
 

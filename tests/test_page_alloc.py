@@ -388,3 +388,61 @@ def test_checker_sees_a_broken_compound_page():
     pa.set_page_field(mm, p + 5, "compound_head", VMEMMAP_START + 64 * (p + 1) + 1)
     with pytest.raises(pa.VMBug, match="compound_head"):
         mm.check()
+
+
+def test_decay_pcp_high_by_an_eighth_per_interval():
+    """decay_pcp_high() (mm: tune PCP high automatically, 6.7): high = max3(count - (batch <<
+    5), high - high / 8, high_min) and the pages above it go back to the buddy. Normal of
+    the 64M machine: batch 1, high_min 124; 223 pages on cpu0's list (220 freed + the 3 left
+    of the last refill)."""
+    from memdesc.mm.vmstat import decay_pcp_high_mm, vmstat_update_until
+
+    m = Machine.from_spec("64M", hole_start="48M", dma32_end="64M")
+    mm = pa.MemMap(m, "v6.18", debug=False)
+    pfns = [pa.alloc_pages(mm, GFP_KERNEL, 0) for _ in range(220)]
+    for p in pfns:
+        pa.free_pages(mm, p, 0)
+    pcp = mm.pcp[2, 0]
+    assert pcp[pa.P_COUNT] == 223 and pcp[pa.P_HIGH_MIN] == 124 and pcp[pa.P_BATCH] == 1
+    pcp[pa.P_HIGH] = 200
+    free_before = int(mm.zs[2, pa.Z_FREE])
+    # max3(223 - 32, 200 - 25, 124) = 191: at most batch << 5 pages per interval
+    assert decay_pcp_high_mm(mm) == 32
+    assert pcp[pa.P_HIGH] == 191 and pcp[pa.P_COUNT] == 191
+    assert mm.zs[2, pa.Z_FREE] == free_before + 32
+    assert decay_pcp_high_mm(mm) == 23                     # max3(159, 191 - 23, 124) = 168
+    # three intervals up to t = 3.5 s: 168 -> 147 -> 129 -> 124 (high_min)
+    nxt, freed = vmstat_update_until(mm.mem, mm.S, 3_500_000_000, 1_000_000_000)
+    assert nxt == 4_000_000_000 and pcp[pa.P_HIGH] == 124 and freed == 168 - 124
+    mm.check()
+
+
+@pytest.mark.parametrize("stage", STAGE_IDS)
+def test_init_range_fast_path_equals_page_init(stage):
+    """init_range_nb() writes a run of struct pages as a line from the first three; every
+    word must equal what page_init() writes page by page (free and reserved runs)."""
+    from numba import njit
+
+    from memdesc.mm.free_tracking import page_init
+
+    @njit
+    def per_page(mem, S, lo, hi, gz, reserved):
+        for pfn in range(lo, hi):
+            page_init(mem, S, pfn, gz, reserved)
+
+    m = Machine.from_spec("64M", hole_start="48M", dma32_end="64M")
+    mm = pa.MemMap(m, get_stage(stage), debug=False, free_all=False)
+    for lo, hi, gz, reserved in ((4096, 9000, 1, False), (0, 256, 0, True),
+                                 (9000, 9005, 1, False), (12288, 16384, 2, True)):
+        fast, slow = mm.mem.copy(), mm.mem.copy()
+        fast[:] = 0
+        slow[:] = 0
+        pa.init_range_nb(fast, mm.S, lo, hi, gz, reserved)
+        per_page(slow, mm.S, lo, hi, gz, reserved)
+        assert np.array_equal(fast, slow), (stage, lo, hi)
+    # a reused storage full of junk boots to the same mem_map as a fresh one
+    junk = np.full(mm.mem.size + 100, 0xDEADBEEF, np.uint64)
+    again = pa.MemMap(m, get_stage(stage), debug=False, buffer=junk)
+    fresh = pa.MemMap(m, get_stage(stage), debug=False)
+    assert np.array_equal(again.mem, fresh.mem) and np.shares_memory(again.mem, junk)
+    again.check()

@@ -90,13 +90,16 @@ def test_record_command_end_to_end(tracefs_ok, tmp_path):
     assert meta["exit_status"] == 0 and meta["trace_clock"] == "mono"
     assert set(meta["events"]) >= {"mm_page_alloc", "kmalloc", "kfree"}
     assert {p.name for p in out.iterdir()} == {"formats", "raw", "trace.txt.zst",
-                                               "per-cpu-stats.txt", "meta.json"}
+                                               "per-cpu-stats.txt", "meta.json",
+                                               "end-state"}
     raw, text = read_trace(out), read_text(out / "trace.txt.zst")
     assert raw.source_format == "raw" and len(raw) > 100
     assert_same_events(raw, text)
     texts = raw.markers["text"]
     assert texts[0] == f"memdesc record start pid={meta['instance'].rsplit('-', 1)[1]}"
-    assert texts[-2:] == ["memdesc workload begin", "memdesc workload end"]
+    assert texts[-4:-2] == ["memdesc workload begin", "memdesc workload end"]
+    assert texts[-2].startswith("memdesc state end monotonic_ns=")
+    assert texts[-1].startswith("memdesc state end done monotonic_ns=")
     entries = sum(s["entries"] for s in meta["per_cpu_stats"].values())
     if meta["lost_total"] == 0:     # the kernel's count of what it kept = what we decoded
         assert entries == len(raw) + len(texts) + sum(raw.other_events.values())
@@ -110,7 +113,7 @@ def test_record_command_end_to_end(tracefs_ok, tmp_path):
 
 def test_record_snapshot_tied_by_markers(tracefs_ok, tmp_path):
     out = tmp_path / "rec"
-    r = run_record(["-o", str(out), "--duration", "0.3s", "--buffer-kb", "4096"])
+    r = run_record(["-o", str(out), "--duration", "0.3s", "--buffer-kb", "32768"])
     assert r.returncode == 0, r.stderr
     tr = read_trace(out)
     assert tr.snapshot_dir == out / "pre-snapshot"
@@ -125,7 +128,42 @@ def test_record_snapshot_tied_by_markers(tracefs_ok, tmp_path):
     # trace_clock mono and the snapshot's CLOCK_MONOTONIC steps are one clock:
     assert times[begin] <= steps["kpage_begin"] <= times[chunks[0]]
     assert times[chunks[-1]] <= steps["kpage_end"]
-    assert texts[-2:] == ["memdesc workload begin", "memdesc workload end"]
+    assert texts[-4:-2] == ["memdesc workload begin", "memdesc workload end"]
+    assert texts[-2].startswith("memdesc state end monotonic_ns=")
+    assert texts[-1].startswith("memdesc state end done monotonic_ns=")
+    # the end state: the files the replay checks, read after its marker
+    end = json.loads((out / "end-state" / "meta.json").read_text())
+    for f in ("buddyinfo", "pagetypeinfo", "zoneinfo", "meminfo", "vmstat"):
+        assert (out / "end-state" / f).is_file()
+        assert end["files"][f]["monotonic_ns"] >= times[-2]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["end_state"]["name"] == "end"
+
+
+def test_record_end_state_is_checked_by_the_replay(tracefs_ok, tmp_path):
+    """A fresh recording: the replay checks the start and the end state per zone, order and
+    migratetype; the auto-sized buffer came from a measured rate and lost nothing."""
+    from memdesc.analysis import replay as rp
+    from memdesc.mm.debug import check_memmap
+    from memdesc.stages import get_stage
+
+    out = tmp_path / "rec"
+    r = run_record(["-o", str(out), "--duration", "1s", "--state-every", "0.4s"])
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["measured_rate_kb_s"] >= 0 and meta["lost_total"] == 0
+    assert meta["inner_states"] >= 1 and (out / "state-1" / "pagetypeinfo").is_file()
+    inp = rp.load_replay_input(read_trace(out))
+    ats = [c.at for c in inp.checkpoints]
+    assert ats == ["start"] + [f"inner {i + 1}" for i in range(meta["inner_states"])] + ["end"]
+    assert [c.event for c in inp.checkpoints] == sorted(c.event for c in inp.checkpoints)
+    run = rp.replay_stage(inp, get_stage("page8"), samples=4, keep_memmap=True)
+    check_memmap(run.memmap)        # a block freed twice (stale inner state) corrupted lists
+    rows = rp.check_rows(inp, run)
+    assert {r["at"] for r in rows} == set(ats)
+    for row in rows:
+        assert row["by_migratetype"] is not None
+        assert row["exact"] or row["causes"]            # exact, or every mismatch explained
 
 
 def _wait_instance(proc: subprocess.Popen, timeout: float = 30) -> Path:
@@ -207,3 +245,7 @@ def test_default_buffer_and_durations():
     assert default_buffer_kb(True, 10, 2, 24 << 20) == 320 * 1024
     assert default_buffer_kb(True, 10, 2, 1 << 20) == (1 << 20) // 8
     assert default_buffer_kb(False, None, 2, 24 << 20) == 256 * 1024
+    # measured: 20 MB/s on the busiest CPU, a 3 s run: 2 x 20 MiB x (3 + 5 s of snapshots)
+    assert default_buffer_kb(True, 3, 2, 24 << 20, rate_kb_s=20 * 1024) == 320 * 1024
+    # a command of unknown length: a minute at the measured rate
+    assert default_buffer_kb(False, None, 2, 24 << 20, rate_kb_s=4096) == 2 * 4096 * 65

@@ -17,7 +17,10 @@ from memdesc.cli.progress import LazyProgress
 from memdesc.errors import InputError
 from memdesc.ingest.ftrace import Trace, read_trace, trace_input_bytes
 from memdesc.ingest.record import RecordOptions, record
+from memdesc.report.console import add_brief_option
 
+#: --samples above this would make a JSON of hundreds of MB that no plot or table can show
+MAX_SAMPLES = 10_000
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "": 1.0}
 
 
@@ -36,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "instance while COMMAND runs (or for --duration), with a snapshot at the "
                     "start tied to the trace by markers. Writes DIR atomically; the instance "
                     "is removed and tracefs left as found on exit, error, Ctrl-C or SIGTERM.",
-        usage="memdesc record -o DIR [--slab] [--buffer-kb N] [--no-snapshot] "
+        usage="memdesc record -o DIR [--slab] [--buffer-kb N] [--state-every TIME] "
+              "[--no-snapshot] "
               "(--duration 30s | -- COMMAND ...)")
     r.add_argument("-o", "--output", required=True, metavar="DIR", type=Path,
                    help="new folder to create (never overwritten)")
@@ -47,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--buffer-kb", type=int, metavar="N",
                    help="ring buffer per CPU in KB (default: sized for the run, at most a "
                         "quarter of MemAvailable)")
+    r.add_argument("--state-every", type=parse_duration, metavar="TIME",
+                   help="also save the kernel's free-list state (buddyinfo, pagetypeinfo, "
+                        "zoneinfo, meminfo, vmstat) every TIME during the workload, as "
+                        "state-N/ linked by a trace marker; the replay checks each")
     r.add_argument("--no-snapshot", action="store_true",
                    help="skip the pre-snapshot of /proc/kpage* (faster, but no start state)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... to trace")
@@ -72,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "emulator places them. Prints metadata bytes and fragmentation per stage "
                     "(docs/replay.md).",
         usage="memdesc replay DIR|FILE [--stages all] [--mode placement|policy] [--plot PNG] "
-              "[--json [FILE]] [--lenient] [--snapshot DIR] [--samples N]")
+              "[--json [FILE]] [--lenient] [--snapshot DIR] [--samples N] [--brief]")
     p.add_argument("path", metavar="DIR|FILE", type=Path)
     p.add_argument("--stages", default="all", metavar="all|a,b",
                    help="stages (or variants such as page8/packed) to replay (default all)")
@@ -88,7 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start from this snapshot folder instead of the recording's "
                         "pre-snapshot (needed for traces recorded without one)")
     p.add_argument("--samples", type=int, default=100, metavar="N",
-                   help="points along the trace where state is sampled (default 100)")
+                   help=f"points along the trace where state is sampled (default 100, at most "
+                        f"{MAX_SAMPLES:,})")
+    add_brief_option(p)
     p.set_defaults(func=run_replay)
 
 
@@ -100,7 +110,7 @@ def run_record(args: argparse.Namespace) -> int:
         raise InputError(f"--buffer-kb must be positive, not {args.buffer_kb}")
     opts = RecordOptions(out=args.output, slab=args.slab, duration_s=args.duration,
                          command=command, buffer_kb=args.buffer_kb,
-                         snapshot=not args.no_snapshot)
+                         snapshot=not args.no_snapshot, state_every_s=args.state_every)
     path = record(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"memdesc: saved {path}", file=sys.stderr)
     return 0
@@ -177,6 +187,10 @@ def run_replay(args: argparse.Namespace) -> int:
     stages = stages_option(args.stages)
     if args.samples < 2:
         raise InputError(f"--samples must be at least 2, not {args.samples}")
+    if args.samples > MAX_SAMPLES:
+        raise InputError(f"--samples {args.samples:,}: at most {MAX_SAMPLES:,} (each sample "
+                         "adds about 50 KB of JSON per stage; 10,000 points already exceed "
+                         "what a plot or table shows)")
     check_output(args.plot, "plot")
     check_output(args.json, "json")
     with LazyProgress("reading trace", trace_input_bytes(args.path), unit="bytes") as tick:
@@ -204,7 +218,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.json:
         replay_out.write_json(result, args.json)
     if args.json != "-":
-        print(replay_out.table(result))
+        print(replay_out.table(result, brief=args.brief))
         if args.plot:
             print(f"plot: {args.plot}")
         if args.json:

@@ -194,6 +194,36 @@ def _overruns(rec: Path | None) -> dict[int, dict[str, int]]:
     return out
 
 
+#: bytes of a text trace looked at before reading it (binary input is refused)
+SNIFF_BYTES = 1 << 16
+
+
+def _head(path: Path) -> bytes:
+    """The first SNIFF_BYTES of a text trace, decompressed when it is zstd."""
+    with open(path, "rb") as fh:
+        if path.suffix != ".zst":
+            return fh.read(SNIFF_BYTES)
+        try:
+            return zstandard.ZstdDecompressor().stream_reader(fh).read(SNIFF_BYTES)
+        except zstandard.ZstdError as e:
+            raise InputError(f"{path}: not a valid zstd file ({e}); nothing read") from None
+
+
+def check_text_input(path: Path) -> None:
+    """Refuse binary data given as a text trace in one line, before any of it is echoed:
+    NUL bytes, invalid UTF-8 or more than 1 % control characters in the first 64 KiB."""
+    head = _head(path)
+    try:
+        text = head.decode()
+    except UnicodeDecodeError as e:
+        # a multi-byte character cut at the end of the sample is fine
+        text = head[:e.start].decode() if e.start >= len(head) - 3 else None
+    ctrl = 0 if text is None else sum(1 for c in text if ord(c) < 32 and c not in "\n\r\t")
+    if b"\0" in head or text is None or ctrl > len(text) / 100:
+        raise InputError(f"{path}: binary data, not a trace: give a recording folder, raw "
+                         "per-CPU pages with formats/, or tracefs/trace-cmd/perf script text")
+
+
 def read_trace(path: str | Path, lenient: bool = False,
                progress: Callable[[int], None] | None = None, *,
                vmemmap_base: int = VMEMMAP_BASE) -> Trace:
@@ -207,6 +237,7 @@ def read_trace(path: str | Path, lenient: bool = False,
     if kind == "raw":
         tr = read_raw(inp, load_formats(fmt), lenient=lenient, progress=progress)
     else:
+        check_text_input(inp)
         tr = read_text(inp, lenient=lenient, gfp=_gfp_for(fmt), progress=progress,
                        vmemmap_base=vmemmap_base)
     tr.path = Path(path)

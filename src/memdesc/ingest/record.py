@@ -8,10 +8,14 @@ its events, options and sizes are never touched):
    mono (= CLOCK_MONOTONIC, so snapshot timestamps line up with trace timestamps),
    ``options/overwrite`` 0 (a full buffer drops *new* events and counts them), ``hash-ptr`` 0
    (real pointers), the kmem page events (+ slab events with ``--slab``);
+2b. the event rate measured for half a second with those events (memdesc.ingest.record_state)
+   and the buffer sized from it (see default_buffer_kb());
 3. tracing on, marker ``memdesc record start``, the pre-snapshot (memdesc.ingest.save) with
    markers ``memdesc snapshot begin``, ``memdesc snapshot chunk start_pfn=0x.. npfn=N`` after
    each chunk of kpage files is read, and ``memdesc snapshot end``; then ``memdesc workload
-   begin``, the command (or the duration), ``memdesc workload end``, tracing off;
+   begin``, the command (or the duration), ``memdesc workload end``, the end state
+   (``end-state/``: buddyinfo, pagetypeinfo, zoneinfo, meminfo, vmstat, kpageflags when
+   quick; after the marker ``memdesc state end``), tracing off;
 4. per_cpu/cpuN/stats (overrun, commit overrun, dropped events) checked and saved; the text
    (``trace``, non-consuming) then the raw pages (``per_cpu/cpuN/trace_pipe_raw``) copied,
    zstd-compressed, plus ``formats/`` (header_page, header_event, event format files);
@@ -19,7 +23,8 @@ its events, options and sizes are never touched):
    SIGTERM/SIGHUP. Output goes to a temporary folder renamed to DIR only when complete.
 
 DIR layout: trace.txt.zst, raw/trace_pipe_raw.cpuN.bin.zst, formats/, per-cpu-stats.txt,
-pre-snapshot/ (unless --no-snapshot), meta.json. memdesc.ingest.ftrace.read_trace(DIR) reads it.
+pre-snapshot/ (unless --no-snapshot), end-state/, meta.json.
+memdesc.ingest.ftrace.read_trace(DIR) reads it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ import zstandard
 from memdesc import __version__
 from memdesc.atomic import atomic_dir
 from memdesc.errors import InputError, MemdescError, PermissionProblem
+from memdesc.ingest.record_state import (
+    measure_rate,
+    needed_buffer_kb,
+    read_cpu_stats,
+    save_state,
+)
 from memdesc.ingest.trace_events import LOSS_COUNTERS, parse_cpu_stats
 from memdesc.ingest.tracefs import Instance, Tracefs
 
@@ -66,19 +77,43 @@ class RecordOptions:
     command: list[str] = field(default_factory=list)
     buffer_kb: int | None = None
     snapshot: bool = True
+    #: save an inner state (state-N/, no kpageflags) every this many seconds of the workload
+    state_every_s: float | None = None
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM/SIGHUP, handled like Ctrl-C so every cleanup runs."""
 
 
+#: a run of unknown length (a command) is sized for this long at the measured rate
+UNKNOWN_RUN_S = 60.0
+#: seconds the pre-snapshot and end state add to the run
+SNAPSHOT_S = 5.0
+
+
 def default_buffer_kb(slab: bool, duration_s: float | None, ncpu: int,
-                      mem_available_kb: int) -> int:
-    """Per-CPU ring-buffer size: the expected volume of the run, at most a quarter of
-    MemAvailable across all CPUs."""
-    cap = max(MIN_BUFFER_KB, min(MAX_BUFFER_KB, mem_available_kb // 4 // max(ncpu, 1)))
-    want = UNKNOWN_RUN_KB[slab] if duration_s is None else int(RATE_KB_S[slab] * duration_s)
-    return max(MIN_BUFFER_KB, min(cap, want))
+                      mem_available_kb: int, rate_kb_s: float | None = None) -> int:
+    """Per-CPU ring-buffer size: the expected volume of the run (``rate_kb_s``, the busiest
+    CPU's measured rate, x2 over the duration plus the snapshots; a command of unknown length
+    is sized for UNKNOWN_RUN_S), at most a quarter of MemAvailable across all CPUs."""
+    return min(buffer_cap_kb(ncpu, mem_available_kb),
+               wanted_buffer_kb(slab, duration_s, rate_kb_s))
+
+
+def buffer_cap_kb(ncpu: int, mem_available_kb: int) -> int:
+    return max(MIN_BUFFER_KB, min(MAX_BUFFER_KB, mem_available_kb // 4 // max(ncpu, 1)))
+
+
+def wanted_buffer_kb(slab: bool, duration_s: float | None, rate_kb_s: float | None) -> int:
+    """What the run needs per CPU, before the memory cap."""
+    if rate_kb_s is None:            # not measured: the fixtures' machine's busy rates
+        want = UNKNOWN_RUN_KB[slab] if duration_s is None else int(RATE_KB_S[slab] * duration_s)
+        return max(MIN_BUFFER_KB, want)
+    seconds = (UNKNOWN_RUN_S if duration_s is None else duration_s) + SNAPSHOT_S
+    want = int(2 * rate_kb_s * seconds)
+    if duration_s is None:
+        want = max(want, UNKNOWN_RUN_KB[slab])
+    return max(MIN_BUFFER_KB, want)
 
 
 def _mem_available_kb() -> int:
@@ -187,19 +222,47 @@ def _copy_compressed(src: Path, dest: Path, nonblock: bool, chunk: int) -> int:
     return total
 
 
-def _run_workload(opts: RecordOptions, log: Callable[[str], None]) -> int | None:
-    """Run the command (or sleep for the duration); returns the command's exit status."""
+class _InnerStates:
+    """Inner states during the workload: ``state-N/`` every ``every`` seconds, each after
+    the marker ``memdesc state N monotonic_ns=...`` (memdesc.ingest.record_state)."""
+
+    def __init__(self, tmp: Path | None, every: float | None, mark: Callable[[str], None]):
+        self.tmp, self.every, self.mark = tmp, every, mark
+        self.next = time.monotonic() + every if every else float("inf")
+        self.saved: list[dict] = []
+
+    def poll(self) -> float:
+        """Save the states that are due; returns seconds until the next one (inf: none)."""
+        now = time.monotonic()
+        if self.tmp is None or now < self.next:
+            return self.next - now
+        name = str(len(self.saved) + 1)
+        self.saved.append(save_state(self.tmp / f"state-{name}", name, self.mark,
+                                     kpageflags=False))
+        self.next = now + self.every
+        return self.every
+
+
+def _run_workload(opts: RecordOptions, log: Callable[[str], None],
+                  states: _InnerStates | None = None) -> int | None:
+    """Run the command (or sleep for the duration), saving inner states when due; returns
+    the command's exit status."""
+    states = states or _InnerStates(None, None, lambda s: None)
     if not opts.command:
         deadline = time.monotonic() + (opts.duration_s or 0)
         while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(left, 0.2))
+            time.sleep(max(0.0, min(left, 0.2, states.poll())))
         return None
     try:
         child = subprocess.Popen(opts.command)
     except OSError as e:
         raise InputError(f"cannot run {opts.command[0]!r}: {e.strerror}") from None
     try:
-        return child.wait()
+        while True:
+            try:
+                return child.wait(timeout=max(0.01, min(0.2, states.poll())))
+            except subprocess.TimeoutExpired:
+                continue
     except BaseException:
         with _shielded():
             if child.poll() is None:
@@ -232,8 +295,40 @@ def _take_snapshot(dest: Path, mark: _Markers) -> dict:
     return {"taken": True, "folder": dest.name, "chunk_pfns": SNAPSHOT_CHUNK_PFNS}
 
 
+def _size_buffer(inst: Instance, opts: RecordOptions, ncpu: int, meta: dict,
+                 log: Callable[[str], None]) -> int:
+    """Measure this machine's event rate with the chosen events (half a second) and size
+    the per-CPU buffer for the run; say what to pass when memory caps it."""
+    rate = measure_rate(lambda: read_cpu_stats(inst.file("per_cpu")),
+                        lambda on: inst.write("tracing_on", "1" if on else "0"),
+                        lambda: inst.write("trace", ""))
+    rate_kb = rate / 1024
+    cap = buffer_cap_kb(ncpu, _mem_available_kb())
+    want = wanted_buffer_kb(opts.slab, opts.duration_s, rate_kb)
+    meta["measured_rate_kb_s"] = round(rate_kb, 1)
+    if want > cap:
+        span = f"{opts.duration_s:g} s" if opts.duration_s else f"{UNKNOWN_RUN_S:g} s"
+        log(f"memdesc: warning: events arrive at {rate_kb / 1024:.1f} MB/s per CPU here; "
+            f"{span} need --buffer-kb {want} but a quarter of MemAvailable allows {cap}: "
+            "expect lost events (shorten the run or free memory)")
+    kb = min(cap, want)
+    inst.write("buffer_size_kb", str(kb))
+    return kb
+
+
 def record(opts: RecordOptions, log: Callable[[str], None] = print) -> Path:
-    """Record into the new folder ``opts.out``; returns it. See the module docstring."""
+    """Record into the new folder ``opts.out``; returns it. See the module docstring. A
+    tracefs file that disappears under us (the instance removed or tracefs unmounted by
+    another process) is one clear error, and nothing is left behind."""
+    try:
+        return _record(opts, log)
+    except FileNotFoundError as e:
+        raise InputError(f"{e.filename}: vanished while recording (was the tracefs instance "
+                         "removed or tracefs unmounted by another process?); nothing saved"
+                         ) from None
+
+
+def _record(opts: RecordOptions, log: Callable[[str], None]) -> Path:
     out = Path(opts.out)
     if out.exists():
         raise InputError(f"{out} already exists; record never overwrites: choose a new folder")
@@ -243,8 +338,7 @@ def record(opts: RecordOptions, log: Callable[[str], None] = print) -> Path:
         raise InputError("nothing to record: give --duration 30s or -- COMMAND ...")
     events = PAGE_EVENTS + (SLAB_EVENTS if opts.slab else ())
     ncpu = os.cpu_count() or 1
-    buffer_kb = opts.buffer_kb or default_buffer_kb(opts.slab, opts.duration_s, ncpu,
-                                                    _mem_available_kb())
+    buffer_kb = opts.buffer_kb or MIN_BUFFER_KB           # sized below from the event rate
     meta: dict = {"format": FORMAT, "memdesc_version": __version__,
                   "kernel": " ".join(os.uname()[2:4]), "command": opts.command or None,
                   "duration_s": opts.duration_s, "buffer_size_kb": buffer_kb,
@@ -258,8 +352,11 @@ def record(opts: RecordOptions, log: Callable[[str], None] = print) -> Path:
             raise InputError(f"cannot create {out}: {e.strerror}") from None
         root = stack.enter_context(_CleanExit(Tracefs()))
         inst = stack.enter_context(_CleanExit(Instance(root, f"memdesc-{os.getpid()}")))
-        log(f"memdesc: recording in {inst.path} ({buffer_kb:,} KB per CPU)")
         meta["events"] = _configure(inst, events, buffer_kb)
+        if opts.buffer_kb is None:
+            buffer_kb = _size_buffer(inst, opts, ncpu, meta, log)
+            meta["buffer_size_kb"] = buffer_kb
+        log(f"memdesc: recording in {inst.path} ({buffer_kb:,} KB per CPU)")
         meta["instance"] = str(inst.path)
         _save_formats(inst, tmp / "formats")
         mark = _Markers(inst)
@@ -274,11 +371,16 @@ def record(opts: RecordOptions, log: Callable[[str], None] = print) -> Path:
         meta["workload_begin_monotonic_ns"] = time.monotonic_ns()
         mark("memdesc workload begin")
         try:
-            meta["exit_status"] = _run_workload(opts, log)
+            states = _InnerStates(tmp, opts.state_every_s, mark)
+            meta["exit_status"] = _run_workload(opts, log, states)
+            meta["inner_states"] = len(states.saved)
         finally:
             meta["workload_end_monotonic_ns"] = time.monotonic_ns()
             mark("memdesc workload end")
-            inst.write("tracing_on", "0")
+            try:
+                meta["end_state"] = save_state(tmp / "end-state", "end", mark)
+            finally:
+                inst.write("tracing_on", "0")
         meta["start_realtime_ns"], meta["start_monotonic_ns"] = t0
         meta["markers_failed"] = mark.failed
         meta.update(_collect(inst, tmp, log))
@@ -312,7 +414,7 @@ def _collect(inst: Instance, tmp: Path, log: Callable[[str], None]) -> dict:
         if bad:
             warnings.append(f"cpu{c}: lost events: "
                             + ", ".join(f"{k}={v:,}" for k, v in bad.items())
-                            + " (use a larger --buffer-kb)")
+                            + f" (this run needed --buffer-kb {needed_buffer_kb(stats)})")
     for w in warnings:
         log(f"memdesc: warning: {w}")
     text_bytes = _copy_compressed(inst.file("trace"), tmp / "trace.txt.zst", False, 1 << 20)

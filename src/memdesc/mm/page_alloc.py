@@ -20,9 +20,12 @@ PCPF_FREE_HIGH_BATCH. __GFP_ZERO is accepted but there are no page contents to c
 
 Public API (stable; other layers build on it)
 --------------------------------------------
-``mm = MemMap(machine, stage, debug=True)``
+``mm = MemMap(machine, stage, debug=True, free_all=True)``
     mem_map (one uint64 array, ``mm.mem``; ``mm.pages`` is the structured per-page view),
-    zones, pageblocks, pcp lists; every managed page is free after construction.
+    zones, pageblocks, pcp lists; every managed page is free after construction (with
+    ``free_all=False`` none is: memdesc.mm.start_state.set_start_state() sets up a running
+    kernel's state instead). ``buffer=`` lends a uint64 array to hold mem_map (reused
+    across stages by the replay; its contents are overwritten).
     ``debug`` keeps a record of live allocations, rejects bad frees (VMBug) and runs the full
     invariant check (memdesc.mm.debug) every ``check_every`` calls.
 ``alloc_pages(mm, gfp, order, nid=0, cpu=0) -> int``
@@ -1024,11 +1027,55 @@ def drain_all_pages_nb(mem, S):
 # ---- boot: memmap_init() and memblock_free_all() ------------------------------------------------
 
 @njit(cache=True)
+def _page_init_clean(mem, S, pfn, gz, reserved):
+    """page_init() on a page whose words are first cleared (the storage may be reused)."""
+    w = S[ft.C_W]
+    for k in range(w):
+        mem[pfn * w + k] = 0
+    page_init(mem, S, pfn, gz, reserved)
+
+
+@njit(cache=True)
 def init_range_nb(mem, S, lo, hi, gz, reserved):
-    """memmap_init_range() over [lo, hi): struct pages of zone ``gz``."""
+    """memmap_init_range() over [lo, hi): struct pages of zone ``gz`` (page_init() each,
+    every word written, so the storage need not be zeroed first).
+
+    Fast path: a struct page of the range is the first one plus (pfn - lo) times a fixed
+    step per word (the words hold node/zone bits, constants and self-pointers such as
+    INIT_LIST_HEAD(lru) that move 64 B per page), so when page_init() of the first three
+    pages shows that, the rest is written as that line and the last page is checked
+    against page_init(); any other shape falls back to page_init() per page."""
     mem, S = unmanaged(mem), unmanaged(S)
-    for pfn in range(lo, hi):
-        page_init(mem, S, pfn, gz, reserved)
+    w = S[ft.C_W]
+    if hi - lo < 8:
+        for pfn in range(lo, hi):
+            _page_init_clean(mem, S, pfn, gz, reserved)
+        return
+    for pfn in range(lo, lo + 3):
+        _page_init_clean(mem, S, pfn, gz, reserved)
+    base = np.empty(w, np.uint64)
+    step = np.empty(w, np.uint64)
+    linear = True
+    for k in range(w):
+        base[k] = mem[lo * w + k]
+        step[k] = mem[(lo + 1) * w + k] - base[k]
+        if mem[(lo + 2) * w + k] != mem[(lo + 1) * w + k] + step[k]:
+            linear = False
+    if linear:
+        for pfn in range(lo + 3, hi):
+            i = np.uint64(pfn - lo)
+            for k in range(w):
+                mem[pfn * w + k] = base[k] + i * step[k]
+        last = np.empty(w, np.uint64)
+        for k in range(w):
+            last[k] = mem[(hi - 1) * w + k]
+        _page_init_clean(mem, S, hi - 1, gz, reserved)
+        for k in range(w):
+            if mem[(hi - 1) * w + k] != last[k]:
+                linear = False
+    if not linear:
+        for pfn in range(lo + 3, hi):
+            _page_init_clean(mem, S, pfn, gz, reserved)
 
 
 @njit(cache=True)
@@ -1125,6 +1172,28 @@ def walk_list_nb(mem, S, h, gz, order, out):
     if list_last(S, h) != prev:
         return -2
     return n
+
+
+@njit(cache=True, nogil=True)
+def pagetypeinfo_free_nb(mem, S, gz, out):
+    """Mirrors pagetypeinfo_showfree_print(): ``out[mt, order]`` = blocks on
+    zone->free_area[order].free_list[mt], counted by walking the list (without the kernel's
+    cap at 100,000). Returns False when a list is longer than the zone could hold (a
+    corrupt list: a cycle)."""
+    mem, S = unmanaged(mem), unmanaged(S)
+    limit = S[zx(S, gz) + Z_END] - S[zx(S, gz) + Z_START]
+    for order in range(NR_PAGE_ORDERS):
+        for mt in range(MIGRATE_TYPES):
+            h = free_head(S, gz, order, mt)
+            n = 0
+            node = list_first(S, h)
+            while node != -1 - h:
+                n += 1
+                if n > limit:
+                    return False
+                node = ft.link_get(mem, S, node, 0, gz, order)
+            out[mt, order] = n
+    return True
 
 
 # ---- isolation (mm/page_isolation.c) -------------------------------------------------------------
@@ -1227,14 +1296,21 @@ class MemMap:
     """
 
     def __init__(self, machine: Machine, stage: Stage | str, *, debug: bool = True,
-                 check_every: int | None = None):
+                 check_every: int | None = None, free_all: bool = True,
+                 buffer: np.ndarray | None = None):
         self.machine = machine
         self.stage = get_stage(stage) if isinstance(stage, str) else stage
         st_ = self.stage
         nz, ncpu, nn = machine.nr_nodes * NR_ZONES, machine.nr_cpus, machine.nr_nodes
         cfg = ft.make_cfg(st_, ncpu, nn)
         self.nr_pfns = machine.nr_pfns
-        self.mem = np.zeros(self.nr_pfns * (st_.struct_page_bytes // 8), np.uint64)
+        words = self.nr_pfns * (st_.struct_page_bytes // 8)
+        if buffer is not None and buffer.dtype == np.uint64 and buffer.size >= words:
+            # a caller's mem_map storage, already faulted in (a fresh array's first touch
+            # costs more than initialising it); _boot() writes every word of it
+            self.mem = buffer[:words]
+        else:
+            self.mem = np.zeros(words, np.uint64)
         self.pages = self.mem.view(page_dtype(st_))
         hpz = int(cfg[C_HPZ])
         npb = self.nr_pfns >> pageblock_order
@@ -1278,7 +1354,7 @@ class MemMap:
                 pb[b0:b1 + 1] = MIGRATE_MOVABLE      # memmap_init_range(): MIGRATE_MOVABLE
         self.zl[:] = _zonelists(machine, zs)
         self.st = (self.mem, self.S)
-        self._boot()
+        self._boot(free_all)
         self.debug = debug
         if check_every is None:                       # full checks are O(nr_pfns)
             check_every = 1 if self.nr_pfns <= (1 << 18) else 0
@@ -1287,11 +1363,12 @@ class MemMap:
         self.contents = None          # memdesc.mm.kmem.PageContents, attached by a later layer
         self._order = np.full(self.nr_pfns, -1, np.int8) if debug else None
 
-    def _boot(self) -> None:
+    def _boot(self, free_all: bool = True) -> None:
         """memmap_init() then memblock_free_all(): every struct page initialised (RAM the
         buddy never gets, holes and the tail of the last section as PG_reserved / Misc
         reserved, like init_unavailable_range()), then the managed ranges freed in max-aligned
-        chunks to the tail of the free lists (__free_pages_core(FPI_TO_TAIL))."""
+        chunks to the tail of the free lists (__free_pages_core(FPI_TO_TAIL)). Without
+        ``free_all`` the free lists stay empty (memdesc.mm.start_state fills them)."""
         m = self.machine
         spans = sorted((z.start_pfn, z.end_pfn, gz) for gz, z in enumerate(m.zones) if z.spanned)
         pos = 0
@@ -1308,6 +1385,8 @@ class MemMap:
             pos = e0
         if pos < self.nr_pfns:
             init_range_nb(self.mem, self.S, pos, self.nr_pfns, spans[-1][2], True)
+        if not free_all:
+            return
         for gz, z in enumerate(m.zones):
             for s, e in m.managed_ranges(z):
                 free_range_boot_nb(self.mem, self.S, s, e, gz)
