@@ -377,3 +377,8 @@ def open_snapshot(path: str | os.PathLike | None) -> Snapshot:
     if p.resolve() == PROC:
         return open_live()
     return _open_folder(p, "folder", str(p))
+
+
+def open_folder(path: str | os.PathLike) -> Snapshot:
+    """Open the snapshot folder ``path`` (never /proc or the bundled one, whatever its name)."""
+    return _open_folder(Path(path), "folder", str(path))

@@ -1,0 +1,276 @@
+"""The fleet survey: one small mergeable summary per snapshot, and the fleet's sum of them.
+
+Every snapshot is surveyed by the survey's own code (:func:`memdesc.analysis.survey.run_survey`)
+and summarised from the survey's own JSON (:func:`memdesc.report.json_out.survey_dict`), so
+each machine's numbers equal ``memdesc survey --json`` on the same snapshot. A summary is a few
+KiB of plain data (classes, folio orders, per-stage bytes whole and in use, consistency
+statuses); :class:`FleetTotals` adds summaries up (``add``) and adds totals up (``merge``), in
+any order and grouping, which is what a parallel reduction needs.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from memdesc.analysis.census import CLASSES, NR_UNIT_ORDERS
+from memdesc.errors import InputError, MemdescError
+from memdesc.stages import REFERENCE
+
+#: Version of the per-machine summary layout (part of the cache key: bump on any change).
+SUMMARY_VERSION = 1
+#: Percentiles of the per-machine savings reported for the fleet.
+PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
+#: Survey inputs whose absence makes the run "kpageflags-only" (the study's layout has none).
+LAYOUT_INPUTS = ("zoneinfo", "iomem")
+
+
+class Cancelled(Exception):
+    """The run was interrupted (Ctrl-C): a survey in flight stops at its next chunk."""
+
+
+# --- one machine --------------------------------------------------------------------------------
+
+def in_use_fallback(d: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage's cost over memory in use, computed here only when the survey's JSON does not
+    carry ``in_use`` (issue 10 adds it to the survey itself; once it does, this is unused).
+
+    Definition (issue 10): in-use pages = every PFN that is not free buddy memory,
+    never-initialised or a hole; in-use cost = struct page size × in-use pages + all the stage's
+    descriptor bytes; v6.18 costs 64 B × in-use pages. ``by_class`` is not computed here.
+    """
+    pages = d["pages_by_class"]
+    in_use = d["pfns"] - pages["free"] - pages["uninitialised"] - pages["hole"]
+    ref = next(s for s in d["stages"] if s["id"] == REFERENCE)
+    ref_total = in_use * ref["struct_page_size"] + ref["descriptor_bytes"]
+    total = in_use * stage["struct_page_size"] + stage["descriptor_bytes"]
+    return {"pages": in_use, "total_bytes": total,
+            "saving_percent": 100.0 * (ref_total - total) / max(1, ref_total)}
+
+
+def machine_summary(d: dict[str, Any]) -> dict[str, Any]:
+    """The fleet's record of one machine, taken field by field from the survey's JSON ``d``."""
+    stages = []
+    for s in d["stages"]:
+        in_use = s.get("in_use") or in_use_fallback(d, s)
+        stages.append({
+            "id": s["id"], "struct_page_size": s["struct_page_size"],
+            "total_bytes": s["total_bytes"], "saving_bytes": s["saving_bytes"],
+            "saving_percent": s["saving_percent"], "percent_of_ram": s["percent_of_ram"],
+            "by_type": dict(s["by_type"]), "in_use": in_use,
+        })
+    fo = d["folio_orders"]
+    return {
+        "kernel": d["kernel"], "pfns": d["pfns"], "ram_pages": d["ram_pages"],
+        "memmap_pages": d["memmap_pages"], "nr_cpus": d["nr_cpus"],
+        "pages_by_class": dict(d["pages_by_class"]),
+        "folio_orders": {"units_by_order": list(fo["units_by_order"]),
+                         "pages_by_order": list(fo["pages_by_order"])},
+        "stages": stages,
+        "consistency": {c["name"]: c["status"] for c in d["consistency"]},
+        "skipped": list(d["skipped"]),
+        "kpageflags_only": all(n in d["skipped"] for n in LAYOUT_INPUTS),
+    }
+
+
+def _stopper(stop: threading.Event | None) -> Callable[[int], None] | None:
+    if stop is None:
+        return None
+
+    def tick(_n: int) -> None:
+        if stop.is_set():
+            raise Cancelled
+    return tick
+
+
+def survey_task(path: str, descriptors, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Survey the snapshot folder ``path`` with the survey's own code (a Dask task).
+
+    Returns ``{"summary": ..., "seconds": s}``, or ``{"reason": one line}`` when the snapshot
+    cannot be surveyed (corrupt, truncated, unreadable): a bad snapshot is a result, not a
+    crash of the run. ``stop`` (local runs) ends a survey in flight at its next chunk.
+    """
+    from memdesc.analysis.survey import run_survey
+    from memdesc.ingest.snapshot import open_folder
+    from memdesc.report.json_out import survey_dict
+
+    try:
+        result = run_survey(open_folder(path), None, descriptors, progress=_stopper(stop))
+        return {"summary": machine_summary(survey_dict(result)), "seconds": result.seconds}
+    except MemdescError as e:
+        return {"reason": str(e)}
+    except OSError as e:
+        return {"reason": f"{path}: {e.strerror or e}"}
+    except Cancelled:
+        raise
+    except Exception as e:           # a bug must not sink a run of 10,000 snapshots
+        return {"reason": f"{path}: unexpected {type(e).__name__}: {e} (a memdesc bug: "
+                          "please report it with this snapshot)"}
+
+
+# --- the fleet ------------------------------------------------------------------------------------
+
+def percentiles(values: list[float]) -> dict[str, float] | None:
+    """``{"p0": .., "p10": .., ...}`` of ``values`` (linear interpolation), None when empty."""
+    if not values:
+        return None
+    got = np.percentile(np.asarray(values, dtype=float), PERCENTILES)
+    return {f"p{p}": round(float(v), 6) for p, v in zip(PERCENTILES, got, strict=True)}
+
+
+def _add_dict(into: dict[str, int], other: dict[str, int]) -> None:
+    for k, v in other.items():
+        into[k] = into.get(k, 0) + v
+
+
+@dataclass
+class _StageSum:
+    total_bytes: int = 0
+    saving_bytes: int = 0
+    in_use_total_bytes: int = 0
+    in_use_reference_bytes: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    in_use_by_class: dict[str, int] = field(default_factory=dict)
+    savings: list[float] = field(default_factory=list)          # per machine, %
+    in_use_savings: list[float] = field(default_factory=list)   # per machine, %
+
+    def merge(self, o: _StageSum) -> None:
+        self.total_bytes += o.total_bytes
+        self.saving_bytes += o.saving_bytes
+        self.in_use_total_bytes += o.in_use_total_bytes
+        self.in_use_reference_bytes += o.in_use_reference_bytes
+        _add_dict(self.by_type, o.by_type)
+        _add_dict(self.in_use_by_class, o.in_use_by_class)
+        self.savings += o.savings
+        self.in_use_savings += o.in_use_savings
+
+
+@dataclass
+class FleetTotals:
+    """Sums over machines (and the per-machine savings, for percentiles). Mergeable."""
+
+    machines: int = 0
+    kpageflags_only: int = 0
+    pfns: int = 0
+    ram_pages: int = 0
+    memmap_pages: int = 0
+    hosts: set[str] = field(default_factory=set)
+    pages_by_class: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0))
+    units_by_order: list[int] = field(default_factory=lambda: [0] * NR_UNIT_ORDERS)
+    pages_by_order: list[int] = field(default_factory=lambda: [0] * NR_UNIT_ORDERS)
+    stages: dict[str, _StageSum] = field(default_factory=dict)
+
+    def add(self, m: dict[str, Any]) -> FleetTotals:
+        """Add one machine record (a summary with ``host``)."""
+        one = FleetTotals(1, int(m["kpageflags_only"]), m["pfns"], m["ram_pages"],
+                          m["memmap_pages"], {m["host"]})
+        _add_dict(one.pages_by_class, m["pages_by_class"])
+        one.units_by_order = list(m["folio_orders"]["units_by_order"])
+        one.pages_by_order = list(m["folio_orders"]["pages_by_order"])
+        ref_in_use = next(s for s in m["stages"] if s["id"] == REFERENCE)["in_use"]
+        for s in m["stages"]:
+            iu = s["in_use"]
+            one.stages[s["id"]] = _StageSum(
+                s["total_bytes"], s["saving_bytes"], iu["total_bytes"],
+                ref_in_use["total_bytes"], dict(s["by_type"]), dict(iu.get("by_class") or {}),
+                [s["saving_percent"]], [iu["saving_percent"]])
+        return self.merge(one)
+
+    def merge(self, o: FleetTotals) -> FleetTotals:
+        self.machines += o.machines
+        self.kpageflags_only += o.kpageflags_only
+        self.pfns += o.pfns
+        self.ram_pages += o.ram_pages
+        self.memmap_pages += o.memmap_pages
+        self.hosts |= o.hosts
+        _add_dict(self.pages_by_class, o.pages_by_class)
+        self.units_by_order = [a + b for a, b in zip(self.units_by_order, o.units_by_order,
+                                                     strict=True)]
+        self.pages_by_order = [a + b for a, b in zip(self.pages_by_order, o.pages_by_order,
+                                                     strict=True)]
+        for sid, s in o.stages.items():
+            self.stages.setdefault(sid, _StageSum()).merge(s)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        stages = []
+        for sid, s in self.stages.items():
+            ref = s.total_bytes + s.saving_bytes
+            iu_saving = s.in_use_reference_bytes - s.in_use_total_bytes
+            stages.append({
+                "id": sid, "total_bytes": s.total_bytes, "saving_bytes": s.saving_bytes,
+                "saving_percent": 100.0 * s.saving_bytes / max(1, ref),
+                "saving_percent_percentiles": percentiles(s.savings),
+                "by_type": s.by_type,
+                "in_use": {
+                    "total_bytes": s.in_use_total_bytes, "saving_bytes": iu_saving,
+                    "saving_percent": 100.0 * iu_saving / max(1, s.in_use_reference_bytes),
+                    "saving_percent_percentiles": percentiles(s.in_use_savings),
+                    "by_class": s.in_use_by_class,
+                },
+            })
+        return {
+            "machines": self.machines, "hosts": len(self.hosts),
+            "kpageflags_only": self.kpageflags_only, "pfns": self.pfns,
+            "ram_pages": self.ram_pages, "memmap_pages": self.memmap_pages,
+            "pages_by_class": dict(self.pages_by_class),
+            "folio_orders": {"units_by_order": list(self.units_by_order),
+                             "pages_by_order": list(self.pages_by_order)},
+            "stages": stages,
+        }
+
+
+# --- grouping -------------------------------------------------------------------------------------
+
+GROUP_FIELDS = ("host", "label")
+NO_MATCH = "(no match)"
+
+
+@dataclass(frozen=True)
+class GroupBy:
+    """``--group-by FIELD[:REGEX]``: FIELD is ``host`` or ``label``; with REGEX the group is
+    its first capture group (or whole match) searched in that field."""
+
+    field: str
+    pattern: re.Pattern | None
+
+    @classmethod
+    def parse(cls, spec: str) -> GroupBy:
+        name, _, regex = spec.partition(":")
+        if name not in GROUP_FIELDS:
+            raise InputError(f"--group-by {spec!r}: group by {' or '.join(GROUP_FIELDS)}, "
+                             "optionally with :REGEX (e.g. 'host:^(dc\\d+)-')")
+        try:
+            pattern = re.compile(regex) if regex else None
+        except re.error as e:
+            raise InputError(f"--group-by {spec!r}: bad regular expression ({e})") from None
+        return cls(name, pattern)
+
+    def key(self, machine: dict[str, Any]) -> str:
+        value = str(machine[self.field])
+        if self.pattern is None:
+            return value
+        m = self.pattern.search(value)
+        if m is None:
+            return NO_MATCH
+        return next((g for g in m.groups() if g is not None), m.group(0))
+
+
+def fleet_answer(machines: list[dict[str, Any]], failed: list[dict[str, str]],
+                 group_by: GroupBy | None = None) -> dict[str, Any]:
+    """The fleet's totals, and per group when ``group_by`` is given (groups sorted by key)."""
+    total = FleetTotals()
+    groups: dict[str, FleetTotals] = {}
+    for m in machines:
+        total.add(m)
+        if group_by is not None:
+            groups.setdefault(group_by.key(m), FleetTotals()).add(m)
+    out: dict[str, Any] = {"fleet": {**total.to_dict(), "failed": len(failed)}}
+    if group_by is not None:
+        out["groups"] = [{"key": k, **groups[k].to_dict()} for k in sorted(groups)]
+    return out

@@ -1,0 +1,171 @@
+"""Running the fleet survey on Dask: a local run with no set-up, or an existing cluster.
+
+* **Local** (default): Dask's threaded scheduler with one thread per core. It suits the survey:
+  the numba classification kernel is compiled ``nogil=True`` and zstd/zlib decompression release
+  the GIL, so threads share one process, one copy of the compiled kernels and nothing is pickled
+  (docs.dask.org "Scheduling": threads are "good for numeric code that releases the GIL (like
+  NumPy, Pandas, Scikit-Learn, Numba)"). Ctrl-C stops the surveys in flight at their next chunk.
+* **Distributed** (``--scheduler ADDRESS``): the tasks go to an existing dask.distributed
+  scheduler (started by hand with ``dask scheduler`` / ``dask worker``, or by dask-jobqueue on
+  SLURM/PBS; docs/fleet.md). A worker that dies mid-task costs a re-run of its tasks on another
+  worker (the scheduler's own rescheduling, up to ``distributed.scheduler.allowed-failures``
+  deaths per task); the result is the same because a survey is a pure function of its files.
+
+Either way one task surveys one snapshot (analysis.fleet.survey_task) and returns a summary of a
+few KiB; identical snapshots (same content hash) are one task. Results are cached as they
+arrive (analysis.fleet_cache), so an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from memdesc.analysis.fleet import Cancelled, survey_task
+from memdesc.analysis.fleet_cache import ResultCache
+from memdesc.errors import InputError, MemdescError
+from memdesc.ingest.fleet import FleetInput
+
+#: Seconds to wait for a scheduler given with --scheduler.
+CONNECT_TIMEOUT = 15
+
+
+@dataclass
+class FleetRun:
+    """What a run produced: machine records in input order, failures, and how it went."""
+
+    machines: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    cached: int = 0
+    surveyed: int = 0
+    engine: str = ""
+    task_seconds: float = 0.0
+
+
+@dataclass
+class _Todo:
+    key: str
+    digest: str | None
+    inputs: list[FleetInput]
+
+
+def _record(inp: FleetInput, digest: str | None, summary: dict[str, Any]) -> dict[str, Any]:
+    return {"source": inp.path, "host": inp.host, "label": inp.label, "taken": inp.taken,
+            "layout": inp.layout, "content_hash": digest, **summary}
+
+
+def _plan(inputs: list[FleetInput], cache: ResultCache, run: FleetRun,
+          done: dict[int, dict]) -> list[_Todo]:
+    """Identify every input; cache hits are done, the rest become one task per content."""
+    todo: dict[str, _Todo] = {}
+    for i, inp in enumerate(inputs):
+        digest = None
+        if cache.root is not None:
+            try:
+                digest = cache.identify(inp.path)
+            except MemdescError as e:
+                done[i] = {"source": inp.path, "reason": str(e)}
+                continue
+            summary = cache.get(digest)
+            if summary is not None:
+                done[i] = _record(inp, digest, summary)
+                run.cached += 1
+                continue
+        key = f"memdesc-survey-{digest or os.path.realpath(inp.path)}"
+        todo.setdefault(key, _Todo(key, digest, [])).inputs.append(inp)
+    return list(todo.values())
+
+
+def run_fleet(inputs: list[FleetInput], descriptors, cache: ResultCache,
+              scheduler: str | None = None, workers: int | None = None,
+              progress: Callable[[int], None] | None = None) -> FleetRun:
+    """Survey ``inputs`` (cache first, then Dask) and return the records in input order."""
+    run = FleetRun()
+    done: dict[int, dict] = {}
+    todo = _plan(inputs, cache, run, done)
+    if progress and len(done):
+        progress(len(done))
+    index = {id(inp): i for i, inp in enumerate(inputs)}
+
+    def finish(t: _Todo, res: dict[str, Any]) -> None:
+        if "summary" in res:
+            if t.digest:
+                cache.put(t.digest, res["summary"])
+            run.surveyed += 1
+            run.task_seconds += res.get("seconds", 0.0)
+        for inp in t.inputs:
+            done[index[id(inp)]] = (_record(inp, t.digest, res["summary"]) if "summary" in res
+                                    else {"source": inp.path, "reason": res["reason"]})
+        if progress:
+            progress(len(t.inputs))
+
+    if todo and scheduler:
+        run.engine = f"dask.distributed at {scheduler}"
+        _run_distributed(todo, descriptors, scheduler, finish)
+    elif todo:
+        n = workers or os.cpu_count() or 1
+        run.engine = f"dask threads, {n} worker{'s' * (n != 1)}"
+        _run_local(todo, descriptors, n, finish)
+    for i in range(len(inputs)):
+        rec = done[i]
+        (run.failed if "reason" in rec else run.machines).append(rec)
+    return run
+
+
+def _run_local(todo: list[_Todo], descriptors, workers: int,
+               finish: Callable[[_Todo, dict], None]) -> None:
+    import dask
+    from dask.callbacks import Callback
+
+    stop = threading.Event()
+    by_key = {t.key: t for t in todo}
+    tasks = [dask.delayed(survey_task, pure=False)(t.inputs[0].path, descriptors, stop,
+                                                   dask_key_name=t.key) for t in todo]
+
+    def posttask(key, result, dsk, state, worker_id) -> None:   # called in this thread
+        if key in by_key:
+            finish(by_key[key], result)
+
+    try:
+        with Callback(posttask=posttask):
+            dask.compute(*tasks, scheduler="threads", num_workers=workers)
+    except (KeyboardInterrupt, Cancelled):
+        stop.set()                  # surveys in flight end at their next chunk
+        raise KeyboardInterrupt from None
+
+
+def _connect(address: str):
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise InputError(f"--scheduler {address}: no Dask scheduler answered there ({e}); "
+                         "start one with `dask scheduler` and workers with `dask worker "
+                         "ADDRESS` (docs/fleet.md)") from None
+
+
+def _run_distributed(todo: list[_Todo], descriptors, address: str,
+                     finish: Callable[[_Todo, dict], None]) -> None:
+    from distributed import as_completed
+
+    client = _connect(address)
+    futures = []
+    try:
+        by_key = {t.key: t for t in todo}
+        futures = client.map(survey_task, [t.inputs[0].path for t in todo],
+                             descriptors=descriptors, key=[t.key for t in todo], retries=1)
+        for fut in as_completed(futures):
+            try:
+                res = fut.result()
+            except Exception as e:      # KilledWorker (died too often), lost scheduler, ...
+                res = {"reason": f"{by_key[fut.key].inputs[0].path}: the Dask task failed "
+                                 f"({type(e).__name__}: {e})"}
+            finish(by_key[fut.key], res)
+    finally:
+        if futures:
+            client.cancel(futures)
+        client.close(timeout=5)
