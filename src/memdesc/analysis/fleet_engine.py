@@ -51,6 +51,11 @@ class _Todo:
     digest: str | None
     inputs: list[FleetInput]
 
+    @property
+    def path(self) -> str:
+        """Absolute: a worker's working folder is not ours."""
+        return os.path.abspath(self.inputs[0].path)
+
 
 def _record(inp: FleetInput, digest: str | None, summary: dict[str, Any]) -> dict[str, Any]:
     return {"source": inp.path, "host": inp.host, "label": inp.label, "taken": inp.taken,
@@ -122,7 +127,7 @@ def _run_local(todo: list[_Todo], descriptors, workers: int,
 
     stop = threading.Event()
     by_key = {t.key: t for t in todo}
-    tasks = [dask.delayed(survey_task, pure=False)(t.inputs[0].path, descriptors, stop,
+    tasks = [dask.delayed(survey_task, pure=False)(t.path, descriptors, stop,
                                                    dask_key_name=t.key) for t in todo]
 
     def posttask(key, result, dsk, state, worker_id) -> None:   # called in this thread
@@ -156,9 +161,9 @@ def _run_distributed(todo: list[_Todo], descriptors, address: str,
     futures = []
     try:
         by_key = {t.key: t for t in todo}
-        futures = client.map(survey_task, [t.inputs[0].path for t in todo],
+        futures = client.map(survey_task, [t.path for t in todo],
                              descriptors=descriptors, key=[t.key for t in todo], retries=1)
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             try:
                 res = fut.result()
             except Exception as e:      # KilledWorker (died too often), lost scheduler, ...
