@@ -40,11 +40,12 @@ def test_table_shows_classes_stages_checks_and_buddy():
 
 def test_json_has_the_documented_keys():
     d = survey_dict(result())
-    assert d["schema_version"] == SCHEMA_VERSION == 1
+    assert d["schema_version"] == SCHEMA_VERSION == 2
     for key in ("schema_version", "tool", "source", "kind", "kernel", "notes", "skipped",
                 "page_size", "pfns", "ram_pages", "memmap_pages", "nr_cpus", "pages_by_class",
-                "units_by_class", "folio_orders", "zones", "stages", "consistency",
-                "buddy_reconciliation", "descriptors", "extras", "map"):
+                "units_by_class", "folio_orders", "zones", "in_use_pages", "class_pages",
+                "stages", "break_even_orders", "consistency", "buddy_reconciliation",
+                "descriptors", "extras", "map"):
         assert key in d, key
     json.dumps(d)                                   # plain data only
     assert d["memmap_pages"] == 192 * 32768         # 192 present 128 MiB sections
@@ -91,13 +92,14 @@ def test_a_check_against_a_zero_counter_stays_valid_json():
     from memdesc.report.table import check_table
 
     ch = Check("shmem", "Shmem", "shmem", 5, 0, 0, "why")
-    assert ch.diff == 5 and ch.status == "differs"
+    assert ch.diff == 5 and ch.status == "off"
     d = ch.to_dict()
     assert d["diff_percent"] is None
     json.dumps(d, allow_nan=False)
     con = Console(record=True, width=200)
-    con.print(check_table(SimpleNamespace(checks=[ch])))
-    assert "+5 (" in con.export_text()
+    con.print(check_table(SimpleNamespace(checks=[ch]), 200))
+    text = con.export_text()
+    assert " +5 " in text and "inf" not in text
 
 
 def test_anomaly_note_explains_only_what_was_observed():

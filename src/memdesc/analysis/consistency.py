@@ -16,9 +16,21 @@ from memdesc.stages import PAGE_SIZE
 KB_PER_PAGE = PAGE_SIZE // 1024
 
 
+#: Statuses of a check, from closest to farthest.
+STATUSES = ("exact", "inside read window", "explained", "off", "skipped")
+
+
 @dataclass
 class Check:
-    """One comparison. ``ours`` is a page count; kernel values may be None (not captured)."""
+    """One comparison. ``ours`` is a page count; kernel values may be None (not captured).
+
+    Status (no tolerance band): ``exact`` when ours equals the counter as read before or
+    after the kpage reads; ``inside read window`` when it lies strictly between the two;
+    ``explained`` when the distance is covered by a number we can name (``kernel_extra``:
+    pages the counter includes and we do not, e.g. large kmalloc pages in Slab;
+    ``ours_extra``: pages we count and the counter does not, e.g. SwapCached); ``off``
+    otherwise; ``skipped`` without a kernel value.
+    """
 
     name: str
     kernel_label: str
@@ -27,10 +39,10 @@ class Check:
     kernel_before: int | None
     kernel_after: int | None
     explanation: str
-    #: allowed distance outside [before, after] before the check counts as "differs"
-    tolerance: int = 0
-    #: an upper bound on the kernel value that we can also explain (e.g. Slab ≤ slab + Misc)
-    ours_upper: int | None = None
+    #: (what, pages): the counter may exceed ours by up to this many pages, for this reason
+    kernel_extra: tuple[str, int] | None = None
+    #: (what, pages): ours may exceed the counter by up to this many pages, for this reason
+    ours_extra: tuple[str, int] | None = None
 
     @property
     def kernel_lo(self) -> int | None:
@@ -64,22 +76,40 @@ class Check:
         return 100.0 * d / ref
 
     @property
+    def explained_by(self) -> tuple[str, int] | None:
+        """The named number that covers the distance (None: exact, inside, or off)."""
+        d = self.diff
+        if not d:
+            return None
+        extra = self.kernel_extra if d < 0 else self.ours_extra
+        return extra if extra is not None and abs(d) <= extra[1] else None
+
+    @property
     def status(self) -> str:
         d = self.diff
         if d is None:
             return "skipped"
-        if abs(d) <= self.tolerance:
-            return "ok"
-        if self.ours_upper is not None and self.ours <= self.kernel_lo <= self.ours_upper:
-            return "ok"
-        return "differs"
+        if self.ours in (self.kernel_before, self.kernel_after):
+            return "exact"
+        if d == 0:
+            return "inside read window"
+        return "explained" if self.explained_by else "off"
+
+    @property
+    def status_text(self) -> str:
+        """The status with the explaining number: ``explained (large kmalloc 1,924)``."""
+        e = self.explained_by
+        return f"explained ({e[0]} {e[1]:,})" if e else self.status
 
     def to_dict(self) -> dict:
+        def extra(e):
+            return None if e is None else {"what": e[0], "pages": e[1]}
         return {"name": self.name, "kernel": self.kernel_label, "ours_label": self.ours_label,
                 "ours_pages": self.ours, "kernel_before_pages": self.kernel_before,
                 "kernel_after_pages": self.kernel_after, "diff_pages": self.diff,
                 "diff_percent": self.diff_percent, "status": self.status,
-                "tolerance_pages": self.tolerance, "ours_upper_pages": self.ours_upper,
+                "explained_by": extra(self.explained_by),
+                "kernel_extra": extra(self.kernel_extra), "ours_extra": extra(self.ours_extra),
                 "explanation": self.explanation}
 
 
@@ -87,13 +117,6 @@ def _pages(meminfo: dict[str, int] | None, *keys: str) -> int | None:
     if meminfo is None or any(k not in meminfo for k in keys):
         return None
     return sum(meminfo[k] for k in keys) // KB_PER_PAGE
-
-
-def _tol(*values: int | None, frac: float = 0.02, floor: int = 64) -> int:
-    """A few percent of the kernel value, at least ``floor`` pages: counters drift while
-    ~a second of kpage reads happens, and per-CPU vmstat deltas are folded in lazily."""
-    vals = [v for v in values if v is not None]
-    return max(floor, int(frac * max(vals))) if vals else floor
 
 
 def _skew(before: int | None, after: int | None) -> str:
@@ -125,12 +148,12 @@ def meminfo_checks(census: Census, before: dict[str, int] | None,
     p = census.pages_by_class
     checks: list[Check] = []
 
-    def add(name, keys, ours_label, ours, explanation, frac=0.02, upper=None):
+    def add(name, keys, ours_label, ours, explanation, kernel_extra=None, ours_extra=None):
         b, a = _pages(before, *keys), _pages(after, *keys)
         skew = _skew(b, a)
         text = explanation + (f"; {skew}" if skew else "")
         checks.append(Check(name, " + ".join(keys), ours_label, ours, b, a, text,
-                            _tol(b, a, frac=frac), upper))
+                            kernel_extra, ours_extra))
 
     swapcached = _pages(before, "SwapCached") or 0
     add("anonymous", ("AnonPages",), "anon + ksm", p["anon"] + p["ksm"],
@@ -139,7 +162,8 @@ def meminfo_checks(census: Census, before: dict[str, int] | None,
         "mapped or not (swap cache, being unmapped), and swap-cache folios not mapped yet, so "
         "ours may exceed it"
         + (f" by up to SwapCached ({swapcached:,} pages)" if swapcached else " slightly")
-        + "; the huge zero folio (KPF_ZERO_PAGE|KPF_THP) is in neither (our zero class)")
+        + "; the huge zero folio (KPF_ZERO_PAGE|KPF_THP) is in neither (our zero class)",
+        ours_extra=("SwapCached", swapcached) if swapcached else None)
     add("shmem", ("Shmem",), "shmem", p["shmem"],
         "Shmem is NR_SHMEM: tmpfs/shm/memfd folios in the page cache; ours are SWAPBACKED "
         "pages without KPF_ANON or KPF_SWAPCACHE (a shmem folio moved to the swap cache "
@@ -155,7 +179,7 @@ def meminfo_checks(census: Census, before: dict[str, int] | None,
         "NR_SLAB_UNRECLAIMABLE_B); kpageflags shows those as compound pages without a type, "
         f"which we count as untyped (Misc): {compound_misc:,} such pages here, so Slab should "
         f"lie between {p['slab']:,} and {p['slab'] + compound_misc:,}",
-        upper=p["slab"] + compound_misc)
+        kernel_extra=("large kmalloc", compound_misc) if compound_misc else None)
     add("page tables", ("PageTables",), "pagetable", p["pagetable"],
         "PageTables is NR_PAGETABLE: pages with PGTY_table (KPF_PGTABLE); page tables are "
         "allocated and freed continuously by running processes")
@@ -178,8 +202,77 @@ def meminfo_checks(census: Census, before: dict[str, int] | None,
                  "(present − MemTotal − PG_reserved pages, i.e. boot-time reservations such as "
                  "the memmap that sit in never-initialised memory)")
     add("free", ("MemFree",), "free + uninitialised − hidden reserved" if uninit else "free",
-        p["free"] + usable_uninit, text, frac=0.002)
+        p["free"] + usable_uninit, text)
+    checks.extend(thp_checks(census, before, after))
     return checks
+
+
+#: HPAGE_PMD_ORDER on x86-64: the order from which a folio is PMD-mappable
+#: (folio_test_pmd_mappable()).
+PMD_ORDER = 9
+
+THP_COUNTERS = (
+    # (check name, meminfo key, our class, what the counter is)
+    ("anon THP", "AnonHugePages", "anon",
+     "AnonHugePages is NR_ANON_THPS: anonymous pages mapped by a PMD (__folio_mod_stat() "
+     "in mm/rmap.c adds a folio's pages when it is PMD-mapped); ours are anonymous pages in "
+     f"folios of order >= {PMD_ORDER} (folio_test_pmd_mappable()), mapped by a PMD or not, "
+     "so a PMD-sized folio that is only PTE-mapped (after a partial munmap or mprotect) is "
+     "ours but not the kernel's"),
+    ("shmem THP", "ShmemHugePages", "shmem",
+     "ShmemHugePages is NR_SHMEM_THPS: shmem folios of PMD order in the page cache "
+     "(shmem_add_to_page_cache() in mm/shmem.c); ours are shmem pages in folios of order "
+     f">= {PMD_ORDER}"),
+    ("file THP", "FileHugePages", "file",
+     "FileHugePages is NR_FILE_THPS: page-cache folios of PMD order "
+     "(__filemap_add_folio() in mm/filemap.c counts folio_test_pmd_mappable() folios); ours "
+     f"are file pages in folios of order >= {PMD_ORDER}"),
+)
+
+
+def pmd_mappable_pages(census: Census, cls: str) -> int:
+    """Pages of ``cls`` in folios of order >= PMD_ORDER."""
+    u = census.units_by_class[cls]
+    return int(sum(int(u[o]) << o for o in range(PMD_ORDER, len(u))))
+
+
+def thp_checks(census: Census, before: dict[str, int] | None,
+               after: dict[str, int] | None) -> list[Check]:
+    """AnonHugePages, ShmemHugePages, FileHugePages against our folio orders."""
+    out = []
+    for name, key, cls, text in THP_COUNTERS:
+        b, a = _pages(before, key), _pages(after, key)
+        if b is None and a is None:
+            continue
+        skew = _skew(b, a)
+        out.append(Check(name, key, f"{cls} in order >= {PMD_ORDER} folios",
+                         pmd_mappable_pages(census, cls), b, a,
+                         text + (f"; {skew}" if skew else "")))
+    return out
+
+
+def memmap_check(census: Census, v618_memmap_bytes: int, before: dict[str, int] | None,
+                 after: dict[str, int] | None, how: str = "") -> Check:
+    """vmstat nr_memmap_pages + nr_memmap_boot_pages against the v6.18 memmap we cost.
+
+    NR_MEMMAP_BOOT_PAGES counts the memmap pages memblock allocated at boot
+    (memmap_boot_pages_add() in mm/sparse-vmemmap.c, mm/mm_init.c), NR_MEMMAP the ones
+    allocated later (memory hot-add); HVO frees vmemmap pages and subtracts them
+    (hugetlb_vmemmap_optimize_folio() -> memmap_pages_add(-n)). Added in Linux 6.11
+    ("mm: report per-page metadata information").
+    """
+    keys = ("nr_memmap_pages", "nr_memmap_boot_pages")
+
+    def get(v):
+        return None if v is None or any(k not in v for k in keys) else sum(v[k] for k in keys)
+
+    ours = v618_memmap_bytes // PAGE_SIZE
+    b, a = get(before), get(after)
+    skew = _skew(b, a)
+    return Check("memmap", " + ".join(keys) + " (vmstat)", "v6.18 memmap / 4 KiB", ours, b, a,
+                 f"the v6.18 memmap we cost ({census.memmap_pages:,} struct pages × 64 B"
+                 f"{how}) in 4 KiB pages, against the kernel's own count of the pages its "
+                 "memmap occupies" + (f"; {skew}" if skew else ""))
 
 
 def slab_heads_check(census: Census, slabinfo: list[SlabCache] | None) -> Check:
@@ -197,8 +290,7 @@ def slab_heads_check(census: Census, slabinfo: list[SlabCache] | None) -> Check:
     if total is not None:
         text += (f"; slabinfo implies {pages:,} slab pages (num_slabs × pagesperslab) vs our "
                  f"{census.pages_by_class['slab']:,}")
-    return Check("slab heads", "Σ num_slabs (slabinfo)", "slab units", heads, total, None, text,
-                 _tol(total, frac=0.06, floor=16))
+    return Check("slab heads", "Σ num_slabs (slabinfo)", "slab units", heads, total, None, text)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import numpy as np
 
 from memdesc.analysis.census import NR_UNIT_ORDERS, Census
 from memdesc.analysis.descriptors import CachePolicy, DescriptorTable
+from memdesc.analysis.in_use import InUseCost, attach_in_use
 from memdesc.mm import slub
 from memdesc.mm.slab_common import get_order
 from memdesc.stages import PAGE_SIZE, REFERENCE, STAGES, Stage
@@ -123,8 +124,17 @@ class StageCost:
     #: objects of the struct slab cache at each step of the fixed point
     fixed_point: list[int] = field(default_factory=list)
     real_slabs: int = 0
+    #: cost over memory in use (analysis/in_use.py), filled in by survey_costs()
+    in_use: InUseCost | None = None
+    #: total_bytes split per class (in_use.BY_CLASS), and its change vs v6.18
+    by_class: dict[str, int] = field(default_factory=dict)
+    by_class_change: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        extra = {"in_use": self.in_use.to_dict()} if self.in_use is not None else {}
+        if self.by_class:
+            extra.update(by_class=dict(self.by_class),
+                         by_class_change=dict(self.by_class_change))
         return {
             "id": self.id, "title": self.title, "struct_page_size": self.struct_page_size,
             "memmap_pages": self.memmap_pages, "struct_page_bytes": self.struct_page_bytes,
@@ -137,7 +147,7 @@ class StageCost:
                  "slab_order": c.geometry.order, "objects_per_slab": c.geometry.objects,
                  "slabs": c.slabs, "pages": c.pages} for c in self.caches],
             "struct_slab_fixed_point": list(self.fixed_point),
-        }
+        } | extra
 
 
 def descriptor_demand(census: Census) -> dict[str, int]:
@@ -216,6 +226,7 @@ def survey_costs(census: Census, stages: list[Stage] | None = None,
         c.saving_bytes = ref.total_bytes - c.total_bytes
         c.saving_percent = 100.0 * c.saving_bytes / max(1, ref.total_bytes)
         out.append(c)
+    attach_in_use(census, out, ref)
     return out
 
 

@@ -21,13 +21,15 @@ from memdesc.analysis.consistency import (
     Check,
     buddy_reconciliation,
     meminfo_checks,
+    memmap_check,
     slab_heads_check,
 )
 from memdesc.analysis.cost import StageCost, folio_order_distribution, survey_costs
 from memdesc.analysis.descriptors import DescriptorTable, load_descriptors
+from memdesc.analysis.in_use import break_even_orders
 from memdesc.ingest import procfs
 from memdesc.ingest.snapshot import CHUNK_PFNS, Snapshot
-from memdesc.stages import STAGES, Stage
+from memdesc.stages import REFERENCE, STAGES, Stage, get_stage
 
 #: What each missing input takes away, for the one-line "skipped" message.
 WEAKENS = {
@@ -39,6 +41,7 @@ WEAKENS = {
     "slabinfo": "no slab-head check",
     "buddyinfo": "no buddyinfo reconciliation",
     "pagetypeinfo": "no pageblock check in the buddy reconciliation",
+    "vmstat": "no memmap check",
 }
 
 
@@ -66,6 +69,12 @@ class SurveyResult:
     @property
     def folio_orders(self) -> dict:
         return folio_order_distribution(self.census)
+
+    @property
+    def break_even(self) -> dict[str, dict[str, int | None]]:
+        """Per stage and unit type, the order from which a unit costs less than at v6.18."""
+        return break_even_orders([get_stage(c.id) for c in self.costs], self.descriptors,
+                                 self.census.nr_cpus or 1)
 
 
 def prefetch(it: Iterable, depth: int = 2) -> Iterator:
@@ -104,18 +113,51 @@ def prefetch(it: Iterable, depth: int = 2) -> Iterator:
                 t.join(0.05)
 
 
+def _text_file(snapshot: Snapshot, name: str, when: str) -> str:
+    """The file a /proc text of ``snapshot`` comes from, for error messages."""
+    if snapshot.live:
+        return str(snapshot.root / name)
+    # Snapshot does not expose this publicly (ingest/snapshot.py belongs to the fleet work).
+    path = snapshot._text_path(name, when)
+    return str(path) if path is not None else f"{snapshot.source}/{name}"
+
+
 def _parse(snapshot: Snapshot, name: str, parser: Callable, when: str = "before"):
+    """Parse one /proc text of the snapshot; a parse error names the file and its folder
+    (``/path/to/snap/meminfo.before:3: expected ...``)."""
     text = snapshot.text(name, when)
-    return None if text is None else parser(text)
+    if text is None:
+        return None
+    try:
+        return parser(text)
+    except procfs.ParseError as e:
+        raise e.at(_text_file(snapshot, name, when)) from None
 
 
-def layout_of(snapshot: Snapshot) -> tuple[Layout, list[procfs.ZoneInfo] | None]:
+#: /proc texts the survey reads: name -> parser.
+PARSERS: dict[str, Callable] = {
+    "meminfo": procfs.parse_meminfo, "vmstat": procfs.parse_vmstat,
+    "buddyinfo": procfs.parse_buddyinfo, "pagetypeinfo": procfs.parse_pagetypeinfo,
+    "slabinfo": procfs.parse_slabinfo, "zoneinfo": procfs.parse_zoneinfo,
+    "iomem": procfs.parse_iomem,
+}
+
+
+def parse_texts(snapshot: Snapshot, when: str) -> dict[str, object]:
+    """Every /proc text the survey reads, parsed (None when absent)."""
+    return {n: _parse(snapshot, n, f, when) for n, f in PARSERS.items()}
+
+
+def layout_of(snapshot: Snapshot, texts: dict[str, object] | None = None
+              ) -> tuple[Layout, list[procfs.ZoneInfo] | None]:
     """Zones (zoneinfo) and System RAM (iomem) of a snapshot as a classification layout."""
-    zoneinfo = _parse(snapshot, "zoneinfo", procfs.parse_zoneinfo)
+    texts = texts if texts is not None else {}
+    zoneinfo = (texts["zoneinfo"] if "zoneinfo" in texts
+                else _parse(snapshot, "zoneinfo", procfs.parse_zoneinfo))
     zones = [Zone(z.node, z.name, z.start_pfn, z.end_pfn, z.present, z.managed,
                   sum(p.count for p in z.pcp) if z.pcp else None)
              for z in zoneinfo or () if z.spanned]
-    iomem = _parse(snapshot, "iomem", procfs.parse_iomem)
+    iomem = texts["iomem"] if "iomem" in texts else _parse(snapshot, "iomem", procfs.parse_iomem)
     ram = None
     if iomem is not None and not procfs.iomem_is_hidden(iomem):
         ram = procfs.system_ram_pfn_ranges(iomem)
@@ -135,7 +177,11 @@ def run_survey(snapshot: Snapshot, stages: list[Stage] | None = None,
     """Classify ``snapshot``, cost every stage, and check against the kernel's counters."""
     t0 = time.monotonic()
     descriptors = descriptors or load_descriptors()
-    layout, zoneinfo = layout_of(snapshot)
+    # Parse every text before the long pass, so bad input stops us before any work (a live
+    # snapshot reads its "after" copies now, after the kpage reads, below).
+    before = parse_texts(snapshot, "before")
+    after = None if snapshot.live else parse_texts(snapshot, "after")
+    layout, zoneinfo = layout_of(snapshot, before)
     chunks = ((s, arrays["kpageflags"]) for s, arrays in
               snapshot.chunks(("kpageflags",), chunk_pfns=chunk_pfns))
     tally = classify_chunks(prefetch(chunks), layout, progress=progress)
@@ -143,19 +189,20 @@ def run_survey(snapshot: Snapshot, stages: list[Stage] | None = None,
     if snapshot.note:
         census.notes.insert(0, snapshot.note)
     costs = survey_costs(census, stages or list(STAGES), descriptors)
-    # After the kpage reads: the "after" copies (a live snapshot reads them now).
-    mem_b = _parse(snapshot, "meminfo", procfs.parse_meminfo, "before")
-    mem_a = _parse(snapshot, "meminfo", procfs.parse_meminfo, "after")
-    bud_b = _parse(snapshot, "buddyinfo", procfs.parse_buddyinfo, "before")
-    bud_a = _parse(snapshot, "buddyinfo", procfs.parse_buddyinfo, "after")
-    pti = _parse(snapshot, "pagetypeinfo", procfs.parse_pagetypeinfo)
-    slabinfo = _parse(snapshot, "slabinfo", procfs.parse_slabinfo)
+    if after is None:
+        after = parse_texts(snapshot, "after")
+    mem_b, mem_a = before["meminfo"], after["meminfo"]
+    bud_b, bud_a = before["buddyinfo"], after["buddyinfo"]
     checks = meminfo_checks(census, mem_b, mem_a) if mem_b or mem_a else []
-    if slabinfo is not None:
-        checks.append(slab_heads_check(census, slabinfo))
-    buddy = buddy_reconciliation(census, bud_b, bud_a, pti) if bud_b or bud_a else []
-    skipped = [n for n in ("zoneinfo", "iomem", "meminfo", "slabinfo", "buddyinfo",
-                           "pagetypeinfo") if not snapshot.has(n)]
+    if before["slabinfo"] is not None:
+        checks.append(slab_heads_check(census, before["slabinfo"]))
+    if before["vmstat"] or after["vmstat"]:
+        ref = next(c for c in survey_costs(census, [get_stage(REFERENCE)], descriptors))
+        checks.append(memmap_check(census, ref.by_type["memmap"], before["vmstat"],
+                                   after["vmstat"]))
+    buddy = (buddy_reconciliation(census, bud_b, bud_a, before["pagetypeinfo"])
+             if bud_b or bud_a else [])
+    skipped = [n for n in WEAKENS if not snapshot.has(n)]
     if "iomem" not in skipped and layout.ram is None:
         skipped.append("iomem")       # present but addresses hidden (not root)
     return SurveyResult(snapshot.source, snapshot.kind, snapshot.kernel, snapshot.note, census,

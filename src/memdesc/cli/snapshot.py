@@ -6,9 +6,10 @@ import argparse
 import sys
 
 from memdesc.cli.progress import LazyProgress
+from memdesc.errors import PermissionProblem
 from memdesc.ingest.kpageflags import flag_counts, page_types_r_table, page_types_table
 from memdesc.ingest.save import save_snapshot
-from memdesc.ingest.snapshot import CHUNK_PFNS, live_pfn_count, open_snapshot
+from memdesc.ingest.snapshot import CHUNK_PFNS, PROC, live_pfn_count, open_snapshot
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +51,13 @@ def run_kpageflags(args: argparse.Namespace) -> int:
 
 
 def run_save(args: argparse.Namespace) -> int:
-    total = live_pfn_count()            # PermissionProblem (one line) when not root
+    try:
+        total = live_pfn_count()
+    except PermissionProblem:
+        # snapshot save has no --snapshot: it captures this machine, which needs root.
+        raise PermissionProblem(
+            f"snapshot save reads {PROC}/kpageflags, which only root may read: run it as "
+            f"root (e.g. sudo ./memdesc.sh snapshot save {args.dir})") from None
     with LazyProgress("saving snapshot", total) as tick:
         path = save_snapshot(args.dir, compress=not args.no_compress,
                              chunk_pfns=args.chunk_pfns, tick=tick)

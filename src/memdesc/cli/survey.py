@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from memdesc.cli.options import check_output, stages_option
+from memdesc.report.console import add_brief_option
 from memdesc.stages import STAGE_IDS, get_stage
 
 DESCRIPTION = """\
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "memdesc/data/descriptors.toml)")
     p.add_argument("--stages", default="all", metavar="all|a,b",
                    help="stages to cost (default all)")
+    add_brief_option(p)
     p.set_defaults(func=run)
 
 
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     else:
         from memdesc.report.table import render
-        render(result)
+        render(result, brief=args.brief)
     if args.explain:
         cost = next((c for c in result.costs if c.id == args.explain), None)
         if cost is None:

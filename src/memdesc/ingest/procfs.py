@@ -20,8 +20,27 @@ from memdesc.stages import PAGE_SHIFT, PAGE_SIZE
 PAGETYPEINFO_FREE_CAP = 100000
 
 
-def _bad(file: str, lineno: int, what: str) -> InputError:
-    return InputError(f"{file}: line {lineno}: {what}")
+class ParseError(InputError):
+    """A /proc file that does not parse: ``FILE:LINE: what is wrong``.
+
+    Parsers only see text, so ``file`` is the /proc name; :meth:`at` names the real file
+    (a snapshot folder's ``meminfo.before``, or ``/proc/meminfo``) once the caller knows it.
+    """
+
+    def __init__(self, file: str, lineno: int | None, what: str):
+        self.file, self.lineno, self.what = file, lineno, what
+        super().__init__(self._text(file))
+
+    def _text(self, where: str) -> str:
+        return f"{where}:{self.lineno}: {self.what}" if self.lineno else f"{where}: {self.what}"
+
+    def at(self, path: object) -> InputError:
+        """The same error naming ``path`` instead of the bare /proc name."""
+        return InputError(self._text(str(path)))
+
+
+def _bad(file: str, lineno: int | None, what: str) -> ParseError:
+    return ParseError(file, lineno, what)
 
 
 def _int(file: str, lineno: int, token: str, what: str = "a number") -> int:
@@ -40,7 +59,7 @@ def _lines(text: str) -> Iterable[tuple[int, str]]:
 
 def _require(file: str, text: str, found: object) -> None:
     if not found:
-        raise InputError(f"{file}: no data found ({len(text)} bytes); is this really /proc/{file}?")
+        raise _bad(file, None, f"no data found ({len(text)} bytes); is this really /proc/{file}?")
 
 
 # --- meminfo, vmstat -------------------------------------------------------------------------
@@ -212,8 +231,8 @@ def parse_zoneinfo(text: str) -> list[ZoneInfo]:
         for p in z.pcp:
             missing = [k for k in ("count", "high", "batch") if k not in p]
             if missing:
-                raise InputError(f"zoneinfo: zone {z.name} cpu {p['cpu']} lacks "
-                                 f"{', '.join(missing)}")
+                raise _bad("zoneinfo", None, f"zone {z.name} cpu {p['cpu']} lacks "
+                           f"{', '.join(missing)}")
             pcps.append(PcpInfo(**p))
         z.pcp = pcps
     return zones
@@ -298,8 +317,8 @@ def parse_pagetypeinfo(text: str) -> PageTypeInfo:
         else:
             raise _bad("pagetypeinfo", n, f"expected a pagetypeinfo row, found {s!r}")
     if order is None or per_block is None:
-        raise InputError("pagetypeinfo: no 'Page block order' / 'Pages per block' header; "
-                         "is this really /proc/pagetypeinfo?")
+        raise _bad("pagetypeinfo", None, "no 'Page block order' / 'Pages per block' header; "
+                   "is this really /proc/pagetypeinfo?")
     return PageTypeInfo(order, per_block, free, tables["blocks"], capped, tables["mixed"])
 
 
@@ -326,10 +345,10 @@ def parse_slabinfo(text: str) -> list[SlabCache]:
     active_slabs num_slabs sharedavail``."""
     lines = list(_lines(text))
     if not lines or not lines[0][1].startswith("slabinfo - version: "):
-        raise InputError("slabinfo: line 1: expected 'slabinfo - version: 2.1' header")
+        raise _bad("slabinfo", 1, "expected 'slabinfo - version: 2.1' header")
     version = lines[0][1].split(":", 1)[1].strip()
     if version != "2.1":
-        raise InputError(f"slabinfo: line 1: version {version} is not the 2.1 format we read")
+        raise _bad("slabinfo", 1, f"version {version} is not the 2.1 format we read")
     out = []
     for n, line in lines[1:]:
         if line.startswith("#"):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from memdesc import __version__
 from memdesc.analysis.census import CLASSES
+from memdesc.analysis.in_use import class_pages, in_use_pages
 from memdesc.atomic import atomic_file
 from memdesc.errors import InputError
 from memdesc.stages import PAGE_SIZE
@@ -16,7 +17,7 @@ from memdesc.stages import PAGE_SIZE
 if TYPE_CHECKING:
     from memdesc.analysis.survey import SurveyResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def survey_dict(r: SurveyResult) -> dict[str, Any]:
@@ -41,7 +42,10 @@ def survey_dict(r: SurveyResult) -> dict[str, Any]:
         "units_by_class": {k: [int(x) for x in c.units_by_class[k]] for k in CLASSES},
         "folio_orders": r.folio_orders,
         "zones": [z.to_dict() for z in c.zones],
+        "in_use_pages": in_use_pages(c),
+        "class_pages": class_pages(c),
         "stages": [s.to_dict() for s in r.costs],
+        "break_even_orders": r.break_even,
         "consistency": [ch.to_dict() for ch in r.checks],
         "buddy_reconciliation": [b.to_dict() for b in r.buddy],
         "descriptors": {

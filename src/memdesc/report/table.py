@@ -1,15 +1,26 @@
-"""The survey as terminal tables (rich): classes, folio orders, stage costs, checks, buddy."""
+"""The survey as terminal tables fitted to the width (report/console.py): the answer first
+(report/survey_answer.py), then classes, folio orders, stage costs, checks, buddy."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from memdesc.analysis.census import CLASSES, FOLIO_CLASSES, NR_PAGE_ORDERS
-from memdesc.stages import PAGE_SIZE, REFERENCE
+from memdesc.analysis.consistency import BuddyZone
+from memdesc.report.console import (
+    Column,
+    fit_table,
+    make_console,
+    percent_text,
+    print_lines,
+    qty,
+    size_text,
+)
+from memdesc.stages import PAGE_SIZE
 
 if TYPE_CHECKING:
     from memdesc.analysis.survey import SurveyResult
@@ -34,116 +45,120 @@ CLASS_MEANING = {
 
 
 def _size(pages: int) -> str:
-    b = pages * PAGE_SIZE
-    return f"{b / 2**30:,.2f} GiB" if b >= 2**30 else f"{b / 2**20:,.1f} MiB"
-
-
-def _bytes(b: int) -> str:
-    if abs(b) >= 2**30:
-        return f"{b / 2**30:,.2f} GiB"
-    return f"{b / 2**20:,.1f} MiB" if abs(b) >= 2**20 else f"{b / 2**10:,.1f} KiB"
+    return size_text(pages * PAGE_SIZE)
 
 
 def _orders(units) -> str:
     return " ".join(f"{o}:{int(n):,}" for o, n in enumerate(units) if n)
 
 
-def class_table(r: SurveyResult) -> Table:
+def class_table(r: SurveyResult, width: int) -> Table:
     c = r.census
-    t = Table(title="Physical memory by memdesc class", box=box.SIMPLE_HEAD, title_justify="left")
-    for col, just in (("class", "left"), ("pages", "right"), ("size", "right"),
-                      ("% PFNs", "right"), ("units", "right"), ("units by order", "left"),
-                      ("what", "left")):
-        t.add_column(col, justify=just, overflow="fold")
+    cols = [Column("class", "left"), Column("pages"), Column("size", priority=3),
+            Column("% PFNs", short="%", priority=4), Column("units", priority=5),
+            Column("units by order", "left", short="by order", priority=2, wrap=True),
+            Column("what", "left", priority=1, wrap=True)]
+    rows, styles = [], []
     for k in CLASSES:
         pages = c.pages_by_class[k]
         units = c.units_by_class[k]
         structured = k not in ("hole", "uninitialised", "reserved")
-        t.add_row(k, f"{pages:,}", _size(pages), f"{100 * pages / max(1, c.pfns):.2f}",
-                  f"{int(units.sum()):,}" if structured else "",
-                  _orders(units) if structured and pages else "", CLASS_MEANING[k],
-                  style="dim" if not pages else None)
-    t.add_row("total", f"{c.pfns:,}", _size(c.pfns), "100.00", "", "", "", style="bold")
-    return t
+        rows.append([k, f"{pages:,}", _size(pages), f"{100 * pages / max(1, c.pfns):.2f}",
+                     f"{int(units.sum()):,}" if structured else "",
+                     _orders(units) if structured and pages else "", CLASS_MEANING[k]])
+        styles.append("dim" if not pages else None)
+    rows.append(["total", f"{c.pfns:,}", _size(c.pfns), "100.00", "", "", ""])
+    styles.append("bold")
+    return fit_table(cols, rows, width, title="Physical memory by memdesc class",
+                     styles=styles)
 
 
-def folio_table(r: SurveyResult) -> Table:
+def folio_table(r: SurveyResult, width: int) -> Table:
     c = r.census
-    t = Table(title="Folio orders (units; these drive the descriptor cost)", box=box.SIMPLE_HEAD,
-              title_justify="left")
-    t.add_column("order", justify="right")
-    for k in FOLIO_CLASSES:
-        t.add_column(k, justify="right")
-    t.add_column("pages", justify="right")
+    cols = [Column("order"), *(Column(k) for k in FOLIO_CLASSES), Column("pages")]
     dist = r.folio_orders
-    for o, n in enumerate(dist["units_by_order"]):
-        if n:
-            t.add_row(str(o), *(f"{int(c.units_by_class[k][o]):,}" for k in FOLIO_CLASSES),
-                      f"{dist['pages_by_order'][o]:,}")
-    return t
+    rows = [[str(o), *(f"{int(c.units_by_class[k][o]):,}" for k in FOLIO_CLASSES),
+             f"{dist['pages_by_order'][o]:,}"]
+            for o, n in enumerate(dist["units_by_order"]) if n]
+    return fit_table(cols, rows, width,
+                     title="Folio orders (units; these drive the descriptor cost)")
 
 
-def cost_table(r: SurveyResult) -> Table:
-    t = Table(title="Metadata cost at each stage of the Path", box=box.SIMPLE_HEAD,
-              title_justify="left")
-    for col in ("stage", "struct page", "memmap", "descriptors", "total", "% of RAM",
-                f"saving vs {REFERENCE}", "largest descriptor types"):
-        t.add_column(col, justify="left" if col in ("stage", "largest descriptor types")
-                     else "right", overflow="fold")
+def cost_table(r: SurveyResult, width: int) -> Table:
+    cols = [Column("stage", "left"), Column("struct page", short="page"), Column("memmap"),
+            Column("descriptors", short="desc"), Column("total"),
+            Column("largest descriptor types", "left", short="largest", priority=1,
+                   wrap=True)]
+    rows = []
     for s in r.costs:
         desc = sorted(((k, v) for k, v in s.by_type.items() if k != "memmap" and v),
                       key=lambda kv: -kv[1])[:3]
-        t.add_row(s.id, f"{s.struct_page_size} B", _bytes(s.struct_page_bytes),
-                  _bytes(s.descriptor_bytes), _bytes(s.total_bytes), f"{s.percent_of_ram:.3f}",
-                  f"{_bytes(s.saving_bytes)} ({s.saving_percent:+.1f} %)",
-                  ", ".join(f"{k} {_bytes(v)}" for k, v in desc))
-    return t
+        rows.append([s.id, qty(str(s.struct_page_size), "B"), size_text(s.struct_page_bytes),
+                     size_text(s.descriptor_bytes), size_text(s.total_bytes),
+                     ", ".join(f"{k} {size_text(v)}" for k, v in desc)])
+    return fit_table(cols, rows, width,
+                     title="Whole machine: memmap and descriptors at each stage")
 
 
-def check_table(r: SurveyResult) -> Table:
-    t = Table(title="Consistency with the kernel's counters (pages; before/after = read just "
-                    "before/after the kpage reads; why: below)", box=box.SIMPLE_HEAD,
-              title_justify="left")
-    for col, just in (("check", "left"), ("kernel counter", "left"), ("ours", "left"),
-                      ("ours", "right"), ("before", "right"), ("after", "right"),
-                      ("diff", "right"), ("status", "left")):
-        t.add_column(col, justify=just, overflow="fold")
+STATUS_STYLE = {"exact": "green", "inside read window": "green", "explained": "cyan",
+                "off": "yellow", "skipped": "dim"}
+
+
+def check_table(r: SurveyResult, width: int) -> Table:
+    cols = [Column("check", "left"), Column("kernel counter", "left", short="counter",
+                                            priority=2, wrap=True),
+            Column("ours", "left", short="ours is", priority=1, wrap=True),
+            Column("ours", short="ours"), Column("before", short="kernel"),
+            Column("after", priority=3), Column("diff"),
+            Column("status", "left", wrap=True)]
 
     def n(v):
         return "—" if v is None else f"{v:,}"
 
+    rows = []
     for ch in r.checks:
         d = ch.diff
-        pct = ch.diff_percent
-        dtxt = "—" if d is None else f"{d:+,} (" + ("n/a" if pct is None else f"{pct:+.2f} %") \
-            + ")"
-        style = {"ok": "green", "differs": "yellow", "skipped": "dim"}[ch.status]
-        t.add_row(ch.name, ch.kernel_label, ch.ours_label, f"{ch.ours:,}", n(ch.kernel_before),
-                  n(ch.kernel_after), dtxt, f"[{style}]{ch.status}[/]")
-    return t
+        dtxt = "—" if d is None else f"{d:+,}" if d else "0"
+        if d and ch.diff_percent is not None and abs(ch.diff_percent) >= 0.01:
+            dtxt += f" ({percent_text(ch.diff_percent, digits=2)})"
+        rows.append([ch.name, ch.kernel_label, ch.ours_label, f"{ch.ours:,}",
+                     n(ch.kernel_before), n(ch.kernel_after), dtxt,
+                     Text(ch.status_text, style=STATUS_STYLE.get(ch.status))])
+    return fit_table(cols, rows, width,
+                     title="Consistency with the kernel's counters (pages; before/after = "
+                           "read just before/after the kpage reads)")
 
 
-def buddy_table(r: SurveyResult) -> Table:
-    t = Table(title="Free blocks per order: ours (maximal merging of KPF_BUDDY runs) vs "
-                    "/proc/buddyinfo", box=box.SIMPLE_HEAD, title_justify="left")
-    t.add_column("zone")
-    t.add_column("")
-    for o in range(NR_PAGE_ORDERS):
-        t.add_column(str(o), justify="right")
-    t.add_column("pages", justify="right")
+def buddy_table(r: SurveyResult, width: int) -> Table:
+    """Orders down, zones across: our free blocks and how far they lie outside the kernel's
+    before/after buddyinfo values (· = inside)."""
+    cols = [Column("order")]
     for z in r.buddy:
-        rows = [("ours", z.ours), ("before", z.before), ("after", z.after),
-                ("diff (before)", z.diff(z.before))]
-        for i, (label, counts) in enumerate(rows):
-            if counts is None:
-                continue
-            pages = sum(n << o for o, n in enumerate(counts))
-            fmt = "{:+,}" if label.startswith("diff") else "{:,}"
-            t.add_row(f"{z.node}/{z.zone}" if i == 0 else "", label,
-                      *(fmt.format(x) for x in counts), fmt.format(pages),
-                      style="dim" if label.startswith("diff") else None)
-        t.add_section()
-    return t
+        cols += [Column(f"{z.zone} ours"), Column(f"{z.zone} Δ", priority=0)]
+
+    def outside(z, o: int) -> str:
+        vals = [x[o] for x in (z.before, z.after) if x is not None]
+        if not vals:
+            return "—"
+        lo, hi = min(vals), max(vals)
+        v = z.ours[o]
+        return "·" if lo <= v <= hi else f"{v - (hi if v > hi else lo):+,}"
+
+    rows = []
+    for o in range(NR_PAGE_ORDERS):
+        rows.append([str(o), *(x for z in r.buddy for x in (f"{z.ours[o]:,}", outside(z, o)))])
+    rows.append(None)
+    pages = []
+    for z in r.buddy:
+        kern = [BuddyZone.pages(x) for x in (z.before, z.after) if x is not None]
+        ours = BuddyZone.pages(z.ours)
+        d = ("—" if not kern else "·" if min(kern) <= ours <= max(kern) else
+             f"{ours - (max(kern) if ours > max(kern) else min(kern)):+,}")
+        pages += [f"{ours:,}", d]
+    rows.append(["pages", *pages])
+    return fit_table(cols, rows, width,
+                     title="Free blocks per order: ours (maximal merging of KPF_BUDDY runs); "
+                           "Δ = distance outside buddyinfo before/after (· inside)")
 
 
 def notes_lines(r: SurveyResult) -> list[str]:
@@ -178,31 +193,28 @@ def notes_lines(r: SurveyResult) -> list[str]:
     return out
 
 
-def render(r: SurveyResult, console: Console | None = None) -> None:
-    """Print the whole survey."""
-    con = console or Console(width=None if _tty() else 160)
-    c = r.census
-    con.print(f"[bold]memdesc survey[/] of {r.source} ({r.kind}), kernel {r.kernel or 'unknown'}: "
-              f"{c.pfns:,} PFNs ({_size(c.pfns)} of PFN space), {c.ram_pages:,} present pages "
-              f"({_size(c.ram_pages)}), {c.nr_cpus or '?'} CPUs")
-    con.print(class_table(r))
+def render(r: SurveyResult, console: Console | None = None, brief: bool = False) -> None:
+    """Print the survey: the answer first, then (unless ``brief``) the details."""
+    from memdesc.report.survey_answer import answer, break_even_table, class_change_table
+
+    con = console or make_console()
+    w = con.width
+    answer(r, con)
+    if brief:
+        return
+    con.print()
+    con.print(class_change_table(r, w))
+    con.print(break_even_table(r, w))
+    con.print(cost_table(r, w))
+    con.print(class_table(r, w))
     if any(r.folio_orders["units_by_order"]):
-        con.print(folio_table(r))
-    con.print(cost_table(r))
+        con.print(folio_table(r, w))
     if r.checks:
-        con.print(check_table(r))
-        for ch in r.checks:
-            con.print(f"  [bold]{ch.name}[/]: {ch.explanation}", highlight=False)
+        con.print(check_table(r, w))
+        print_lines([f"{ch.name}: {ch.explanation}" for ch in r.checks], con)
         con.print()
     if r.buddy:
-        con.print(buddy_table(r))
-        for z in r.buddy:
-            con.print(f"  [bold]{z.node}/{z.zone}[/]: {z.explanation}", highlight=False)
+        con.print(buddy_table(r, w))
+        print_lines([f"{z.node}/{z.zone}: {z.explanation}" for z in r.buddy], con)
         con.print()
-    for line in notes_lines(r):
-        con.print(f"[dim]•[/] {line}", highlight=False)
-
-
-def _tty() -> bool:
-    import sys
-    return sys.stdout.isatty()
+    print_lines([f"• {line}" for line in notes_lines(r)], con)
