@@ -20,7 +20,6 @@ import numpy as np
 
 from memdesc.analysis.census import CLASSES, NR_UNIT_ORDERS
 from memdesc.errors import InputError, MemdescError
-from memdesc.stages import REFERENCE
 
 #: Version of the per-machine summary layout (part of the cache key: bump on any change).
 SUMMARY_VERSION = 1
@@ -36,33 +35,15 @@ class Cancelled(Exception):
 
 # --- one machine --------------------------------------------------------------------------------
 
-def in_use_fallback(d: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
-    """A stage's cost over memory in use, computed here only when the survey's JSON does not
-    carry ``in_use`` (issue 10 adds it to the survey itself; once it does, this is unused).
-
-    Definition (issue 10): in-use pages = every PFN that is not free buddy memory,
-    never-initialised or a hole; in-use cost = struct page size × in-use pages + all the stage's
-    descriptor bytes; v6.18 costs 64 B × in-use pages. ``by_class`` is not computed here.
-    """
-    pages = d["pages_by_class"]
-    in_use = d["pfns"] - pages["free"] - pages["uninitialised"] - pages["hole"]
-    ref = next(s for s in d["stages"] if s["id"] == REFERENCE)
-    ref_total = in_use * ref["struct_page_size"] + ref["descriptor_bytes"]
-    total = in_use * stage["struct_page_size"] + stage["descriptor_bytes"]
-    return {"pages": in_use, "total_bytes": total,
-            "saving_percent": 100.0 * (ref_total - total) / max(1, ref_total)}
-
-
 def machine_summary(d: dict[str, Any]) -> dict[str, Any]:
     """The fleet's record of one machine, taken field by field from the survey's JSON ``d``."""
     stages = []
     for s in d["stages"]:
-        in_use = s.get("in_use") or in_use_fallback(d, s)
         stages.append({
             "id": s["id"], "struct_page_size": s["struct_page_size"],
             "total_bytes": s["total_bytes"], "saving_bytes": s["saving_bytes"],
             "saving_percent": s["saving_percent"], "percent_of_ram": s["percent_of_ram"],
-            "by_type": dict(s["by_type"]), "in_use": in_use,
+            "by_type": dict(s["by_type"]), "in_use": s["in_use"],
         })
     fo = d["folio_orders"]
     return {
@@ -133,7 +114,7 @@ class _StageSum:
     total_bytes: int = 0
     saving_bytes: int = 0
     in_use_total_bytes: int = 0
-    in_use_reference_bytes: int = 0
+    in_use_saving_bytes: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
     in_use_by_class: dict[str, int] = field(default_factory=dict)
     savings: list[float] = field(default_factory=list)          # per machine, %
@@ -143,7 +124,7 @@ class _StageSum:
         self.total_bytes += o.total_bytes
         self.saving_bytes += o.saving_bytes
         self.in_use_total_bytes += o.in_use_total_bytes
-        self.in_use_reference_bytes += o.in_use_reference_bytes
+        self.in_use_saving_bytes += o.in_use_saving_bytes
         _add_dict(self.by_type, o.by_type)
         _add_dict(self.in_use_by_class, o.in_use_by_class)
         self.savings += o.savings
@@ -172,13 +153,12 @@ class FleetTotals:
         _add_dict(one.pages_by_class, m["pages_by_class"])
         one.units_by_order = list(m["folio_orders"]["units_by_order"])
         one.pages_by_order = list(m["folio_orders"]["pages_by_order"])
-        ref_in_use = next(s for s in m["stages"] if s["id"] == REFERENCE)["in_use"]
         for s in m["stages"]:
             iu = s["in_use"]
             one.stages[s["id"]] = _StageSum(
-                s["total_bytes"], s["saving_bytes"], iu["total_bytes"],
-                ref_in_use["total_bytes"], dict(s["by_type"]), dict(iu.get("by_class") or {}),
-                [s["saving_percent"]], [iu["saving_percent"]])
+                s["total_bytes"], s["saving_bytes"], iu["total_bytes"], iu["saving_bytes"],
+                dict(s["by_type"]), dict(iu["by_class"]), [s["saving_percent"]],
+                [iu["saving_percent"]])
         return self.merge(one)
 
     def merge(self, o: FleetTotals) -> FleetTotals:
@@ -201,15 +181,15 @@ class FleetTotals:
         stages = []
         for sid, s in self.stages.items():
             ref = s.total_bytes + s.saving_bytes
-            iu_saving = s.in_use_reference_bytes - s.in_use_total_bytes
+            iu_ref = s.in_use_total_bytes + s.in_use_saving_bytes
             stages.append({
                 "id": sid, "total_bytes": s.total_bytes, "saving_bytes": s.saving_bytes,
                 "saving_percent": 100.0 * s.saving_bytes / max(1, ref),
                 "saving_percent_percentiles": percentiles(s.savings),
                 "by_type": s.by_type,
                 "in_use": {
-                    "total_bytes": s.in_use_total_bytes, "saving_bytes": iu_saving,
-                    "saving_percent": 100.0 * iu_saving / max(1, s.in_use_reference_bytes),
+                    "total_bytes": s.in_use_total_bytes, "saving_bytes": s.in_use_saving_bytes,
+                    "saving_percent": 100.0 * s.in_use_saving_bytes / max(1, iu_ref),
                     "saving_percent_percentiles": percentiles(s.in_use_savings),
                     "by_class": s.in_use_by_class,
                 },

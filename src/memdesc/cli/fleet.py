@@ -140,15 +140,20 @@ def run_survey_cmd(args: argparse.Namespace) -> int:
     failed = [{"source": u.source, "reason": u.reason} for u in unlisted] + run.failed
     d = fleet_dict(run.machines, failed, fleet_answer(run.machines, failed, group_by),
                    args.group_by)
-    write_all(_render(args, d))          # all rendered before the first byte is written
+    if run.machines:                     # none surveyed: an error, no output files
+        write_all(_render(args, d))      # all rendered before the first byte is written
 
     if args.json == "-":
         sys.stdout.write(fleet_json(d))
     else:
         sys.stdout.write(render_text(d))
     sys.stdout.flush()
-    where = f"; cache {cache.root}" if cache.root else ""
-    print(f"memdesc: {len(inputs):,} snapshots: {run.surveyed:,} surveyed "
-          f"({run.engine or 'no engine needed'}), {run.cached:,} from the cache{where}; "
+    where = f" ({cache.root})" if cache.root else ""
+    print(f"memdesc: {run.surveyed:,} surveyed ({run.engine or 'no engine needed'}), "
+          f"{run.cached:,} from the cache{where}, {len(failed):,} failed; "
           f"{time.monotonic() - t0:.1f} s", file=sys.stderr)
-    return 0 if run.machines else 2
+    if not run.machines:
+        print("memdesc: no snapshot could be surveyed (reasons above); no output written",
+              file=sys.stderr)
+        return 2
+    return 0

@@ -53,24 +53,26 @@ def _cdf(ax, machines: list[dict]) -> None:
     ax.grid(alpha=0.3)
 
 
-def _stacks(fleet: dict) -> tuple[str, list[tuple[str, str, list[float]]]]:
-    """(what the stack splits by, [(name, colour, bytes per stage)])."""
+def _stacks(fleet: dict) -> tuple[str, bool, list[tuple[str, str, list[float]]]]:
+    """(what the stack splits by, whether it is memory in use, [(name, colour, bytes per
+    stage)]): by class over memory in use (the survey's ``in_use.by_class``), else by
+    descriptor type over whole machines."""
     stages = fleet["stages"]
     keys: list[str] = []
     for s in stages:
-        keys += [k for k in s["in_use"]["by_class"] if k not in keys]
+        keys += [k for k in s["in_use"].get("by_class", {}) if k not in keys]
     if keys:
-        return "class (memory in use)", [
+        return "class, memory in use", True, [
             (k, CLASS_COLOURS[i % len(CLASS_COLOURS)],
              [s["in_use"]["by_class"].get(k, 0) for s in stages]) for i, k in enumerate(keys)]
-    return "descriptor type (whole machines)", [
+    return "descriptor type, whole machines", False, [
         (name.replace("_", " "), colour, [s["by_type"].get(name, 0) for s in stages])
         for name, colour in PARTS if any(s["by_type"].get(name, 0) for s in stages)]
 
 
 def _stacked(ax, fleet: dict) -> None:
     stages = fleet["stages"]
-    what, parts = _stacks(fleet)
+    what, in_use, parts = _stacks(fleet)
     top = max((sum(p[2][i] for p in parts) for i in range(len(stages))), default=0)
     div, unit = _unit(int(top))
     x = np.arange(len(stages))
@@ -82,13 +84,14 @@ def _stacked(ax, fleet: dict) -> None:
         ax.bar(x, v, bottom=bottom, color=colour, label=name, width=0.62)
         bottom += v
     for i, s in enumerate(stages):
-        ax.text(i, bottom[i] * 1.01 + 1e-9, f"{s['saving_percent']:+.0f} %", ha="center",
-                va="bottom", fontsize=7.5)
+        saving = (s["in_use"] if in_use else s)["saving_percent"]
+        ax.text(i, bottom[i] * 1.01 + 1e-9, f"{saving:+.0f} %", ha="center", va="bottom",
+                fontsize=7.5)
     ax.set_xticks(x, [s["id"] for s in stages], fontsize=8)
     ax.set_ylabel(f"fleet metadata ({unit})")
     ax.set_ylim(0, max(bottom.max(), 1e-9) * 1.15)
-    ax.set_title(f"Fleet metadata per stage, by {what}\n(label: saving vs v6.18, whole "
-                 "machines)", fontsize=10)
+    ax.set_title(f"Fleet metadata per stage, by {what}\n(label: the fleet's saving vs "
+                 "v6.18)", fontsize=10)
     ax.legend(fontsize=7, frameon=False, loc="upper right", ncol=2)
 
 
