@@ -94,11 +94,18 @@ def _listing(path: Path) -> set[str]:
     return {e.name for e in os.scandir(path)}
 
 
+def _key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _walk(root: Path, found: list, failed: list, seen: set) -> None:
     """Depth-first, names sorted; symlinked folders are followed once each."""
     try:
-        st = root.stat()
-        key = (st.st_dev, st.st_ino)
+        key = _key(root)
         if key in seen:
             return
         seen.add(key)
@@ -148,22 +155,15 @@ def find_snapshots(args: list[str]) -> tuple[list[FleetInput], list[Unlisted]]:
     seen: set = set()
     for arg in args:
         before = len(found) + len(failed)
-        for path in _expand(arg):
-            if path.is_file() and _is_kpage_file(path):
-                path = path.parent
+        paths = [p.parent if p.is_file() and _is_kpage_file(p) else p for p in _expand(arg)]
+        covered = all(_key(p) in seen for p in paths)     # an earlier argument holds them
+        for path in paths:
             if path.is_dir():
                 _walk(path, found, failed, seen)
             elif not _GLOB_MAGIC.search(arg):
                 raise InputError(f"{arg} is not a folder; pass snapshot folders, folders "
                                  "holding them, or globs")
-        if len(found) + len(failed) == before and not _already_seen(arg, seen):
+        if len(found) + len(failed) == before and not covered:
             raise InputError(f"{arg}: no snapshot found (a snapshot folder holds kpageflags.bin, "
                              "kpageflags.bin.zst, kpageflags.bin.gz or kpageflags.gz)")
     return found, failed
-
-
-def _already_seen(arg: str, seen: set) -> bool:
-    """An argument whose folders an earlier argument already covered is not an error."""
-    with contextlib.suppress(OSError, InputError):
-        return all((p.stat().st_dev, p.stat().st_ino) in seen for p in _expand(arg))
-    return False
