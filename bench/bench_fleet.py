@@ -1,0 +1,191 @@
+"""`memdesc fleet survey` on a fleet of 200 snapshots tiled from the real fixtures.
+
+The fleet: 200 folders cycling over the eight real captures of shared/fixtures/fleet (six in our
+layout, two in the public fleet study's layout with kpageflags.gz), each its own folder (files
+symlinked, uname.txt / info its own) so each is a task of its own; 6,553,600 PFNs each
+(1,310,720,000 PFNs = 5 TiB of PFN space in all). No cache (``--no-cache``).
+
+Figures, each run once:
+
+* ``fleet.{threads,procs}_{1,2}w.snapshots_per_s`` and ``.pfns_per_s``: whole-process figures of
+  the ``memdesc fleet survey`` command (start-up included), on the local threaded engine
+  (``--workers N``) and on a dask.distributed LocalCluster of N worker processes with one thread
+  each (``--scheduler``; the cluster is started and warmed before the timed command, as a
+  long-lived cluster would be);
+* ``fleet.{threads,procs}.scaling_1_to_2``: the 2-worker rate over the 1-worker rate (target
+  >= 1.7 on 2 cores);
+* ``fleet.{threads,procs}.dask_overhead_per_snapshot``: with one worker, (wall time of
+  ``run_fleet`` − Σ time inside the surveys) / snapshots: scheduling, transfer, client work;
+* ``fleet.procs.peak_rss_per_worker``: the largest ru_maxrss of the worker processes after
+  the 200-snapshot run, and ``fleet.procs_1tib.peak_rss_per_worker`` after surveying the
+  synthetic 1 TiB snapshot of bench_survey.py (2 GiB of temporary disk; target < 1024 MiB).
+
+The machine this runs on is shared: figures vary with its load (``fleet.load_average``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+FIXTURES = Path(os.environ.get("MEMDESC_FIXTURES", REPO.parent / "shared" / "fixtures"))
+SNAPSHOTS = 200
+PFNS = 6_553_600
+
+
+def _captures() -> list[Path]:
+    fleet = FIXTURES / "fleet"
+    return sorted(p.parent for p in fleet.rglob("kpageflags.*"))
+
+
+def make_fleet(dest: Path, n: int) -> Path:
+    """``n`` distinct snapshot folders cycling over the fixture captures."""
+    captures = _captures()
+    for i in range(n):
+        src = captures[i % len(captures)]
+        folder = dest / f"host{i:03d}" / src.name
+        folder.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.name not in ("uname.txt", "info"):
+                (folder / f.name).symlink_to(f)
+        ident = "info" if (src / "info").exists() else "uname.txt"
+        first = "" if ident == "uname.txt" else f"host{i:03d}\n"
+        (folder / ident).write_text(f"{first}Linux host{i:03d} 6.18.44-fc-v669\n")
+    return dest
+
+
+def _memdesc() -> str:
+    return shutil.which("memdesc", path=str(Path(sys.executable).parent)) or "memdesc"
+
+
+def _cli(fleet: Path, *extra: str) -> float:
+    t = time.perf_counter()
+    subprocess.run([_memdesc(), "fleet", "survey", str(fleet), "--no-cache", "--json",
+                    os.devnull, *extra], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def _rates(name: str, n: int, wall: float) -> float:
+    rate = n / wall
+    print(f"bench: fleet.{name}.snapshots_per_s = {rate:.2f} snapshots/s ({wall:.1f} s)",
+          flush=True)
+    print(f"bench: fleet.{name}.pfns_per_s = {rate * PFNS:,.0f} PFN/s", flush=True)
+    return rate
+
+
+def _overhead(name: str, fleet: Path, scheduler: str | None) -> None:
+    from memdesc.analysis.descriptors import load_descriptors
+    from memdesc.analysis.fleet_cache import ResultCache, recipe
+    from memdesc.analysis.fleet_engine import run_fleet
+    from memdesc.ingest.fleet import find_snapshots
+
+    inputs, _ = find_snapshots([str(fleet)])
+    d = load_descriptors()
+    t = time.perf_counter()
+    run = run_fleet(inputs, d, ResultCache(None, recipe(d.path)), scheduler=scheduler,
+                    workers=None if scheduler else 1)
+    wall = time.perf_counter() - t
+    per = (wall - run.task_seconds) / len(inputs)
+    print(f"bench: fleet.{name}.dask_overhead_per_snapshot = {per * 1000:.1f} ms "
+          f"(wall {wall:.1f} s, inside surveys {run.task_seconds:.1f} s, "
+          f"{len(inputs)} snapshots, 1 worker)", flush=True)
+
+
+def _peak_rss_mib(client) -> float:
+    peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return max(peaks.values()) / 1024
+
+
+def _cluster(n: int):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None)
+    return cluster, Client(cluster)
+
+
+def _threads(fleet: Path) -> None:
+    r1 = _rates("threads_1w", SNAPSHOTS, _cli(fleet, "--workers", "1"))
+    r2 = _rates("threads_2w", SNAPSHOTS, _cli(fleet, "--workers", "2"))
+    print(f"bench: fleet.threads.scaling_1_to_2 = {r2 / r1:.2f} x (target >= 1.7 on 2 cores)",
+          flush=True)
+
+
+def _procs(fleet: Path, warm: Path) -> None:
+    rates = {}
+    for n in (1, 2):
+        cluster, client = _cluster(n)
+        try:
+            _cli(warm, "--scheduler", cluster.scheduler_address)       # workers import, load
+            rates[n] = _rates(f"procs_{n}w", SNAPSHOTS,
+                              _cli(fleet, "--scheduler", cluster.scheduler_address))
+            print(f"bench: fleet.procs_{n}w.peak_rss_per_worker = {_peak_rss_mib(client):,.0f} "
+                  "MiB", flush=True)
+        finally:
+            client.close()
+            cluster.close()
+    print(f"bench: fleet.procs.scaling_1_to_2 = {rates[2] / rates[1]:.2f} x (target >= 1.7 "
+          "on 2 cores)", flush=True)
+
+
+def _one_tib(tmp: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_survey", HERE / "bench_survey.py")
+    bench_survey = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_survey)
+    folder = tmp / "tib" / "machine"
+    folder.mkdir(parents=True)
+    pfns = bench_survey.make_snapshot(folder, FIXTURES / "snapshot-idle")
+    cluster, client = _cluster(1)
+    try:
+        wall = _cli(folder.parent, "--scheduler", cluster.scheduler_address)
+        print(f"bench: fleet.procs_1tib.seconds = {wall:.1f} s ({pfns:,} PFNs, "
+              f"{pfns / wall:,.0f} PFN/s)", flush=True)
+        print(f"bench: fleet.procs_1tib.peak_rss_per_worker = {_peak_rss_mib(client):,.0f} MiB "
+              "(target < 1024)", flush=True)
+    finally:
+        client.close()
+        cluster.close()
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def main() -> None:
+    if not _captures():
+        print(f"bench: fleet skipped: fixtures {FIXTURES / 'fleet'} are absent "
+              "(set MEMDESC_FIXTURES)")
+        return
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".venv" / "numba-cache"))
+    tmp = Path(tempfile.mkdtemp(prefix="memdesc-bench-fleet-",
+                                dir=os.environ.get("MEMDESC_BENCH_TMP")))
+    try:
+        print(f"bench: fleet.load_average = {os.getloadavg()[0]:.1f} (2 cores)", flush=True)
+        fleet = make_fleet(tmp / "fleet", SNAPSHOTS)
+        warm = make_fleet(tmp / "warm", 4)
+        small = make_fleet(tmp / "small", 50)
+        _threads(fleet)
+        _procs(fleet, warm)
+        _overhead("threads", small, None)
+        cluster, client = _cluster(1)
+        try:
+            _cli(warm, "--scheduler", cluster.scheduler_address)
+            _overhead("procs", small, cluster.scheduler_address)
+        finally:
+            client.close()
+            cluster.close()
+        if os.environ.get("MEMDESC_BENCH_FLEET_1TIB", "1") != "0":
+            _one_tib(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))
+    main()
