@@ -85,13 +85,13 @@ def _rates(name: str, n: int, wall: float) -> float:
 def _overhead(name: str, fleet: Path, scheduler: str | None) -> None:
     from memdesc.analysis.descriptors import load_descriptors
     from memdesc.analysis.fleet_cache import ResultCache, recipe
-    from memdesc.analysis.fleet_engine import run_fleet
+    from memdesc.analysis.fleet_engine import survey_fleet
     from memdesc.ingest.fleet import find_snapshots
 
     inputs, _ = find_snapshots([str(fleet)])
     d = load_descriptors()
     t = time.perf_counter()
-    run = run_fleet(inputs, d, ResultCache(None, recipe(d.path)), scheduler=scheduler,
+    run = survey_fleet(inputs, d, ResultCache(None, recipe(d.path)), scheduler=scheduler,
                     workers=None if scheduler else 1)
     wall = time.perf_counter() - t
     per = (wall - run.task_seconds) / len(inputs)

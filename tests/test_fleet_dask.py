@@ -17,7 +17,7 @@ import pytest
 from conftest import fixture_dir
 from memdesc.analysis.descriptors import load_descriptors
 from memdesc.analysis.fleet_cache import ResultCache, recipe
-from memdesc.analysis.fleet_engine import run_fleet
+from memdesc.analysis.fleet_engine import survey_fleet
 from memdesc.cli import main
 from memdesc.ingest.fleet import find_snapshots
 
@@ -50,7 +50,7 @@ def test_worker_killed_mid_run_costs_a_retry_not_the_run(tmp_path):
     inputs, _ = find_snapshots([str(distinct_fleet(tmp_path / "fleet", 10))])
     descriptors = load_descriptors()
     nocache = ResultCache(None, recipe(descriptors.path))
-    reference = run_fleet(inputs, descriptors, nocache, workers=2)
+    reference = survey_fleet(inputs, descriptors, nocache, workers=2)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         killed: dict[str, list] = {}
@@ -66,7 +66,7 @@ def test_worker_killed_mid_run_costs_a_retry_not_the_run(tmp_path):
             os.kill(pid, signal.SIGKILL)
             killed[victim] = list(keys)
 
-        run = run_fleet(inputs, descriptors, nocache, scheduler=cluster.scheduler_address,
+        run = survey_fleet(inputs, descriptors, nocache, scheduler=cluster.scheduler_address,
                         progress=kill_one)
         assert killed, "no worker was busy when the first result came back"
         lost = next(iter(killed.values()))

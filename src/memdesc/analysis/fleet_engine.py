@@ -62,43 +62,61 @@ def _record(inp: FleetInput, digest: str | None, summary: dict[str, Any]) -> dic
             "layout": inp.layout, "content_hash": digest, **summary}
 
 
-def _plan(inputs: list[FleetInput], cache: ResultCache, run: FleetRun,
-          done: dict[int, dict]) -> list[_Todo]:
-    """Identify every input; cache hits are done, the rest become one task per content."""
+@dataclass
+class FleetPlan:
+    """The inputs identified: records already known (cache hits, unreadable) and the tasks."""
+
+    inputs: list[FleetInput]
+    cache: ResultCache
+    done: dict[int, dict] = field(default_factory=dict)
+    todo: list[_Todo] = field(default_factory=list)
+    cached: int = 0
+
+    @property
+    def pending(self) -> int:
+        return sum(len(t.inputs) for t in self.todo)
+
+
+def plan_fleet(inputs: list[FleetInput], cache: ResultCache,
+               progress: Callable[[int], None] | None = None) -> FleetPlan:
+    """Identify every input (content hash, when there is a cache): cache hits and snapshots
+    whose files cannot be read are done; the rest become one task per distinct content."""
+    plan = FleetPlan(inputs, cache)
     todo: dict[str, _Todo] = {}
     for i, inp in enumerate(inputs):
+        if progress:
+            progress(1)
         digest = None
         if cache.root is not None:
             try:
                 digest = cache.identify(inp.path)
             except MemdescError as e:
-                done[i] = {"source": inp.path, "reason": str(e)}
+                plan.done[i] = {"source": inp.path, "reason": str(e)}
                 continue
             summary = cache.get(digest)
             if summary is not None:
-                done[i] = _record(inp, digest, summary)
-                run.cached += 1
+                plan.done[i] = _record(inp, digest, summary)
+                plan.cached += 1
                 continue
         key = f"memdesc-survey-{digest or os.path.realpath(inp.path)}"
         todo.setdefault(key, _Todo(key, digest, [])).inputs.append(inp)
-    return list(todo.values())
+    plan.todo = list(todo.values())
+    return plan
 
 
-def run_fleet(inputs: list[FleetInput], descriptors, cache: ResultCache,
-              scheduler: str | None = None, workers: int | None = None,
+def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
+              workers: int | None = None,
               progress: Callable[[int], None] | None = None) -> FleetRun:
-    """Survey ``inputs`` (cache first, then Dask) and return the records in input order."""
-    run = FleetRun()
-    done: dict[int, dict] = {}
-    todo = _plan(inputs, cache, run, done)
-    if progress and len(done):
-        progress(len(done))
-    index = {id(inp): i for i, inp in enumerate(inputs)}
+    """Survey the plan's tasks on Dask (``scheduler`` None: locally on ``workers`` threads,
+    default one per core) and return every record in input order."""
+    run = FleetRun(cached=plan.cached)
+    done = dict(plan.done)
+    index = {id(inp): i for i, inp in enumerate(plan.inputs)}
 
     def finish(t: _Todo, res: dict[str, Any]) -> None:
         if "summary" in res:
             if t.digest:
-                cache.put(t.digest, res["summary"])
+                plan.cache.put(t.digest, res["summary"])
             run.surveyed += 1
             run.task_seconds += res.get("seconds", 0.0)
         for inp in t.inputs:
@@ -107,17 +125,24 @@ def run_fleet(inputs: list[FleetInput], descriptors, cache: ResultCache,
         if progress:
             progress(len(t.inputs))
 
-    if todo and scheduler:
+    if plan.todo and scheduler:
         run.engine = f"dask.distributed at {scheduler}"
-        _run_distributed(todo, descriptors, scheduler, finish)
-    elif todo:
+        _run_distributed(plan.todo, descriptors, scheduler, finish)
+    elif plan.todo:
         n = workers or os.cpu_count() or 1
         run.engine = f"dask threads, {n} worker{'s' * (n != 1)}"
-        _run_local(todo, descriptors, n, finish)
-    for i in range(len(inputs)):
+        _run_local(plan.todo, descriptors, n, finish)
+    for i in range(len(plan.inputs)):
         rec = done[i]
         (run.failed if "reason" in rec else run.machines).append(rec)
     return run
+
+
+def survey_fleet(inputs: list[FleetInput], descriptors, cache: ResultCache,
+                 scheduler: str | None = None, workers: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> FleetRun:
+    """:func:`plan_fleet` then :func:`run_fleet` (``progress`` counts the surveys)."""
+    return run_fleet(plan_fleet(inputs, cache), descriptors, scheduler, workers, progress)
 
 
 def _run_local(todo: list[_Todo], descriptors, workers: int,

@@ -125,7 +125,7 @@ def _render(args: argparse.Namespace, d: dict) -> list[tuple[str, bytes]]:
 def run_survey_cmd(args: argparse.Namespace) -> int:
     from memdesc.analysis.descriptors import load_descriptors
     from memdesc.analysis.fleet import fleet_answer
-    from memdesc.analysis.fleet_engine import run_fleet
+    from memdesc.analysis.fleet_engine import plan_fleet, run_fleet
     from memdesc.cli.progress import LazyProgress
     from memdesc.ingest.fleet import find_snapshots
     from memdesc.report.fleet_out import fleet_dict, fleet_json, render_text
@@ -135,8 +135,10 @@ def run_survey_cmd(args: argparse.Namespace) -> int:
     descriptors = load_descriptors(args.descriptors)
     inputs, unlisted = find_snapshots(args.inputs)
     cache = _cache(args, descriptors)
-    with LazyProgress("surveying snapshots", len(inputs), "snapshots") as tick:
-        run = run_fleet(inputs, descriptors, cache, args.scheduler, args.workers, tick)
+    with LazyProgress("hashing snapshots for the cache", len(inputs), "snapshots") as tick:
+        plan = plan_fleet(inputs, cache, tick if cache.root else None)
+    with LazyProgress("surveying snapshots", plan.pending, "snapshots") as tick:
+        run = run_fleet(plan, descriptors, args.scheduler, args.workers, tick)
     failed = [{"source": u.source, "reason": u.reason} for u in unlisted] + run.failed
     d = fleet_dict(run.machines, failed, fleet_answer(run.machines, failed, group_by),
                    args.group_by)
