@@ -95,7 +95,8 @@ def test_hand_started_scheduler_and_two_workers_give_the_same_json(tmp_path, cap
     if not dask.exists():
         pytest.skip(f"{dask} is not installed")
     fleet = fixture_dir("fleet")
-    assert main(["fleet", "survey", str(fleet), "--json", str(tmp_path / "local.json"),
+    inputs = [str(fleet / "mansi"), f"{fleet}/ours/m0[12]*"]       # both layouts
+    assert main(["fleet", "survey", *inputs, "--json", str(tmp_path / "local.json"),
                  "--no-cache"]) == 0
     sched_file = tmp_path / "scheduler.json"
     procs = [_start([str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -113,10 +114,10 @@ def test_hand_started_scheduler_and_two_workers_give_the_same_json(tmp_path, cap
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=60)
         capsys.readouterr()
-        assert main(["fleet", "survey", str(fleet), "--scheduler", address, "--json",
+        assert main(["fleet", "survey", *inputs, "--scheduler", address, "--json",
                      str(tmp_path / "cluster.json"), "--no-cache"]) == 0
         err = capsys.readouterr().err
-        assert f"8 surveyed (dask.distributed at {address})" in err
+        assert f"4 surveyed (dask.distributed at {address})" in err
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
@@ -129,7 +130,7 @@ def test_hand_started_scheduler_and_two_workers_give_the_same_json(tmp_path, cap
 
 
 def test_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("memdesc.analysis.fleet_engine.CONNECT_TIMEOUT", 2)
+    monkeypatch.setattr("memdesc.analysis.fleet_engine.CONNECT_TIMEOUT", 1)
     rc = main(["fleet", "survey", str(fixture_dir("fleet") / "ours" / "m01-idle"),
                "--scheduler", "tcp://127.0.0.1:9", "--no-cache", "--json",
                str(tmp_path / "f.json")])
