@@ -271,6 +271,14 @@ def test_cache_rerun_redoes_only_what_is_missing(fleet_dir, tmp_path, capsys):
     shutil.copytree(fleet_dir / "ours" / OURS[0], tmp_path / "copy" / "m01")
     rc, _, err = fleet_cli(capsys, str(tmp_path / "copy"), "--cache", str(cache))
     assert rc == 0 and "memdesc: 0 surveyed (no engine needed), 1 from the cache" in err
+    # Another descriptor table changes the answer: nothing cached may be reused.
+    from memdesc.analysis.descriptors import default_path
+    table = tmp_path / "descriptors.toml"
+    table.write_text(default_path().read_text().replace("bytes = 80\n", "bytes = 96\n", 1))
+    rc, _, err = fleet_cli(capsys, *args, "--descriptors", str(table))
+    assert rc == 0 and "memdesc: 3 surveyed (dask threads" in err
+    assert json.loads((tmp_path / "f.json").read_text())["machines"][0]["stages"][2][
+        "by_type"]["folio"] > json.loads(first)["machines"][0]["stages"][2]["by_type"]["folio"]
 
 
 def test_ctrl_c_stops_soon_and_leaves_no_half_written_output(fleet_dir, tmp_path):

@@ -10,10 +10,11 @@ any order and grouping, which is what a parallel reduction needs.
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -104,9 +105,20 @@ def percentiles(values: list[float]) -> dict[str, float] | None:
     return {f"p{p}": round(float(v), 6) for p, v in zip(PERCENTILES, got, strict=True)}
 
 
-def _add_dict(into: dict[str, int], other: dict[str, int]) -> None:
-    for k, v in other.items():
-        into[k] = into.get(k, 0) + v
+def _plus(a, b):
+    """``a`` with ``b`` added in, field by field: numbers and numpy arrays add, lists
+    concatenate (per-machine values), sets unite, dicts and dataclasses add key by key."""
+    if is_dataclass(a):
+        for f in fields(a):
+            setattr(a, f.name, _plus(getattr(a, f.name), getattr(b, f.name)))
+        return a
+    if isinstance(a, dict):
+        for k, v in b.items():
+            a[k] = _plus(a[k], v) if k in a else copy.deepcopy(v)
+        return a
+    if isinstance(a, set):
+        return a | b
+    return a + b
 
 
 @dataclass
@@ -120,16 +132,6 @@ class _StageSum:
     savings: list[float] = field(default_factory=list)          # per machine, %
     in_use_savings: list[float] = field(default_factory=list)   # per machine, %
 
-    def merge(self, o: _StageSum) -> None:
-        self.total_bytes += o.total_bytes
-        self.saving_bytes += o.saving_bytes
-        self.in_use_total_bytes += o.in_use_total_bytes
-        self.in_use_saving_bytes += o.in_use_saving_bytes
-        _add_dict(self.by_type, o.by_type)
-        _add_dict(self.in_use_by_class, o.in_use_by_class)
-        self.savings += o.savings
-        self.in_use_savings += o.in_use_savings
-
 
 @dataclass
 class FleetTotals:
@@ -142,17 +144,17 @@ class FleetTotals:
     memmap_pages: int = 0
     hosts: set[str] = field(default_factory=set)
     pages_by_class: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0))
-    units_by_order: list[int] = field(default_factory=lambda: [0] * NR_UNIT_ORDERS)
-    pages_by_order: list[int] = field(default_factory=lambda: [0] * NR_UNIT_ORDERS)
+    units_by_order: np.ndarray = field(default_factory=lambda: np.zeros(NR_UNIT_ORDERS, np.int64))
+    pages_by_order: np.ndarray = field(default_factory=lambda: np.zeros(NR_UNIT_ORDERS, np.int64))
     stages: dict[str, _StageSum] = field(default_factory=dict)
 
     def add(self, m: dict[str, Any]) -> FleetTotals:
         """Add one machine record (a summary with ``host``)."""
+        fo = m["folio_orders"]
         one = FleetTotals(1, int(m["kpageflags_only"]), m["pfns"], m["ram_pages"],
-                          m["memmap_pages"], {m["host"]})
-        _add_dict(one.pages_by_class, m["pages_by_class"])
-        one.units_by_order = list(m["folio_orders"]["units_by_order"])
-        one.pages_by_order = list(m["folio_orders"]["pages_by_order"])
+                          m["memmap_pages"], {m["host"]}, dict(m["pages_by_class"]),
+                          np.asarray(fo["units_by_order"], np.int64),
+                          np.asarray(fo["pages_by_order"], np.int64))
         for s in m["stages"]:
             iu = s["in_use"]
             one.stages[s["id"]] = _StageSum(
@@ -162,20 +164,8 @@ class FleetTotals:
         return self.merge(one)
 
     def merge(self, o: FleetTotals) -> FleetTotals:
-        self.machines += o.machines
-        self.kpageflags_only += o.kpageflags_only
-        self.pfns += o.pfns
-        self.ram_pages += o.ram_pages
-        self.memmap_pages += o.memmap_pages
-        self.hosts |= o.hosts
-        _add_dict(self.pages_by_class, o.pages_by_class)
-        self.units_by_order = [a + b for a, b in zip(self.units_by_order, o.units_by_order,
-                                                     strict=True)]
-        self.pages_by_order = [a + b for a, b in zip(self.pages_by_order, o.pages_by_order,
-                                                     strict=True)]
-        for sid, s in o.stages.items():
-            self.stages.setdefault(sid, _StageSum()).merge(s)
-        return self
+        """Add the totals ``o`` into these (any order and grouping gives the same sums)."""
+        return _plus(self, o)
 
     def to_dict(self) -> dict[str, Any]:
         stages = []
@@ -199,8 +189,8 @@ class FleetTotals:
             "kpageflags_only": self.kpageflags_only, "pfns": self.pfns,
             "ram_pages": self.ram_pages, "memmap_pages": self.memmap_pages,
             "pages_by_class": dict(self.pages_by_class),
-            "folio_orders": {"units_by_order": list(self.units_by_order),
-                             "pages_by_order": list(self.pages_by_order)},
+            "folio_orders": {"units_by_order": [int(x) for x in self.units_by_order],
+                             "pages_by_order": [int(x) for x in self.pages_by_order]},
             "stages": stages,
         }
 

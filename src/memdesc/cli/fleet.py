@@ -11,21 +11,24 @@ from pathlib import Path
 from memdesc.cli.options import check_output
 
 DESCRIPTION = """\
-Survey every snapshot found under INPUT (snapshot folders as `memdesc snapshot save` writes
-them, folders holding them at any depth, globs, and the public fleet study's
-HOST/MM-DD-YYYY-HH-MM-SS/ folders with kpageflags.gz) with the same code as `memdesc survey`,
-on Dask: locally on every core by default, or on an existing dask.distributed cluster with
---scheduler. Prints the fleet's answer (savings of each stage of the Path across machines,
-over memory in use and over the whole machine) and writes per-machine tables and plots.
-A snapshot that cannot be surveyed is listed with its reason and the run goes on: exit 0 when
-at least one snapshot was surveyed, 2 when none could be."""
+Survey every snapshot found under INPUT with the same code as `memdesc survey`:
+snapshot folders as `memdesc snapshot save` writes them, folders holding them at
+any depth, globs, and the public fleet study's HOST/MM-DD-YYYY-HH-MM-SS/ folders
+(kpageflags.gz). Runs on Dask: locally on every core by default, or on a running
+dask.distributed cluster with --scheduler. Prints the fleet's answer (each
+stage's saving across machines, over memory in use and the whole machine) and
+writes per-machine tables and plots. A snapshot that cannot be surveyed is
+listed with its reason and the run goes on: exit 0 when at least one snapshot
+was surveyed, 2 when none could be."""
 
 EPILOG = """\
 examples:
-  memdesc fleet survey /data/snapshots/ --json fleet.json --csv machines.csv --plot fleet.png
-  memdesc fleet survey 'dc1/*/' 'dc2/*/' --scheduler tcp://head:8786 --group-by 'host:^(dc\\d+)'
-cache: per-snapshot results are kept by content hash in $XDG_CACHE_HOME/memdesc/fleet
-(~/.cache/memdesc/fleet) so a re-run redoes only what is missing; --cache DIR, --no-cache."""
+  memdesc fleet survey /data/snapshots/ --json fleet.json --csv machines.csv
+  memdesc fleet survey 'dc1/*/' 'dc2/*/' --scheduler tcp://head:8786 \\
+      --group-by 'host:^(dc\\d+)'
+cache: per-snapshot results are kept by content hash in
+$XDG_CACHE_HOME/memdesc/fleet (~/.cache/memdesc/fleet), so a re-run redoes only
+what is missing (--cache DIR, --no-cache). More in docs/fleet.md."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
