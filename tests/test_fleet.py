@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import REPO, fixture_dir
 from memdesc.analysis.fleet import FleetTotals, GroupBy, fleet_answer, percentiles
@@ -317,3 +319,31 @@ def test_ctrl_c_stops_soon_and_leaves_no_half_written_output(fleet_dir, tmp_path
     assert not [p for p in entries if p.name.endswith(".tmp")]
     for p in cache.rglob("*.json"):
         assert json.loads(p.read_text())["summary"]["pfns"] == 6_553_600
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(-50, 90),
+                          st.floats(-50, 90)), min_size=1, max_size=8),
+       st.integers(0, 8))
+def test_totals_merge_in_any_grouping_equals_adding_one_by_one(specs, cut):
+    """What a parallel reduction needs: sum(first part) merged with sum(rest) == sum(all)."""
+    machines = [_machine(h, h, a, b) for h, a, b in specs]
+    whole = FleetTotals()
+    for m in machines:
+        whole.add(m)
+    left, right = FleetTotals(), FleetTotals()
+    for m in machines[:cut]:
+        left.add(m)
+    for m in machines[cut:]:
+        right.add(m)
+    merged = right.merge(left).to_dict()
+    expect = whole.to_dict()
+    for s, e in zip(merged["stages"], expect["stages"], strict=True):
+        assert (s["total_bytes"], s["in_use"]["saving_bytes"]) == \
+            (e["total_bytes"], e["in_use"]["saving_bytes"])
+        assert s["saving_percent_percentiles"] == e["saving_percent_percentiles"]
+    assert merged["pages_by_class"] == expect["pages_by_class"]
+    assert merged["folio_orders"] == expect["folio_orders"]
+    assert (merged["machines"], merged["hosts"]) == (len(machines), len({h for h, *_ in specs}))

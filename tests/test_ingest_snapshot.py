@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memdesc.cli import main
 from memdesc.errors import InputError
@@ -549,3 +551,19 @@ def test_gzip_truncated_and_corrupt_are_told_apart(tmp_path, idle_flags):
     path.write_bytes(b"")
     with pytest.raises(InputError, match="kpageflags.gz: empty file, not gzip data"):
         open_snapshot(folder)
+
+
+@settings(max_examples=25)
+@given(st.lists(st.integers(1, 39_999), max_size=4, unique=True),
+       st.integers(1_000, 9_000), st.integers(0, 3))
+def test_gzip_any_members_any_chunks_equal_the_source(cuts, chunk, padding):
+    """However the file is cut into members and read in chunks, gzip streams the source."""
+    import gzip
+    flags = np.arange(40_000, dtype="<u8") * np.uint64(0x9E3779B97F4A7C15)
+    data = b"".join(gzip.compress(flags[a:b].tobytes()) for a, b in
+                    zip([0, *sorted(cuts)], [*sorted(cuts), 40_000], strict=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "kpageflags.bin.gz").write_bytes(data + bytes(512 * padding))
+        snap = open_snapshot(tmp)
+        got = np.concatenate([a["kpageflags"] for _, a in snap.chunks(chunk_pfns=chunk)])
+    assert np.array_equal(got, flags)
