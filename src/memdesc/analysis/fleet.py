@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -73,17 +74,20 @@ def _stopper(stop: threading.Event | None) -> Callable[[int], None] | None:
 def survey_task(path: str, descriptors, stop: threading.Event | None = None) -> dict[str, Any]:
     """Survey the snapshot folder ``path`` with the survey's own code (a Dask task).
 
-    Returns ``{"summary": ..., "seconds": s}``, or ``{"reason": one line}`` when the snapshot
-    cannot be surveyed (corrupt, truncated, unreadable): a bad snapshot is a result, not a
-    crash of the run. ``stop`` (local runs) ends a survey in flight at its next chunk.
+    Returns ``{"summary": ..., "seconds": time spent in this call}``, or ``{"reason": one
+    line}`` when the snapshot cannot be surveyed (corrupt, truncated, unreadable): a bad
+    snapshot is a result, not a crash of the run. ``stop`` (local runs) ends a survey in
+    flight at its next chunk.
     """
     from memdesc.analysis.survey import run_survey
     from memdesc.ingest.snapshot import open_folder
     from memdesc.report.json_out import survey_dict
 
+    t0 = time.monotonic()
     try:
         result = run_survey(open_folder(path), None, descriptors, progress=_stopper(stop))
-        return {"summary": machine_summary(survey_dict(result)), "seconds": result.seconds}
+        summary = machine_summary(survey_dict(result))
+        return {"summary": summary, "seconds": time.monotonic() - t0}
     except MemdescError as e:
         return {"reason": str(e)}
     except OSError as e:
