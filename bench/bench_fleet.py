@@ -9,18 +9,18 @@ files are first re-compressed as `memdesc snapshot save` writes them (recording 
 
 Figures, each run once:
 
-* ``fleet.{threads,procs}_{1,2}w.snapshots_per_s`` and ``.pfns_per_s``: whole-process figures of
-  the ``memdesc fleet survey`` command (start-up included), on the local threaded engine
-  (``--workers N``) and on a dask.distributed LocalCluster of N worker processes with one thread
-  each (``--scheduler``; the cluster is started and warmed before the timed command, as a
-  long-lived cluster would be);
-* ``fleet.{threads,procs}.scaling_1_to_2``: the 2-worker rate over the 1-worker rate (target
-  >= 1.7 on 2 cores);
-* ``fleet.{threads,procs}.dask_overhead_per_snapshot``: with one worker, (wall time of
-  ``run_fleet`` − Σ time inside the surveys) / snapshots: scheduling, transfer, client work;
-* ``fleet.procs.peak_rss_per_worker``: the largest ru_maxrss of the worker processes after
-  the 200-snapshot run, and ``fleet.procs_1tib.peak_rss_per_worker`` after surveying the
-  synthetic 1 TiB snapshot of bench_survey.py (2 GiB of temporary disk; target < 1024 MiB).
+* ``fleet.{threads,processes}_{1,2}w.snapshots_per_s`` and ``.pfns_per_s``: whole-process
+  figures of the ``memdesc fleet survey`` command (start-up included) on the local engine,
+  ``--local threads|processes --workers N`` (processes: a LocalCluster of N single-threaded
+  worker processes, its start-up included);
+* ``fleet.{threads,processes}.scaling_1_to_2``: the 2-worker rate over the 1-worker rate
+  (target >= 1.7 on 2 cores);
+* ``fleet.{threads,processes}.dask_overhead_per_snapshot``: with one worker, (wall time of
+  ``survey_fleet`` − Σ time inside the tasks) / snapshots: scheduling, transfer, client work
+  (processes: on a LocalCluster started and warmed beforehand);
+* ``fleet.processes.peak_rss_per_worker``: ru_maxrss of that worker after 50 snapshots, and
+  ``fleet.processes_1tib.peak_rss_per_worker`` after surveying the synthetic 1 TiB snapshot of
+  bench_survey.py (2 GiB of temporary disk; target < 1024 MiB).
 
 The machine this runs on is shared: figures vary with its load (``fleet.load_average``).
 """
@@ -115,7 +115,7 @@ def _overhead(name: str, fleet: Path, scheduler: str | None) -> None:
     d = load_descriptors()
     t = time.perf_counter()
     run = survey_fleet(inputs, d, ResultCache(None, recipe(d.path)), scheduler=scheduler,
-                    workers=None if scheduler else 1)
+                       workers=None if scheduler else 1, local="threads")
     wall = time.perf_counter() - t
     per = (wall - run.task_seconds) / len(inputs)
     print(f"bench: fleet.{name}.dask_overhead_per_snapshot = {per * 1000:.1f} ms "
@@ -136,28 +136,12 @@ def _cluster(n: int):
     return cluster, Client(cluster)
 
 
-def _threads(fleet: Path) -> None:
-    r1 = _rates("threads_1w", SNAPSHOTS, _cli(fleet, "--workers", "1"))
-    r2 = _rates("threads_2w", SNAPSHOTS, _cli(fleet, "--workers", "2"))
-    print(f"bench: fleet.threads.scaling_1_to_2 = {r2 / r1:.2f} x (target >= 1.7 on 2 cores)",
+def _scaling(kind: str, fleet: Path) -> None:
+    """The command on 1 then 2 local workers of ``kind`` (threads or processes)."""
+    r1 = _rates(f"{kind}_1w", SNAPSHOTS, _cli(fleet, "--local", kind, "--workers", "1"))
+    r2 = _rates(f"{kind}_2w", SNAPSHOTS, _cli(fleet, "--local", kind, "--workers", "2"))
+    print(f"bench: fleet.{kind}.scaling_1_to_2 = {r2 / r1:.2f} x (target >= 1.7 on 2 cores)",
           flush=True)
-
-
-def _procs(fleet: Path, warm: Path) -> None:
-    rates = {}
-    for n in (1, 2):
-        cluster, client = _cluster(n)
-        try:
-            _cli(warm, "--scheduler", cluster.scheduler_address)       # workers import, load
-            rates[n] = _rates(f"procs_{n}w", SNAPSHOTS,
-                              _cli(fleet, "--scheduler", cluster.scheduler_address))
-            print(f"bench: fleet.procs_{n}w.peak_rss_per_worker = {_peak_rss_mib(client):,.0f} "
-                  "MiB", flush=True)
-        finally:
-            client.close()
-            cluster.close()
-    print(f"bench: fleet.procs.scaling_1_to_2 = {rates[2] / rates[1]:.2f} x (target >= 1.7 "
-          "on 2 cores)", flush=True)
 
 
 def _one_tib(tmp: Path) -> None:
@@ -170,9 +154,9 @@ def _one_tib(tmp: Path) -> None:
     cluster, client = _cluster(1)
     try:
         wall = _cli(folder.parent, "--scheduler", cluster.scheduler_address)
-        print(f"bench: fleet.procs_1tib.seconds = {wall:.1f} s ({pfns:,} PFNs, "
+        print(f"bench: fleet.processes_1tib.seconds = {wall:.1f} s ({pfns:,} PFNs, "
               f"{pfns / wall:,.0f} PFN/s)", flush=True)
-        print(f"bench: fleet.procs_1tib.peak_rss_per_worker = {_peak_rss_mib(client):,.0f} MiB "
+        print(f"bench: fleet.processes_1tib.peak_rss_per_worker = {_peak_rss_mib(client):,.0f} MiB "
               "(target < 1024)", flush=True)
     finally:
         client.close()
@@ -194,13 +178,15 @@ def main() -> None:
         fleet = make_fleet(tmp / "fleet", SNAPSHOTS, captures)
         warm = make_fleet(tmp / "warm", 4, captures)
         small = make_fleet(tmp / "small", 50, captures)
-        _threads(fleet)
-        _procs(fleet, warm)
+        _scaling("threads", fleet)
+        _scaling("processes", fleet)
         _overhead("threads", small, None)
         cluster, client = _cluster(1)
         try:
             _cli(warm, "--scheduler", cluster.scheduler_address)
-            _overhead("procs", small, cluster.scheduler_address)
+            _overhead("processes", small, cluster.scheduler_address)
+            print(f"bench: fleet.processes.peak_rss_per_worker = {_peak_rss_mib(client):,.0f} "
+                  "MiB (50 snapshots of 25 GiB)", flush=True)
         finally:
             client.close()
             cluster.close()

@@ -1,10 +1,19 @@
 """Running the fleet survey on Dask: a local run with no set-up, or an existing cluster.
 
-* **Local** (default): Dask's threaded scheduler with one thread per core. It suits the survey:
-  the numba classification kernel is compiled ``nogil=True`` and zstd/zlib decompression release
-  the GIL, so threads share one process, one copy of the compiled kernels and nothing is pickled
-  (docs.dask.org "Scheduling": threads are "good for numeric code that releases the GIL (like
-  NumPy, Pandas, Scikit-Learn, Numba)"). Ctrl-C stops the surveys in flight at their next chunk.
+* **Local** (default), one worker per core, two kinds (``--local``):
+
+  - **threads**: Dask's threaded scheduler. The numba classification kernel is compiled
+    ``nogil=True`` and zstd/zlib release the GIL, so threads share one process, one copy of the
+    compiled kernels, nothing is pickled and nothing starts (docs.dask.org "Scheduling": threads
+    are "good for numeric code that releases the GIL (like NumPy, Pandas, Scikit-Learn,
+    Numba)"). But the survey's text parsing and cost model are Python holding the GIL: on
+    machines of the fixtures' size (25 GiB) that is about half of a survey, so threads barely
+    scale (bench/bench_fleet.py). Ctrl-C stops surveys in flight at their next chunk.
+  - **processes**: a dask.distributed LocalCluster on loopback with one single-threaded worker
+    process per core: it scales, and a worker that dies is replaced and its task re-run, as on
+    a cluster. Starting it costs a few seconds.
+  - **auto** (the default): processes from LOCAL_PROCESSES_MIN snapshots on, threads below.
+
 * **Distributed** (``--scheduler ADDRESS``): the tasks go to an existing dask.distributed
   scheduler (started by hand with ``dask scheduler`` / ``dask worker``, or by dask-jobqueue on
   SLURM/PBS; docs/fleet.md). A worker that dies mid-task costs a re-run of its tasks on another
@@ -18,7 +27,10 @@ arrive (analysis.fleet_cache), so an interrupted run keeps what it finished.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +43,12 @@ from memdesc.ingest.fleet import FleetInput
 
 #: Seconds to wait for a scheduler given with --scheduler.
 CONNECT_TIMEOUT = 15
+#: Tasks from which ``--local auto`` starts worker processes rather than threads: starting
+#: them costs a few seconds (spawn, imports, numba cache loads), repaid by their scaling
+#: (bench/bench_fleet.py: threads barely scale on the survey's GIL-held Python parts).
+LOCAL_PROCESSES_MIN = 32
+#: Seconds a local cluster gets to close after Ctrl-C.
+CLOSE_ON_INTERRUPT = 0.5
 
 
 @dataclass
@@ -104,11 +122,22 @@ def plan_fleet(inputs: list[FleetInput], cache: ResultCache,
     return plan
 
 
+def local_engine(choice: str, tasks: int, workers: int) -> str:
+    """``threads`` or ``processes`` for a local run: ``auto`` takes worker processes when the
+    run is big enough to repay starting them (LOCAL_PROCESSES_MIN tasks or more, and more
+    than one worker), else threads."""
+    if choice != "auto":
+        return choice
+    return "processes" if workers > 1 and tasks >= LOCAL_PROCESSES_MIN else "threads"
+
+
 def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
               workers: int | None = None,
-              progress: Callable[[int], None] | None = None) -> FleetRun:
-    """Survey the plan's tasks on Dask (``scheduler`` None: locally on ``workers`` threads,
-    default one per core) and return every record in input order."""
+              progress: Callable[[int], None] | None = None,
+              local: str = "auto") -> FleetRun:
+    """Survey the plan's tasks on Dask and return every record in input order: on the
+    cluster at ``scheduler``, else locally with ``workers`` (default one per core) threads or
+    worker processes (``local``: ``auto``, ``threads``, ``processes``)."""
     run = FleetRun(cached=plan.cached)
     done = dict(plan.done)
     index = {id(inp): i for i, inp in enumerate(plan.inputs)}
@@ -125,11 +154,21 @@ def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
         if progress:
             progress(len(t.inputs))
 
+    n = workers or os.cpu_count() or 1
+    kind = local_engine(local, len(plan.todo), n)
     if plan.todo and scheduler:
         run.engine = f"dask.distributed at {scheduler}"
         _run_distributed(plan.todo, descriptors, scheduler, finish)
+    elif plan.todo and kind == "processes":
+        run.engine = f"dask.distributed LocalCluster, {n} worker process{'es' * (n != 1)}"
+        cluster = _local_cluster(n)
+        try:
+            _run_distributed(plan.todo, descriptors, cluster.scheduler_address, finish)
+        except KeyboardInterrupt:
+            _stop_now(cluster)
+            raise
+        cluster.close()
     elif plan.todo:
-        n = workers or os.cpu_count() or 1
         run.engine = f"dask threads, {n} worker{'s' * (n != 1)}"
         _run_local(plan.todo, descriptors, n, finish)
     for i in range(len(plan.inputs)):
@@ -140,9 +179,11 @@ def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
 
 def survey_fleet(inputs: list[FleetInput], descriptors, cache: ResultCache,
                  scheduler: str | None = None, workers: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> FleetRun:
+                 progress: Callable[[int], None] | None = None,
+                 local: str = "auto") -> FleetRun:
     """:func:`plan_fleet` then :func:`run_fleet` (``progress`` counts the surveys)."""
-    return run_fleet(plan_fleet(inputs, cache), descriptors, scheduler, workers, progress)
+    return run_fleet(plan_fleet(inputs, cache), descriptors, scheduler, workers, progress,
+                     local)
 
 
 def _run_local(todo: list[_Todo], descriptors, workers: int,
@@ -165,6 +206,37 @@ def _run_local(todo: list[_Todo], descriptors, workers: int,
     except (KeyboardInterrupt, Cancelled):
         stop.set()                  # surveys in flight end at their next chunk
         raise KeyboardInterrupt from None
+
+
+def _local_cluster(workers: int):
+    """A dask.distributed LocalCluster on loopback: ``workers`` processes of one thread each
+    (the survey's Python parts hold the GIL, so processes scale where threads cannot), no
+    dashboard, warnings only."""
+    # Ctrl-C in a terminal goes to the whole process group: the workers must leave it to us
+    # (else each prints a traceback). An ignored SIGINT survives fork and exec, and Python and
+    # asyncio keep it ignored, so the workers spawned now never see it. The price: Ctrl-C is
+    # ignored during the seconds the cluster takes to start.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from distributed import LocalCluster
+
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                            host="127.0.0.1", dashboard_address=None,
+                            silence_logs=logging.ERROR)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_now(cluster) -> None:
+    """After Ctrl-C: kill our local worker processes (a survey in flight cannot be asked to
+    stop), then close the cluster, which no longer waits for them."""
+    for nanny in list(cluster.workers.values()):
+        pid = getattr(getattr(nanny, "process", None), "pid", None)
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        cluster.close(timeout=CLOSE_ON_INTERRUPT)
 
 
 def _connect(address: str):

@@ -54,7 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a running dask.distributed scheduler (tcp://HOST:8786); default: a "
                         "local run on every core")
     s.add_argument("--workers", type=int, metavar="N",
-                   help="threads of the local run (default: one per core)")
+                   help="workers of the local run (default: one per core)")
+    s.add_argument("--local", choices=("auto", "threads", "processes"), default="auto",
+                   help="local workers: threads, worker processes (a LocalCluster: scales, "
+                        "costs a few seconds to start), or auto (processes from 32 snapshots "
+                        "on; the default)")
     s.add_argument("--cache", metavar="DIR", help="per-snapshot result cache "
                                                   "(default ~/.cache/memdesc/fleet)")
     s.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -76,8 +80,8 @@ def _check_options(args: argparse.Namespace):
         require_parquet()
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: give at least 1")
-    if args.workers is not None and args.scheduler:
-        raise InputError("--workers sets the local run's threads; with --scheduler the "
+    if args.scheduler and (args.workers is not None or args.local != "auto"):
+        raise InputError("--workers and --local set up a local run; with --scheduler the "
                          "cluster's workers do the work (start them with `dask worker`)")
     if args.cache and args.no_cache:
         raise InputError("--cache and --no-cache contradict each other; give one")
@@ -141,7 +145,7 @@ def run_survey_cmd(args: argparse.Namespace) -> int:
     with LazyProgress("hashing snapshots for the cache", len(inputs), "snapshots") as tick:
         plan = plan_fleet(inputs, cache, tick if cache.root else None)
     with LazyProgress("surveying snapshots", plan.pending, "snapshots") as tick:
-        run = run_fleet(plan, descriptors, args.scheduler, args.workers, tick)
+        run = run_fleet(plan, descriptors, args.scheduler, args.workers, tick, args.local)
     failed = [{"source": u.source, "reason": u.reason} for u in unlisted] + run.failed
     d = fleet_dict(run.machines, failed, fleet_answer(run.machines, failed, group_by),
                    args.group_by)
