@@ -17,7 +17,7 @@ import pytest
 from conftest import fixture_dir
 from memdesc.analysis.descriptors import load_descriptors
 from memdesc.analysis.fleet_cache import ResultCache, recipe
-from memdesc.analysis.fleet_engine import survey_fleet
+from memdesc.analysis.fleet_engine import _local_cluster, survey_fleet
 from memdesc.cli import main
 from memdesc.ingest.fleet import find_snapshots
 
@@ -42,17 +42,19 @@ def distinct_fleet(dest: Path, copies: int) -> Path:
 
 
 def test_worker_killed_mid_run_costs_a_retry_not_the_run(tmp_path):
-    """Two worker processes; when the first result arrives, the worker holding a task in
-    flight is killed (SIGKILL). Its nanny restarts it, the scheduler runs the lost tasks
-    again, and every machine comes out exactly as in a local run."""
-    from distributed import Client, LocalCluster
+    """The local engine's cluster of two worker processes; when the first result arrives, the
+    worker holding a task in flight is killed (SIGKILL). Its nanny restarts it, the scheduler
+    runs the lost tasks again, and every machine comes out exactly as in a threaded run."""
+    from distributed import Client
 
     inputs, _ = find_snapshots([str(distinct_fleet(tmp_path / "fleet", 10))])
     descriptors = load_descriptors()
     nocache = ResultCache(None, recipe(descriptors.path))
-    reference = survey_fleet(inputs, descriptors, nocache, workers=2)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    reference = survey_fleet(inputs, descriptors, nocache, workers=2, local="threads")
+    with _local_cluster(2) as cluster, Client(cluster) as client:
+        # The local engine's workers ignore SIGINT: a terminal's Ctrl-C is memdesc's to handle.
+        assert set(client.run(lambda: signal.getsignal(signal.SIGINT)).values()) == \
+            {signal.SIG_IGN}
         killed: dict[str, list] = {}
 
         def kill_one(_n: int) -> None:
