@@ -14,7 +14,10 @@ memory, not correctness (the tests do that on the real captures).
 
 Figures: ``survey.pfns_per_s``, ``survey.peak_rss`` (resource.getrusage(RUSAGE_CHILDREN)
 .ru_maxrss after the survey child, the only child waited for at that point),
-``survey.seconds``; with ``PAGE_TYPES=/path/to/page-types`` also the kernel tool's
+``survey.seconds``; ``survey.cold_seconds`` / ``survey.warm_seconds``: the whole
+``memdesc survey`` process on snapshot-idle with an empty numba cache, then again with the
+cache it left (issue 13: the first run should be within 2x the warm one); with
+``PAGE_TYPES=/path/to/page-types`` also the kernel tool's
 ``page-types -r -F`` time on the same file and the ratio (target <= 1.5; peak RSS target
 < 1 GiB).
 """
@@ -144,13 +147,32 @@ def _warm_numba() -> None:
     classify_chunks([(0, np.zeros(1024, np.uint64))], Layout(1024, [], None))
 
 
+def cold_and_warm(memdesc: str, src: Path) -> None:
+    """``memdesc survey`` of ``src`` as a whole process, first with an empty numba cache."""
+    cache = Path(tempfile.mkdtemp(prefix="memdesc-bench-numba-"))
+    try:
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+        times = []
+        for _ in range(2):
+            t = time.perf_counter()
+            subprocess.run([memdesc, "survey", "--snapshot", str(src)], check=True, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t)
+        print(f"bench: survey.cold_seconds = {times[0]:.2f} s", flush=True)
+        print(f"bench: survey.warm_seconds = {times[1]:.2f} s "
+              f"(cold/warm {times[0] / times[1]:.1f} x, target <= 2)", flush=True)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def main() -> None:
     src = FIXTURES / "snapshot-idle"
     if not (src / "kpageflags.bin.zst").is_file():
         print(f"bench: survey skipped: fixture {src} is absent (set MEMDESC_FIXTURES)")
         return
-    _warm_numba()
     memdesc = shutil.which("memdesc", path=str(Path(sys.executable).parent)) or "memdesc"
+    cold_and_warm(memdesc, src)
+    _warm_numba()
     tmp = Path(tempfile.mkdtemp(prefix="memdesc-bench-", dir=os.environ.get("MEMDESC_BENCH_TMP")))
     try:
         t = time.perf_counter()

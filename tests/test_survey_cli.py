@@ -21,6 +21,7 @@ STAGE_KEYS = {"id", "struct_page_bytes", "descriptor_bytes", "total_bytes", "per
 def test_survey_writes_json_plot_map_and_explains(tmp_path, capsys):
     snap = fixture_dir("snapshot-idle")
     out = tmp_path / "out"
+    out.mkdir()
     rc = main(["survey", "--snapshot", str(snap), "--json", str(out / "s.json"),
                "--plot", str(out / "costs.png"), "--map", str(out / "map.png"),
                "--explain", "page16"])
@@ -100,6 +101,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
                  "json-dir": ["--json", str(tmp_path)],
                  "descriptors": ["--descriptors", str(tmp_path / "nope.toml")]}[case]
     out = tmp_path / "out"
+    out.mkdir()
     rc = main(["survey", "--snapshot", str(snap), "--plot", str(out / "c.png"),
                "--map", str(out / "m.png"), *(extra or ["--json", str(out / "s.json")])])
     err = capsys.readouterr().err.strip().splitlines()

@@ -36,3 +36,15 @@ def test_garbled_procfs_file_names_file_line_and_folder(tmp_path, capsys, name, 
     assert cap.err.startswith(f"memdesc: {snap}/{name}:{line}: {what}"), cap.err
     assert cap.err.count("\n") == 1
     assert not out.exists()
+
+
+def test_output_in_a_missing_folder_is_refused_before_any_work(tmp_path, capsys):
+    """Issue 13: `--json /nonexistent/dir/x.json` created /nonexistent/dir/."""
+    missing = tmp_path / "no" / "such"
+    for opt, name in (("--json", "s.json"), ("--plot", "p.png"), ("--map", "m.png")):
+        rc = main(["survey", "--snapshot", "bundled", opt, str(missing / name)])
+        cap = capsys.readouterr()
+        assert rc == 2 and cap.out == ""
+        assert cap.err == (f"memdesc: {opt} {missing / name}: folder {missing} does not exist; "
+                           "create it first or give a file in an existing folder\n")
+    assert not (tmp_path / "no").exists()

@@ -52,6 +52,10 @@ FREE, FILE, ANON, SHMEM, KSM, SLAB, PAGETABLE, HUGETLB, ZERO, RESERVED, OFFLINE,
 FLAG0 = len(CLASSES)
 NCLS = FLAG0 + 1
 
+#: Larger base pages the census also counts, as shifts over 4 KiB: 16 KiB and 64 KiB.
+BASE_SHIFTS = (2, 4)
+BASE_SHIFTS_A = np.array(BASE_SHIFTS, np.int64)
+
 # Anomaly counters (index into Tally.anomalies).
 ANOMALIES = ("orphan_tail_runs", "irregular_compound_runs", "hwpoison_pages",
              "buddy_on_compound_pages", "hole_pages_with_struct_page")
@@ -122,6 +126,44 @@ def _add_span(region_pages, units, cells, shift, region, cls, a, b):
 @njit(cache=True, nogil=True)
 def _classify_chunk(flags, start, bounds, seg_region, seg_ram, region_pages, reserved_flag,
                     units, free_hist, cells, shift, last_typed, sections, anomalies):
+    """:func:`_classify_chunk_ext` without kpagecgroup and base-page counts."""
+    _classify_chunk_ext(flags, start, bounds, seg_region, seg_ram, region_pages, reserved_flag,
+                        units, free_hist, cells, shift, last_typed, sections, anomalies,
+                        np.zeros(0, np.uint64), np.zeros(NR_UNIT_ORDERS, np.int64),
+                        np.zeros((len(BASE_SHIFTS), NCLS, NR_UNIT_ORDERS), np.int64),
+                        np.full(len(BASE_SHIFTS), -1, np.int64),
+                        np.zeros(len(BASE_SHIFTS), np.int64))
+
+
+@njit(cache=True, nogil=True)
+def _base_unit(base_units, last_block, cls, q, o):
+    """Count a unit [q, q + 2^o) of ``cls`` at each larger base page size: one unit of order
+    o − shift when it covers whole base pages, else its base page if no unit counted it yet
+    (the first in-use unit of a base page gives the page its class)."""
+    for si in range(BASE_SHIFTS_A.shape[0]):
+        sh = BASE_SHIFTS_A[si]
+        if o >= sh:
+            base_units[si, cls, o - sh] += 1
+            last_block[si] = (q + (1 << o) - 1) >> sh
+        elif (q >> sh) != last_block[si]:
+            base_units[si, cls, 0] += 1
+            last_block[si] = q >> sh
+
+
+@njit(cache=True, nogil=True)
+def _base_flag0(flag0_blocks, last_block, a, b):
+    """Base pages touched by the flags==0 run [a, b) that no unit counted yet."""
+    for si in range(BASE_SHIFTS_A.shape[0]):
+        sh = BASE_SHIFTS_A[si]
+        first, last = a >> sh, (b - 1) >> sh
+        flag0_blocks[si] += last - first + 1 - (1 if first == last_block[si] else 0)
+        last_block[si] = last
+
+
+@njit(cache=True, nogil=True)
+def _classify_chunk_ext(flags, start, bounds, seg_region, seg_ram, region_pages, reserved_flag,
+                        units, free_hist, cells, shift, last_typed, sections, anomalies,
+                        cgroup, accounted_misc, base_units, last_block, flag0_blocks):
     """Classify PFNs [start, start + len(flags)) and add them to the tally arrays.
 
     Segments [bounds[s], bounds[s+1]) have one region (zone index, or the last row for "no
@@ -129,8 +171,14 @@ def _classify_chunk(flags, start, bounds, seg_region, seg_ram, region_pages, res
     mm/page_alloc.c requires the same zone). Free runs are decomposed as __free_one_page()
     would have merged them: at each PFN the largest naturally aligned block <= MAX_PAGE_ORDER
     that fits the run.
+
+    ``cgroup`` (kpagecgroup of the same PFNs, or empty) counts, in ``accounted_misc`` by
+    order, the untyped units charged to a memcg (page_cgroup_ino() != 0) and the flags==0 pages
+    charged to one. ``base_units``/``flag0_blocks`` count the same memory in 16 KiB and 64 KiB
+    base pages (:data:`BASE_SHIFTS`; see :func:`_base_unit`).
     """
     n = flags.shape[0]
+    has_cg = cgroup.shape[0] == n
     end = start + n
     s = np.searchsorted(bounds, start, side="right") - 1
     pfn = start
@@ -160,6 +208,11 @@ def _classify_chunk(flags, start, bounds, seg_region, seg_ram, region_pages, res
                 _add_span(region_pages, units, cells, shift, region, FLAG0, p, start + j)
                 # Not KPF_NOPAGE: pfn_to_online_page() found a struct page, initialised or not.
                 _mark_sections(sections, p, start + j)
+                _base_flag0(flag0_blocks, last_block, p, start + j)
+                if has_cg:
+                    for k in range(i, j):
+                        if cgroup[k] != U0:
+                            accounted_misc[0] += 1
                 i = j
                 continue
             if (f & B_NOPAGE) != U0:
@@ -226,12 +279,17 @@ def _classify_chunk(flags, start, bounds, seg_region, seg_ram, region_pages, res
             if m & (m - 1):
                 anomalies[A_IRREGULAR] += 1
             rem = m
+            q = p
             while rem > 0:
                 o = 0
                 while o < NR_UNIT_ORDERS - 1 and (2 << o) <= rem:
                     o += 1
                 units[cls, o] += 1
+                _base_unit(base_units, last_block, cls, q, o)
+                if cls == UNTYPED and has_cg and cgroup[q - start] != U0:
+                    accounted_misc[o] += 1
                 rem -= 1 << o
+                q += 1 << o
             region_pages[region, cls] += m
             if (f & B_RESERVED) != U0:
                 reserved_flag[region] += m
@@ -339,6 +397,17 @@ class Tally:
     last_typed: np.ndarray        # int64[nregions]  highest RAM PFN whose flags are not 0
     sections: np.ndarray          # uint8[nsections] a PFN without KPF_NOPAGE is in the section
     anomalies: np.ndarray         # int64[len(ANOMALIES)]
+    #: untyped units charged to a memcg, by order (kpagecgroup != 0 at the head)
+    accounted_misc: np.ndarray = field(default_factory=lambda: np.zeros(NR_UNIT_ORDERS,
+                                                                        np.int64))
+    #: units per class and order counted in larger base pages (BASE_SHIFTS)
+    base_units: np.ndarray = field(default_factory=lambda: np.zeros(
+        (len(BASE_SHIFTS), NCLS, NR_UNIT_ORDERS), np.int64))
+    base_last: np.ndarray = field(default_factory=lambda: np.full(len(BASE_SHIFTS), -1,
+                                                                  np.int64))
+    flag0_blocks: np.ndarray = field(default_factory=lambda: np.zeros(len(BASE_SHIFTS),
+                                                                      np.int64))
+    cgroup_seen: bool = False
     pfns_seen: int = 0
 
     @classmethod
@@ -360,25 +429,34 @@ class Tally:
     def cell_pfns(self) -> int:
         return 1 << self.cell_shift
 
-    def add_chunk(self, start_pfn: int, flags: np.ndarray) -> None:
-        """Classify one chunk. PFNs must arrive in ascending order, chunk after chunk."""
+    def add_chunk(self, start_pfn: int, flags: np.ndarray,
+                  cgroup: np.ndarray | None = None) -> None:
+        """Classify one chunk (with its kpagecgroup values when given). PFNs must arrive in
+        ascending order, chunk after chunk."""
         if start_pfn + len(flags) > self.layout.pfns:
             raise ValueError(f"chunk [{start_pfn}, {start_pfn + len(flags)}) is past the "
                              f"{self.layout.pfns} PFNs of this layout")
-        _classify_chunk(flags, start_pfn, self.layout.bounds, self.layout.seg_region,
-                        self.layout.seg_ram, self.region_pages, self.reserved_flag, self.units,
-                        self.free_hist, self.cells, self.cell_shift, self.last_typed,
-                        self.sections, self.anomalies)
+        if cgroup is None:
+            cgroup = np.zeros(0, np.uint64)
+        else:
+            self.cgroup_seen = True
+        _classify_chunk_ext(flags, start_pfn, self.layout.bounds, self.layout.seg_region,
+                            self.layout.seg_ram, self.region_pages, self.reserved_flag,
+                            self.units, self.free_hist, self.cells, self.cell_shift,
+                            self.last_typed, self.sections, self.anomalies,
+                            np.asarray(cgroup, np.uint64), self.accounted_misc,
+                            self.base_units, self.base_last, self.flag0_blocks)
         self.pfns_seen += len(flags)
 
 
-def classify_chunks(chunks: Iterable[tuple[int, np.ndarray]], layout: Layout,
-                    cell_pfns: int | None = None,
+def classify_chunks(chunks: Iterable[tuple], layout: Layout, cell_pfns: int | None = None,
                     progress: Callable[[int], None] | None = None) -> Tally:
-    """Run the classification kernel over ``(start_pfn, uint64 flags)`` chunks."""
+    """Run the classification kernel over ``(start_pfn, uint64 flags[, uint64 cgroup])``
+    chunks."""
     tally = Tally.new(layout, cell_pfns)
-    for start, flags in chunks:
-        tally.add_chunk(int(start), np.asarray(flags, dtype=np.uint64))
+    for start, flags, *cgroup in chunks:
+        tally.add_chunk(int(start), np.asarray(flags, dtype=np.uint64),
+                        cgroup[0] if cgroup else None)
         if progress:
             progress(len(flags))
     return tally
@@ -520,6 +598,14 @@ def build_census(tally: Tally, source: str, kernel: str | None = None,
             free_blocks=[int(x) for x in tally.free_hist[zi]], pcp_pages=z.pcp_pages,
             uninitialised_bound=max(0, z.present - z.managed - int(tally.reserved_flag[zi])),
             reserved_flag_pages=int(tally.reserved_flag[zi])))
+    if tally.cgroup_seen:
+        extras["accounted_misc"] = {
+            "units_by_order": [int(x) for x in tally.accounted_misc],
+            "pages": int((tally.accounted_misc << np.arange(NR_UNIT_ORDERS)).sum())}
+    from memdesc.analysis.base_page import base_page_counts
+
+    extras["base_pages"] = base_page_counts(tally, int(pages[UNINIT]) + int(
+        extras.get("holes_in_zones_by_count", 0)))
     dominant = tally.cells[:, :FLAG0].argmax(axis=1).astype(np.uint8)
     census = Census(
         source=source, pfns=int(tally.pfns_seen),

@@ -12,11 +12,20 @@ pointer.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from memdesc.analysis.census import NR_UNIT_ORDERS, Census
+from memdesc.analysis.cost_terms import (
+    CostTerms,
+    explain_lines,
+    hvo_freed_bytes,
+    memcg_misc_units,
+    occupied_slabs,
+    stage_has_memcg_data,
+)
 from memdesc.analysis.descriptors import CachePolicy, DescriptorTable
 from memdesc.analysis.in_use import InUseCost, attach_in_use
 from memdesc.mm import slub
@@ -27,7 +36,8 @@ from memdesc.stages import PAGE_SIZE, REFERENCE, STAGES, Stage
 FOLIO_LIKE = ("file", "anon", "shmem")
 #: Order in which descriptor caches are listed; "slab" (struct slab) comes last because it
 #: also describes every other descriptor slab.
-DESCRIPTOR_TYPES = ("folio", "large_folio", "hugetlb_folio", "ksm", "ptdesc", "slab")
+DESCRIPTOR_TYPES = ("folio", "large_folio", "hugetlb_folio", "ksm", "ptdesc", "memcg_misc",
+                    "slab")
 
 
 # --- SLUB cache geometry ------------------------------------------------------------------
@@ -162,26 +172,45 @@ def descriptor_demand(census: Census) -> dict[str, int]:
     large = sum(int(u[c][1:].sum()) for c in FOLIO_LIKE)
     return {"folio": small, "large_folio": large, "hugetlb_folio": census.units("hugetlb"),
             "ksm": census.units("ksm"), "ptdesc": census.units("pagetable"),
-            "slab": census.units("slab")}
+            "memcg_misc": memcg_misc_units(census), "slab": census.units("slab")}
 
 
-def _cache(name: str, objects: int, table: DescriptorTable, nr_cpus: int) -> CacheCost:
+def _cache(name: str, objects: int, table: DescriptorTable, nr_cpus: int,
+           occupancy: float | None = None) -> CacheCost:
     geo = slab_geometry(table[name].bytes, nr_cpus, table.cache)
-    slabs = -(-objects // geo.objects)
+    slabs = occupied_slabs(objects, geo.objects, occupancy)
     return CacheCost(name, table[name].bytes, objects, geo, slabs, slabs * geo.pages)
 
 
+def _wanted(name: str, stage: Stage, table: DescriptorTable, terms: CostTerms | None) -> bool:
+    """Whether ``stage`` allocates descriptors of ``name`` (memcg_misc: only as a cost term,
+    once struct page has no memcg_data, and when the table sizes it)."""
+    if name != "memcg_misc":
+        return name != "slab"
+    return (terms is not None and name in table.descriptors
+            and not stage_has_memcg_data(stage))
+
+
 def stage_cost(census: Census, stage: Stage, table: DescriptorTable,
-               nr_cpus: int | None = None) -> StageCost:
-    """The cost of ``census`` at ``stage`` (savings are filled in by :func:`survey_costs`)."""
+               nr_cpus: int | None = None, terms: CostTerms | None = None) -> StageCost:
+    """The cost of ``census`` at ``stage`` (savings are filled in by :func:`survey_costs`).
+
+    ``terms`` (analysis/cost_terms.py) adds HVO, memcg storage of Misc and slab occupancy;
+    None is the bare model (struct pages + perfectly packed descriptors).
+    """
     nr_cpus = nr_cpus or census.nr_cpus or 1
     memmap = census.memmap_pages * stage.struct_page_bytes
     by_type = {"memmap": memmap}
+    hvo = hvo_freed_bytes(census, stage) if terms is not None and terms.hvo else 0
+    if hvo:
+        by_type["hvo"] = -hvo
+    occupancy = terms.occupancy if terms is not None else None
     caches: list[CacheCost] = []
     fixed: list[int] = []
     demand = descriptor_demand(census)
     if stage.dynamic:
-        caches = [_cache(n, demand[n], table, nr_cpus) for n in DESCRIPTOR_TYPES if n != "slab"]
+        caches = [_cache(n, demand[n], table, nr_cpus, occupancy) for n in DESCRIPTOR_TYPES
+                  if _wanted(n, stage, table, terms)]
         # struct slab for the machine's slabs and for every descriptor slab, the struct slab
         # cache's own slabs included: iterate until the count stops changing.
         base = demand["slab"] + sum(c.slabs for c in caches)
@@ -189,12 +218,12 @@ def stage_cost(census: Census, stage: Stage, table: DescriptorTable,
         objects = base
         fixed.append(objects)
         while True:
-            nxt = base + -(-objects // geo.objects)
+            nxt = base + occupied_slabs(objects, geo.objects, occupancy)
             if nxt == objects:
                 break
             objects = nxt
             fixed.append(objects)
-        slab_cache = _cache("slab", objects, table, nr_cpus)
+        slab_cache = _cache("slab", objects, table, nr_cpus, occupancy)
         caches.append(slab_cache)
         for c in caches:
             if c.name != "slab":
@@ -204,25 +233,25 @@ def stage_cost(census: Census, stage: Stage, table: DescriptorTable,
         by_type["slab_overhead"] = (objects - demand["slab"]) * size
         by_type["slack"] = sum(c.bytes for c in caches) - sum(c.object_bytes for c in caches)
     descriptor = sum(c.bytes for c in caches)
-    total = memmap + descriptor
+    total = memmap - hvo + descriptor
     return StageCost(stage.id, stage.title, stage.struct_page_bytes, census.memmap_pages,
-                     memmap, descriptor, total, 100.0 * total / max(1, census.ram_bytes),
+                     memmap - hvo, descriptor, total, 100.0 * total / max(1, census.ram_bytes),
                      by_type, caches=caches, fixed_point=fixed, real_slabs=demand["slab"])
 
 
 def survey_costs(census: Census, stages: list[Stage] | None = None,
-                 table: DescriptorTable | None = None, nr_cpus: int | None = None
-                 ) -> list[StageCost]:
+                 table: DescriptorTable | None = None, nr_cpus: int | None = None,
+                 terms: CostTerms | None = None) -> list[StageCost]:
     """Costs for ``stages`` (default: all) with savings against ``v6.18``."""
     from memdesc.analysis.descriptors import load_descriptors
 
     table = table or load_descriptors()
     stages = list(stages or STAGES)
     ref_stage = next(s for s in STAGES if s.id == REFERENCE)
-    ref = stage_cost(census, ref_stage, table, nr_cpus)
+    ref = stage_cost(census, ref_stage, table, nr_cpus, terms)
     out = []
     for s in stages:
-        c = stage_cost(census, s, table, nr_cpus)
+        c = stage_cost(census, s, table, nr_cpus, terms)
         c.saving_bytes = ref.total_bytes - c.total_bytes
         c.saving_percent = 100.0 * c.saving_bytes / max(1, ref.total_bytes)
         out.append(c)
@@ -248,14 +277,31 @@ def _b(n: int) -> str:
     return f"{n:,} B ({n / 2**20:,.1f} MiB)"
 
 
+def freeptr_delta(census: Census, stage: Stage, table: DescriptorTable,
+                  nr_cpus: int | None, terms: CostTerms | None) -> int | None:
+    """Bytes an outside SLUB free pointer would add to ``stage`` (None: not dynamic, or the
+    table already puts it outside)."""
+    p = table.cache
+    if not stage.dynamic or not (p.typesafe_by_rcu and p.use_freeptr_offset):
+        return None
+    outside = dataclasses.replace(table, cache=dataclasses.replace(p, use_freeptr_offset=False))
+    return (stage_cost(census, stage, outside, nr_cpus, terms).total_bytes
+            - stage_cost(census, stage, table, nr_cpus, terms).total_bytes)
+
+
 def explain(cost: StageCost, census: Census, table: DescriptorTable,
-            nr_cpus: int | None = None) -> list[str]:
+            nr_cpus: int | None = None, terms: CostTerms | None = None) -> list[str]:
     """The arithmetic of one stage, step by step (counts × sizes = bytes)."""
+    from memdesc.stages import get_stage
+
     nr_cpus = nr_cpus or census.nr_cpus or 1
+    memmap = census.memmap_pages * cost.struct_page_size
+    hvo = -cost.by_type.get("hvo", 0)
     lines = [f"stage {cost.id}: {cost.title}",
              f"memmap: {census.memmap_pages:,} struct pages "
              f"({census.extras.get('memmap_basis', 'present sections')}) × "
-             f"{cost.struct_page_size} B = {_b(cost.struct_page_bytes)}"]
+             f"{cost.struct_page_size} B = {_b(memmap)}"
+             + (f" − {hvo:,} B freed by HVO = {_b(cost.struct_page_bytes)}" if hvo else "")]
     if not cost.caches:
         lines.append("descriptors: none allocated — at this stage folios, slabs and ptdescs "
                      "overlay the struct pages they describe (already in the memmap)")
@@ -284,30 +330,39 @@ def explain(cost: StageCost, census: Census, table: DescriptorTable,
                      f"{int(u['shmem'][1:].sum()):,} = {demand['large_folio']:,}")
         lines.append(f"  hugetlb_folio = {demand['hugetlb_folio']:,}, ksm = {demand['ksm']:,}, "
                      f"ptdesc = {demand['ptdesc']:,}, slab (this machine's slabs) = "
-                     f"{demand['slab']:,}")
+                     f"{demand['slab']:,}, memcg_misc = "
+                     + (f"{demand['memcg_misc']:,}" if any(c.name == "memcg_misc"
+                                                           for c in cost.caches)
+                        else "none at this stage"))
         for name in table.descriptors:
             if name not in DESCRIPTOR_TYPES:
                 lines.append(f"  {name}: 0 (its pages are not distinguishable in kpageflags; "
                              "they are counted as untyped Misc)")
+        occ = terms.occupancy if terms is not None else None
+        per = (lambda n: f"{n}") if occ is None else (lambda n: f"({n} × {occ:.3f})")
         for c in cost.caches:
             g = c.geometry
             why = (f"waste <= 1/{g.fraction}" if g.fraction else "fallback get_order()")
             lines.append(f"  {c.name:14s} stride {g.stride} B, order {g.order} ({why}), "
-                         f"{g.objects} objects/slab: ceil({c.objects:,} / {g.objects}) = "
+                         f"{g.objects} objects/slab: ceil({c.objects:,} / {per(g.objects)}) = "
                          f"{c.slabs:,} slabs × {g.pages} page(s) = {c.pages:,} pages = "
                          f"{_b(c.bytes)}")
         slab_geo = cost.caches[-1].geometry
         base = cost.real_slabs + sum(c.slabs for c in cost.caches[:-1])
+        div = per(slab_geo.objects)
         lines.append(f"struct slab fixed point: n = {cost.real_slabs:,} slabs of the machine + "
-                     f"{base - cost.real_slabs:,} descriptor slabs + ceil(n / "
-                     f"{slab_geo.objects}) slabs of the struct slab cache itself:")
+                     f"{base - cost.real_slabs:,} descriptor slabs + ceil(n / {div}) slabs of "
+                     "the struct slab cache itself:")
         for prev, cur in zip(cost.fixed_point, cost.fixed_point[1:], strict=False):
-            lines.append(f"  n = {base:,} + ceil({prev:,} / {slab_geo.objects}) = {cur:,}")
+            lines.append(f"  n = {base:,} + ceil({prev:,} / {div}) = {cur:,}")
         last = cost.fixed_point[-1]
-        lines.append(f"  n = {base:,} + ceil({last:,} / {slab_geo.objects}) = "
-                     f"{base + -(-last // slab_geo.objects):,} (stable)")
+        lines.append(f"  n = {base:,} + ceil({last:,} / {div}) = "
+                     f"{base + occupied_slabs(last, slab_geo.objects, occ):,} (stable)")
         lines.append(f"descriptors: {sum(c.pages for c in cost.caches):,} slab pages × "
                      f"{PAGE_SIZE} B = {_b(cost.descriptor_bytes)}")
+    stage = get_stage(cost.id)
+    lines.extend(explain_lines(census, stage, terms,
+                               freeptr_delta(census, stage, table, nr_cpus, terms)))
     lines.append("by type: " + ", ".join(f"{k} {v:,} B" for k, v in cost.by_type.items()))
     lines.append(f"total: {cost.struct_page_bytes:,} + {cost.descriptor_bytes:,} = "
                  f"{_b(cost.total_bytes)} = {cost.percent_of_ram:.4f} % of "

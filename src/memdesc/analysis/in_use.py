@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from memdesc.analysis.census import NR_UNIT_ORDERS, Census
+from memdesc.analysis.cost_terms import memcg_misc_units
 from memdesc.stages import REFERENCE
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def _objects_by_class(census: Census) -> dict[str, dict[str, int]]:
             "hugetlb_folio": {"hugetlb": census.units("hugetlb")},
             "ksm": {"anon": census.units("ksm")},
             "ptdesc": {"pagetable": census.units("pagetable")},
+            "memcg_misc": {"misc": memcg_misc_units(census)},
             "slab": {"slab": census.units("slab")}}
 
 
@@ -121,11 +123,10 @@ def bytes_by_class(census: Census, cost: StageCost) -> dict[str, int]:
     desc = descriptor_bytes_by_class(census, cost)
     memmap = cost.by_type.get("memmap", cost.struct_page_bytes)
     out = {k: pages[k] * cost.struct_page_size + desc[k] for k in BY_CLASS}
-    # What the struct-page part holds beyond size × pages (HVO, base-page terms) goes to the
-    # classes it concerns through by_type; the remainder stays with "unused".
+    # The memmap beyond size × pages of the classes stays with "unused"; the vmemmap HVO
+    # frees (by_type["hvo"], negative) comes off the hugetlb class.
     out["unused"] += memmap - sum(pages[k] for k in BY_CLASS) * cost.struct_page_size
     out["hugetlb"] += cost.by_type.get("hvo", 0)
-    out["unused"] -= cost.by_type.get("hvo", 0)
     return out
 
 

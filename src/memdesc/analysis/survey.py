@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
+from memdesc.analysis.base_page import BasePageCost, base_page_costs, reference_4k
 from memdesc.analysis.census import Census
 from memdesc.analysis.classify import Layout, Zone, build_census, classify_chunks
 from memdesc.analysis.consistency import (
@@ -25,6 +27,7 @@ from memdesc.analysis.consistency import (
     slab_heads_check,
 )
 from memdesc.analysis.cost import StageCost, folio_order_distribution, survey_costs
+from memdesc.analysis.cost_terms import CostTerms, parse_sysctl_value, slab_occupancy
 from memdesc.analysis.descriptors import DescriptorTable, load_descriptors
 from memdesc.analysis.in_use import break_even_orders
 from memdesc.ingest import procfs
@@ -57,6 +60,7 @@ class SurveyResult:
     buddy: list[BuddyZone]
     descriptors: DescriptorTable
     skipped: list[str] = field(default_factory=list)
+    terms: CostTerms | None = None
     seconds: float = 0.0
 
     @property
@@ -70,7 +74,17 @@ class SurveyResult:
     def folio_orders(self) -> dict:
         return folio_order_distribution(self.census)
 
-    @property
+    @cached_property
+    def base_pages(self) -> list[BasePageCost]:
+        """The stages with 16 KiB and 64 KiB base pages (analysis/base_page.py)."""
+        return base_page_costs(self.census, [get_stage(c.id) for c in self.costs],
+                               self.descriptors, self.terms)
+
+    @cached_property
+    def reference_4k(self) -> StageCost:
+        return reference_4k(self.costs, self.census, self.descriptors, self.terms)
+
+    @cached_property
     def break_even(self) -> dict[str, dict[str, int | None]]:
         """Per stage and unit type, the order from which a unit costs less than at v6.18."""
         return break_even_orders([get_stage(c.id) for c in self.costs], self.descriptors,
@@ -170,6 +184,24 @@ def nr_cpus_of(zoneinfo: list[procfs.ZoneInfo] | None) -> int | None:
     return max(counts) if counts else None
 
 
+#: Where vm.hugetlb_optimize_vmemmap is found: a snapshot folder's `sysctl -a` capture, or
+#: the live /proc/sys file.
+SYSCTL_VM_FILE = "sysctl-vm.txt"
+HVO_SYSCTL = "hugetlb_optimize_vmemmap"
+
+
+def cost_terms_of(snapshot: Snapshot, slabinfo) -> CostTerms:
+    """What the snapshot says about the cost-model terms (analysis/cost_terms.py)."""
+    path = (snapshot.root / "sys" / "vm" / HVO_SYSCTL if snapshot.live
+            else snapshot.root / SYSCTL_VM_FILE)
+    try:
+        text = path.read_text() if path.is_file() else None
+    except OSError:
+        text = None
+    occ, names, objs = slab_occupancy(slabinfo)
+    return CostTerms(parse_sysctl_value(text, HVO_SYSCTL), occ, names, objs)
+
+
 def run_survey(snapshot: Snapshot, stages: list[Stage] | None = None,
                descriptors: DescriptorTable | None = None,
                progress: Callable[[int], None] | None = None,
@@ -182,13 +214,16 @@ def run_survey(snapshot: Snapshot, stages: list[Stage] | None = None,
     before = parse_texts(snapshot, "before")
     after = None if snapshot.live else parse_texts(snapshot, "after")
     layout, zoneinfo = layout_of(snapshot, before)
-    chunks = ((s, arrays["kpageflags"]) for s, arrays in
-              snapshot.chunks(("kpageflags",), chunk_pfns=chunk_pfns))
+    # kpagecgroup says which untyped pages are charged to a memcg (cost term memcg_misc).
+    names = ("kpageflags", "kpagecgroup") if snapshot.has("kpagecgroup") else ("kpageflags",)
+    chunks = ((s, *(arrays[n] for n in names)) for s, arrays in
+              snapshot.chunks(names, chunk_pfns=chunk_pfns))
     tally = classify_chunks(prefetch(chunks), layout, progress=progress)
     census = build_census(tally, snapshot.source, snapshot.kernel, nr_cpus_of(zoneinfo))
     if snapshot.note:
         census.notes.insert(0, snapshot.note)
-    costs = survey_costs(census, stages or list(STAGES), descriptors)
+    terms = cost_terms_of(snapshot, before["slabinfo"])
+    costs = survey_costs(census, stages or list(STAGES), descriptors, terms=terms)
     if after is None:
         after = parse_texts(snapshot, "after")
     mem_b, mem_a = before["meminfo"], after["meminfo"]
@@ -197,13 +232,15 @@ def run_survey(snapshot: Snapshot, stages: list[Stage] | None = None,
     if before["slabinfo"] is not None:
         checks.append(slab_heads_check(census, before["slabinfo"]))
     if before["vmstat"] or after["vmstat"]:
-        ref = next(c for c in survey_costs(census, [get_stage(REFERENCE)], descriptors))
-        checks.append(memmap_check(census, ref.by_type["memmap"], before["vmstat"],
-                                   after["vmstat"]))
+        ref = survey_costs(census, [get_stage(REFERENCE)], descriptors, terms=terms)[0]
+        hvo = -ref.by_type.get("hvo", 0)
+        checks.append(memmap_check(census, ref.struct_page_bytes, before["vmstat"],
+                                   after["vmstat"], f" − {hvo:,} B freed by HVO" if hvo else ""))
     buddy = (buddy_reconciliation(census, bud_b, bud_a, before["pagetypeinfo"])
              if bud_b or bud_a else [])
     skipped = [n for n in WEAKENS if not snapshot.has(n)]
     if "iomem" not in skipped and layout.ram is None:
         skipped.append("iomem")       # present but addresses hidden (not root)
     return SurveyResult(snapshot.source, snapshot.kind, snapshot.kernel, snapshot.note, census,
-                        costs, checks, buddy, descriptors, skipped, time.monotonic() - t0)
+                        costs, checks, buddy, descriptors, skipped, terms,
+                        time.monotonic() - t0)

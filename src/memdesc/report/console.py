@@ -15,7 +15,8 @@ to the width in steps, each tried only when the previous one is still too wide:
 
 Cells never break inside a word or between a number and its unit: every cell is ``no_wrap``
 (prose cells are wrapped here, by :mod:`textwrap`, which does not break at a non-breaking
-space); :func:`qty` joins a number to its unit with U+00A0. A table that still does not fit
+space); :func:`qty` joins a number to its unit with U+00A0, printed as a plain space once
+the lines are decided. A table that still does not fit
 after every step is printed as is (rich cuts cells with an ellipsis, it does not fold them).
 
 ``--brief`` (:func:`add_brief_option`): a command prints only its answer, the few lines it
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -127,6 +129,16 @@ def _longest_word(s: str) -> int:
     return max((cell_len(w) for w in s.split()), default=0)
 
 
+def _plain_spaces(t: Text) -> Text:
+    """Once wrapping is decided (cells are no_wrap), print NBSP as an ordinary space so the
+    output greps and copies like normal text."""
+    if NBSP not in t.plain:
+        return t
+    out = t.copy()
+    out.plain = t.plain.replace(NBSP, " ")
+    return out
+
+
 def _wrap(t: Text, width: int) -> Text:
     """Wrap ``t`` between words (spaces only: NBSP keeps a number with its unit)."""
     lines = []
@@ -181,7 +193,7 @@ def _build(cols: list[Column], idx: list[int], cells: list[list[Text] | None],
             cell = row[i]
             if cols[i].wrap and i in widths:
                 cell = _wrap(cell, widths[i])
-            out.append(cell)
+            out.append(_plain_spaces(cell))
         t.add_row(*out, style=style)
     return t
 
@@ -255,10 +267,20 @@ def _squeeze(cols, idx, col_cells, short, width, cells, sty, title, table_kw) ->
     return widths
 
 
+#: A number followed by a unit: the space between them must not break.
+_NUMBER_UNIT = re.compile(r"(\d) (B|KiB|MiB|GiB|TiB|%|pages?|objects|slabs)(?=[\s),;:.]|$)")
+
+
+def keep_units(text: str) -> str:
+    """Join every number to the unit after it with a non-breaking space."""
+    return _NUMBER_UNIT.sub(lambda m: f"{m[1]}{NBSP}{m[2]}", text)
+
+
 def print_lines(lines: Sequence[str], console: Console) -> None:
-    """Print plain lines (no markup), wrapped between words at the console's width."""
-    for line in lines:
+    """Print plain lines (no markup), wrapped between words at the console's width (never
+    between a number and its unit)."""
+    for line in map(keep_units, lines):
         indent = len(line) - len(line.lstrip(" "))
         for part in textwrap.wrap(line, console.width, subsequent_indent=" " * (indent + 2),
                                   break_long_words=False, break_on_hyphens=False) or [""]:
-            console.print(Text(part), soft_wrap=True)
+            console.print(Text(part.replace(NBSP, " ")), soft_wrap=True)

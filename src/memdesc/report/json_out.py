@@ -46,6 +46,8 @@ def survey_dict(r: SurveyResult) -> dict[str, Any]:
         "class_pages": class_pages(c),
         "stages": [s.to_dict() for s in r.costs],
         "break_even_orders": r.break_even,
+        "cost_terms": r.terms.to_dict() if r.terms is not None else None,
+        "base_pages": [b.to_dict(r.reference_4k) for b in r.base_pages],
         "consistency": [ch.to_dict() for ch in r.checks],
         "buddy_reconciliation": [b.to_dict() for b in r.buddy],
         "descriptors": {

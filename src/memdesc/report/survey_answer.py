@@ -62,10 +62,13 @@ def answer_lines(r: SurveyResult) -> list[str]:
     p16 = next((s for s in r.costs if s.id == "page16"), None)
     if p16 is not None:
         idle = -(p16.by_class_change["free"] + p16.by_class_change["unused"])
-        out.append(f"page16 {_verb(p16.in_use.saving_bytes, p16.in_use.saving_percent)} on "
-                   f"memory in use and {_verb(p16.saving_bytes, p16.saving_percent)} on the "
-                   f"whole machine, of which {size_text(idle)} is the struct pages of free, "
-                   "never-initialised and hole memory")
+        use = _verb(p16.in_use.saving_bytes, p16.in_use.saving_percent)
+        whole = _verb(p16.saving_bytes, p16.saving_percent)
+        if use.split()[0] == whole.split()[0]:
+            whole = whole.split(" ", 1)[1]          # "saves A on ... and B on ..."
+        out.append(f"page16 {use} on memory in use and {whole} on the whole machine, of which "
+                   f"{size_text(idle)} is the struct pages of free, never-initialised and hole "
+                   "memory")
     return out
 
 
@@ -129,3 +132,41 @@ def break_even_table(r: SurveyResult, width: int) -> Table:
             for t in types]
     return fit_table(cols, rows, width, title="Break-even order (from it up, a unit costs "
                                                "less than at v6.18)")
+
+
+def base_page_table(r: SurveyResult, width: int) -> Table | None:
+    """Per stage: saving vs today's 4 KiB v6.18, in use and whole machine, at 4/16/64 KiB."""
+    bases = r.base_pages
+    if not bases:
+        return None
+    ref = r.reference_4k
+    sizes = [("4K", {c.id: c for c in r.costs})] + [
+        (f"{b.base_page_bytes >> 10}K", {c.id: c for c in b.costs}) for b in bases]
+
+    def pct(saving: int, base: int) -> str:
+        return percent_text(100.0 * saving / max(1, base))
+
+    cols = [Column("stage", "left")]
+    cols += [Column(f"in use {n}", short=f"use {n}") for n, _ in sizes]
+    cols += [Column(f"machine {n}", short=f"all {n}", priority=1) for n, _ in sizes]
+    rows = []
+    for s in r.costs:
+        rows.append([s.id]
+                    + [pct(ref.in_use.total_bytes - by[s.id].in_use.total_bytes,
+                           ref.in_use.total_bytes) for _, by in sizes]
+                    + [pct(ref.total_bytes - by[s.id].total_bytes, ref.total_bytes)
+                       for _, by in sizes])
+    return fit_table(cols, rows, width, title=f"Saving vs {REFERENCE} with 4 KiB pages, if "
+                                               "the base page were 4, 16 or 64 KiB")
+
+
+def base_page_lines(r: SurveyResult) -> list[str]:
+    bases = r.base_pages
+    if not bases:
+        return []
+    used = in_use_pages(r.census) * PAGE_SIZE
+    parts = [f"{b.base_page_bytes >> 10} KiB: {size_text(b.in_use_memory_bytes)}"
+             for b in bases]
+    return [f"memory in use with 4 KiB pages {size_text(used)}, {', '.join(parts)}: a larger "
+            "page is in use if any of its 4 KiB pages is, and takes the class of the first "
+            "unit in it (docs/survey.md §3.3)"]

@@ -195,7 +195,13 @@ def notes_lines(r: SurveyResult) -> list[str]:
 
 def render(r: SurveyResult, console: Console | None = None, brief: bool = False) -> None:
     """Print the survey: the answer first, then (unless ``brief``) the details."""
-    from memdesc.report.survey_answer import answer, break_even_table, class_change_table
+    from memdesc.report.survey_answer import (
+        answer,
+        base_page_lines,
+        base_page_table,
+        break_even_table,
+        class_change_table,
+    )
 
     con = console or make_console()
     w = con.width
@@ -205,6 +211,11 @@ def render(r: SurveyResult, console: Console | None = None, brief: bool = False)
     con.print()
     con.print(class_change_table(r, w))
     con.print(break_even_table(r, w))
+    bp = base_page_table(r, w)
+    if bp is not None:
+        con.print(bp)
+        print_lines(base_page_lines(r), con)
+        con.print()
     con.print(cost_table(r, w))
     con.print(class_table(r, w))
     if any(r.folio_orders["units_by_order"]):
