@@ -229,7 +229,9 @@ def _local_cluster(workers: int):
 
 def _stop_now(cluster) -> None:
     """After Ctrl-C: kill our local worker processes (a survey in flight cannot be asked to
-    stop), then close the cluster, which no longer waits for them."""
+    stop), then close the cluster, which no longer waits for them. Dask's own complaints
+    about the connections this breaks are silenced: the run is over."""
+    logging.disable(logging.CRITICAL)
     for nanny in list(cluster.workers.values()):
         pid = getattr(getattr(nanny, "process", None), "pid", None)
         if pid:
