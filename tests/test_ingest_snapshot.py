@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memdesc.cli import main
 from memdesc.errors import InputError
@@ -196,7 +198,8 @@ def test_empty_folder_and_no_kpageflags(tmp_path):
     folder = write_folder(tmp_path / "s", {"kpagecount": np.zeros(8)}, meminfo_before="A: 1\n")
     with pytest.raises(InputError) as e:
         open_snapshot(folder)
-    assert one_line_error(e) == f"{folder}: a snapshot needs kpageflags.bin or kpageflags.bin.zst"
+    assert one_line_error(e) == (f"{folder}: a snapshot needs kpageflags.bin, "
+                                     "kpageflags.bin.zst, kpageflags.bin.gz or kpageflags.gz")
 
 
 def test_length_not_multiple_of_8(tmp_path, idle_flags):
@@ -256,6 +259,7 @@ def corrupt_copy(src: Path, dest: Path, cut: bool = False) -> Path:
 
 
 def test_corrupt_zst_capture_caught_at_open(tmp_path):
+    """Damaged bytes are called corrupt, a copy cut short is called truncated."""
     from conftest import fixture_dir
     src = fixture_dir("snapshot-idle") / "kpageflags.bin.zst"
     for cut in (False, True):
@@ -265,8 +269,53 @@ def test_corrupt_zst_capture_caught_at_open(tmp_path):
         with pytest.raises(InputError) as e:
             open_snapshot(folder)
         msg = one_line_error(e)
-        assert msg.startswith(f"{path}: corrupt zstd data (")
-        assert msg.endswith("); copy or capture the snapshot again")
+        if cut:
+            assert msg == (f"{path}: the zstd data stops inside a frame: the file is "
+                           "truncated; copy or capture it again")
+        else:
+            assert msg.startswith(f"{path}: corrupt zstd data (")
+            assert msg.endswith("); copy or capture the snapshot again")
+
+
+def _zst_block_headers(data: bytes) -> list[int]:
+    """Offsets of the block headers of a one-frame zstd file (RFC 8878 §3.1.1.2)."""
+    pos, heads = zstandard.frame_header_size(data[:18]), []
+    while True:
+        v = int.from_bytes(data[pos:pos + 3], "little")
+        heads.append(pos)
+        pos += 3 + (1 if (v >> 1) & 3 == 1 else v >> 3)
+        if v & 1:
+            return heads
+
+
+def test_corrupt_block_header_is_not_called_truncated(tmp_path):
+    """Issue 13: a corrupted (not truncated) zstd file was reported as truncated ("the file
+    ends inside a frame") when a damaged block header pointed past the end of the file. Every
+    single-bit flip in the first 8 block headers of a real capture is now called corrupt."""
+    from conftest import fixture_dir
+    src = (fixture_dir("fleet/ours/m01-idle") / "kpageflags.bin.zst").read_bytes()
+    heads = _zst_block_headers(src)
+    folder = tmp_path / "s"
+    folder.mkdir()
+    path = folder / "kpageflags.bin.zst"
+    # Hand-worked: bit 23 of header 0 is bit 20 of its 21-bit size, so the size grows by 2^20.
+    data = bytearray(src)
+    size0 = int.from_bytes(src[heads[0]:heads[0] + 3], "little") >> 3
+    data[heads[0] + 2] ^= 0x80
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError) as e:
+        open_snapshot(folder)
+    assert one_line_error(e) == (f"{path}: corrupt zstd data (block of {size0 + 2**20:,} bytes, "
+                                 "more than the 131,072 allowed); copy or capture the snapshot "
+                                 "again")
+    for head in heads[:8]:
+        for bit in range(24):
+            data = bytearray(src)
+            data[head + bit // 8] ^= 1 << (bit % 8)
+            path.write_bytes(bytes(data))
+            with pytest.raises(InputError) as e:
+                list(open_snapshot(folder).chunks())
+            assert "corrupt zstd data (" in one_line_error(e), (head, bit)
 
 
 def test_corrupt_zst_with_size_caught_while_streaming(tmp_path, idle_flags, capsys):
@@ -420,3 +469,101 @@ def test_both_raw_and_compressed_copies_are_ambiguous(tmp_path, idle_flags):
         open_snapshot(folder)
     msg = one_line_error(e)
     assert "kpageflags.bin" in msg and "kpageflags.bin.zst" in msg
+
+
+# --- gzip and the fleet study's layout (Mansi & Swift 2024) -----------------------------------
+
+MANSI_V1 = "fleet/mansi/host-v1/11-29-2026-15-42-36"
+
+
+def test_mansi_sample_folder_opens_and_equals_our_capture():
+    """The fleet study's sample folder (kpageflags.gz, meminfo, info) holds the same capture as
+    our m02-pagecache-4g folder: gzip streaming gives the same PFNs as zstd streaming."""
+    from conftest import fixture_dir
+    mansi = open_snapshot(fixture_dir(MANSI_V1))
+    ours = open_snapshot(fixture_dir("fleet/ours/m02-pagecache-4g"))
+    assert (mansi.pfn_count, mansi.kernel) == (PFNS, "6.18.44-fc-v669")
+    assert mansi.kpage_path("kpageflags").name == "kpageflags.gz"
+    assert mansi.skipped == ["kpagecount", "kpagecgroup", "zoneinfo", "buddyinfo",
+                             "pagetypeinfo", "slabinfo", "iomem", "vmstat"]
+    assert mansi.text("meminfo").startswith("MemTotal:       24684084 kB\n")
+    for (sa, a), (sb, b) in zip(mansi.chunks(chunk_pfns=1_000_003),
+                                ours.chunks(chunk_pfns=1_000_003), strict=True):
+        assert sa == sb and np.array_equal(a["kpageflags"], b["kpageflags"])
+
+
+def test_folder_host_and_input_files():
+    from conftest import fixture_dir
+    from memdesc.ingest.snapshot import folder_host, input_files
+    root = fixture_dir(MANSI_V1)
+    assert folder_host(root) == "host-v1"                  # first line of `info`
+    assert [p.name for p in input_files(root)] == ["info", "kpageflags.gz", "meminfo"]
+    ours = fixture_dir("fleet/ours/m01-idle")
+    assert folder_host(ours) == "vm"                       # node name of uname.txt
+    names = [p.name for p in input_files(ours)]
+    assert "kpageflags.bin.zst" in names and "summary.txt" not in names
+
+
+def _gzip_members(data: bytes, cuts: list[int]) -> bytes:
+    import gzip
+    edges = [0, *cuts, len(data)]
+    return b"".join(gzip.compress(data[a:b]) for a, b in zip(edges, edges[1:], strict=False))
+
+
+def test_gzip_multi_member_and_padding(tmp_path, idle_flags):
+    """Several gzip members (as `cat a.gz b.gz` makes) and trailing zero padding read as one
+    stream, in every chunking, equal to the source."""
+    flags = idle_flags[:300_000]
+    data = _gzip_members(flags.tobytes(), [8 * 1000, 8 * 123_457]) + bytes(4096)
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "kpageflags.bin.gz").write_bytes(data)
+    snap = open_snapshot(folder)
+    assert snap.pfn_count == 300_000
+    for chunk in (7_777, 1 << 20):
+        got = np.concatenate([a["kpageflags"] for _, a in snap.chunks(chunk_pfns=chunk)])
+        assert np.array_equal(got, flags)
+    (start, arrays), = list(snap.chunks(start_pfn=123_000, end_pfn=124_500))
+    assert np.array_equal(arrays["kpageflags"], flags[123_000:124_500])
+
+
+def test_gzip_truncated_and_corrupt_are_told_apart(tmp_path, idle_flags):
+    import gzip
+    data = gzip.compress(idle_flags[:200_000].tobytes())
+    folder = tmp_path / "s"
+    folder.mkdir()
+    path = folder / "kpageflags.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as e:
+        open_snapshot(folder)
+    assert one_line_error(e) == (f"{path}: the gzip data stops inside a member: the file is "
+                                 "truncated; copy or capture it again")
+    bad = bytearray(data)
+    bad[-6] ^= 0x01                                   # CRC-32 of the member (RFC 1952 §2.3.1)
+    path.write_bytes(bytes(bad))
+    with pytest.raises(InputError) as e:
+        open_snapshot(folder)
+    assert one_line_error(e) == (f"{path}: corrupt gzip data (Error -3 while decompressing "
+                                 "data: incorrect data check); copy or capture the snapshot again")
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(InputError, match="corrupt gzip data .*incorrect header check"):
+        open_snapshot(folder)
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match="kpageflags.gz: empty file, not gzip data"):
+        open_snapshot(folder)
+
+
+@settings(max_examples=25)
+@given(st.lists(st.integers(1, 39_999), max_size=4, unique=True),
+       st.integers(1_000, 9_000), st.integers(0, 3))
+def test_gzip_any_members_any_chunks_equal_the_source(cuts, chunk, padding):
+    """However the file is cut into members and read in chunks, gzip streams the source."""
+    import gzip
+    flags = np.arange(40_000, dtype="<u8") * np.uint64(0x9E3779B97F4A7C15)
+    data = b"".join(gzip.compress(flags[a:b].tobytes()) for a, b in
+                    zip([0, *sorted(cuts)], [*sorted(cuts), 40_000], strict=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "kpageflags.bin.gz").write_bytes(data + bytes(512 * padding))
+        snap = open_snapshot(tmp)
+        got = np.concatenate([a["kpageflags"] for _, a in snap.chunks(chunk_pfns=chunk)])
+    assert np.array_equal(got, flags)

@@ -6,9 +6,13 @@ free lists and slabs. :func:`open_snapshot` validates the input up front (one ac
 problem) and :meth:`Snapshot.chunks` streams the PFN files in bounded memory.
 
 Folder format (what ``memdesc snapshot save`` writes, and the layout of the real captures in
-shared/fixtures/snapshot-*): ``NAME.bin`` or ``NAME.bin.zst`` for the kpage files (raw
-little-endian u64 per PFN, index = PFN); ``NAME.before``/``NAME.after`` (read just before / after
-the kpage reads) or ``NAME.txt`` for the /proc text files; ``uname.txt`` and ``meta.json``.
+shared/fixtures/snapshot-*): ``NAME.bin``, ``NAME.bin.zst`` or ``NAME.bin.gz`` for the kpage
+files (raw little-endian u64 per PFN, index = PFN; codecs in ingest/kpagefile.py);
+``NAME.before``/``NAME.after`` (read just before / after the kpage reads) or ``NAME.txt`` for the
+/proc text files; ``uname.txt`` and ``meta.json``. A sample folder of the public fleet study
+(Mansi & Swift 2024, ``HOST/MM-DD-YYYY-HH-MM-SS/``) opens too: ``kpageflags.gz`` (gzip of the raw
+file), ``meminfo``, and ``info`` (hostname, then ``uname -a``); it has no zoneinfo, so the survey
+runs in its kpageflags-only mode and says what that weakens.
 
 Live snapshots read /proc directly: the /proc text files are read once when the snapshot is
 opened (``text(name, "before")``); ``text(name, "after")`` re-reads the file the first time it is
@@ -26,28 +30,27 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import zstandard
 
 from memdesc.errors import InputError, PermissionProblem
+from memdesc.ingest.kpagefile import (
+    KPAGE_FORMS,
+    KPF_BYTES,
+    PROC,
+    KpageFile,
+    kpage_file,
+    open_reader,
+    os_open,
+    permission,
+    read_exact,
+)
 
 #: Default PFNs per chunk: a multiple of MAX_ORDER_NR_PAGES (1024) and of 2^18 (a 1 GiB
 #: hugetlb folio), so no naturally aligned block straddles two chunks. 8 MiB per file.
 CHUNK_PFNS = 1 << 20
 KPAGE_FILES = ("kpageflags", "kpagecount", "kpagecgroup")
 PROCFS_FILES = ("meminfo", "zoneinfo", "buddyinfo", "pagetypeinfo", "slabinfo", "iomem", "vmstat")
-KPF_BYTES = 8                      # one u64 per PFN [S: fs/proc/page.c KPMSIZE]
-PROC = Path("/proc")
 BUNDLED_NAME = "snapshot-idle"
 BUNDLED_NOTE = "surveying the bundled Linux 6.18 snapshot snapshot-idle"
-
-_ZSTD_SKIPPABLE = range(0x184D2A50, 0x184D2A60)   # skippable-frame magic numbers [S: RFC 8878]
-
-
-@dataclass
-class _KpageFile:
-    path: Path
-    compressed: bool
-    nbytes: int                    # decompressed length
 
 
 @dataclass
@@ -60,7 +63,7 @@ class Snapshot:
     kernel: str | None   # `uname -r` style release if known
     note: str | None     # one line for the user, e.g. why the bundled snapshot is used
     root: Path = field(default=PROC, repr=False)          # the folder, or /proc when live
-    _kpage: dict[str, _KpageFile] = field(default_factory=dict, repr=False)
+    _kpage: dict[str, KpageFile] = field(default_factory=dict, repr=False)
     _before: dict[str, str | None] = field(default_factory=dict, repr=False)   # live only
     _after: dict[str, str | None] = field(default_factory=dict, repr=False)    # live only
 
@@ -116,7 +119,7 @@ class Snapshot:
 
     def _chunks(self, names, chunk_pfns, start, end):
         with contextlib.ExitStack() as stack:
-            readers = {n: stack.enter_context(_open_reader(self._kpage[n], start * KPF_BYTES))
+            readers = {n: stack.enter_context(open_reader(self._kpage[n], start * KPF_BYTES))
                        for n in names}
             pfn = start
             while pfn < end:
@@ -124,7 +127,7 @@ class Snapshot:
                 out = {}
                 for n in names:
                     arr = np.empty(n_pfns, dtype="<u8")
-                    _read_exact(readers[n], memoryview(arr).cast("B"), self._kpage[n], pfn)
+                    read_exact(readers[n], memoryview(arr).cast("B"), self._kpage[n], pfn)
                     out[n] = arr
                 yield pfn, out
                 pfn += n_pfns
@@ -157,118 +160,13 @@ class Snapshot:
         return None
 
 
-# --- readers ----------------------------------------------------------------------------------
-
-class _PreadReader:
-    """Sequential reads of an uncompressed kpage file by pread: /proc needs 8-byte aligned
-    offsets and counts (kpageflags_read() in fs/proc/page.c) and has no meaningful size."""
-
-    def __init__(self, path: Path, offset: int):
-        self.fd = _os_open(path)
-        self.offset = offset
-
-    def readinto(self, view: memoryview) -> int:
-        n = os.preadv(self.fd, [view], self.offset)
-        self.offset += n
-        return n
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-@contextlib.contextmanager
-def _open_reader(f: _KpageFile, offset: int) -> Iterator:
-    if not f.compressed:
-        reader = _PreadReader(f.path, offset)
-        try:
-            yield reader
-        finally:
-            reader.close()
-        return
-    with _open_file(f.path) as fh:
-        try:
-            stream = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-            _skip(stream, offset, f)
-            yield stream
-        except zstandard.ZstdError as e:
-            raise _corrupt(f.path, e) from None
-
-
-def _skip(stream, nbytes: int, f: _KpageFile) -> None:
-    """Decompress and drop ``nbytes`` (zstd streams cannot seek)."""
-    scratch = memoryview(bytearray(min(nbytes, 1 << 22) or 1))
-    while nbytes:
-        got = stream.readinto(scratch[:min(nbytes, len(scratch))])
-        if not got:
-            raise _truncated(f, f.nbytes - nbytes)
-        nbytes -= got
-
-
-def _read_exact(reader, view: memoryview, f: _KpageFile, pfn: int) -> None:
-    """Fill ``view`` from ``reader`` or raise InputError: the file ended early or is corrupt."""
-    done = 0
-    try:
-        while done < len(view):
-            got = reader.readinto(view[done:])
-            if not got:
-                raise _truncated(f, pfn * KPF_BYTES + done)
-            done += got
-    except zstandard.ZstdError as e:
-        raise _corrupt(f.path, e) from None
-    except OSError as e:
-        raise InputError(f"{f.path}: read failed at PFN {pfn}: {e.strerror}") from None
-
-
-def _truncated(f: _KpageFile, got: int) -> InputError:
-    if got % KPF_BYTES:
-        return _not_whole(f.path, got)
-    return InputError(f"{f.path}: ends after {got // KPF_BYTES:,} PFNs, expected "
-                      f"{f.nbytes // KPF_BYTES:,}: the file is truncated; copy or capture it "
-                      "again")
-
-
-def _not_whole(path: Path, nbytes: int) -> InputError:
-    return InputError(f"{path}: {nbytes:,} bytes is not a whole number of 8-byte PFN entries: "
-                      "the file is truncated; copy or capture it again")
-
-
-def _corrupt(path: Path, e: Exception) -> InputError:
-    return InputError(f"{path}: corrupt zstd data ({e}); copy or capture the snapshot again")
-
-
-# --- low-level file access with one-line errors ---------------------------------------------------
-
-def _permission(path: Path) -> PermissionProblem:
-    if str(path).startswith(f"{PROC}/"):
-        return PermissionProblem(f"{path} is not readable (it needs root): run as root or pass "
-                                 "--snapshot DIR")
-    return PermissionProblem(f"{path} is not readable by this user: fix its permissions or "
-                             "run as a user who may read it")
-
-
-def _os_open(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except PermissionError:
-        raise _permission(path) from None
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist") from None
-
-
-def _open_file(path: Path):
-    try:
-        return open(path, "rb", buffering=0)  # noqa: SIM115 (returned to a with-statement)
-    except PermissionError:
-        raise _permission(path) from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a folder, expected a file") from None
-
+# --- text files ---------------------------------------------------------------------------------
 
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
     except PermissionError:
-        raise _permission(path) from None
+        raise permission(path) from None
 
 
 def read_proc_text(path: Path) -> str | None:
@@ -283,92 +181,16 @@ def read_proc_text(path: Path) -> str | None:
 def check_readable(path: str | os.PathLike) -> None:
     """Raise PermissionProblem / InputError (one line) unless ``path`` can be opened for
     reading. Used for /proc/kpageflags before anything else is done."""
-    os.close(_os_open(Path(path)))
+    os.close(os_open(Path(path)))
 
 
 # --- sizes ------------------------------------------------------------------------------------
-
-def zst_content_size(path: Path) -> int | None:
-    """Decompressed size of a zstd file from its frame headers, or None when a frame does not
-    record it. Walks every frame and block header (RFC 8878 §3.1) so truncation is caught
-    without decompressing; raises InputError on anything that is not zstd."""
-    total: int | None = 0
-    with _open_file(path) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            raise InputError(f"{path}: empty file, not zstd data; copy or capture it again")
-        pos = 0
-        try:
-            while pos < size:
-                fh.seek(pos)
-                head = fh.read(18)                      # the largest frame header
-                magic = int.from_bytes(head[:4], "little")
-                if magic in _ZSTD_SKIPPABLE:
-                    pos += 8 + int.from_bytes(head[4:8], "little")
-                    continue
-                params = zstandard.get_frame_parameters(head)
-                if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
-                    total = None
-                elif total is not None:
-                    total += params.content_size
-                pos += zstandard.frame_header_size(head)
-                while True:                             # block headers: 3 bytes each
-                    fh.seek(pos)
-                    bh = fh.read(3)
-                    if len(bh) < 3:
-                        raise _corrupt(path, EOFError("the file ends inside a frame"))
-                    v = int.from_bytes(bh, "little")
-                    btype, bsize = (v >> 1) & 3, v >> 3
-                    if btype == 3:
-                        raise _corrupt(path, ValueError("reserved block type"))
-                    pos += 3 + (1 if btype == 1 else bsize)
-                    if v & 1:
-                        break
-                pos += 4 if params.has_checksum else 0
-        except zstandard.ZstdError as e:
-            raise _corrupt(path, e) from None
-        if pos != size:
-            raise _corrupt(path, EOFError("the file ends inside a frame"))
-    return total
-
-
-def _stream_size(path: Path) -> int:
-    """Decompressed size by decompressing (bounded memory); InputError if corrupt."""
-    n = 0
-    buf = memoryview(bytearray(1 << 22))
-    with _open_file(path) as fh:
-        try:
-            stream = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-            while got := stream.readinto(buf):
-                n += got
-        except zstandard.ZstdError as e:
-            raise _corrupt(path, e) from None
-    return n
-
-
-def _kpage_file(path: Path) -> _KpageFile:
-    compressed = path.name.endswith(".zst")
-    if compressed:
-        nbytes = zst_content_size(path)
-        if nbytes is None:
-            nbytes = _stream_size(path)
-    else:
-        try:
-            nbytes = path.stat().st_size
-        except PermissionError:
-            raise _permission(path) from None
-        with _open_file(path):
-            pass                                        # readable?
-    if nbytes % KPF_BYTES:
-        raise _not_whole(path, nbytes)
-    return _KpageFile(path, compressed, nbytes)
-
 
 def live_pfn_count(path: str | os.PathLike = PROC / "kpageflags") -> int:
     """Number of PFNs /proc/kpageflags exposes: the kernel's get_max_dump_pfn()
     (max_pfn rounded up to a memory section, fs/proc/page.c). The file's size reads as 0, so
     find the first offset where pread returns nothing (exponential, then binary search)."""
-    fd = _os_open(Path(path))
+    fd = os_open(Path(path))
     try:
         def readable(pfn: int) -> bool:
             return len(os.pread(fd, KPF_BYTES, pfn * KPF_BYTES)) == KPF_BYTES
@@ -387,6 +209,19 @@ def live_pfn_count(path: str | os.PathLike = PROC / "kpageflags") -> int:
 
 # --- opening ----------------------------------------------------------------------------------
 
+def _uname_line(root: Path) -> list[str] | None:
+    """Fields of the folder's ``uname -a`` line: uname.txt (ours) or the line of ``info`` that
+    starts with "Linux" (the fleet study's file: hostname, then uname -a, then dmidecode)."""
+    for name in ("uname.txt", "info"):
+        path = root / name
+        if path.is_file():
+            for line in _read_text(path).splitlines():
+                parts = line.split()
+                if parts and (parts[0] == "Linux" or name == "uname.txt"):
+                    return parts
+    return None
+
+
 def _kernel_from_folder(root: Path) -> str | None:
     meta = root / "meta.json"
     if meta.is_file():
@@ -394,14 +229,50 @@ def _kernel_from_folder(root: Path) -> str | None:
             kernel = json.loads(meta.read_text()).get("kernel")
             if isinstance(kernel, str) and kernel:
                 return kernel
-    uname = root / "uname.txt"
-    if uname.is_file():
-        parts = _read_text(uname).split()
-        if len(parts) >= 3 and parts[0] == "Linux":
-            return parts[2]                             # `uname -a`
-        if len(parts) == 1:
-            return parts[0]                             # `uname -r`
+    parts = _uname_line(root)
+    if parts and len(parts) >= 3 and parts[0] == "Linux":
+        return parts[2]                                 # `uname -a`
+    if parts and len(parts) == 1:
+        return parts[0]                                 # `uname -r`
     return None
+
+
+def folder_host(root: Path) -> str | None:
+    """The host name a snapshot folder records: the first line of the fleet study's ``info``
+    (``hostname``), else the node name of ``uname -a`` (uname.txt). None when neither says."""
+    info = root / "info"
+    if info.is_file():
+        first = next(iter(_read_text(info).split("\n")), "").strip()
+        if first and not first.startswith("Linux "):
+            return first
+    parts = _uname_line(root)
+    if parts and len(parts) >= 2 and parts[0] == "Linux":
+        return parts[1]
+    return None
+
+
+def _kpage_candidates(name: str) -> list[tuple[str, str]]:
+    return [(name + ending, codec) for ending, codec in KPAGE_FORMS]
+
+
+def is_snapshot_folder(entries: set[str]) -> bool:
+    """Whether a folder holding the file names ``entries`` is a snapshot (it has a kpageflags
+    file in one of the forms of KPAGE_FORMS)."""
+    return any(n in entries for n, _ in _kpage_candidates("kpageflags"))
+
+
+def input_files(root: Path) -> list[Path]:
+    """The files of a snapshot folder that opening and surveying it read (kpage files, /proc
+    text files, uname.txt/info, meta.json), sorted: what a content hash of the snapshot covers.
+    Nothing is validated here."""
+    try:
+        entries = {p.name for p in root.iterdir()}
+    except PermissionError:
+        raise permission(root) from None
+    names = {n for k in KPAGE_FILES for n, _ in _kpage_candidates(k)}
+    names |= {f"{p}{s}" for p in PROCFS_FILES for s in (".before", ".after", ".txt", "")}
+    names |= {"uname.txt", "info", "meta.json"}
+    return sorted(root / n for n in entries & names)
 
 
 def _open_folder(root: Path, kind: str, source: str, note: str | None = None) -> Snapshot:
@@ -414,20 +285,21 @@ def _open_folder(root: Path, kind: str, source: str, note: str | None = None) ->
     try:
         entries = {p.name for p in root.iterdir()}
     except PermissionError:
-        raise _permission(root) from None
+        raise permission(root) from None
     if not entries:
         raise InputError(f"snapshot folder {root} is empty; pass a folder written by "
                          "`memdesc snapshot save`")
-    kpage: dict[str, _KpageFile] = {}
+    kpage: dict[str, KpageFile] = {}
     for name in KPAGE_FILES:
-        found = [c for c in (f"{name}.bin", f"{name}.bin.zst") if c in entries]
+        found = [(c, codec) for c, codec in _kpage_candidates(name) if c in entries]
         if len(found) > 1:
-            raise InputError(f"{root}: holds both {found[0]} and {found[1]}; keep only one "
-                             "copy of the capture (delete the other)")
+            raise InputError(f"{root}: holds both {found[0][0]} and {found[1][0]}; keep only "
+                             "one copy of the capture (delete the other)")
         if found:
-            kpage[name] = _kpage_file(root / found[0])
+            kpage[name] = kpage_file(root / found[0][0], found[0][1])
     if "kpageflags" not in kpage:
-        raise InputError(f"{root}: a snapshot needs kpageflags.bin or kpageflags.bin.zst")
+        raise InputError(f"{root}: a snapshot needs kpageflags.bin, kpageflags.bin.zst, "
+                         "kpageflags.bin.gz or kpageflags.gz")
     sizes = {n: f.nbytes for n, f in kpage.items()}
     if len(set(sizes.values())) > 1:
         listing = ", ".join(f"{kpage[n].path.name} {s // KPF_BYTES:,}" for n, s in sizes.items())
@@ -470,7 +342,7 @@ def open_live(proc: str | os.PathLike = PROC, pfn_count: int | None = None) -> S
     for name in KPAGE_FILES:
         path = proc / name
         if os.access(path, os.R_OK):
-            kpage[name] = _KpageFile(path, False, pfn_count * KPF_BYTES)
+            kpage[name] = KpageFile(path, "raw", pfn_count * KPF_BYTES)
     snap = Snapshot(source=str(proc), kind="live", pfn_count=pfn_count,
                     kernel=os.uname().release, note=None, root=proc, _kpage=kpage)
     for name in PROCFS_FILES:                           # the "before" copies
@@ -505,3 +377,8 @@ def open_snapshot(path: str | os.PathLike | None) -> Snapshot:
     if p.resolve() == PROC:
         return open_live()
     return _open_folder(p, "folder", str(p))
+
+
+def open_folder(path: str | os.PathLike) -> Snapshot:
+    """Open the snapshot folder ``path`` (never /proc or the bundled one, whatever its name)."""
+    return _open_folder(Path(path), "folder", str(path))

@@ -1,0 +1,201 @@
+"""`memdesc fleet survey` on a fleet of 200 snapshots tiled from the real fixtures.
+
+The fleet: 200 folders cycling over the eight real captures of shared/fixtures/fleet (six in our
+layout, two in the public fleet study's layout with kpageflags.gz), each its own folder (files
+symlinked, uname.txt / info its own) so each is a task of its own; 6,553,600 PFNs each
+(1,310,720,000 PFNs = 5 TiB of PFN space in all). No cache (``--no-cache``). The zstd kpage
+files are first re-compressed as `memdesc snapshot save` writes them (recording their size; see
+:func:`resave`).
+
+Figures, each run once:
+
+* ``fleet.{threads,processes}_{1,2}w.snapshots_per_s`` and ``.pfns_per_s``: whole-process
+  figures of the ``memdesc fleet survey`` command (start-up included) on the local engine,
+  ``--local threads|processes --workers N`` (processes: a LocalCluster of N single-threaded
+  worker processes, its start-up included);
+* ``fleet.{threads,processes}.scaling_1_to_2``: the 2-worker rate over the 1-worker rate
+  (target >= 1.7 on 2 cores);
+* ``fleet.{threads,processes}.dask_overhead_per_snapshot``: with one worker, (wall time of
+  ``survey_fleet`` − Σ time inside the tasks) / snapshots: scheduling, transfer, client work
+  (processes: on a LocalCluster started and warmed beforehand);
+* ``fleet.processes.peak_rss_per_worker``: ru_maxrss of that worker after 50 snapshots, and
+  ``fleet.processes_1tib.peak_rss_per_worker`` after surveying the synthetic 1 TiB snapshot of
+  bench_survey.py (2 GiB of temporary disk; target < 1024 MiB).
+
+The machine this runs on is shared: figures vary with its load (``fleet.load_average``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+FIXTURES = Path(os.environ.get("MEMDESC_FIXTURES", REPO.parent / "shared" / "fixtures"))
+SNAPSHOTS = 200
+PFNS = 6_553_600
+
+
+def _captures() -> list[Path]:
+    fleet = FIXTURES / "fleet"
+    return sorted(p.parent for p in fleet.rglob("kpageflags.*"))
+
+
+def resave(captures: list[Path], dest: Path) -> list[Path]:
+    """The captures with their .zst kpage files re-compressed as `memdesc snapshot save`
+    writes them (frames that record their content size, ingest/save.py): the fixtures' older
+    capture script did not record it, which makes opening them decompress every kpage file
+    once just to count its PFNs. gzip files (the study's layout) stay as they are."""
+    import zstandard
+
+    out = []
+    for src in captures:
+        folder = dest / src.parent.name / src.name
+        folder.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.name.endswith(".bin.zst"):
+                data = zstandard.ZstdDecompressor().stream_reader(f.open("rb")).read()
+                (folder / f.name).write_bytes(zstandard.ZstdCompressor(
+                    level=3, write_checksum=True, write_content_size=True).compress(data))
+            else:
+                (folder / f.name).symlink_to(f)
+        out.append(folder)
+    return out
+
+
+def make_fleet(dest: Path, n: int, captures: list[Path]) -> Path:
+    """``n`` distinct snapshot folders cycling over ``captures``."""
+    for i in range(n):
+        src = captures[i % len(captures)]
+        folder = dest / f"host{i:03d}" / src.name
+        folder.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.name not in ("uname.txt", "info"):
+                (folder / f.name).symlink_to(f.resolve())
+        ident = "info" if (src / "info").exists() else "uname.txt"
+        first = "" if ident == "uname.txt" else f"host{i:03d}\n"
+        (folder / ident).write_text(f"{first}Linux host{i:03d} 6.18.44-fc-v669\n")
+    return dest
+
+
+def _memdesc() -> str:
+    return shutil.which("memdesc", path=str(Path(sys.executable).parent)) or "memdesc"
+
+
+def _cli(fleet: Path, *extra: str) -> float:
+    t = time.perf_counter()
+    subprocess.run([_memdesc(), "fleet", "survey", str(fleet), "--no-cache", "--json",
+                    os.devnull, *extra], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def _rates(name: str, n: int, wall: float) -> float:
+    rate = n / wall
+    print(f"bench: fleet.{name}.snapshots_per_s = {rate:.2f} snapshots/s ({wall:.1f} s)",
+          flush=True)
+    print(f"bench: fleet.{name}.pfns_per_s = {rate * PFNS:,.0f} PFN/s", flush=True)
+    return rate
+
+
+def _overhead(name: str, fleet: Path, scheduler: str | None) -> None:
+    from memdesc.analysis.descriptors import load_descriptors
+    from memdesc.analysis.fleet_cache import ResultCache, recipe
+    from memdesc.analysis.fleet_engine import survey_fleet
+    from memdesc.ingest.fleet import find_snapshots
+
+    inputs, _ = find_snapshots([str(fleet)])
+    d = load_descriptors()
+    t = time.perf_counter()
+    run = survey_fleet(inputs, d, ResultCache(None, recipe(d.path)), scheduler=scheduler,
+                       workers=None if scheduler else 1, local="threads")
+    wall = time.perf_counter() - t
+    per = (wall - run.task_seconds) / len(inputs)
+    print(f"bench: fleet.{name}.dask_overhead_per_snapshot = {per * 1000:.1f} ms "
+          f"(wall {wall:.1f} s, inside surveys {run.task_seconds:.1f} s, "
+          f"{len(inputs)} snapshots, 1 worker)", flush=True)
+
+
+def _peak_rss_mib(client) -> float:
+    peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return max(peaks.values()) / 1024
+
+
+def _cluster(n: int):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None)
+    return cluster, Client(cluster)
+
+
+def _scaling(kind: str, fleet: Path) -> None:
+    """The command on 1 then 2 local workers of ``kind`` (threads or processes)."""
+    r1 = _rates(f"{kind}_1w", SNAPSHOTS, _cli(fleet, "--local", kind, "--workers", "1"))
+    r2 = _rates(f"{kind}_2w", SNAPSHOTS, _cli(fleet, "--local", kind, "--workers", "2"))
+    print(f"bench: fleet.{kind}.scaling_1_to_2 = {r2 / r1:.2f} x (target >= 1.7 on 2 cores)",
+          flush=True)
+
+
+def _one_tib(tmp: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_survey", HERE / "bench_survey.py")
+    bench_survey = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_survey)
+    folder = tmp / "tib" / "machine"
+    folder.mkdir(parents=True)
+    pfns = bench_survey.make_snapshot(folder, FIXTURES / "snapshot-idle")
+    cluster, client = _cluster(1)
+    try:
+        wall = _cli(folder.parent, "--scheduler", cluster.scheduler_address)
+        print(f"bench: fleet.processes_1tib.seconds = {wall:.1f} s ({pfns:,} PFNs, "
+              f"{pfns / wall:,.0f} PFN/s)", flush=True)
+        print(f"bench: fleet.processes_1tib.peak_rss_per_worker = {_peak_rss_mib(client):,.0f} MiB "
+              "(target < 1024)", flush=True)
+    finally:
+        client.close()
+        cluster.close()
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def main() -> None:
+    if not _captures():
+        print(f"bench: fleet skipped: fixtures {FIXTURES / 'fleet'} are absent "
+              "(set MEMDESC_FIXTURES)")
+        return
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".venv" / "numba-cache"))
+    tmp = Path(tempfile.mkdtemp(prefix="memdesc-bench-fleet-",
+                                dir=os.environ.get("MEMDESC_BENCH_TMP")))
+    try:
+        print(f"bench: fleet.load_average = {os.getloadavg()[0]:.1f} (2 cores)", flush=True)
+        captures = resave(_captures(), tmp / "captures")
+        fleet = make_fleet(tmp / "fleet", SNAPSHOTS, captures)
+        warm = make_fleet(tmp / "warm", 4, captures)
+        small = make_fleet(tmp / "small", 50, captures)
+        _scaling("threads", fleet)
+        _scaling("processes", fleet)
+        _overhead("threads", small, None)
+        cluster, client = _cluster(1)
+        try:
+            _cli(warm, "--scheduler", cluster.scheduler_address)
+            _overhead("processes", small, cluster.scheduler_address)
+            print(f"bench: fleet.processes.peak_rss_per_worker = {_peak_rss_mib(client):,.0f} "
+                  "MiB (50 snapshots of 25 GiB)", flush=True)
+        finally:
+            client.close()
+            cluster.close()
+        if os.environ.get("MEMDESC_BENCH_FLEET_1TIB", "1") != "0":
+            _one_tib(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))
+    main()
