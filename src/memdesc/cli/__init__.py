@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "memdesc.cli.stages",      # stages
     "memdesc.cli.simulate",    # simulate
     "memdesc.cli.trace",       # record, trace-info, replay
+    "memdesc.cli.path_status",  # path-status
 )
 
 
