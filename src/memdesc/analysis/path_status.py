@@ -52,6 +52,7 @@ class Site:
     via: str
     descriptor: str | None
     code: str
+    op: str = ""
 
     @property
     def field(self) -> str | None:
@@ -80,6 +81,7 @@ class TreeStatus:
     stats: ScanStats
     maintainers: Maintainers | None = None
     owners: dict[str, str] = field(default_factory=dict)
+    index: Decls | None = None
 
     def remaining(self) -> dict[int, int]:
         counts = Counter(s.step for s in self.sites)
@@ -108,7 +110,7 @@ def match_rules(path: str, uses: Iterable[Use], lines: list[bytes],
                 code = lines[use.line - 1].decode("utf-8", "replace").strip()[:120] \
                     if use.line <= len(lines) else ""
                 sites.append(Site(path, use.line, rule.step, rule.id, use.kind, use.name,
-                                  use.via, descriptor(path, use), code))
+                                  use.via, descriptor(path, use), code, use.op))
     return sites
 
 
@@ -255,7 +257,7 @@ def scan(tree: KernelTree, jobs: int = 2, progress: Callable | None = None,
             sites.extend(found)
     sites.sort(key=lambda s: (s.step, s.file, s.line, s.rule, s.name))
     stats.seconds = time.perf_counter() - start
-    return TreeStatus(tree, sites, stats)
+    return TreeStatus(tree, sites, stats, index=_INDEX)
 
 
 class _NoProgress:

@@ -89,6 +89,7 @@ class Use:
     base: str | None
     via: str
     addr: bool = False
+    op: str = ""
 
     @property
     def resolved(self) -> bool:
@@ -405,7 +406,7 @@ def _field_use(types: FileTypes, node: Node, interest: Interest, out: list) -> N
     addr = parent is not None and parent.type == "pointer_expression" and \
         text(parent.child_by_field_name("operator")) == "&"
     name = text(node.child_by_field_name("field"))
-    out.append(Use("field", node.start_point.row + 1, name, base, via, addr))
+    out.append(Use("field", node.start_point.row + 1, name, base, via, addr, op))
 
 
 def _call_use(types: FileTypes, node: Node, name: str, interest: Interest, out: list) -> None:
@@ -419,7 +420,7 @@ def _call_use(types: FileTypes, node: Node, name: str, interest: Interest, out: 
             t, via = types.type_of(actual[obj_i]) if actual[obj_i] is not None else (None, "")
             base = t[0] if t is not None and t[1] == 1 else None
             out.append(Use("field", line, text(member), base,
-                           f"macro {name}" if base else via))
+                           f"macro {name}" if base else via, op="macro"))
         return
     if name in CONTAINER_MACROS:
         type_i, mem_i = CONTAINER_MACROS[name]
@@ -428,7 +429,8 @@ def _call_use(types: FileTypes, node: Node, name: str, interest: Interest, out: 
         if len(member) == 1 and text(member[0]) in interest.fields:
             t = types.type_arg(args, type_i)
             out.append(Use("field", line, text(member[0]), t[0] if t else None,
-                           f"macro {name}" if t else f"{name}: type argument not read"))
+                           f"macro {name}" if t else f"{name}: type argument not read",
+                           op="macro"))
         return
     if not interest.wants_call(name):
         return

@@ -115,7 +115,8 @@ def render_progress(old: TreeStatus, new: TreeStatus, rows: list[StepProgress]) 
 # -- JSON ----------------------------------------------------------------------------------
 def site_dict(s: Site, owners: dict[str, str]) -> dict[str, Any]:
     return {"file": s.file, "line": s.line, "step": s.step, "rule": s.rule, "kind": s.kind,
-            "name": s.name, "field": s.field, "via": s.via, "descriptor": s.descriptor,
+            "name": s.name, "field": s.field, "access": s.op, "via": s.via,
+            "descriptor": s.descriptor,
             "maintainer": owners.get(s.file), "code": s.code}
 
 
