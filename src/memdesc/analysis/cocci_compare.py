@@ -13,7 +13,7 @@ import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 
-from memdesc.analysis.path_status import Site, TreeStatus
+from memdesc.analysis.path_status import Site, TreeStatus, build_index
 from memdesc.ingest.coccinelle import FIELDS
 from memdesc.ingest.csource import Interest, scan_source
 
@@ -101,7 +101,7 @@ def _cocci_cause(status: TreeStatus, path: str, line: int, data: bytes) -> tuple
     return "object not typed", f"path-status could not type the object: {uses[0].via}"
 
 
-def compare(status: TreeStatus, cocci: Counter, given: list[str]) -> Comparison:
+def compare(status: TreeStatus, cocci: Counter, given: list[str], jobs: int = 2) -> Comparison:
     """``cocci`` maps (file, line) to Coccinelle's matches; ``given`` lists the files it read."""
     given_set = set(given)
     ours = our_sites(status)
@@ -119,7 +119,10 @@ def compare(status: TreeStatus, cocci: Counter, given: list[str]) -> Comparison:
     for s in ours:
         if s.op != "->":
             _add(result, s, *_our_cause(s, given_set))
-    for (path, line), n in sorted((cocci - arrow).items()):
+    only_cocci = sorted((cocci - arrow).items())
+    if only_cocci and status.index is None:  # a status read back from JSON
+        status.index, _ = build_index(status.tree, status.tree.c_files(), jobs)
+    for (path, line), n in only_cocci:
         data = status.tree.read(path)
         lines = data.split(b"\n")
         code = lines[line - 1].decode("utf-8", "replace").strip() if line <= len(lines) else ""

@@ -77,30 +77,44 @@ def candidates(root: Path, files: list[str]) -> list[str]:
     return out
 
 
+def spatch_command(cocci: Path, groups: Path, jobs: int) -> list[str]:
+    return ["spatch", "--sp-file", str(cocci), "--file-groups", str(groups), "-j", str(jobs),
+            "--very-quiet", "--no-show-diff"]
+
+
+def write_inputs(folder: Path, files: list[str]) -> tuple[Path, Path]:
+    """The SmPL rule and the file-group list (one group per file) in ``folder``."""
+    cocci = folder / "page_fields.cocci"
+    cocci.write_text(SMPL)
+    groups = folder / "groups"
+    groups.write_text("\n\n".join(files) + "\n")
+    return cocci, groups
+
+
+def parse_sites(stdout: str, root: Path) -> Counter:
+    """(file relative to the tree, line) -> matches, from the rule's ``SITE:`` lines."""
+    sites: Counter = Counter()
+    for line in stdout.splitlines():
+        m = _SITE.match(line.strip())
+        if m:
+            path = os.path.normpath(m.group(1))
+            rel = os.path.relpath(path, root) if os.path.isabs(path) else path
+            sites[(rel, int(m.group(2)))] += 1
+    return sites
+
+
 def run_spatch(root: Path, files: list[str], jobs: int = 2) -> SpatchRun:
     """Run the rule over ``files`` (relative to ``root``); positions of every match."""
     version = spatch_version()
     if version is None:
         raise MemdescError("spatch not found: install Coccinelle (apt-get install coccinelle)")
     with tempfile.TemporaryDirectory(prefix="memdesc-cocci-") as tmp:
-        cocci = Path(tmp) / "page_fields.cocci"
-        cocci.write_text(SMPL)
-        groups = Path(tmp) / "groups"
-        groups.write_text("\n\n".join(files) + "\n")
+        cocci, groups = write_inputs(Path(tmp), files)
         start = time.perf_counter()
-        proc = subprocess.run(
-            ["spatch", "--sp-file", str(cocci), "--file-groups", str(groups), "-j", str(jobs),
-             "--very-quiet", "--no-show-diff"],
-            cwd=root, capture_output=True, text=True, check=False,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(spatch_command(cocci, groups, jobs), cwd=root,
+                              capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
-    sites: Counter = Counter()
-    for line in proc.stdout.splitlines():
-        m = _SITE.match(line.strip())
-        if m:
-            path = os.path.normpath(m.group(1))
-            sites[(os.path.relpath(path, root) if os.path.isabs(path) else path,
-                   int(m.group(2)))] += 1
+    sites = parse_sites(proc.stdout, root)
     if proc.returncode != 0 and not sites:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         raise MemdescError(f"spatch failed (exit {proc.returncode}): {tail[0]}")
