@@ -189,8 +189,14 @@ def _scan_one(rel: str):
         return rel, 0, str(e)
     if not _GATE.passes(data):
         return rel, 0, []
-    uses = scan_source(data, _INDEX, os.path.dirname(rel), _INTEREST)
+    uses = scan_source(data, _INDEX, os.path.dirname(rel), _INTEREST, _wants_decls(rel))
     return rel, len(data), match_rules(rel, uses, data.split(b"\n"))
+
+
+def _wants_decls(rel: str, rules: tuple[Rule, ...] = RULES) -> bool:
+    """Whether a ``decl`` rule applies to this file (then every declaration is reported)."""
+    return any(r.kind == "decl" and (not r.under or rel.startswith(r.under))
+               and not (r.outside and rel.startswith(r.outside)) for r in rules)
 
 
 def _parallel(func: Callable, items: list[str], jobs: int, tick: Callable[[int], None]

@@ -64,14 +64,13 @@ CONTAINER_MACROS: dict[str, tuple[int, int]] = {
         "list_first_or_null_rcu", "rb_entry", "rb_entry_safe")
 }
 
-_USE_QUERY = """
-(field_expression field: (field_identifier) @field) @fe
-(call_expression function: (identifier) @callee arguments: (argument_list) @args) @call
-(cast_expression type: (type_descriptor) @ctype value: (_) @cvalue) @cast
+_DECL_QUERY = """
 (declaration) @decl
 (parameter_declaration) @param
 (field_declaration) @member
 """
+#: Casts worth typing: to a pointer of one of these structs.
+CAST_TAGS = ("page", "folio", "slab", "ptdesc", "zpdesc")
 
 _SCOPES = frozenset({"compound_statement", "for_statement", "function_definition"})
 _MAX_DEPTH = 12
@@ -119,14 +118,39 @@ def _page_flag_name(name: str, prefixes: tuple[str, ...]) -> bool:
     return False
 
 
-_use_query: Query | None = None
+_queries: dict[Interest, Query] = {}
+_decl_query: Query | None = None
 
 
-def _query() -> Query:
-    global _use_query
-    if _use_query is None:
-        _use_query = Query(LANGUAGE, _USE_QUERY)
-    return _use_query
+def _quoted(names) -> str:
+    return " ".join(f'"{n}"' for n in sorted(names))
+
+
+def _use_query(want: Interest) -> Query:
+    """Candidates only (tree-sitter filters by name in C): fields and calls the caller wants,
+    the macros of :data:`MEMBER_MACROS`/:data:`CONTAINER_MACROS`, casts to watched structs."""
+    if want not in _queries:
+        calls = set(want.calls) | set(MEMBER_MACROS) | set(CONTAINER_MACROS)
+        src = (f"((field_expression field: (field_identifier) @field) @fe "
+               f"(#any-of? @field {_quoted(want.fields)}))\n"
+               f"((call_expression function: (identifier) @callee) @call "
+               f"(#any-of? @callee {_quoted(calls)}))\n"
+               f"((cast_expression type: (type_descriptor type: (struct_specifier name: "
+               f"(type_identifier) @tag)) value: (_) @cvalue) @cast "
+               f"(#any-of? @tag {_quoted(CAST_TAGS)}))\n")
+        if want.call_prefixes:
+            alts = "|".join(want.call_prefixes)
+            src += (f"((call_expression function: (identifier) @callee) @call "
+                    f'(#match? @callee "^({alts})[A-Z]"))\n')
+        _queries[want] = Query(LANGUAGE, src)
+    return _queries[want]
+
+
+def _decls_query() -> Query:
+    global _decl_query
+    if _decl_query is None:
+        _decl_query = Query(LANGUAGE, _DECL_QUERY)
+    return _decl_query
 
 
 class FileTypes:
@@ -439,31 +463,55 @@ def _call_use(types: FileTypes, node: Node, name: str, interest: Interest, out: 
     out.append(Use("call", line, name, t[0] if t is not None and t[1] == 1 else None, via))
 
 
-def scan_source(data: bytes, index: Decls, folder: str, interest: Interest) -> list[Use]:
-    """Every use in ``data`` (a C file from ``folder`` of the tree) that ``interest`` names."""
+def _enclosing_functions(nodes: list[Node]) -> list[Node]:
+    seen: dict[int, Node] = {}
+    for node in nodes:
+        parent = node.parent
+        while parent is not None and parent.type != "function_definition":
+            parent = parent.parent
+        if parent is not None:
+            seen.setdefault(parent.start_byte, parent)
+    return [seen[k] for k in sorted(seen)]
+
+
+def scan_source(data: bytes, index: Decls, folder: str, interest: Interest,
+                all_decls: bool = False) -> list[Use]:
+    """Every use in ``data`` (a C file from ``folder`` of the tree) that ``interest`` names.
+
+    Declarations are read in the functions that hold a candidate use (their scopes type it),
+    or in the whole file with ``all_decls`` (to report ``decl`` uses)."""
     root = parser().parse(data).root_node
+    matches = QueryCursor(_use_query(interest)).matches(root)
+    if not matches and not all_decls:
+        return []
     types = FileTypes(root, index, folder)
     out: list[Use] = []
-    matches = QueryCursor(_query()).matches(root)
-    # Declarations first, so that every use sees the scopes of the whole file.
-    for _, caps in matches:
-        for kind, key in (("local", "decl"), ("param", "param"), ("member", "member")):
-            if key in caps:
-                _declare(types, caps[key][0], kind, interest, out)
+    ranges = [root] if all_decls else _enclosing_functions(
+        [next(iter(caps.values()))[0] for _, caps in matches])
+    for node in ranges:
+        cursor = QueryCursor(_decls_query())
+        cursor.set_byte_range(node.start_byte, node.end_byte)
+        for _, caps in cursor.matches(node):
+            for kind, key in (("local", "decl"), ("param", "param"), ("member", "member")):
+                if key in caps:
+                    _declare(types, caps[key][0], kind, interest, out)
     for _, caps in matches:
         if "fe" in caps:
-            if text(caps["field"][0]) in interest.fields:
-                _field_use(types, caps["fe"][0], interest, out)
+            _field_use(types, caps["fe"][0], interest, out)
         elif "call" in caps:
             _call_use(types, caps["call"][0], text(caps["callee"][0]), interest, out)
         elif "cast" in caps:
-            target = types.cast_type(caps["ctype"][0])
-            if target is not None and target[1] == 1 and target[0] in interest.cast_targets:
-                t, via = types.type_of(caps["cvalue"][0])
-                out.append(Use("cast", caps["cast"][0].start_point.row + 1, target[0],
-                               t[0] if t is not None and t[1] == 1 else None, via))
+            _cast_use(types, caps["cast"][0], caps["cvalue"][0], interest, out)
     out.sort(key=lambda u: (u.line, u.kind, u.name))
     return out
+
+
+def _cast_use(types: FileTypes, node: Node, value: Node, interest: Interest, out: list) -> None:
+    target = types.cast_type(node.child_by_field_name("type"))
+    if target is not None and target[1] == 1 and target[0] in interest.cast_targets:
+        t, via = types.type_of(value)
+        out.append(Use("cast", node.start_point.row + 1, target[0],
+                       t[0] if t is not None and t[1] == 1 else None, via))
 
 
 def index_header(data: bytes) -> Decls:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from memdesc.errors import InputError
 
-_VERSION = re.compile(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=\s*(\S*)", re.M)
+_VERSION = re.compile(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)[ \t]*=[ \t]*(\S*)", re.M)
 #: Folders never scanned: version control and build output.
 SKIP_DIRS = frozenset({".git", ".pc", ".tmp_versions"})
 
