@@ -57,6 +57,16 @@ def step_table(status: TreeStatus) -> list[str]:
     return out
 
 
+def descriptor_line(status: TreeStatus, step: int = 3) -> list[str]:
+    """Step 3's field uses by the descriptor they belong to, where it can be told."""
+    c = Counter(s.descriptor or "?" for s in status.sites if s.step == step and s.kind == "field")
+    if not c:
+        return []
+    text = f"Step {step} field uses by descriptor: " + ", ".join(
+        f"{d} {n:,}" for d, n in c.most_common())
+    return textwrap.wrap(text, WIDTH)
+
+
 def group_table(status: TreeStatus, by: str, top: int) -> list[str]:
     """Rows: the ``top`` groups with most sites; columns: steps."""
     groups = group_counts(status, by)
@@ -79,9 +89,12 @@ def worklist(status: TreeStatus, top: int) -> list[str]:
         per_file.setdefault(s.file, {}).setdefault(s.rule, []).append(s.line)
     order = sorted(per_file, key=lambda f: (-sum(map(len, per_file[f].values())), f))[:top]
     out = [f"Worklist: the {len(order)} files with most sites (of {len(per_file)})"]
+    lists = {e.title: e.lists[0] for e in (status.maintainers.entries
+                                            if status.maintainers else []) if e.lists}
     for f in order:
         owner = status.owners.get(f, "")
-        out.append(f"{f}  [{owner}]"[:WIDTH])
+        where = f"{owner}, {lists[owner]}" if owner in lists else owner
+        out.append(f"{f}  [{where}]"[:WIDTH])
         for rule, lines in sorted(per_file[f].items()):
             text = f"{rule}: " + " ".join(str(n) for n in sorted(set(lines)))
             out.extend(textwrap.wrap(text, WIDTH, initial_indent="  ",
@@ -90,7 +103,7 @@ def worklist(status: TreeStatus, top: int) -> list[str]:
 
 
 def render(status: TreeStatus, by: str = "subsystem", top: int = 15) -> str:
-    parts = [headline(status), [""], step_table(status), [""]]
+    parts = [headline(status), [""], step_table(status), descriptor_line(status), [""]]
     parts.append(worklist(status, top) if by == "file" else group_table(status, by, top))
     s = status.stats
     parts.append(["", f"Scanned {s.files:,} C files, parsed {s.parsed:,} "
