@@ -58,3 +58,16 @@ def test_nearest_definition_wins_on_a_clash():
     body = b"int f(struct priv *p) { return p->buf->mapping != 0; }"
     assert [u.base for u in scan_source(body, index, "drivers/a", WANT)] == ["struct page"]
     assert [u.base for u in scan_source(body, index, "drivers/b", WANT)] == ["struct folio"]
+
+
+def test_pointer_depth_is_checked_along_a_chain():
+    index = Decls()
+    index.merge(index_header(HEADER + b"struct foo { struct page *pg; };"), "include/linux")
+    body = b"int f(struct foo **pf, struct foo *f) {\n return pf->pg->mapping + f->pg->mapping; }"
+    assert [u.base for u in scan_source(body, index, "fs/x", WANT)] == [None, "struct page"]
+
+
+def test_a_declaration_applies_from_where_it_is_written():
+    body = (b"int f(struct page *page) {\n int x = page->flags;\n"
+            b" struct folio *page2, *page = 0;\n return x + page->flags; }")
+    assert uses(body) == [(2, "flags", "struct page"), (4, "flags", "struct folio")]
