@@ -1,9 +1,10 @@
 """path-status against Coccinelle on one rule, ``struct page *p; p->mapping|index|private|lru``:
 agreement per top-level directory and every disagreement with its cause.
 
-Our side of the rule is the ``3.desc_field`` sites of those four fields written ``E->field``
-(``E.field`` and members named inside ``list_for_each_entry()``/``container_of()`` arguments
-are not what the SmPL pattern matches; they are listed as disagreements of their own kind).
+Our side of the rule is the ``3.desc_field`` sites of those four fields written ``E->field`` or
+``E.field`` (spatch's isomorphism ``E[i].f == (E+i)->f`` makes ``p->f`` match ``page[i].lru``);
+members named inside ``list_for_each_entry()``/``container_of()`` arguments are not what the
+SmPL pattern matches and are listed as disagreements of their own kind.
 Sites are compared as (file, line) multisets.
 """
 
@@ -81,6 +82,13 @@ def _our_cause(site: Site, given: set[str]) -> tuple[str, str]:
                 f"{site.via}(..., {site.name}) names the member; not written p->{site.name}")
     if site.op == ".":
         return "'.' access", "a struct page object accessed with '.', not a pointer with '->'"
+    if ", typedef " in site.via:
+        return ("typedef from an unread header",
+                f"object declared with {site.via.split(', ')[1]}, defined in a header spatch "
+                "does not read")
+    if site.file.endswith(".h"):
+        return ("header", "in a header; spatch did not match it (it types a header's code "
+                          "only with what the header itself declares)")
     kind, detail = _OUR_CAUSES.get(site.via.split(" ", 1)[0], (
         "spatch did not match the function",
         "object typed as a {via} here; spatch did not match in this function (a construct "
@@ -105,7 +113,8 @@ def compare(status: TreeStatus, cocci: Counter, given: list[str], jobs: int = 2)
     """``cocci`` maps (file, line) to Coccinelle's matches; ``given`` lists the files it read."""
     given_set = set(given)
     ours = our_sites(status)
-    arrow = Counter((s.file, s.line) for s in ours if s.op == "->")
+    # spatch's isomorphism E[i].f == (E+i)->f lets p->f match '.' accesses too.
+    arrow = Counter((s.file, s.line) for s in ours if s.op in ("->", "."))
     result = Comparison()
     for key in arrow.keys() | cocci.keys():
         both = min(arrow[key], cocci[key])
@@ -114,10 +123,10 @@ def compare(status: TreeStatus, cocci: Counter, given: list[str], jobs: int = 2)
     for s in ours:
         by_key.setdefault((s.file, s.line), []).append(s)
     for key, n in (arrow - cocci).items():
-        for s in [x for x in by_key[key] if x.op == "->"][-n:]:
+        for s in [x for x in by_key[key] if x.op in ("->", ".")][-n:]:
             _add(result, s, *_our_cause(s, given_set))
     for s in ours:
-        if s.op != "->":
+        if s.op == "macro":
             _add(result, s, *_our_cause(s, given_set))
     only_cocci = sorted((cocci - arrow).items())
     if only_cocci and status.index is None:  # a status read back from JSON

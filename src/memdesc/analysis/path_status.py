@@ -74,7 +74,7 @@ class ScanStats:
 
 @dataclass
 class TreeStatus:
-    """Result of :func:`path_status` on one tree."""
+    """Result of :func:`scan` on one tree."""
 
     tree: KernelTree
     sites: list[Site]

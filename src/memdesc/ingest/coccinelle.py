@@ -3,9 +3,9 @@
 
 Used to check path-status against an independent C front end (bench/bench_path_status.py,
 docs/path-status.md). spatch runs from the tree's top with its defaults (local includes only)
-over a *file group* per candidate file: a file that mentions ``page`` and one of
-``->mapping``/``->index``/``->private``/``->lru`` (spatch's own token check would open every
-file of the tree first).
+and ``--include-headers``, over a *file group* per candidate file: a file that mentions ``page``
+and one of ``->mapping``/``->index``/``->private``/``->lru`` (spatch's own token check would
+open every file of the tree first).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def candidates(root: Path, files: list[str]) -> list[str]:
 
 def spatch_command(cocci: Path, groups: Path, jobs: int) -> list[str]:
     return ["spatch", "--sp-file", str(cocci), "--file-groups", str(groups), "-j", str(jobs),
-            "--very-quiet", "--no-show-diff"]
+            "--include-headers", "--very-quiet", "--no-show-diff"]
 
 
 def write_inputs(folder: Path, files: list[str]) -> tuple[Path, Path]:
@@ -92,15 +92,16 @@ def write_inputs(folder: Path, files: list[str]) -> tuple[Path, Path]:
 
 
 def parse_sites(stdout: str, root: Path) -> Counter:
-    """(file relative to the tree, line) -> matches, from the rule's ``SITE:`` lines."""
-    sites: Counter = Counter()
+    """(file relative to the tree, line) -> matches, from the rule's ``SITE:`` lines. A header
+    read once per file that includes it reports its positions again: each counts once."""
+    positions = set()
     for line in stdout.splitlines():
         m = _SITE.match(line.strip())
         if m:
             path = os.path.normpath(m.group(1))
             rel = os.path.relpath(path, root) if os.path.isabs(path) else path
-            sites[(rel, int(m.group(2)))] += 1
-    return sites
+            positions.add((rel, int(m.group(2)), int(m.group(3))))
+    return Counter((f, line) for f, line, _ in positions)
 
 
 def run_spatch(root: Path, files: list[str], jobs: int = 2) -> SpatchRun:

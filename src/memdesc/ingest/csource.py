@@ -410,10 +410,11 @@ def _declare(types: FileTypes, node: Node, kind: str, interest: Interest, out: l
         if name is None or params is not None:
             continue
         ctype = types.resolve((base, ptr))
+        via = kind if ctype == (base, ptr) else f"{kind}, typedef {base}"
         if kind != "member":
-            types.add_scoped(name, scope, node.start_byte, ctype, kind)
+            types.add_scoped(name, scope, node.start_byte, ctype, via)
         if ctype is not None and ctype[0] in interest.decl_bases:
-            out.append(Use("decl", node.start_point.row + 1, name, ctype[0], kind))
+            out.append(Use("decl", node.start_point.row + 1, name, ctype[0], via))
 
 
 def _field_use(types: FileTypes, node: Node, interest: Interest, out: list) -> None:
@@ -463,14 +464,19 @@ def _call_use(types: FileTypes, node: Node, name: str, interest: Interest, out: 
     out.append(Use("call", line, name, t[0] if t is not None and t[1] == 1 else None, via))
 
 
-def _enclosing_functions(nodes: list[Node]) -> list[Node]:
+def _enclosing_functions(nodes: list[Node], root: Node) -> list[Node]:
+    """The function definitions holding ``nodes``; the whole file when one of them is outside
+    any (a function tree-sitter could only recover as an ERROR node, a global initialiser)."""
     seen: dict[int, Node] = {}
     for node in nodes:
-        parent = node.parent
-        while parent is not None and parent.type != "function_definition":
+        outer, parent = None, node.parent
+        while parent is not None:  # the outermost: `for_each_hstate(h) {` parses as a nested one
+            if parent.type == "function_definition":
+                outer = parent
             parent = parent.parent
-        if parent is not None:
-            seen.setdefault(parent.start_byte, parent)
+        if outer is None:
+            return [root]
+        seen.setdefault(outer.start_byte, outer)
     return [seen[k] for k in sorted(seen)]
 
 
@@ -487,7 +493,7 @@ def scan_source(data: bytes, index: Decls, folder: str, interest: Interest,
     types = FileTypes(root, index, folder)
     out: list[Use] = []
     ranges = [root] if all_decls else _enclosing_functions(
-        [next(iter(caps.values()))[0] for _, caps in matches])
+        [next(iter(caps.values()))[0] for _, caps in matches], root)
     for node in ranges:
         cursor = QueryCursor(_decls_query())
         cursor.set_byte_range(node.start_byte, node.end_byte)

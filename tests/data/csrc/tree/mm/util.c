@@ -38,3 +38,13 @@ struct page *folio_first(struct folio *folio)
 {
 	return (struct page *)folio;		// expect: 4.page_cast
 }
+
+static void offline(struct hstate *h)
+{
+	struct page *page;
+
+	for_each_hstate(h) {	/* tree-sitter reads this as a nested function definition */
+		list_for_each_entry(page, &h->list, lru)	// expect: 3.desc_field 5.leaves_32
+			move(page);
+	}
+}
