@@ -75,11 +75,11 @@ _OUR_CAUSES = {
 
 def _our_cause(site: Site, given: set[str]) -> tuple[str, str]:
     """(kind, detail) of a site path-status counts and Coccinelle does not."""
-    if site.file not in given:
-        return "file not given to spatch", "no ->field token in the file"
     if site.op == "macro":
         return ("member named in macro arguments",
                 f"{site.via}(..., {site.name}) names the member; not written p->{site.name}")
+    if site.file not in given:
+        return "file not given to spatch", "no ->field token in the file (prefilter)"
     if site.op == ".":
         return "'.' access", "a struct page object accessed with '.', not a pointer with '->'"
     if ", typedef " in site.via:
