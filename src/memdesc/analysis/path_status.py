@@ -199,6 +199,14 @@ def _wants_decls(rel: str, rules: tuple[Rule, ...] = RULES) -> bool:
                and not (r.outside and rel.startswith(r.outside)) for r in rules)
 
 
+_CHUNK = 16
+
+
+def _call_chunk(job: tuple[Callable, list[str]]) -> list:
+    func, chunk = job
+    return [func(item) for item in chunk]
+
+
 def _parallel(func: Callable, items: list[str], jobs: int, tick: Callable[[int], None]
               ) -> Iterator:
     """``func`` over ``items`` in ``jobs`` forked processes, results as they come; Ctrl-C
@@ -211,9 +219,20 @@ def _parallel(func: Callable, items: list[str], jobs: int, tick: Callable[[int],
     ctx = multiprocessing.get_context("fork")
     pool = ctx.Pool(jobs, initializer=_init_worker)
     try:
-        for result in pool.imap_unordered(func, items, chunksize=16):
-            yield result
-            tick(1)
+        # chunksize=1 keeps the iterator whose next() takes a timeout; the chunks are ours.
+        results = pool.imap_unordered(_call_chunk, [(func, items[i:i + _CHUNK])
+                                                    for i in range(0, len(items), _CHUNK)])
+        while True:
+            # Wake up often: a SIGINT that lands on one of the pool's threads only sets a flag
+            # that the main thread acts on when it runs Python code again.
+            try:
+                done = results.next(timeout=0.1)
+            except multiprocessing.TimeoutError:
+                continue
+            except StopIteration:
+                break
+            yield from done
+            tick(len(done))
         pool.close()
     finally:
         pool.terminate()

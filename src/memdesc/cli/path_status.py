@@ -39,6 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        # The workers are gone already (path_status._parallel); freeing the tree-wide index at
+        # interpreter exit would take another second or two, and nothing is left to clean up.
+        print("memdesc: interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
+
+
+def _run(args: argparse.Namespace) -> int:
     from memdesc.analysis.path_status import attach_owners, progress_between, scan
     from memdesc.cli.progress import LazyProgress
     from memdesc.errors import InputError
