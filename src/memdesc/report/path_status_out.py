@@ -106,9 +106,9 @@ def render(status: TreeStatus, by: str = "subsystem", top: int = 15) -> str:
     parts = [headline(status), [""], step_table(status), descriptor_line(status), [""]]
     parts.append(worklist(status, top) if by == "file" else group_table(status, by, top))
     s = status.stats
-    parts.append(["", f"Scanned {s.files:,} C files, parsed {s.parsed:,} "
-                      f"({s.bytes_parsed / 2**20:,.0f} MiB) with an index of "
-                      f"{s.headers_indexed:,} headers, in {s.seconds:.1f} s."])
+    parts.append([""] + textwrap.wrap(
+        f"Scanned {s.files:,} C files, parsed {s.parsed:,} ({s.bytes_parsed / 2**20:,.0f} MiB) "
+        f"with an index of {s.headers_indexed:,} headers, in {s.seconds:.1f} s.", WIDTH))
     return "\n".join(line for part in parts for line in part)
 
 
@@ -176,7 +176,7 @@ def to_json(doc: dict[str, Any]) -> bytes:
 
 # -- plot ----------------------------------------------------------------------------------
 def render_png(new: TreeStatus, old: TreeStatus | None = None,
-               rows: list[StepProgress] | None = None, top: int = 8) -> bytes:
+               rows: list[StepProgress] | None = None, top: int = 12) -> bytes:
     """Left: remaining sites per step stacked by subsystem (top ``top``, rest as 'other');
     right (two trees): old and new remaining per step, with removed/added."""
     import matplotlib
@@ -187,7 +187,7 @@ def render_png(new: TreeStatus, old: TreeStatus | None = None,
     from memdesc.report.png import figure_png
 
     panels = 2 if old is not None else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5.2), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 6.2), dpi=110, squeeze=False)
     _stacked(axes[0][0], new, top)
     if old is not None:
         _progress(axes[0][1], old, new, rows)
@@ -206,10 +206,10 @@ def _stacked(ax, status: TreeStatus, top: int) -> None:
         per[k if k in per else "other"][s.step] += 1
     y = list(range(len(STEPS)))
     left = [0] * len(STEPS)
-    cmap = __import__("matplotlib").colormaps["tab10"]
+    cmap = __import__("matplotlib").colormaps["tab20"]
     for i, k in enumerate(keep + ["other"]):
         vals = [per[k].get(st.id, 0) for st in STEPS]
-        colour = cmap(i % 10) if k != "other" else "#bbbbbb"
+        colour = cmap(i % 20) if k != "other" else "#dddddd"
         ax.barh(y, vals, left=left, label=k, color=colour)
         left = [a + b for a, b in zip(left, vals, strict=True)]
     for yi, total in zip(y, left, strict=True):
@@ -219,7 +219,8 @@ def _stacked(ax, status: TreeStatus, top: int) -> None:
     ax.set_xlabel("remaining sites")
     ax.set_xlim(0, max(left + [1]) * 1.15)
     ax.set_title(f"{_name(status)}: what still blocks each step, by subsystem", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right", title="subsystem", title_fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=5,
+              title="subsystem", title_fontsize=7)
 
 
 def _progress(ax, old: TreeStatus, new: TreeStatus, rows: list[StepProgress]) -> None:
