@@ -45,16 +45,18 @@ def _tree() -> Path | None:
 def _timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, float, float, str]:
     """Wall seconds, CPU seconds (user + system, the child and every process it waited for),
     peak RSS (MiB) of the largest of those processes, stdout."""
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - start
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
+        err.seek(0)
+        last = (err.read().decode("utf-8", "replace").strip().splitlines() or [""])[-1]
     if proc.returncode != 0:
-        raise MemdescError(f"{cmd[0]} exited {proc.returncode}")
+        raise MemdescError(f"{cmd[0]} exited {proc.returncode}: {last}")
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, text
 
 
