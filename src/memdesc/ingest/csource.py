@@ -210,10 +210,9 @@ class FileTypes:
                 best = (start, ctype, via)
         if best is not None:
             return best[1], best[2]
-        for table, via in (("globals", "global"),):
-            value = self._lookup(table, name)
-            if value is not None:
-                return value, via
+        value = self._lookup("globals", name)
+        if value is not None:
+            return value, "global"
         macro = self._lookup("macros", name)
         if macro is not None and macro[0] is None:
             body = self._macro_body(name, macro[1])
