@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "memdesc.cli.simulate",    # simulate
     "memdesc.cli.trace",       # record, trace-info, replay
     "memdesc.cli.fleet",       # fleet survey
+    "memdesc.cli.path_status",  # path-status
 )
 
 
