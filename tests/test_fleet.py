@@ -188,6 +188,7 @@ def test_group_by_host_pattern_and_label():
 
 def test_outputs_table_csv_plot_and_80_columns(fleet_dir, tmp_path, capsys):
     out = tmp_path / "out"
+    out.mkdir()
     rc, text, err = fleet_cli(capsys, str(fleet_dir), "--json", str(out / "f.json"),
                               "--csv", str(out / "m.csv"), "--plot", str(out / "f.png"),
                               "--group-by", "label:^(m\\d)", "--cache", str(tmp_path / "c"))

@@ -151,7 +151,10 @@ def test_record_end_state_is_checked_by_the_replay(tracefs_ok, tmp_path):
     r = run_record(["-o", str(out), "--duration", "1s", "--state-every", "0.4s"])
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["measured_rate_kb_s"] >= 0 and meta["lost_total"] == 0
+    assert meta["measured_rate_kb_s"] >= 0
+    # Lossless, or (other work on this machine outran the measured rate) record said exactly
+    # what to pass: never a silent loss.
+    assert meta["lost_total"] == 0 or "--buffer-kb" in r.stderr, r.stderr
     assert meta["inner_states"] >= 1 and (out / "state-1" / "pagetypeinfo").is_file()
     inp = rp.load_replay_input(read_trace(out))
     ats = [c.at for c in inp.checkpoints]

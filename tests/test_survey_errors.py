@@ -46,5 +46,5 @@ def test_output_in_a_missing_folder_is_refused_before_any_work(tmp_path, capsys)
         cap = capsys.readouterr()
         assert rc == 2 and cap.out == ""
         assert cap.err == (f"memdesc: {opt} {missing / name}: folder {missing} does not exist; "
-                           "create it first or give a file in an existing folder\n")
+                           "create it or give a file in an existing folder\n")
     assert not (tmp_path / "no").exists()

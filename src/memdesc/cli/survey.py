@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from memdesc.cli.options import check_output, stages_option
-from memdesc.errors import InputError
 from memdesc.report.console import add_brief_option
 from memdesc.stages import STAGE_IDS, get_stage
 
@@ -43,16 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _folder_exists(path: str | None, what: str) -> None:
-    """An output's folder must exist: the survey creates the file, never folders (issue 13)."""
-    if path is None or path == "-":
-        return
-    parent = Path(path).absolute().parent
-    if not parent.is_dir():
-        raise InputError(f"--{what} {path}: folder {parent} does not exist; create it first or "
-                         "give a file in an existing folder")
-
-
 def run(args: argparse.Namespace) -> int:
     from memdesc.analysis.cost import explain
     from memdesc.analysis.descriptors import load_descriptors
@@ -63,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     stages = stages_option(args.stages)
     for path, what in ((args.json, "json"), (args.plot, "plot"), (args.map, "map")):
         check_output(path, what)
-        _folder_exists(path, what)
     table = load_descriptors(args.descriptors)
     snapshot = open_snapshot(args.snapshot)
     if snapshot.note:
