@@ -200,18 +200,30 @@ class ReplayInput:
         return self.start.pageblock_mt
 
 
-def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
-                      progress: Callable[[int], None] | None = None) -> ReplayInput:
-    """Snapshot, type inference, gates, operations, start state and check points of a trace
-    (stage independent)."""
+@dataclass
+class SnapshotStart:
+    """The trace-independent half of a replay's input: the snapshot, its classification,
+    census, emulated machine and start state (load_snapshot_start()), so it can be loaded
+    while the trace is read."""
+
+    snapshot: Snapshot
+    layout: Layout
+    zoneinfo: list[procfs.ZoneInfo]
+    units: tt.SnapshotUnits
+    base_census: Census
+    machine: Machine
+    start: StartState
+    notes: list[str]
+    seconds: float
+
+
+def load_snapshot_start(snapshot_dir: Path,
+                        progress: Callable[[int], None] | None = None) -> SnapshotStart:
+    """Snapshot, classification, census, emulated machine and start state of the folder
+    ``snapshot_dir`` (nothing here depends on the trace)."""
     from memdesc.analysis.classify import build_census, classify_chunks
 
     t0 = time.monotonic()
-    snapshot_dir = snapshot_dir or tr.snapshot_dir
-    if snapshot_dir is None:
-        raise InputError(f"{tr.path}: no pre-snapshot beside this trace; the replay starts "
-                         "from one (record with `memdesc record` without --no-snapshot, or "
-                         "pass --snapshot DIR)")
     snapshot = open_snapshot(snapshot_dir)
     layout, zoneinfo = layout_of(snapshot)
     if not zoneinfo or not layout.zones:
@@ -221,24 +233,42 @@ def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
     tally = classify_chunks(((s, a["kpageflags"]) for s, a in
                              snapshot.chunks(("kpageflags",))), layout)
     base = build_census(tally, str(snapshot.source), snapshot.kernel, nr_cpus_of(zoneinfo))
-    types = tt.infer_types(tr)
-    gates = snapshot_gates(tr, snapshot_dir)
-    ops = prepare_ops(tr, types, gates)
     machine, notes = machine_for_replay(snapshot, layout, units, zoneinfo)
     pti_text = snapshot.text("pagetypeinfo", "before") or snapshot.text("pagetypeinfo", "after")
     start = start_state(units, machine, procfs.parse_pagetypeinfo(pti_text) if pti_text
                         else None)
-    notes += start.notes
+    return SnapshotStart(snapshot, layout, zoneinfo, units, base, machine, start,
+                         notes + start.notes, time.monotonic() - t0)
+
+
+def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
+                      progress: Callable[[int], None] | None = None,
+                      start: SnapshotStart | None = None) -> ReplayInput:
+    """Snapshot, type inference, gates, operations, start state and check points of a trace
+    (stage independent); ``start``: the snapshot's half already loaded (from the same
+    folder) by load_snapshot_start()."""
+    t0 = time.monotonic()
+    snapshot_dir = snapshot_dir or tr.snapshot_dir
+    if snapshot_dir is None:
+        raise InputError(f"{tr.path}: no pre-snapshot beside this trace; the replay starts "
+                         "from one (record with `memdesc record` without --no-snapshot, or "
+                         "pass --snapshot DIR)")
+    ss = start or load_snapshot_start(snapshot_dir, progress)
+    types = tt.infer_types(tr)
+    gates = snapshot_gates(tr, snapshot_dir)
+    ops = prepare_ops(tr, types, gates)
+    notes = list(ss.notes)
     if gates.style == "none":
         notes.append("no snapshot chunk markers or capture steps in the trace: every event is "
                      "applied on top of the snapshot (events before it are counted twice)")
     gate_of_event = np.full(len(tr), gates.default_gate, np.int64)
     ev_pfn = tr.events["pfn"]
     gate_of_event[ev_pfn >= 0] = gates.of(ev_pfn[ev_pfn >= 0])
-    check = tt.check_against_snapshot(tr, types, units, gate_of_event)
-    points = check_points(tr, snapshot, gates.steps, len(tr))
-    return ReplayInput(tr, snapshot, layout, zoneinfo, units, types, gates, ops, machine,
-                       start, base, notes, time.monotonic() - t0, check, points)
+    check = tt.check_against_snapshot(tr, types, ss.units, gate_of_event)
+    points = check_points(tr, ss.snapshot, gates.steps, len(tr))
+    seconds = time.monotonic() - t0 + (ss.seconds if start is not None else 0.0)
+    return ReplayInput(tr, ss.snapshot, ss.layout, ss.zoneinfo, ss.units, types, gates, ops,
+                       ss.machine, ss.start, ss.base_census, notes, seconds, check, points)
 
 
 @dataclass
