@@ -361,6 +361,7 @@ _DROP_PRIVILEGES = """
 import os, pwd
 from importlib import resources
 import memdesc.cli, memdesc.ingest.kpageflags, memdesc.ingest.save, memdesc.ingest.snapshot
+import memdesc.ingest.record  # the CLI imports it only when `record` runs
 memdesc.cli.build_parser()
 resources.files("memdesc").joinpath("data")
 if os.geteuid() == 0:
