@@ -194,6 +194,10 @@ class ReplayInput:
     checkpoints: list[CheckPoint] = field(default_factory=list)
     #: stage-independent results computed once (unit counts)
     cache: dict = field(default_factory=dict)
+    #: (mem_map storage for every stage, the first stage's mem_map already in the start
+    #: state): built by load_snapshot_start(stages=...) while the trace was read; replay()
+    #: takes it once
+    ready: tuple[np.ndarray, pa.MemMap] | None = None
 
     @property
     def pageblock_mt(self) -> np.ndarray:
@@ -215,12 +219,15 @@ class SnapshotStart:
     start: StartState
     notes: list[str]
     seconds: float
+    ready: tuple[np.ndarray, pa.MemMap] | None = None
 
 
 def load_snapshot_start(snapshot_dir: Path,
-                        progress: Callable[[int], None] | None = None) -> SnapshotStart:
+                        progress: Callable[[int], None] | None = None,
+                        stages: list[Stage] | None = None) -> SnapshotStart:
     """Snapshot, classification, census, emulated machine and start state of the folder
-    ``snapshot_dir`` (nothing here depends on the trace)."""
+    ``snapshot_dir`` (nothing here depends on the trace); with ``stages``, also the mem_map
+    storage for them and the first one's mem_map in the start state (``ready``)."""
     from memdesc.analysis.classify import build_census, classify_chunks
 
     t0 = time.monotonic()
@@ -237,8 +244,12 @@ def load_snapshot_start(snapshot_dir: Path,
     pti_text = snapshot.text("pagetypeinfo", "before") or snapshot.text("pagetypeinfo", "after")
     start = start_state(units, machine, procfs.parse_pagetypeinfo(pti_text) if pti_text
                         else None)
+    ready = None
+    if stages:
+        buffer = mem_map_buffer(machine, stages)
+        ready = buffer, start_memmap(machine, start, stages[0], buffer)
     return SnapshotStart(snapshot, layout, zoneinfo, units, base, machine, start,
-                         notes + start.notes, time.monotonic() - t0)
+                         notes + start.notes, time.monotonic() - t0, ready)
 
 
 def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
@@ -268,7 +279,8 @@ def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
     points = check_points(tr, ss.snapshot, gates.steps, len(tr))
     seconds = time.monotonic() - t0 + (ss.seconds if start is not None else 0.0)
     return ReplayInput(tr, ss.snapshot, ss.layout, ss.zoneinfo, ss.units, types, gates, ops,
-                       ss.machine, ss.start, ss.base_census, notes, seconds, check, points)
+                       ss.machine, ss.start, ss.base_census, notes, seconds, check, points,
+                       ready=ss.ready)
 
 
 @dataclass
@@ -341,14 +353,26 @@ def _boundaries(inp: ReplayInput, block: int) -> tuple[np.ndarray, list[int]]:
     return b.astype(np.int64), at
 
 
-def setup_stage(inp: ReplayInput, stage: Stage, buffer: np.ndarray | None = None
-                ) -> pa.MemMap:
-    """The emulated memory of ``stage`` in the snapshot's state (memdesc.mm.start_state),
+def mem_map_buffer(machine: Machine, stages: list[Stage]) -> np.ndarray:
+    """One mem_map storage for every stage, sized for the largest struct page: touching a
+    fresh 400 MB array costs more than the whole replay loop."""
+    return np.empty(machine.nr_pfns * max(s.struct_page_bytes for s in stages) // 8,
+                    np.uint64)
+
+
+def start_memmap(machine: Machine, s: StartState, stage: Stage,
+                 buffer: np.ndarray | None = None) -> pa.MemMap:
+    """The emulated memory of ``stage`` in the start state ``s`` (memdesc.mm.start_state),
     in ``buffer`` when given (see MemMap)."""
-    s = inp.start
-    mm = pa.MemMap(inp.machine, stage, debug=False, free_all=False, buffer=buffer)
+    mm = pa.MemMap(machine, stage, debug=False, free_all=False, buffer=buffer)
     set_start_state(mm, s.pageblock_mt, s.free_pfn, s.free_order, s.unit_pfn, s.unit_order)
     return mm
+
+
+def setup_stage(inp: ReplayInput, stage: Stage, buffer: np.ndarray | None = None
+                ) -> pa.MemMap:
+    """The emulated memory of ``stage`` in the snapshot's state, in ``buffer`` when given."""
+    return start_memmap(inp.machine, inp.start, stage, buffer)
 
 
 def _free_mt(mm: pa.MemMap) -> np.ndarray:
@@ -365,15 +389,18 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                  samples: int = 100, block: int = BLOCK_OPS,
                  progress: Callable[[int], None] | None = None,
                  keep_memmap: bool = False, vmstat: bool = True,
-                 buffer: np.ndarray | None = None) -> StageRun:
+                 buffer: np.ndarray | None = None,
+                 memmap: pa.MemMap | None = None) -> StageRun:
     """Replay ``inp`` at ``stage`` in ``mode``; ``progress(n)`` after each block of ops.
     In policy mode ``vmstat`` runs the pcp->high decay each second of trace time
     (memdesc.mm.vmstat); placement follows the trace's own drains instead. ``buffer``
-    holds the emulated mem_map (reused across stages by replay())."""
+    holds the emulated mem_map (reused across stages by replay()); ``memmap``: this stage's
+    mem_map already set up by start_memmap() (then not counted in ``setup_seconds``)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     t0 = time.monotonic()
-    mm = setup_stage(inp, stage, None if keep_memmap else buffer)
+    mm = memmap if memmap is not None else setup_stage(inp, stage,
+                                                       None if keep_memmap else buffer)
     n = mm.nr_pfns
     s0 = inp.start
     managed = s0.managed
@@ -581,12 +608,14 @@ def replay(inp: ReplayInput, stages: list[Stage], mode: str = "placement",
     """Replay ``inp`` at each stage; series and the checks against the kernel per stage."""
     runs, series, checks = [], [], []
     table = table or load_descriptors()
-    # one mem_map storage for every stage, sized for the largest struct page: touching a
-    # fresh 400 MB array costs more than the whole replay loop
+    buffer, first = inp.ready or (None, None)
+    inp.ready = None                                   # its mem_map is replayed below
     words = inp.machine.nr_pfns * max(s.struct_page_bytes for s in stages) // 8
-    buffer = np.empty(words, np.uint64)
-    for s in stages:
-        run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer)
+    if buffer is None or buffer.size < words or first is None or first.stage != stages[0]:
+        buffer, first = mem_map_buffer(inp.machine, stages), None
+    for i, s in enumerate(stages):
+        run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer,
+                           memmap=first if i == 0 else None)
         runs.append(run)
         series.append(stage_series(inp, run, table))
         checks.append(check_rows(inp, run))

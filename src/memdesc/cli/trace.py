@@ -241,7 +241,9 @@ def run_replay(args: argparse.Namespace) -> int:
     check_output(args.plot, "plot")
     check_output(args.json, "json")
     early = args.snapshot or snapshot_dir_of(args.path)
-    loading = _Background(load_snapshot_start, early) if early is not None else None
+    # the snapshot's half and the first stage's mem_map are built while the trace is read
+    loading = (_Background(lambda d, tick: load_snapshot_start(d, tick, stages), early)
+               if early is not None else None)
     tr = _read(args)
     if not len(tr):
         raise InputError(f"{args.path}: the trace holds no kmem events to replay")
