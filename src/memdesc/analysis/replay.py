@@ -404,12 +404,8 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     n = mm.nr_pfns
     s0 = inp.start
     managed = s0.managed
-    st = np.zeros(n, np.int8)
-    blk = np.zeros(n, np.int8)
     pcpu = np.zeros(n, np.int16)
-    st[s0.unit_pfn] = ST_SNAP
-    blk[s0.unit_pfn] = s0.unit_order
-    ucls, uord, units = _start_units(inp, n)
+    st, blk, ucls, uord, units = _start_units(inp, n)
     ops = inp.ops
     start = {"units_placed": len(s0.unit_pfn), "free_blocks": len(s0.free_pfn),
              "pageblocks_by_type": {MT_NAMES[t]: int((s0.pageblock_mt == t).sum())
@@ -472,19 +468,25 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                     [c or {} for c in at_checks])
 
 
-def _start_units(inp: ReplayInput, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fresh per-PFN unit class and order arrays of the snapshot and the unit counts (units
-    outside managed RAM -- reserved, holes -- stay counted but are never touched); the
-    counts are computed once per input."""
-    ucls = np.full(n, -1, np.int8)
-    uord = np.full(n, -1, np.int8)
-    k = min(n, inp.units.pfn_count)
-    ucls[:k] = inp.units.ucls[:k]
-    uord[:k] = inp.units.uord[:k]
-    key = ("unit_counts", n)
+def _start_units(inp: ReplayInput, n: int) -> tuple[np.ndarray, ...]:
+    """Fresh per-PFN arrays of the start: replay state (ST_SNAP on the snapshot's units),
+    block order, unit class and order of the snapshot, and the unit counts (units outside
+    managed RAM -- reserved, holes -- stay counted but are never touched). Built once per
+    input and copied for each stage."""
+    key = ("start_units", n)
     if key not in inp.cache:
-        inp.cache[key] = _unit_counts(ucls, uord)
-    return ucls, uord, inp.cache[key].copy()
+        s0 = inp.start
+        st = np.zeros(n, np.int8)
+        blk = np.zeros(n, np.int8)
+        st[s0.unit_pfn] = ST_SNAP
+        blk[s0.unit_pfn] = s0.unit_order
+        ucls = np.full(n, -1, np.int8)
+        uord = np.full(n, -1, np.int8)
+        k = min(n, inp.units.pfn_count)
+        ucls[:k] = inp.units.ucls[:k]
+        uord[:k] = inp.units.uord[:k]
+        inp.cache[key] = st, blk, ucls, uord, _unit_counts(ucls, uord)
+    return tuple(a.copy() for a in inp.cache[key])
 
 
 def _unit_counts(ucls: np.ndarray, uord: np.ndarray) -> np.ndarray:
