@@ -244,12 +244,13 @@ def load_snapshot_start(snapshot_dir: Path,
     pti_text = snapshot.text("pagetypeinfo", "before") or snapshot.text("pagetypeinfo", "after")
     start = start_state(units, machine, procfs.parse_pagetypeinfo(pti_text) if pti_text
                         else None)
+    seconds = time.monotonic() - t0              # the first mem_map is the replay's setup
     ready = None
     if stages:
         buffer = mem_map_buffer(machine, stages)
         ready = buffer, start_memmap(machine, start, stages[0], buffer)
     return SnapshotStart(snapshot, layout, zoneinfo, units, base, machine, start,
-                         notes + start.notes, time.monotonic() - t0, ready)
+                         notes + start.notes, seconds, ready)
 
 
 def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
