@@ -84,6 +84,7 @@ from memdesc.analysis.replay_loops import (
     _policy_loop,
     _policy_release_pcp,
     _sample,
+    unit_counts_nb,
 )
 from memdesc.analysis.replay_ops import (  # noqa: F401 (the replay's public names)
     _CHUNK,
@@ -492,9 +493,11 @@ def _start_units(inp: ReplayInput, n: int) -> tuple[np.ndarray, ...]:
 
 def _unit_counts(ucls: np.ndarray, uord: np.ndarray) -> np.ndarray:
     """int64[classes, unit orders]: allocation units by class and order."""
-    m = ucls >= 0
-    flat = ucls[m].astype(np.int64) * NR_UNIT_ORDERS + uord[m].astype(np.int64)
-    return np.bincount(flat, minlength=NCLS * NR_UNIT_ORDERS).reshape(NCLS, NR_UNIT_ORDERS)
+    out = np.zeros((NCLS, NR_UNIT_ORDERS), np.int64)
+    bad = unit_counts_nb(ucls, uord, out)
+    if bad >= 0:
+        raise ValueError(f"pfn {bad}: unit class {ucls[bad]} order {uord[bad]} out of range")
+    return out
 
 
 # ---- results -----------------------------------------------------------------------------------
