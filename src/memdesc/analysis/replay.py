@@ -195,10 +195,6 @@ class ReplayInput:
     checkpoints: list[CheckPoint] = field(default_factory=list)
     #: stage-independent results computed once (unit counts)
     cache: dict = field(default_factory=dict)
-    #: (mem_map storage for every stage, the first stage's mem_map already in the start
-    #: state): built by load_snapshot_start(stages=...) while the trace was read; replay()
-    #: takes it once
-    ready: tuple[np.ndarray, pa.MemMap] | None = None
 
     @property
     def pageblock_mt(self) -> np.ndarray:
@@ -208,8 +204,7 @@ class ReplayInput:
 @dataclass
 class SnapshotStart:
     """The trace-independent half of a replay's input: the snapshot, its classification,
-    census, emulated machine and start state (load_snapshot_start()), so it can be loaded
-    while the trace is read."""
+    census, emulated machine and start state (load_snapshot_start())."""
 
     snapshot: Snapshot
     layout: Layout
@@ -220,15 +215,12 @@ class SnapshotStart:
     start: StartState
     notes: list[str]
     seconds: float
-    ready: tuple[np.ndarray, pa.MemMap] | None = None
 
 
 def load_snapshot_start(snapshot_dir: Path,
-                        progress: Callable[[int], None] | None = None,
-                        stages: list[Stage] | None = None) -> SnapshotStart:
+                        progress: Callable[[int], None] | None = None) -> SnapshotStart:
     """Snapshot, classification, census, emulated machine and start state of the folder
-    ``snapshot_dir`` (nothing here depends on the trace); with ``stages``, also the mem_map
-    storage for them and the first one's mem_map in the start state (``ready``)."""
+    ``snapshot_dir`` (nothing here depends on the trace)."""
     from memdesc.analysis.classify import build_census, classify_chunks
 
     t0 = time.monotonic()
@@ -245,28 +237,21 @@ def load_snapshot_start(snapshot_dir: Path,
     pti_text = snapshot.text("pagetypeinfo", "before") or snapshot.text("pagetypeinfo", "after")
     start = start_state(units, machine, procfs.parse_pagetypeinfo(pti_text) if pti_text
                         else None)
-    seconds = time.monotonic() - t0              # the first mem_map is the replay's setup
-    ready = None
-    if stages:
-        buffer = mem_map_buffer(machine, stages)
-        ready = buffer, start_memmap(machine, start, stages[0], buffer)
     return SnapshotStart(snapshot, layout, zoneinfo, units, base, machine, start,
-                         notes + start.notes, seconds, ready)
+                         notes + start.notes, time.monotonic() - t0)
 
 
 def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
-                      progress: Callable[[int], None] | None = None,
-                      start: SnapshotStart | None = None) -> ReplayInput:
+                      progress: Callable[[int], None] | None = None) -> ReplayInput:
     """Snapshot, type inference, gates, operations, start state and check points of a trace
-    (stage independent); ``start``: the snapshot's half already loaded (from the same
-    folder) by load_snapshot_start()."""
+    (stage independent)."""
     t0 = time.monotonic()
     snapshot_dir = snapshot_dir or tr.snapshot_dir
     if snapshot_dir is None:
         raise InputError(f"{tr.path}: no pre-snapshot beside this trace; the replay starts "
                          "from one (record with `memdesc record` without --no-snapshot, or "
                          "pass --snapshot DIR)")
-    ss = start or load_snapshot_start(snapshot_dir, progress)
+    ss = load_snapshot_start(snapshot_dir, progress)
     types = tt.infer_types(tr)
     gates = snapshot_gates(tr, snapshot_dir)
     ops = prepare_ops(tr, types, gates)
@@ -279,10 +264,9 @@ def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
     gate_of_event[ev_pfn >= 0] = gates.of(ev_pfn[ev_pfn >= 0])
     check = tt.check_against_snapshot(tr, types, ss.units, gate_of_event)
     points = check_points(tr, ss.snapshot, gates.steps, len(tr))
-    seconds = time.monotonic() - t0 + (ss.seconds if start is not None else 0.0)
+    seconds = time.monotonic() - t0
     return ReplayInput(tr, ss.snapshot, ss.layout, ss.zoneinfo, ss.units, types, gates, ops,
-                       ss.machine, ss.start, ss.base_census, notes, seconds, check, points,
-                       ready=ss.ready)
+                       ss.machine, ss.start, ss.base_census, notes, seconds, check, points)
 
 
 @dataclass
@@ -391,18 +375,15 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                  samples: int = 100, block: int = BLOCK_OPS,
                  progress: Callable[[int], None] | None = None,
                  keep_memmap: bool = False, vmstat: bool = True,
-                 buffer: np.ndarray | None = None,
-                 memmap: pa.MemMap | None = None) -> StageRun:
+                 buffer: np.ndarray | None = None) -> StageRun:
     """Replay ``inp`` at ``stage`` in ``mode``; ``progress(n)`` after each block of ops.
     In policy mode ``vmstat`` runs the pcp->high decay each second of trace time
     (memdesc.mm.vmstat); placement follows the trace's own drains instead. ``buffer``
-    holds the emulated mem_map (reused across stages by replay()); ``memmap``: this stage's
-    mem_map already set up by start_memmap() (then not counted in ``setup_seconds``)."""
+    holds the emulated mem_map (reused across stages by replay())."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     t0 = time.monotonic()
-    mm = memmap if memmap is not None else setup_stage(inp, stage,
-                                                       None if keep_memmap else buffer)
+    mm = setup_stage(inp, stage, None if keep_memmap else buffer)
     n = mm.nr_pfns
     s0 = inp.start
     managed = s0.managed
@@ -614,14 +595,9 @@ def replay(inp: ReplayInput, stages: list[Stage], mode: str = "placement",
     """Replay ``inp`` at each stage; series and the checks against the kernel per stage."""
     runs, series, checks = [], [], []
     table = table or load_descriptors()
-    buffer, first = inp.ready or (None, None)
-    inp.ready = None                                   # its mem_map is replayed below
-    words = inp.machine.nr_pfns * max(s.struct_page_bytes for s in stages) // 8
-    if buffer is None or buffer.size < words or first is None or first.stage != stages[0]:
-        buffer, first = mem_map_buffer(inp.machine, stages), None
-    for i, s in enumerate(stages):
-        run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer,
-                           memmap=first if i == 0 else None)
+    buffer = mem_map_buffer(inp.machine, stages)
+    for s in stages:
+        run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer)
         runs.append(run)
         series.append(stage_series(inp, run, table))
         checks.append(check_rows(inp, run))

@@ -8,8 +8,6 @@ import argparse
 import json
 import re
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -193,42 +191,9 @@ def run_trace_info(args: argparse.Namespace) -> int:
 
 
 
-class _Background:
-    """``fn(arg, progress)`` on a daemon thread (the snapshot's half of a replay is loaded
-    while the trace is read: both are mostly numba kernels and zstd that release the GIL).
-    ``wait(tick)`` joins it, passing its progress on and re-raising its exception; a daemon
-    thread never delays the exit after Ctrl-C."""
-
-    def __init__(self, fn: Callable, arg: object):
-        self.arg, self.done, self._told = arg, 0, 0
-        self._out: dict = {}
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable) -> None:
-        try:
-            self._out["value"] = fn(self.arg, self._progress)
-        except BaseException as e:  # noqa: BLE001 -- handed to wait()
-            self._out["error"] = e
-
-    def _progress(self, n: int) -> None:
-        self.done += n
-
-    def wait(self, tick: Callable[[int], None]) -> object:
-        while self._thread.is_alive():
-            self._thread.join(0.1)
-            tick(self.done - self._told)
-            self._told = self.done
-        tick(self.done - self._told)
-        if "error" in self._out:
-            raise self._out["error"]
-        return self._out["value"]
-
-
 def run_replay(args: argparse.Namespace) -> int:
-    from memdesc.analysis.replay import load_replay_input, load_snapshot_start, replay
+    from memdesc.analysis.replay import load_replay_input, replay
     from memdesc.cli.progress import LazyProgress
-    from memdesc.ingest.ftrace import snapshot_dir_of
     from memdesc.report import replay_out
 
     stages = stages_option(args.stages)
@@ -240,10 +205,6 @@ def run_replay(args: argparse.Namespace) -> int:
                          "what a plot or table shows)")
     check_output(args.plot, "plot")
     check_output(args.json, "json")
-    early = args.snapshot or snapshot_dir_of(args.path)
-    # the snapshot's half and the first stage's mem_map are built while the trace is read
-    loading = (_Background(lambda d, tick: load_snapshot_start(d, tick, stages), early)
-               if early is not None else None)
     tr = _read(args)
     if not len(tr):
         raise InputError(f"{args.path}: the trace holds no kmem events to replay")
@@ -255,8 +216,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from memdesc.ingest.snapshot import open_snapshot
     pfns = open_snapshot(snap_dir).pfn_count
     with LazyProgress("reading the snapshot", pfns) as tick:
-        start = loading.wait(tick) if loading is not None and loading.arg == snap_dir else None
-        inp = load_replay_input(tr, snap_dir, progress=tick, start=start)
+        inp = load_replay_input(tr, snap_dir, progress=tick)
     if args.snapshot and tr.snapshot_dir is None:
         inp.notes.append(f"the snapshot {args.snapshot} was not taken inside this recording: "
                          "expect the replay to disagree with the trace where the machine "

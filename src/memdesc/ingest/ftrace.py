@@ -242,16 +242,9 @@ def read_trace(path: str | Path, lenient: bool = False,
                        vmemmap_base=vmemmap_base)
     tr.path = Path(path)
     tr.overruns = _overruns(rec)
-    tr.snapshot_dir = _snapshot_in(rec)
+    if rec is not None:
+        for name in SNAPSHOT_NAMES:
+            if (rec / name).is_dir():
+                tr.snapshot_dir = rec / name
+                break
     return tr
-
-
-def _snapshot_in(rec: Path | None) -> Path | None:
-    """The pre-snapshot folder of a recording folder, if it has one."""
-    return next((rec / n for n in SNAPSHOT_NAMES if (rec / n).is_dir()), None) if rec else None
-
-
-def snapshot_dir_of(path: str | Path) -> Path | None:
-    """The ``Trace.snapshot_dir`` read_trace() will give ``path``, without reading the trace
-    (so the snapshot can be loaded while the trace is read)."""
-    return _snapshot_in(_resolve(Path(path))[3])
