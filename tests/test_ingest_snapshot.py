@@ -361,7 +361,7 @@ _DROP_PRIVILEGES = """
 import os, pwd
 from importlib import resources
 import memdesc.cli, memdesc.ingest.kpageflags, memdesc.ingest.save, memdesc.ingest.snapshot
-import memdesc.ingest.record  # the CLI imports it only when `record` runs
+import memdesc.cli.progress, memdesc.ingest.record  # the CLI imports them when a command runs
 memdesc.cli.build_parser()
 resources.files("memdesc").joinpath("data")
 if os.geteuid() == 0:

@@ -215,18 +215,6 @@ def _unit_heads(flags, pclass, ucls, uord):
         i += m
 
 
-@njit(cache=True, nogil=True)
-def _row_argmax(cells, out):
-    """``out[i] = cells[i].argmax()`` (the first largest column, as numpy's argmax), without
-    numpy's per-row overhead on rows of a dozen columns."""
-    for i in range(cells.shape[0]):
-        best = 0
-        for c in range(1, cells.shape[1]):
-            if cells[i, c] > cells[i, best]:
-                best = c
-        out[i] = best
-
-
 def snapshot_units(snapshot: Snapshot, layout: Layout,
                    progress: Callable[[int], None] | None = None,
                    chunk_pfns: int = 1 << 18) -> SnapshotUnits:
@@ -258,8 +246,8 @@ def snapshot_units(snapshot: Snapshot, layout: Layout,
             np.zeros((nr, classify.NR_PAGE_ORDERS), np.int64), cells, 0,
             np.full(nr, -1, np.int64), np.zeros((k >> classify.SECTION_SHIFT) + 2, np.uint8),
             np.zeros(len(classify.ANOMALIES), np.int64))
-        pc = pclass[start:start + k]
-        _row_argmax(cells, pc)
+        pc = cells.argmax(axis=1).astype(np.int8)
+        pclass[start:start + k] = pc
         _unit_heads(flags, pc, ucls[start:start + k], uord[start:start + k])
         if progress:
             progress(k)
