@@ -361,6 +361,7 @@ _DROP_PRIVILEGES = """
 import os, pwd
 from importlib import resources
 import memdesc.cli, memdesc.ingest.kpageflags, memdesc.ingest.save, memdesc.ingest.snapshot
+import memdesc.cli.progress, memdesc.ingest.record  # the CLI imports them when a command runs
 memdesc.cli.build_parser()
 resources.files("memdesc").joinpath("data")
 if os.geteuid() == 0:

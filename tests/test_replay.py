@@ -200,3 +200,18 @@ def test_policy_decays_pcp_high_each_second_of_trace_time(pagecache):
     assert on.pcp[-1].sum() < off.pcp[-1].sum()
     normal = [r for r in rp.check_rows(pagecache, on) if r["zone"] == "0/Normal"][0]
     assert normal["pcp_pages"]["kernel"] == 39_712        # zoneinfo.after, Σ count
+
+
+def test_unit_counts_by_class_and_order_hand_worked():
+    """_unit_counts(): one count per PFN heading a unit (ucls >= 0), by (class, order)."""
+    from memdesc.analysis.census import NR_UNIT_ORDERS
+
+    file, anon = tt.CLASS_INDEX["file"], tt.CLASS_INDEX["anon"]
+    ucls = np.array([file, -1, anon, -1, -1, -1, file, file], np.int8)
+    uord = np.array([1, -1, 2, -1, -1, -1, 0, 0], np.int8)
+    got = rp._unit_counts(ucls, uord)
+    want = np.zeros((rp.NCLS, NR_UNIT_ORDERS), np.int64)
+    want[file, 1], want[anon, 2], want[file, 0] = 1, 1, 2
+    assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="pfn 1: unit class"):
+        rp._unit_counts(np.array([anon, anon], np.int8), np.array([0, NR_UNIT_ORDERS], np.int8))

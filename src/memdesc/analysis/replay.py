@@ -84,6 +84,7 @@ from memdesc.analysis.replay_loops import (
     _policy_loop,
     _policy_release_pcp,
     _sample,
+    unit_counts_nb,
 )
 from memdesc.analysis.replay_ops import (  # noqa: F401 (the replay's public names)
     _CHUNK,
@@ -200,18 +201,29 @@ class ReplayInput:
         return self.start.pageblock_mt
 
 
-def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
-                      progress: Callable[[int], None] | None = None) -> ReplayInput:
-    """Snapshot, type inference, gates, operations, start state and check points of a trace
-    (stage independent)."""
+@dataclass
+class SnapshotStart:
+    """The trace-independent half of a replay's input: the snapshot, its classification,
+    census, emulated machine and start state (load_snapshot_start())."""
+
+    snapshot: Snapshot
+    layout: Layout
+    zoneinfo: list[procfs.ZoneInfo]
+    units: tt.SnapshotUnits
+    base_census: Census
+    machine: Machine
+    start: StartState
+    notes: list[str]
+    seconds: float
+
+
+def load_snapshot_start(snapshot_dir: Path,
+                        progress: Callable[[int], None] | None = None) -> SnapshotStart:
+    """Snapshot, classification, census, emulated machine and start state of the folder
+    ``snapshot_dir`` (nothing here depends on the trace)."""
     from memdesc.analysis.classify import build_census, classify_chunks
 
     t0 = time.monotonic()
-    snapshot_dir = snapshot_dir or tr.snapshot_dir
-    if snapshot_dir is None:
-        raise InputError(f"{tr.path}: no pre-snapshot beside this trace; the replay starts "
-                         "from one (record with `memdesc record` without --no-snapshot, or "
-                         "pass --snapshot DIR)")
     snapshot = open_snapshot(snapshot_dir)
     layout, zoneinfo = layout_of(snapshot)
     if not zoneinfo or not layout.zones:
@@ -221,24 +233,40 @@ def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
     tally = classify_chunks(((s, a["kpageflags"]) for s, a in
                              snapshot.chunks(("kpageflags",))), layout)
     base = build_census(tally, str(snapshot.source), snapshot.kernel, nr_cpus_of(zoneinfo))
-    types = tt.infer_types(tr)
-    gates = snapshot_gates(tr, snapshot_dir)
-    ops = prepare_ops(tr, types, gates)
     machine, notes = machine_for_replay(snapshot, layout, units, zoneinfo)
     pti_text = snapshot.text("pagetypeinfo", "before") or snapshot.text("pagetypeinfo", "after")
     start = start_state(units, machine, procfs.parse_pagetypeinfo(pti_text) if pti_text
                         else None)
-    notes += start.notes
+    return SnapshotStart(snapshot, layout, zoneinfo, units, base, machine, start,
+                         notes + start.notes, time.monotonic() - t0)
+
+
+def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
+                      progress: Callable[[int], None] | None = None) -> ReplayInput:
+    """Snapshot, type inference, gates, operations, start state and check points of a trace
+    (stage independent)."""
+    t0 = time.monotonic()
+    snapshot_dir = snapshot_dir or tr.snapshot_dir
+    if snapshot_dir is None:
+        raise InputError(f"{tr.path}: no pre-snapshot beside this trace; the replay starts "
+                         "from one (record with `memdesc record` without --no-snapshot, or "
+                         "pass --snapshot DIR)")
+    ss = load_snapshot_start(snapshot_dir, progress)
+    types = tt.infer_types(tr)
+    gates = snapshot_gates(tr, snapshot_dir)
+    ops = prepare_ops(tr, types, gates)
+    notes = list(ss.notes)
     if gates.style == "none":
         notes.append("no snapshot chunk markers or capture steps in the trace: every event is "
                      "applied on top of the snapshot (events before it are counted twice)")
     gate_of_event = np.full(len(tr), gates.default_gate, np.int64)
     ev_pfn = tr.events["pfn"]
     gate_of_event[ev_pfn >= 0] = gates.of(ev_pfn[ev_pfn >= 0])
-    check = tt.check_against_snapshot(tr, types, units, gate_of_event)
-    points = check_points(tr, snapshot, gates.steps, len(tr))
-    return ReplayInput(tr, snapshot, layout, zoneinfo, units, types, gates, ops, machine,
-                       start, base, notes, time.monotonic() - t0, check, points)
+    check = tt.check_against_snapshot(tr, types, ss.units, gate_of_event)
+    points = check_points(tr, ss.snapshot, gates.steps, len(tr))
+    seconds = time.monotonic() - t0
+    return ReplayInput(tr, ss.snapshot, ss.layout, ss.zoneinfo, ss.units, types, gates, ops,
+                       ss.machine, ss.start, ss.base_census, notes, seconds, check, points)
 
 
 @dataclass
@@ -311,14 +339,26 @@ def _boundaries(inp: ReplayInput, block: int) -> tuple[np.ndarray, list[int]]:
     return b.astype(np.int64), at
 
 
-def setup_stage(inp: ReplayInput, stage: Stage, buffer: np.ndarray | None = None
-                ) -> pa.MemMap:
-    """The emulated memory of ``stage`` in the snapshot's state (memdesc.mm.start_state),
+def mem_map_buffer(machine: Machine, stages: list[Stage]) -> np.ndarray:
+    """One mem_map storage for every stage, sized for the largest struct page: touching a
+    fresh 400 MB array costs more than the whole replay loop."""
+    return np.empty(machine.nr_pfns * max(s.struct_page_bytes for s in stages) // 8,
+                    np.uint64)
+
+
+def start_memmap(machine: Machine, s: StartState, stage: Stage,
+                 buffer: np.ndarray | None = None) -> pa.MemMap:
+    """The emulated memory of ``stage`` in the start state ``s`` (memdesc.mm.start_state),
     in ``buffer`` when given (see MemMap)."""
-    s = inp.start
-    mm = pa.MemMap(inp.machine, stage, debug=False, free_all=False, buffer=buffer)
+    mm = pa.MemMap(machine, stage, debug=False, free_all=False, buffer=buffer)
     set_start_state(mm, s.pageblock_mt, s.free_pfn, s.free_order, s.unit_pfn, s.unit_order)
     return mm
+
+
+def setup_stage(inp: ReplayInput, stage: Stage, buffer: np.ndarray | None = None
+                ) -> pa.MemMap:
+    """The emulated memory of ``stage`` in the snapshot's state, in ``buffer`` when given."""
+    return start_memmap(inp.machine, inp.start, stage, buffer)
 
 
 def _free_mt(mm: pa.MemMap) -> np.ndarray:
@@ -347,12 +387,8 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     n = mm.nr_pfns
     s0 = inp.start
     managed = s0.managed
-    st = np.zeros(n, np.int8)
-    blk = np.zeros(n, np.int8)
     pcpu = np.zeros(n, np.int16)
-    st[s0.unit_pfn] = ST_SNAP
-    blk[s0.unit_pfn] = s0.unit_order
-    ucls, uord, units = _start_units(inp, n)
+    st, blk, ucls, uord, units = _start_units(inp, n)
     ops = inp.ops
     start = {"units_placed": len(s0.unit_pfn), "free_blocks": len(s0.free_pfn),
              "pageblocks_by_type": {MT_NAMES[t]: int((s0.pageblock_mt == t).sum())
@@ -415,26 +451,34 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                     [c or {} for c in at_checks])
 
 
-def _start_units(inp: ReplayInput, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fresh per-PFN unit class and order arrays of the snapshot and the unit counts (units
-    outside managed RAM -- reserved, holes -- stay counted but are never touched); the
-    counts are computed once per input."""
-    ucls = np.full(n, -1, np.int8)
-    uord = np.full(n, -1, np.int8)
-    k = min(n, inp.units.pfn_count)
-    ucls[:k] = inp.units.ucls[:k]
-    uord[:k] = inp.units.uord[:k]
-    key = ("unit_counts", n)
+def _start_units(inp: ReplayInput, n: int) -> tuple[np.ndarray, ...]:
+    """Fresh per-PFN arrays of the start: replay state (ST_SNAP on the snapshot's units),
+    block order, unit class and order of the snapshot, and the unit counts (units outside
+    managed RAM -- reserved, holes -- stay counted but are never touched). Built once per
+    input and copied for each stage."""
+    key = ("start_units", n)
     if key not in inp.cache:
-        inp.cache[key] = _unit_counts(ucls, uord)
-    return ucls, uord, inp.cache[key].copy()
+        s0 = inp.start
+        st = np.zeros(n, np.int8)
+        blk = np.zeros(n, np.int8)
+        st[s0.unit_pfn] = ST_SNAP
+        blk[s0.unit_pfn] = s0.unit_order
+        ucls = np.full(n, -1, np.int8)
+        uord = np.full(n, -1, np.int8)
+        k = min(n, inp.units.pfn_count)
+        ucls[:k] = inp.units.ucls[:k]
+        uord[:k] = inp.units.uord[:k]
+        inp.cache[key] = st, blk, ucls, uord, _unit_counts(ucls, uord)
+    return tuple(a.copy() for a in inp.cache[key])
 
 
 def _unit_counts(ucls: np.ndarray, uord: np.ndarray) -> np.ndarray:
     """int64[classes, unit orders]: allocation units by class and order."""
-    m = ucls >= 0
-    flat = ucls[m].astype(np.int64) * NR_UNIT_ORDERS + uord[m].astype(np.int64)
-    return np.bincount(flat, minlength=NCLS * NR_UNIT_ORDERS).reshape(NCLS, NR_UNIT_ORDERS)
+    out = np.zeros((NCLS, NR_UNIT_ORDERS), np.int64)
+    bad = unit_counts_nb(ucls, uord, out)
+    if bad >= 0:
+        raise ValueError(f"pfn {bad}: unit class {ucls[bad]} order {uord[bad]} out of range")
+    return out
 
 
 # ---- results -----------------------------------------------------------------------------------
@@ -551,10 +595,7 @@ def replay(inp: ReplayInput, stages: list[Stage], mode: str = "placement",
     """Replay ``inp`` at each stage; series and the checks against the kernel per stage."""
     runs, series, checks = [], [], []
     table = table or load_descriptors()
-    # one mem_map storage for every stage, sized for the largest struct page: touching a
-    # fresh 400 MB array costs more than the whole replay loop
-    words = inp.machine.nr_pfns * max(s.struct_page_bytes for s in stages) // 8
-    buffer = np.empty(words, np.uint64)
+    buffer = mem_map_buffer(inp.machine, stages)
     for s in stages:
         run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer)
         runs.append(run)

@@ -464,3 +464,19 @@ def _policy_release_pcp(mem, S, kind, pfn, order, applies, first, managed, st, u
     return freed
 
 
+
+
+@njit(cache=True, nogil=True)
+def unit_counts_nb(ucls, uord, out):
+    """``out[c, o] += 1`` for every PFN heading a unit of class ``c`` and order ``o``
+    (``ucls >= 0``); returns the first PFN whose class or order does not fit ``out``, else
+    -1 (then ``out`` is incomplete)."""
+    for i in range(ucls.shape[0]):
+        c = ucls[i]
+        if c < 0:
+            continue
+        o = uord[i]
+        if c >= out.shape[0] or o < 0 or o >= out.shape[1]:
+            return i
+        out[c, o] += 1
+    return -1

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from memdesc.cli.progress import LazyProgress
 from memdesc.errors import PermissionProblem
-from memdesc.ingest.kpageflags import flag_counts, page_types_r_table, page_types_table
-from memdesc.ingest.save import save_snapshot
 from memdesc.ingest.snapshot import CHUNK_PFNS, PROC, live_pfn_count, open_snapshot
 
 
@@ -40,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_kpageflags(args: argparse.Namespace) -> int:
+    from memdesc.cli.progress import LazyProgress
+    from memdesc.ingest.kpageflags import flag_counts, page_types_r_table, page_types_table
+
     snap = open_snapshot(args.snapshot)
     if snap.note:
         print(f"memdesc: {snap.note}", file=sys.stderr)
@@ -51,6 +51,9 @@ def run_kpageflags(args: argparse.Namespace) -> int:
 
 
 def run_save(args: argparse.Namespace) -> int:
+    from memdesc.cli.progress import LazyProgress
+    from memdesc.ingest.save import save_snapshot
+
     try:
         total = live_pfn_count()
     except PermissionProblem:

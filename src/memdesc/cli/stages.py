@@ -8,7 +8,6 @@ import argparse
 import textwrap
 
 from memdesc.cli.options import stages_option
-from memdesc.mm.mm_types import FOLIO_PATH_2025, OVERLAYS_V6_18
 from memdesc.stages import (
     FREE_TRACKING,
     PAGE_SIZE,
@@ -140,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         out += draw(stage.page)
         out.append("")
     if args.overlays:
+        from memdesc.mm.mm_types import FOLIO_PATH_2025, OVERLAYS_V6_18
+
         out.append("== descriptor layouts (v6.18 overlays; Path 2025 folio from `dynamic` on)")
         for layout in (*OVERLAYS_V6_18, FOLIO_PATH_2025):
             out += draw(layout)

@@ -9,15 +9,14 @@ import json
 import re
 import sys
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from memdesc.cli.options import check_output, stages_option
-from memdesc.cli.progress import LazyProgress
 from memdesc.errors import InputError
-from memdesc.ingest.ftrace import Trace, read_trace, trace_input_bytes
-from memdesc.ingest.record import RecordOptions, record
 from memdesc.report.console import add_brief_option
+
+if TYPE_CHECKING:
+    from memdesc.ingest.ftrace import Trace
 
 #: --samples above this would make a JSON of hundreds of MB that no plot or table can show
 MAX_SAMPLES = 10_000
@@ -103,6 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_record(args: argparse.Namespace) -> int:
+    from memdesc.ingest.record import RecordOptions, record
+
     command = list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
@@ -118,6 +119,8 @@ def run_record(args: argparse.Namespace) -> int:
 
 def summary(tr: Trace) -> dict:
     """Everything trace-info reports, as plain data."""
+    import numpy as np
+
     ev = tr.events
     cpus = sorted(int(c) for c in np.unique(ev["cpu"])) if len(tr) else []
     per_cpu = {}
@@ -138,9 +141,17 @@ def summary(tr: Trace) -> dict:
     }
 
 
-def run_trace_info(args: argparse.Namespace) -> int:
+def _read(args: argparse.Namespace) -> Trace:
+    """The trace at ``args.path``, with a progress bar on a terminal."""
+    from memdesc.cli.progress import LazyProgress
+    from memdesc.ingest.ftrace import read_trace, trace_input_bytes
+
     with LazyProgress("reading trace", trace_input_bytes(args.path), unit="bytes") as tick:
-        tr = read_trace(args.path, lenient=args.lenient, progress=tick)
+        return read_trace(args.path, lenient=args.lenient, progress=tick)
+
+
+def run_trace_info(args: argparse.Namespace) -> int:
+    tr = _read(args)
     s = summary(tr)
     if args.json:
         print(json.dumps(s, indent=1))
@@ -182,6 +193,7 @@ def run_trace_info(args: argparse.Namespace) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     from memdesc.analysis.replay import load_replay_input, replay
+    from memdesc.cli.progress import LazyProgress
     from memdesc.report import replay_out
 
     stages = stages_option(args.stages)
@@ -193,8 +205,7 @@ def run_replay(args: argparse.Namespace) -> int:
                          "what a plot or table shows)")
     check_output(args.plot, "plot")
     check_output(args.json, "json")
-    with LazyProgress("reading trace", trace_input_bytes(args.path), unit="bytes") as tick:
-        tr = read_trace(args.path, lenient=args.lenient, progress=tick)
+    tr = _read(args)
     if not len(tr):
         raise InputError(f"{args.path}: the trace holds no kmem events to replay")
     snap_dir = args.snapshot or tr.snapshot_dir
