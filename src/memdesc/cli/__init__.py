@@ -34,6 +34,7 @@ COMMANDS = {
     "record": "memdesc.cli.trace", "trace-info": "memdesc.cli.trace",
     "replay": "memdesc.cli.trace",
     "fleet": "memdesc.cli.fleet",
+    "path-status": "memdesc.cli.path_status",
 }
 
 
