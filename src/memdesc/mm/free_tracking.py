@@ -569,11 +569,20 @@ def memdesc_slot(S):
 @njit(cache=True)
 def page_is_movable(mem, S, pfn):
     """PageLRU(page) || page_has_movable_ops(page), as prep_move_freepages_block() counts
-    movable pages: the head's PG_lru (or PG_movable_ops) while flags and compound pages live
-    in struct page, the memdesc type (File/Anon/KSM/Movable) from ``dynamic`` on."""
+    movable pages. Overlay stages: the head's PG_lru (set by folio_add_lru(), cleared by
+    __page_cache_release()), or the page's own PG_movable_ops with a page type that may carry
+    it (page_has_movable_ops(): PageZsmalloc || PageOffline; the bit aliases PG_uptodate).
+    From ``dynamic`` on PG_lru lives in the descriptor, which the buddy allocator does not
+    read here: the memdesc type stands for it (File/Anon/KSM folios, Movable = movable_ops).
+    Departure [I]: a folio between folio_alloc() and folio_add_lru() counts as movable from
+    ``dynamic`` on and not before (the emulator allocates nothing in that window except the
+    deposited page table of a PMD-mapped anon folio)."""
     slot = memdesc_slot(S)
     if slot < 0:
         b = pfn * 8
+        pty = (mem[b + 6] >> np.uint64(24)) & np.uint64(0xFF)
+        if (mem[b] >> np.uint64(3)) & np.uint64(1) and (pty == 0xF6 or pty == 0xF1):
+            return True                            # PG_movable_ops on zsmalloc/offline
         ch = mem[b + 1]
         if ch & np.uint64(1):                      # tail: look at the head
             b = np.int64((ch - np.uint64(1) - _VMEMMAP) >> np.uint64(6)) * 8
