@@ -178,3 +178,17 @@ def test_explain_shows_the_min_objects_the_geometry_used():
     assert "min_objects = slub_min_objects 40" in text and "fls(" not in text
     g = cost.caches[0].geometry
     assert g.min_objects == 40 and g.order == 0          # 40 × 80 B still fit one page
+
+
+def test_cost_model_does_not_import_the_allocator():
+    """The cost model needs SLUB's sizing rules only (mm/slub_sizing.py), never the hot
+    paths or the page allocator (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, memdesc.analysis.cost; "
+            "print(sorted(m for m in ('memdesc.mm.slub', 'memdesc.mm.page_alloc') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"

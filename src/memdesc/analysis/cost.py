@@ -28,7 +28,7 @@ from memdesc.analysis.cost_terms import (
 )
 from memdesc.analysis.descriptors import CachePolicy, DescriptorTable
 from memdesc.analysis.in_use import InUseCost, attach_in_use
-from memdesc.mm import slub
+from memdesc.mm import slub_sizing as sizing
 from memdesc.mm.slab_common import get_order
 from memdesc.stages import PAGE_SIZE, REFERENCE, STAGES, Stage
 
@@ -66,30 +66,30 @@ def slab_geometry(object_bytes: int, nr_cpus: int, policy: CachePolicy) -> SlabG
 
     The cache is created as the memdesc plan says (16-byte alignment, SLAB_TYPESAFE_BY_RCU,
     optionally a free pointer inside the object) and sized by the emulator's mirror of
-    calculate_sizes()/calculate_order() in mm/slub.c (memdesc.mm.slub); ``nr_cpus`` stands for
-    num_present_cpus().
+    calculate_sizes()/calculate_order() in mm/slub.c (memdesc.mm.slub_sizing);
+    ``nr_cpus`` stands for num_present_cpus().
     """
     rcu = policy.typesafe_by_rcu
-    geo = slub.calculate_sizes(object_bytes, slub.SLAB_TYPESAFE_BY_RCU if rcu else 0,
-                               policy.align,
-                               freeptr_offset=0 if rcu and policy.use_freeptr_offset else None,
-                               nr_cpus=nr_cpus)
+    geo = sizing.calculate_sizes(object_bytes, sizing.SLAB_TYPESAFE_BY_RCU if rcu else 0,
+                                 policy.align,
+                                 freeptr_offset=0 if rcu and policy.use_freeptr_offset else None,
+                                 nr_cpus=nr_cpus)
     stride = geo.size
-    order = slub.calculate_order(stride, nr_cpus, slub_min_objects=policy.min_objects,
-                                 slub_min_order=policy.min_order,
-                                 slub_max_order=policy.max_order)
+    order = sizing.calculate_order(stride, nr_cpus, slub_min_objects=policy.min_objects,
+                                   slub_min_order=policy.min_order,
+                                   slub_max_order=policy.max_order)
     if order < 0:
         raise ValueError(f"a {stride}-byte descriptor does not fit any slab order")
     # The steps of calculate_order() that led there, for --explain.
-    min_objects = policy.min_objects or slub.default_min_objects(max(1, nr_cpus))
-    min_objects = min(min_objects, max(slub.order_objects(policy.max_order, stride), 1))
+    min_objects = policy.min_objects or sizing.default_min_objects(max(1, nr_cpus))
+    min_objects = min(min_objects, max(sizing.order_objects(policy.max_order, stride), 1))
     min_order = max(policy.min_order, get_order(min_objects * stride))
     fraction = next((f for f in (16, 8, 4, 2)
-                     if slub.calc_slab_order(stride, min_order, policy.max_order, f) == order),
+                     if sizing.calc_slab_order(stride, min_order, policy.max_order, f) == order),
                     None)
     a = policy.align
     return SlabGeometry(-(-object_bytes // a) * a, stride, rcu and not policy.use_freeptr_offset,
-                        min_objects, min_order, order, slub.order_objects(order, stride),
+                        min_objects, min_order, order, sizing.order_objects(order, stride),
                         fraction)
 
 
@@ -314,7 +314,7 @@ def explain(cost: StageCost, census: Census, table: DescriptorTable,
         freeptr = ("after the object (+8 B)" if p.typesafe_by_rcu and not p.use_freeptr_offset
                    else "inside the object (use_freeptr_offset)")
         min_objects = (f"slub_min_objects {p.min_objects}" if p.min_objects else
-                       f"4 × (fls({nr_cpus}) + 1) = {slub.default_min_objects(nr_cpus)}")
+                       f"4 × (fls({nr_cpus}) + 1) = {sizing.default_min_objects(nr_cpus)}")
         lines.append(f"slab geometry: SLUB calculate_sizes()/calculate_order() (mm/slub.c) with "
                      f"{nr_cpus} CPU(s): min_objects = {min_objects} (capped at what fits "
                      f"slub_max_order {p.max_order}), slub_min_order {p.min_order}, free "

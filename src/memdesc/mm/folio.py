@@ -273,8 +273,9 @@ def __page_cache_release(E, folio):
 
 @njit(cache=True)
 def __folio_put(E, folio):
-    """Mirrors __folio_put() -> __page_cache_release(), free_frozen_pages() and, from ``dynamic`` on, the descriptor
-    back to its cache after the pages (no page refers to it any more). Frees only."""
+    """Mirrors __folio_put() -> __page_cache_release(), free_frozen_pages() and, from
+    ``dynamic`` on, the descriptor back to its cache after the pages (no page refers to it
+    any more). Frees only."""
     if folio_mapcount(E, folio) != 0:
         raise AssertionError("freeing a mapped folio (bad_page)")
     stats = E[E_STATS]

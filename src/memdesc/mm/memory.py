@@ -22,8 +22,8 @@ from numba import njit
 
 from memdesc.mm import gfp as _gfp
 from memdesc.mm.folio import (
-    folio_add_new_anon_rmap,
     folio_add_lru,
+    folio_add_new_anon_rmap,
     folio_alloc_nb,
     folio_pfn,
     folio_put_refs,
