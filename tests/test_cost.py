@@ -125,8 +125,10 @@ def test_no_descriptors_before_dynamic_and_by_type_adds_up():
 def test_descriptor_demand_by_class_and_order():
     c = hand_census(4096, file={0: 3, 2: 1}, shmem={0: 2}, anon={9: 1}, ksm={0: 4},
                     hugetlb={9: 1}, slab={0: 5, 3: 2}, pagetable={0: 6})
+    # zpdesc and netmem_desc: the census cannot see zspages or page_pool pages (0)
     assert descriptor_demand(c) == {"folio": 5, "large_folio": 2, "hugetlb_folio": 1, "ksm": 4,
-                                    "ptdesc": 6, "memcg_misc": 0, "slab": 7}
+                                    "ptdesc": 6, "memcg_misc": 0, "slab": 7, "zpdesc": 0,
+                                    "netmem_desc": 0}
 
 
 def test_explain_prints_the_arithmetic():

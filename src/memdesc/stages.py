@@ -304,3 +304,96 @@ def type_code(stage: Stage, name: str) -> int:
         if n == name:
             return code
     raise ValueError(f"type table {stage.type_table} has no {name!r} type")
+
+
+# ---- descriptor types: one table for the emulator, the census and the cost model --------------
+
+@dataclass(frozen=True)
+class DescriptorType:
+    """One kind of memory descriptor, as every part of memdesc sees it.
+
+    ``key``: the data/descriptors.toml entry (its C size) and the cost model's name.
+    ``memdesc_types``: the memdesc type values its pages carry (names in the stage's table).
+    ``cache_name``: the emulator's kmem_cache from ``dynamic`` on (None: no emulated user;
+    ``why_not_emulated`` says why). ``freeptr_offset``: the word SLUB's free pointer may
+    overwrite (kmem_cache_args.freeptr_offset). ``pfn_off``/``order_off``: where the standalone
+    descriptor keeps its first PFN and its order byte (-1: always order 0); types that share a
+    memdesc type must agree on them. ``movable``: its pages count in prep_move_freepages_block()
+    (PageLRU() or page_has_movable_ops()). ``census_classes``/``unit_orders``: which census
+    allocation units need one ("0", ">0" or "all" unit orders; no class: the census cannot see
+    its pages, ``why_no_census`` says why). ``bytes``: C size when the TOML has no entry.
+    """
+
+    key: str
+    memdesc_types: tuple[str, ...]
+    cache_name: str | None
+    freeptr_offset: int = 8
+    pfn_off: int = -1
+    order_off: int = -1
+    movable: bool = False
+    census_classes: tuple[str, ...] = ()
+    unit_orders: str = "all"
+    bytes: int | None = None
+    why_not_emulated: str = ""
+    why_no_census: str = ""
+
+
+#: The descriptor types, in the order their caches are created and the cost model lists them
+#: (struct slab last: it also describes every other descriptor slab). pfn/order members [S:
+#: Path folio has pfn and order; I: for the others, members that lose their meaning once the
+#: descriptor stands alone: ptdesc __page_mapping (pfn) and the upper half of _pt_pad_2 (order),
+#: zpdesc the 8 bytes its 56 are rounded up to, netmem_desc _pp_mapping_pad (pfn) and the low
+#: byte of _flags (order), struct slab __page_type/__page_refcount (pfn)].
+DESCRIPTOR_TYPES: list[DescriptorType] = [
+    DescriptorType("folio", ("File", "Anon"), "folio", 8, 64, 60, movable=True,
+                   census_classes=("file", "anon", "shmem"), unit_orders="0"),
+    DescriptorType("large_folio", ("File", "Anon"), "folio_large", 8, 64, 60, movable=True,
+                   census_classes=("file", "anon", "shmem"), unit_orders=">0"),
+    DescriptorType("hugetlb_folio", ("File",), None, census_classes=("hugetlb",),
+                   why_not_emulated="the emulator has no hugetlbfs"),
+    DescriptorType("ksm", ("KSM",), None, movable=True, census_classes=("ksm",),
+                   why_not_emulated="the emulator does not merge pages (no ksmd)"),
+    DescriptorType("ptdesc", ("PageTable",), "ptdesc", 8, 24, 44,
+                   census_classes=("pagetable",)),
+    DescriptorType("zpdesc", ("Movable",), "zpdesc", 8, 56, -1, movable=True,
+                   why_no_census="kpageflags has no zsmalloc bit: zspages are untyped there"),
+    DescriptorType("netmem_desc", ("NetPool",), "netmem_desc", 24, 24, 0,
+                   why_no_census="kpageflags cannot tell page_pool pages: untyped there"),
+    DescriptorType("slab", ("Slab",), "memdesc_slab", 16, 48, -1, census_classes=("slab",)),
+]
+
+
+def register_descriptor_type(d: DescriptorType) -> None:
+    """Add a descriptor type (before the struct slab entry, which stays last). Kernels booted
+    afterwards create its cache; the cost model charges its census classes. ValueError when
+    the key exists or a shared memdesc type disagrees on the pfn/order members."""
+    if any(t.key == d.key for t in DESCRIPTOR_TYPES):
+        raise ValueError(f"descriptor type {d.key!r} is already registered")
+    for t in DESCRIPTOR_TYPES:
+        if set(t.memdesc_types) & set(d.memdesc_types) and (t.pfn_off, t.order_off) != (
+                d.pfn_off, d.order_off):
+            raise ValueError(f"{d.key} shares a memdesc type with {t.key} but not its "
+                             "pfn/order members")
+    DESCRIPTOR_TYPES.insert(len(DESCRIPTOR_TYPES) - 1, d)
+
+
+def unregister_descriptor_type(key: str) -> None:
+    """Remove a type :func:`register_descriptor_type` added (tests)."""
+    DESCRIPTOR_TYPES[:] = [t for t in DESCRIPTOR_TYPES if t.key != key]
+
+
+def descriptor_type(key: str) -> DescriptorType:
+    for t in DESCRIPTOR_TYPES:
+        if t.key == key:
+            return t
+    raise KeyError(key)
+
+
+def movable_memdesc_types() -> tuple[str, ...]:
+    """Memdesc types whose pages prep_move_freepages_block() counts as movable from
+    ``dynamic`` on (the descriptors with ``movable``)."""
+    names: list[str] = []
+    for t in DESCRIPTOR_TYPES:
+        if t.movable:
+            names += [n for n in t.memdesc_types if n not in names]
+    return tuple(names)

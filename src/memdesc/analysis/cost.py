@@ -30,14 +30,24 @@ from memdesc.analysis.descriptors import CachePolicy, DescriptorTable
 from memdesc.analysis.in_use import InUseCost, attach_in_use
 from memdesc.mm import slub_sizing as sizing
 from memdesc.mm.slab_common import get_order
-from memdesc.stages import PAGE_SIZE, REFERENCE, STAGES, Stage
+from memdesc.stages import (
+    DESCRIPTOR_TYPES,
+    PAGE_SIZE,
+    REFERENCE,
+    STAGES,
+    Stage,
+    descriptor_type,
+)
 
 #: Census classes whose units need a descriptor, and which one (None: by order, see below).
-FOLIO_LIKE = ("file", "anon", "shmem")
-#: Order in which descriptor caches are listed; "slab" (struct slab) comes last because it
-#: also describes every other descriptor slab.
-DESCRIPTOR_TYPES = ("folio", "large_folio", "hugetlb_folio", "ksm", "ptdesc", "memcg_misc",
-                    "slab")
+
+
+def descriptor_cost_types() -> tuple[str, ...]:
+    """Order in which descriptor caches are listed: stages.DESCRIPTOR_TYPES (the table the
+    emulator creates its caches from) with the memcg_misc cost term before "slab" (struct
+    slab comes last because it also describes every other descriptor slab)."""
+    keys = [t.key for t in DESCRIPTOR_TYPES if t.key != "slab"]
+    return (*keys, "memcg_misc", "slab")
 
 
 # --- SLUB cache geometry ------------------------------------------------------------------
@@ -163,16 +173,18 @@ class StageCost:
 def descriptor_demand(census: Census) -> dict[str, int]:
     """Descriptors the census's allocation units need once descriptors are dynamic.
 
-    Order-0 file/anon/shmem folios take a ``folio``; larger ones a ``large_folio`` (it keeps
-    what 6.18 stores in the first tail pages); hugetlb folios a ``hugetlb_folio``; KSM pages a
-    ``ksm``; slabs a ``slab``; page tables a ``ptdesc``. Everything else needs none.
+    Driven by stages.DESCRIPTOR_TYPES: each type takes the units of its census classes at its
+    unit orders (order-0 file/anon/shmem folios a ``folio``, larger ones a ``large_folio``,
+    hugetlb folios a ``hugetlb_folio``, KSM pages a ``ksm``, slabs a ``slab``, page tables a
+    ``ptdesc``); types whose pages the census cannot see (zpdesc, netmem_desc) need 0 here.
+    ``memcg_misc`` is the cost term of analysis/cost_terms.py.
     """
     u = census.units_by_class
-    small = sum(int(u[c][0]) for c in FOLIO_LIKE)
-    large = sum(int(u[c][1:].sum()) for c in FOLIO_LIKE)
-    return {"folio": small, "large_folio": large, "hugetlb_folio": census.units("hugetlb"),
-            "ksm": census.units("ksm"), "ptdesc": census.units("pagetable"),
-            "memcg_misc": memcg_misc_units(census), "slab": census.units("slab")}
+    pick = {"0": slice(0, 1), ">0": slice(1, None), "all": slice(0, None)}
+    demand = {t.key: sum(int(u[c][pick[t.unit_orders]].sum()) for c in t.census_classes)
+              for t in DESCRIPTOR_TYPES}
+    demand["memcg_misc"] = memcg_misc_units(census)
+    return demand
 
 
 def _cache(name: str, objects: int, table: DescriptorTable, nr_cpus: int,
@@ -186,7 +198,8 @@ def _wanted(name: str, stage: Stage, table: DescriptorTable, terms: CostTerms | 
     """Whether ``stage`` allocates descriptors of ``name`` (memcg_misc: only as a cost term,
     once struct page has no memcg_data, and when the table sizes it)."""
     if name != "memcg_misc":
-        return name != "slab"
+        # types the census cannot see (zpdesc, netmem_desc) have no demand to charge
+        return name != "slab" and bool(descriptor_type(name).census_classes)
     return (terms is not None and name in table.descriptors
             and not stage_has_memcg_data(stage))
 
@@ -209,7 +222,7 @@ def stage_cost(census: Census, stage: Stage, table: DescriptorTable,
     fixed: list[int] = []
     demand = descriptor_demand(census)
     if stage.dynamic:
-        caches = [_cache(n, demand[n], table, nr_cpus, occupancy) for n in DESCRIPTOR_TYPES
+        caches = [_cache(n, demand[n], table, nr_cpus, occupancy) for n in descriptor_cost_types()
                   if _wanted(n, stage, table, terms)]
         # struct slab for the machine's slabs and for every descriptor slab, the struct slab
         # cache's own slabs included: iterate until the count stops changing.
@@ -334,10 +347,9 @@ def explain(cost: StageCost, census: Census, table: DescriptorTable,
                      + (f"{demand['memcg_misc']:,}" if any(c.name == "memcg_misc"
                                                            for c in cost.caches)
                         else "none at this stage"))
-        for name in table.descriptors:
-            if name not in DESCRIPTOR_TYPES:
-                lines.append(f"  {name}: 0 (its pages are not distinguishable in kpageflags; "
-                             "they are counted as untyped Misc)")
+        for t in DESCRIPTOR_TYPES:
+            if not t.census_classes:
+                lines.append(f"  {t.key}: 0 ({t.why_no_census}; counted as untyped Misc)")
         occ = terms.occupancy if terms is not None else None
         per = (lambda n: f"{n}") if occ is None else (lambda n: f"({n} × {occ:.3f})")
         for c in cost.caches:

@@ -43,11 +43,8 @@ from memdesc.mm.memdesc_alloc import (
     E_SLOT,
     E_SP,
     E_STATS,
-    SP_C_FOLIO,
-    SP_C_FOLIO_LARGE,
-    SP_C_NETMEM,
-    SP_C_PTDESC,
-    SP_C_ZPDESC,
+    SP_C_BASE,
+    SP_C_MAX,
     SP_DEBUG,
     SP_DYNAMIC,
     SP_MEMDESC_OFF,
@@ -62,6 +59,7 @@ from memdesc.mm.memdesc_alloc import (
     SP_T_NETPOOL,
     SP_T_PGTABLE,
     SP_T_SLAB,
+    SP_TYPE_CACHES,
     ST_DESC_FAIL_UNWIND,
     ST_IN_FREE,
     alloc_page_desc_nb,
@@ -108,7 +106,7 @@ from memdesc.mm.slub_sizing import (  # noqa: F401  (re-exported: the allocator'
     oo_order,
     order_objects,
 )
-from memdesc.stages import PAGE_SIZE
+from memdesc.stages import PAGE_SIZE, type_code
 
 # ---- the allocator's hot paths: numba over emulated memory ---------------------------------
 #
@@ -567,6 +565,52 @@ def kmem_cache_free_one_nb(E, obj):
 
 
 @njit(cache=True)
+def desc_alloc_nb(E, slot, type_code, gfpflags, order, nid):
+    """alloc_page_desc() for any descriptor type of stages.DESCRIPTOR_TYPES (dynamic stages):
+    the descriptor from the cache in sp[slot], then the pages with ``desc | type``, then the
+    standalone descriptor's pfn/order members from the type's table row (sp[SP_PFN_OFF + t],
+    sp[SP_ORDER_OFF + t]). If the pages fail the descriptor is freed again [S: FolioAlloc].
+    Returns the descriptor address, 0, or _GROW."""
+    sp = E[E_SP]
+    desc = _alloc_obj(E, sp[slot], gfpflags, nid)
+    if desc <= _GROW:
+        return desc
+    pfn = alloc_page_desc_nb(E, gfpflags, order, desc, type_code, nid)
+    stats = E[E_STATS]
+    if pfn < 0:
+        stats[ST_DESC_FAIL_UNWIND] += 1
+        stats[ST_IN_FREE] += 1
+        kmem_cache_free_one_nb(E, desc)
+        stats[ST_IN_FREE] -= 1
+        return np.uint64(0)
+    _kw(E, desc + np.uint64(sp[SP_PFN_OFF + type_code]), np.uint64(pfn))
+    oo = sp[SP_ORDER_OFF + type_code]
+    if oo >= 0:
+        a = desc + np.uint64(oo & ~7)
+        sh = np.uint64(8 * (oo & 7))
+        _kw(E, a, (_kr(E, a) & ~(np.uint64(0xFF) << sh)) | (np.uint64(order) << sh))
+    return desc
+
+
+@njit(cache=True)
+def desc_free_nb(E, desc, type_code):
+    """The pages of ``desc`` (pfn/order from its table row), then the descriptor back to its
+    cache. Frees only."""
+    sp = E[E_SP]
+    stats = E[E_STATS]
+    stats[ST_IN_FREE] += 1
+    pfn = np.int64(_kr(E, desc + np.uint64(sp[SP_PFN_OFF + type_code])))
+    order = 0
+    oo = sp[SP_ORDER_OFF + type_code]
+    if oo >= 0:
+        order = np.int64((_kr(E, desc + np.uint64(oo & ~7)) >> np.uint64(8 * (oo & 7)))
+                         & np.uint64(0xFF))
+    free_pages_e(E, pfn, order)
+    kmem_cache_free_one_nb(E, desc)
+    stats[ST_IN_FREE] -= 1
+
+
+@njit(cache=True)
 def kmem_cache_alloc_nb(E, c, gfpflags, nid, out, start):
     """kmem_cache_alloc() for out[start:] (0 where an allocation failed; the next call is
     independent, as separate kernel calls are). Returns (next index, DONE | NEED_GROW)."""
@@ -812,8 +856,7 @@ class Slub:
 
     def __init__(self, mm, contents, fault, tags: np.ndarray, stats: np.ndarray):
         from memdesc.mm.free_tracking import memdesc_slot
-        from memdesc.mm.memdesc_alloc import DESC_PFN_ORDER, SP_CPU, SP_NR_NODES, SP_WORDS
-        from memdesc.stages import type_code
+        from memdesc.mm.memdesc_alloc import SP_CPU, SP_NR_NODES, SP_WORDS, desc_pfn_order
 
         self.mm, self.contents, self.fault = mm, contents, fault
         self.stage = mm.stage
@@ -832,7 +875,7 @@ class Slub:
             sp[idx] = type_code(self.stage, name)
         sp[SP_PFN_OFF:SP_PFN_OFF + 16] = -1
         sp[SP_ORDER_OFF:SP_ORDER_OFF + 16] = -1
-        for name, (pfn_off, order_off) in DESC_PFN_ORDER.items():
+        for name, (pfn_off, order_off) in desc_pfn_order().items():
             if name in self.stage.types.values():
                 t = type_code(self.stage, name)
                 sp[SP_PFN_OFF + t], sp[SP_ORDER_OFF + t] = pfn_off, order_off
@@ -935,9 +978,9 @@ class Slub:
         """kmem_cache_init() (see the class docstring), then create_kmalloc_caches() and, from
         ``dynamic`` on, the memdesc descriptor caches."""
         from memdesc.mm.memdesc_alloc import (
-            DESCRIPTOR_CACHE_SLOT,
-            DESCRIPTOR_CACHES,
             SLAB_DESC,
+            descriptor_cache_slot,
+            descriptor_caches,
             descriptor_slot_bytes,
             use_freeptr_offset,
         )
@@ -969,14 +1012,26 @@ class Slub:
             kc = self.kmem_cache_create(kmalloc_cache_name(index), KMALLOC_INFO_SIZES[index],
                                         flags=SLAB_KMALLOC)
             self.kmalloc_caches[index] = kc.index
-        self.sp[SP_C_FOLIO:SP_C_NETMEM + 1] = -1
+        self.sp[SP_C_BASE:SP_C_BASE + SP_C_MAX] = -1
+        self.sp[SP_TYPE_CACHES:SP_TYPE_CACHES + 16] = 0
         if self.stage.dynamic:
-            for d in DESCRIPTOR_CACHES:
+            self._type_cache(SLAB_DESC, int(self.sp[SP_SLABDESC]))
+            for d in descriptor_caches():
                 kc = self.kmem_cache_create(d.cache_name, descriptor_slot_bytes(d.key),
-                                       align=16, flags=SLAB_TYPESAFE_BY_RCU,
-                                       freeptr_offset=d.freeptr_offset if inside else None,
-                                       descriptor=d.key)
-                self.sp[DESCRIPTOR_CACHE_SLOT[d.key]] = kc.index
+                                            align=16, flags=SLAB_TYPESAFE_BY_RCU,
+                                            freeptr_offset=d.freeptr_offset if inside else None,
+                                            descriptor=d.key)
+                self.sp[descriptor_cache_slot(d.key)] = kc.index
+                self._type_cache(d, kc.index)
+
+    def _type_cache(self, d, index: int) -> None:
+        """Allow descriptors of ``d``'s memdesc types to come from cache ``index``
+        (check_slabs_nb() check 11)."""
+        if index >= 63:
+            raise ValueError("descriptor cache index too high for the type->cache mask")
+        for name in d.memdesc_types:
+            if name in self.stage.types.values():
+                self.sp[SP_TYPE_CACHES + type_code(self.stage, name)] |= 1 << index
 
     def _listed_slabs(self, kc: KmemCache) -> int:
         n = 0
@@ -1151,18 +1206,8 @@ def check_slabs_nb(E, nr_caches):
             elif t != sp[SP_T_MISC] and (E[E_S][C_BUDDYMASK] >> t) & 1 == 0:
                 d = w & ~np.uint64(15)
                 ds = virt_to_slab(E, d)
-                want = -1
-                if t == sp[SP_T_FILE] or t == sp[SP_T_ANON]:
-                    want = sp[SP_C_FOLIO]
-                elif t == sp[SP_T_PGTABLE]:
-                    want = sp[SP_C_PTDESC]
-                elif t == sp[SP_T_MOVABLE]:
-                    want = sp[SP_C_ZPDESC]
-                elif t == sp[SP_T_NETPOOL]:
-                    want = sp[SP_C_NETMEM]
                 cc = _cache_of_slab(E, ds) if ds != 0 else -1
-                if cc < 0 or (cc != want and not (want == sp[SP_C_FOLIO]
-                                                 and cc == sp[SP_C_FOLIO_LARGE])):
+                if cc < 0 or (sp[SP_TYPE_CACHES + t] >> cc) & 1 == 0:
                     return 11, pfn, t
                 first = np.int64(_kr(E, d + np.uint64(sp[SP_PFN_OFF + t])))
                 order = 0
