@@ -194,3 +194,23 @@ def test_cost_model_does_not_import_the_allocator():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_transition_stages_charge_only_the_separated_descriptors():
+    """ptdesc-first / ptdesc-slab (LSFMM+BPF 2026 order), hand-worked: 1000 page tables take
+    1000 64-byte ptdescs = 16 order-0 slabs (64 per page) = 65536 B; with slab separate too,
+    struct slab for the 100 machine slabs + 16 ptdesc slabs + its own 2 slabs (64 per page):
+    118 objects in 2 pages = 8192 B. struct page stays 64 bytes."""
+    c = hand_census(1 << 16, pagetable={0: 1000}, slab={0: 100}, file={0: 500})
+    table = load_descriptors()
+    first = stage_cost(c, get_stage("ptdesc-first"), table, 2)
+    both = stage_cost(c, get_stage("ptdesc-slab"), table, 2)
+    assert [x.name for x in first.caches] == ["ptdesc"]
+    assert first.descriptor_bytes == 65536 and first.struct_page_size == 64
+    assert [x.name for x in both.caches] == ["ptdesc", "slab"]
+    assert both.caches[1].objects == 118 and both.descriptor_bytes == 65536 + 8192
+    v618 = stage_cost(c, get_stage("v6.18"), table, 2)
+    assert first.total_bytes == v618.total_bytes + 65536
+    # folios stay overlaid until `dynamic`
+    assert "folio" not in both.by_type and "folio" in stage_cost(
+        c, get_stage("dynamic"), table, 2).by_type

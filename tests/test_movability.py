@@ -19,7 +19,7 @@ from memdesc.mm import gfp
 from memdesc.mm.free_tracking import buddy_order_of, page_is_movable
 from memdesc.mm.memdesc_alloc import SP_T_FILE
 from memdesc.mm.mmzone import pageblock_nr_pages
-from memdesc.stages import STAGE_IDS
+from memdesc.stages import EMULATED_STAGE_IDS as STAGE_IDS
 
 
 @njit(cache=True)

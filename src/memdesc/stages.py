@@ -160,6 +160,9 @@ class Stage:
     free_tracking: str
     type_table: str = "rev-b"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: descriptor types (DESCRIPTOR_TYPES keys) allocated separately at a "partial" stage of
+    #: the 2026 transition order; None: all of them when dynamic, none when overlay
+    separate: tuple[str, ...] | None = None
 
     @property
     def struct_page_bytes(self) -> int:
@@ -172,6 +175,14 @@ class Stage:
     @property
     def types(self) -> dict[int, str]:
         return TYPE_TABLES[self.type_table]
+
+    @property
+    def separate_types(self) -> tuple[str, ...]:
+        """DESCRIPTOR_TYPES keys whose descriptors are slab objects at this stage (the others
+        still overlay struct page)."""
+        if self.separate is not None:
+            return self.separate
+        return tuple(t.key for t in DESCRIPTOR_TYPES) if self.dynamic else ()
 
 
 STAGES: tuple[Stage, ...] = (
@@ -273,14 +284,15 @@ def get_stage(stage_id: str) -> Stage:
     ``stage_id`` may name a variant: ``ID[/TRACKING][@TABLE]``, e.g. ``page32@path-2025`` or
     ``page8/packed`` (see :data:`FREE_TRACKING_OPTIONS`, :data:`TYPE_TABLES`).
     """
-    for s in STAGES:
+    for s in (*STAGES, *TRANSITION_STAGES):
         if s.id == stage_id:
             return s
     base, _, table = stage_id.partition("@")
     base, _, tracking = base.partition("/")
     if (table or tracking) and base in STAGE_IDS:
         return _with(get_stage(base), table or None, tracking or None)
-    raise ValueError(f"unknown stage {stage_id!r}; stages are: {', '.join(STAGE_IDS)} "
+    raise ValueError(f"unknown stage {stage_id!r}; stages are: {', '.join(STAGE_IDS)}; "
+                     f"transition stages: {', '.join(TRANSITION_IDS)} "
                      "(variants: ID[/TRACKING][@TABLE])")
 
 
@@ -289,7 +301,7 @@ def parse_stages(spec: str) -> list[Stage]:
     if spec == "all":
         return list(STAGES)
     wanted = [get_stage(s.strip()) for s in spec.split(",") if s.strip()]
-    order = {sid: i for i, sid in enumerate(STAGE_IDS)}
+    order = {sid: i for i, sid in enumerate(PATH_ORDER)}
     seen: list[Stage] = []
     for s in sorted(wanted, key=lambda s: order[s.id]):
         if s not in seen:
@@ -397,3 +409,62 @@ def movable_memdesc_types() -> tuple[str, ...]:
         if t.movable:
             names += [n for n in t.memdesc_types if n not in names]
     return tuple(names)
+
+
+# ---- the 2026 transition order: some descriptor types separate, the rest overlay -------------
+#
+# LSFMM+BPF 2026 (LWN 1073425): descriptors are separated one type at a time behind
+# CONFIG_MEMDESC, page-table descriptors first, slab next, folios last; Wilcox 2026-01-09
+# (<aWF3xg-72SV4tmLk@casper.infradead.org>): "ptdesc, yes [split shared]. Slab is still in
+# progress"; page->memdesc sits "adjacent to page->compound_head" (research/turn2-frontier.md
+# §1.1). struct page stays 64 bytes until folios leave too.
+
+#: 64-byte struct page of the transition: the folio stage's layout, with the memdesc word of a
+#: separated descriptor's pages beside compound_head (the lru.prev word) [S: Wilcox 2026-01-09
+#: "adjacent to page->compound_head"; I: the exact word].
+PAGE_TRANSITION = _layout(
+    "page", 64,
+    *[(f.name, f.offset, f.size, f.note) for f in PAGE_FOLIO.fields],
+    ("memdesc", 16, 8, "pages of a separated descriptor: descriptor | 4-bit type"),
+)
+
+#: The 32-byte page of 2026-01 [S: Wilcox 2026-01-09]: zone/node/section stay in page->flags
+#: (copied to folio->flags) with HWPoison, Reserved and AnonExclusive; every other PG_* flag
+#: lives only in folio->flags; Head/Private/Private2 go away (no compound_head).
+PAGE_32_2026 = _layout(
+    "page", 32,
+    ("flags", 0, 8, "zone/node/section + HWPoison, Reserved, AnonExclusive only"),
+    ("buddy_list", 8, 16),
+    ("pcp_list", 8, 16),
+    ("memdesc", 8, 8, "overlaps buddy_list.next"),
+    ("private", 24, 8),
+)
+#: Page flags that stay per page at 32 bytes (2026-01); the rest are folio-only or gone.
+PAGE_FLAGS_PER_PAGE_2026 = ("hwpoison", "reserved", "anon_exclusive")
+PAGE_FLAGS_FOLIO_ONLY_2026 = (
+    "writeback", "referenced", "uptodate", "dirty", "lru", "active", "workingset",
+    "owner_priv_1", "owner_2", "reclaim", "swapbacked", "unevictable", "dropbehind", "mlocked",
+    "young", "idle")
+PAGE_FLAGS_GONE_2026 = ("head", "private", "private_2")
+
+TRANSITION_STAGES: tuple[Stage, ...] = (
+    Stage("ptdesc-first", "CONFIG_MEMDESC: only page-table descriptors are separate",
+          PAGE_TRANSITION, "partial", "page_flags", "page_type", separate=("ptdesc",),
+          notes=("ptdesc from a slab cache; folios, slab, zpdesc, netmem overlay struct page",
+                 "migration of separated descriptors disabled (LWN 1073425)")),
+    Stage("ptdesc-slab", "CONFIG_MEMDESC: page-table and slab descriptors are separate",
+          PAGE_TRANSITION, "partial", "page_flags", "page_type", separate=("ptdesc", "slab"),
+          notes=("folios, zpdesc, netmem still overlay struct page",)),
+    Stage("page32-2026", "32-byte struct page with the 2026-01 page-flag split",
+          PAGE_32_2026, "dynamic", "page_flags", "flags_bit",
+          notes=("per-page flags: zone/node/section, HWPoison, Reserved, AnonExclusive",)),
+)
+TRANSITION_IDS: tuple[str, ...] = tuple(s.id for s in TRANSITION_STAGES)
+#: Every stage in Path order (the transition stages between ``folio`` and ``dynamic``; the
+#: 2026 32-byte page beside ``page32``).
+PATH_ORDER: tuple[str, ...] = ("v6.18", "folio", "ptdesc-first", "ptdesc-slab", "dynamic",
+                               "page32", "page32-2026", "page16", "page8")
+#: Stages the emulator runs (a partial separation is modelled by the survey only).
+EMULATED_STAGE_IDS: tuple[str, ...] = tuple(
+    sid for sid in PATH_ORDER
+    if get_stage(sid).descriptor_policy in ("overlay", "dynamic"))

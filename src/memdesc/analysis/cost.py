@@ -198,8 +198,10 @@ def _wanted(name: str, stage: Stage, table: DescriptorTable, terms: CostTerms | 
     """Whether ``stage`` allocates descriptors of ``name`` (memcg_misc: only as a cost term,
     once struct page has no memcg_data, and when the table sizes it)."""
     if name != "memcg_misc":
-        # types the census cannot see (zpdesc, netmem_desc) have no demand to charge
-        return name != "slab" and bool(descriptor_type(name).census_classes)
+        # types the census cannot see (zpdesc, netmem_desc) have no demand to charge; at a
+        # transition stage only the separated types take descriptors
+        return (name != "slab" and bool(descriptor_type(name).census_classes)
+                and name in stage.separate_types)
     return (terms is not None and name in table.descriptors
             and not stage_has_memcg_data(stage))
 
@@ -221,9 +223,10 @@ def stage_cost(census: Census, stage: Stage, table: DescriptorTable,
     caches: list[CacheCost] = []
     fixed: list[int] = []
     demand = descriptor_demand(census)
-    if stage.dynamic:
+    if stage.separate_types:
         caches = [_cache(n, demand[n], table, nr_cpus, occupancy) for n in descriptor_cost_types()
                   if _wanted(n, stage, table, terms)]
+    if "slab" in stage.separate_types:
         # struct slab for the machine's slabs and for every descriptor slab, the struct slab
         # cache's own slabs included: iterate until the count stops changing.
         base = demand["slab"] + sum(c.slabs for c in caches)
@@ -236,14 +239,15 @@ def stage_cost(census: Census, stage: Stage, table: DescriptorTable,
                 break
             objects = nxt
             fixed.append(objects)
-        slab_cache = _cache("slab", objects, table, nr_cpus, occupancy)
-        caches.append(slab_cache)
-        for c in caches:
-            if c.name != "slab":
-                by_type[c.name] = c.object_bytes
-        size = slab_cache.geometry.object_size
-        by_type["slab"] = demand["slab"] * size
-        by_type["slab_overhead"] = (objects - demand["slab"]) * size
+        caches.append(_cache("slab", objects, table, nr_cpus, occupancy))
+    for c in caches:
+        if c.name != "slab":
+            by_type[c.name] = c.object_bytes
+        else:
+            size = c.geometry.object_size
+            by_type["slab"] = demand["slab"] * size
+            by_type["slab_overhead"] = (c.objects - demand["slab"]) * size
+    if caches:
         by_type["slack"] = sum(c.bytes for c in caches) - sum(c.object_bytes for c in caches)
     descriptor = sum(c.bytes for c in caches)
     total = memmap - hvo + descriptor

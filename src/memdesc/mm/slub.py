@@ -860,6 +860,12 @@ class Slub:
 
         self.mm, self.contents, self.fault = mm, contents, fault
         self.stage = mm.stage
+        if self.stage.descriptor_policy not in ("overlay", "dynamic"):
+            from memdesc.errors import InputError
+
+            raise InputError(f"stage {self.stage.id}: the emulator does not model a partial "
+                             "separation of descriptors yet (the survey does); emulated "
+                             "stages: v6.18, folio, dynamic and later")
         self.nr_nodes = mm.machine.nr_nodes
         if self.nr_nodes > MAX_NODES:
             raise ValueError(f"the slab model keeps at most {MAX_NODES} nodes")
