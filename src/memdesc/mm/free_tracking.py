@@ -17,9 +17,10 @@ encoding             module
 
 The dispatchers (``link_get``, ``buddy_order_of`` ...) are generated from the registry: an
 if/elif over the registered ids whose last branch raises (an unknown id is an error, never a
-fall-through). :func:`register` adds an option (a module with the :data:`OPS` functions and
-``NAME``, ``configure``, ``KEEPS_LIST_ORDER``, ``SIDE_BYTES_PER_PAGE``); it must run before
-the allocator's kernels compile, since numba binds the dispatchers into its callers.
+fall-through). :func:`register` adds an option (a module with the :data:`OPS` functions,
+``NAME`` and ``configure(stage, cfg)``) and makes it selectable as ``STAGE/NAME``; it must run
+before the allocator's kernels compile (numba binds the dispatchers into its callers, and
+cached callers keep the registry they were compiled with: use a NUMBA_CACHE_DIR of its own).
 
 List elements are "nodes": a PFN (>= 0) or a list head (``-1 - head index``). List heads live
 in ``heads[h] = (next, prev)`` (struct zone's free_area[order].free_list[mt] and
@@ -80,7 +81,7 @@ from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's
 from memdesc.mm.ft_packed import MAX_PACKED_BLOCKS, PACKED_HEADS  # noqa: F401
 from memdesc.mm.mm_types import NODES_PGSHIFT, ZONES_PGSHIFT, PG_reserved
 from memdesc.mm.mmzone import NR_ZONES
-from memdesc.stages import Stage, type_code
+from memdesc.stages import Stage, TrackingOption, add_tracking_option, type_code
 
 _PG_RESERVED = np.uint64(1 << PG_reserved)
 
@@ -99,7 +100,7 @@ OPS: dict[str, str] = {
     "prep_new_page": "mem, S, pfn, order, comp, gz",
 }
 #: the Python attributes every encoding module has
-ATTRS = ("NAME", "configure", "KEEPS_LIST_ORDER", "SIDE_BYTES_PER_PAGE")
+ATTRS = ("NAME", "configure")
 
 #: registered encodings; the encoding id is the index
 REGISTRY: list[ModuleType] = []
@@ -131,8 +132,10 @@ def _bind_dispatchers() -> None:
         globals()[name] = _generate(op, name)
 
 
-def register(mod: ModuleType) -> int:
-    """Register free-page tracking module ``mod``; returns its encoding id.
+def register(mod: ModuleType, option: TrackingOption | None = None,
+             stage_ids: tuple[str, ...] = ()) -> int:
+    """Register free-page tracking module ``mod`` (selectable as ``ID/NAME`` for each of
+    ``stage_ids``, described by ``option``); returns its encoding id.
 
     ValueError when ``mod`` lacks an attribute or numba function of the interface or its
     NAME is taken; RuntimeError once a dispatcher has compiled (callers bound the old one)."""
@@ -144,6 +147,8 @@ def register(mod: ModuleType) -> int:
     if any(globals().get(n) is not None and globals()[n].signatures
            for n in _DISPATCH_NAMES.values()):
         raise RuntimeError("register free-page tracking options before the allocator runs")
+    for sid in stage_ids:
+        add_tracking_option(sid, option or TrackingOption(mod.NAME, mod.__doc__ or mod.NAME))
     ENCODINGS[mod.NAME] = len(REGISTRY)
     REGISTRY.append(mod)
     _bind_dispatchers()

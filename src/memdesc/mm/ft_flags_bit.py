@@ -26,8 +26,6 @@ from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
 from memdesc.mm.mm_types import ZONES_PGSHIFT, PG_buddy_page32
 
 NAME = "flags_bit"
-KEEPS_LIST_ORDER = True
-SIDE_BYTES_PER_PAGE = 0.0
 
 _KEEP_NODEZONE = np.uint64(~((1 << ZONES_PGSHIFT) - 1) & 0xFFFFFFFFFFFFFFFF)
 

@@ -28,8 +28,6 @@ from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
 from memdesc.mm.mmzone import MAX_PAGE_ORDER
 
 NAME = "packed"
-KEEPS_LIST_ORDER = True
-SIDE_BYTES_PER_PAGE = 0.0
 
 NIB_PCP, NIB_TAIL = 0xE, 0xF
 _MASK28 = np.uint64((1 << 28) - 1)

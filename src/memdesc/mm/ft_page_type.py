@@ -33,8 +33,6 @@ from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
 from memdesc.mm.mm_types import PAGE_TYPE_NONE, TAIL_MAPPING, ZONES_PGSHIFT, PG_head, PGTY_buddy
 
 NAME = "page_type"
-KEEPS_LIST_ORDER = True
-SIDE_BYTES_PER_PAGE = 0.0
 
 _PT_NONE = np.uint64(PAGE_TYPE_NONE)
 _PT_BUDDY = np.uint64(PGTY_buddy << 24)

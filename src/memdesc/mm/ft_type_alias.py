@@ -25,8 +25,6 @@ from memdesc.mm.mm_types import ZONES_PGSHIFT
 from memdesc.mm.mmzone import MAX_PAGE_ORDER
 
 NAME = "type_alias"
-KEEPS_LIST_ORDER = True
-SIDE_BYTES_PER_PAGE = 0.0
 
 PRIV_PCP, PRIV_TAIL = 0xFFFFFFFFFFFFFFFE, 0xFFFFFFFFFFFFFFFF   # [I]
 _PRIV_PCP, _PRIV_TAIL = np.uint64(PRIV_PCP), np.uint64(PRIV_TAIL)
