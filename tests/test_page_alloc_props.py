@@ -68,7 +68,7 @@ def _replay(stage: str, ops) -> tuple[list, pa.MemMap]:
                 trace.append(ok)
                 if ok:
                     isolated.add(pfn >> 9)
-        trace.append(mm.S[ft.NCFG:].copy())             # zones, pcp, heads, pageblocks
+        trace.append(mm.S[ft.NCFG:mm.cfg[ft.C_OFF_SIDE]].copy())   # zones, pcp, heads, pbs
     return trace, mm
 
 

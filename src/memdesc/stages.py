@@ -232,13 +232,21 @@ TRACKING: dict[str, TrackingOption] = {o.name: o for o in (
     TrackingOption("packed", "one word: type:4 | order:4 | next:28 | prev:28, next/prev are "
                    "block indices (pfn - zone base) >> order; our own encoding (research "
                    "§8.3a), not Wilcox's; a zone spans < 2^28 pages, at most 288 CPUs"),
+    TrackingOption("inpage", "type Buddy:4 | order:4 in the word; next/prev in the first 16 "
+                   "bytes of the free page itself (direct map), 64-bit only", 0.0,
+                   "none (the links use free memory)", True,
+                   ("HIGHMEM: free highmem pages have no mapping to hold the links",
+                    "debug_pagealloc: free pages are unmapped from the direct map",
+                    "free page reporting: a reported page's contents are discarded",
+                    "init_on_free / page poisoning overwrite free pages")),
 )}
 #: How each ``free_tracking`` value marks and links a free block (``memdesc stages`` prints it).
 FREE_TRACKING: dict[str, str] = {n: o.description for n, o in TRACKING.items()}
 #: Free-page tracking options per stage id; the first is the default [S/I: research §8.3].
 FREE_TRACKING_OPTIONS: dict[str, tuple[str, ...]] = {
     "v6.18": ("page_type",), "folio": ("page_type",), "dynamic": ("page_type",),
-    "page32": ("flags_bit", "type_alias"), "page16": ("option1",), "page8": ("packed",),
+    "page32": ("flags_bit", "type_alias"), "page16": ("option1",),
+    "page8": ("packed", "inpage"),
 }
 
 

@@ -13,6 +13,7 @@ encoding             module
 ``type_alias``       memdesc.mm.ft_type_alias: page32 Path-2025 (type 0/4/8/12 = Buddy)
 ``option1``          memdesc.mm.ft_option1: page16, BuddyAllocator Option 1
 ``packed``           memdesc.mm.ft_packed: page8, one word (research §8.3 a, ours)
+``inpage``           memdesc.mm.ft_inpage: page8, links inside the free page (64-bit only)
 ===================  =========================================================================
 
 The dispatchers (``link_get``, ``buddy_order_of`` ...) are generated from the registry: an
@@ -38,7 +39,14 @@ from numba import njit
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from memdesc.mm import ft_flags_bit, ft_option1, ft_packed, ft_page_type, ft_type_alias
+from memdesc.mm import (
+    ft_flags_bit,
+    ft_inpage,
+    ft_option1,
+    ft_packed,
+    ft_page_type,
+    ft_type_alias,
+)
 from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's S layout
     C_BUDDY,
     C_BUDDYMASK,
@@ -58,6 +66,7 @@ from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's
     C_OFF_PB,
     C_OFF_PBZ,
     C_OFF_PCP,
+    C_OFF_SIDE,
     C_OFF_ZL,
     C_OFF_ZS,
     C_SHIFT,
@@ -163,7 +172,7 @@ def encoding(name: str) -> ModuleType:
     return REGISTRY[ENCODINGS[name]]
 
 
-for _m in (ft_page_type, ft_flags_bit, ft_type_alias, ft_option1, ft_packed):
+for _m in (ft_page_type, ft_flags_bit, ft_type_alias, ft_option1, ft_packed, ft_inpage):
     ENCODINGS[_m.NAME] = len(REGISTRY)
     REGISTRY.append(_m)
 _bind_dispatchers()
@@ -182,6 +191,13 @@ def max_cpus(stage: Stage) -> int | None:
 def max_zone_pages(stage: Stage) -> int | None:
     """Pages a zone may span under the stage's free tracking (None: no limit)."""
     return getattr(encoding(stage.free_tracking), "MAX_ZONE_PAGES", None)
+
+
+def side_words(stage: Stage, nr_pfns: int) -> int:
+    """Words of S the stage's free tracking keeps beside the allocator state (region
+    S[C_OFF_SIDE:]; 0 for the options that live in struct page alone)."""
+    f = getattr(encoding(stage.free_tracking), "side_words", None)
+    return 0 if f is None else int(f(nr_pfns))
 
 
 def make_cfg(stage: Stage, nr_cpus: int, nr_nodes: int) -> np.ndarray:

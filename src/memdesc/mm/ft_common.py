@@ -29,6 +29,8 @@ C_F_FLAGS, C_F_LINK, C_F_PRIV = 13, 14, 15
 C_F_PTYPE, C_F_MD, C_F_MAPPING, C_REF_SHIFT = 23, 24, 25, 26
 # encoding-specific flag bits and values (filled by the encoding's configure())
 C_BIT_BUDDY, C_X0, C_X1 = 27, 28, 29
+# region of S an option keeps beside the allocator state (side memory, or free-page contents)
+C_OFF_SIDE = 30
 NCFG = 32
 
 NR_PCP_LISTS = 14                       # [M] per_cpu_pages.lists[14]

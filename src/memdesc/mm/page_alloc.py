@@ -1316,7 +1316,8 @@ class MemMap:
         nzl = nz + 1
         sizes = [("heads", nz * hpz * 2, ft.C_OFF_HEADS), ("zs", nz * NZCOL, ft.C_OFF_ZS),
                  ("pcp", nz * ncpu * NPCOL, ft.C_OFF_PCP), ("pb", npb, ft.C_OFF_PB),
-                 ("pbz", npb, ft.C_OFF_PBZ), ("zl", nn * 2 * nzl, ft.C_OFF_ZL)]
+                 ("pbz", npb, ft.C_OFF_PBZ), ("zl", nn * 2 * nzl, ft.C_OFF_ZL),
+                 ("side", ft.side_words(st_, self.nr_pfns), ft.C_OFF_SIDE)]
         off = ft.NCFG
         for _, n, slot in sizes:
             cfg[slot] = off
