@@ -10,6 +10,7 @@ later layouts are the Path's proposals [S: kernelnewbies.org/MatthewWilcox/Memde
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field, replace
 
 PAGE_SHIFT = 12
@@ -207,25 +208,88 @@ REFERENCE = "v6.18"
 
 # ---- variants: another type table or free-page tracking option for a stage -------------------
 
+@dataclass(frozen=True)
+class TrackingOption:
+    """One free-page tracking option: how a free block is marked and linked.
+
+    ``side_bytes_per_page``: memory it needs outside struct page, per 4 KiB page (the cost
+    model charges it); ``keeps_list_order``: False when it cannot reproduce the kernel's
+    free-list order (its observables then differ from the list-order options, measured);
+    ``blockers``: what keeps it from being a drop-in replacement in the kernel."""
+
+    name: str
+    description: str
+    side_bytes_per_page: float = 0.0
+    side_memory: str = "none"
+    keeps_list_order: bool = True
+    blockers: tuple[str, ...] = ()
+
+
+#: Every free-page tracking option (``memdesc stages`` prints them); mm.free_tracking holds
+#: one encoding module per name.
+TRACKING: dict[str, TrackingOption] = {o.name: o for o in (
+    TrackingOption("page_type", "PageBuddy = PGTY_buddy (0xf0) in the top byte of page_type; "
+                   "order in page->private; links in page->buddy_list (mm/page_alloc.c "
+                   "set_buddy_order())"),
+    TrackingOption("flags_bit", "PageBuddy = bit 24 of page->flags (first unused flag bit "
+                   "above __NR_PAGEFLAGS [I]); order in page->private; links in buddy_list "
+                   "(overlaps the memdesc word)"),
+    TrackingOption("type_alias", "PageBuddy = memdesc type 0/4/8/12 (buddy_list.next overlaps "
+                   "the word, Path 2025) with an order <= MAX_PAGE_ORDER in page->private; "
+                   "tails/pcp pages carry an out-of-range private [I]"),
+    TrackingOption("option1", "BuddyAllocator Option 1: buddy {next | Buddy type, prev | "
+                   "order}; links are 16-byte aligned struct page addresses, the low nibbles "
+                   "hold type and order"),
+    TrackingOption("packed", "one word: type:4 | order:4 | next:28 | prev:28, next/prev are "
+                   "block indices (pfn - zone base) >> order; our own encoding (research "
+                   "§8.3a), not Wilcox's; a zone spans < 2^28 pages, at most 288 CPUs"),
+    TrackingOption("inpage", "type Buddy:4 | order:4 in the word; next/prev in the first 16 "
+                   "bytes of the free page itself (direct map), 64-bit only", 0.0,
+                   "none (the links use free memory)", True,
+                   ("HIGHMEM: free highmem pages have no mapping to hold the links",
+                    "debug_pagealloc: free pages are unmapped from the direct map",
+                    "free page reporting: a reported page's contents are discarded",
+                    "init_on_free / page poisoning overwrite free pages")),
+)}
 #: How each ``free_tracking`` value marks and links a free block (``memdesc stages`` prints it).
-FREE_TRACKING: dict[str, str] = {
-    "page_type": "PageBuddy = PGTY_buddy (0xf0) in the top byte of page_type; order in "
-                 "page->private; links in page->buddy_list (mm/page_alloc.c set_buddy_order())",
-    "flags_bit": "PageBuddy = bit 24 of page->flags (first unused flag bit above __NR_PAGEFLAGS "
-                 "[I]); order in page->private; links in buddy_list (overlaps the memdesc word)",
-    "type_alias": "PageBuddy = memdesc type 0/4/8/12 (buddy_list.next overlaps the word, Path "
-                  "2025) with an order <= MAX_PAGE_ORDER in page->private; tails/pcp pages "
-                  "carry an out-of-range private [I]",
-    "option1": "BuddyAllocator Option 1: buddy {next | Buddy type, prev | order}; links are "
-               "16-byte aligned struct page addresses, the low nibbles hold type and order",
-    "packed": "one word: type:4 | order:4 | next:28 | prev:28, next/prev are block indices "
-              "(pfn - zone base) >> order (research §8.3a, not Wilcox's)",
-}
+FREE_TRACKING: dict[str, str] = {n: o.description for n, o in TRACKING.items()}
 #: Free-page tracking options per stage id; the first is the default [S/I: research §8.3].
 FREE_TRACKING_OPTIONS: dict[str, tuple[str, ...]] = {
     "v6.18": ("page_type",), "folio": ("page_type",), "dynamic": ("page_type",),
-    "page32": ("flags_bit", "type_alias"), "page16": ("option1",), "page8": ("packed",),
+    "page32": ("flags_bit", "type_alias"), "page16": ("option1",),
+    "page8": ("packed", "inpage"),
 }
+
+
+def add_tracking_option(stage_id: str, option: TrackingOption) -> None:
+    """Make ``option`` selectable as ``stage_id/NAME`` (mm.free_tracking.register() calls
+    this); ValueError for an unknown stage or a name the stage already has."""
+    if stage_id not in FREE_TRACKING_OPTIONS:
+        raise ValueError(f"unknown stage {stage_id!r}")
+    if option.name in FREE_TRACKING_OPTIONS[stage_id]:
+        raise ValueError(f"stage {stage_id} already has free-page tracking {option.name!r}")
+    TRACKING[option.name] = option
+    FREE_TRACKING[option.name] = option.description
+    FREE_TRACKING_OPTIONS[stage_id] += (option.name,)
+
+
+def tracking_variants() -> list[str]:
+    """``ID/TRACKING`` for every stage and each of its free-page tracking options (with the
+    first type table the option accepts), in Path order: what ``--stages 'ID/*'`` matches
+    and what the property tests run."""
+    out = []
+    for s in STAGES:
+        for opt in FREE_TRACKING_OPTIONS[s.id]:
+            for table in (None, *TYPE_TABLES):
+                try:
+                    _with(s, table, opt)
+                except ValueError:
+                    continue
+                out.append(f"{s.id}/{opt}" + (f"@{table}" if table else ""))
+                break
+    return out
+
+
 #: How page_zone()/page_to_nid() find node and zone (``memdesc stages`` prints it).
 ZONE_LOOKUP: dict[str, str] = {
     "page_flags": "memdesc_zonenum(page->flags) / memdesc_nid(page->flags): zone bits 53..51, "
@@ -297,10 +361,22 @@ def get_stage(stage_id: str) -> Stage:
 
 
 def parse_stages(spec: str) -> list[Stage]:
-    """``"all"`` or a comma-separated list of stage ids (or variants), in Path order."""
+    """``"all"`` or a comma-separated list of stage ids, variants or globs over
+    :func:`tracking_variants` (``page8/*``), in Path order."""
     if spec == "all":
         return list(STAGES)
-    wanted = [get_stage(s.strip()) for s in spec.split(",") if s.strip()]
+    wanted: list[Stage] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if any(c in part for c in "*?["):
+            names = fnmatch.filter(tracking_variants(), part)
+            if not names:
+                raise ValueError(f"{part!r} matches no stage variant; variants are: "
+                                 f"{', '.join(tracking_variants())}")
+            wanted += [get_stage(n) for n in names]
+        else:
+            wanted.append(get_stage(part))
     order = {sid: i for i, sid in enumerate(PATH_ORDER)}
     seen: list[Stage] = []
     for s in sorted(wanted, key=lambda s: order[s.id]):
@@ -460,6 +536,9 @@ TRANSITION_STAGES: tuple[Stage, ...] = (
           notes=("per-page flags: zone/node/section, HWPoison, Reserved, AnonExclusive",)),
 )
 TRANSITION_IDS: tuple[str, ...] = tuple(s.id for s in TRANSITION_STAGES)
+# the transition stages track free pages as the stage they extend does
+FREE_TRACKING_OPTIONS.update({"ptdesc-first": ("page_type",), "ptdesc-slab": ("page_type",),
+                              "page32-2026": ("flags_bit",)})
 #: Every stage in Path order (the transition stages between ``folio`` and ``dynamic``; the
 #: 2026 32-byte page beside ``page32``).
 PATH_ORDER: tuple[str, ...] = ("v6.18", "folio", "ptdesc-first", "ptdesc-slab", "dynamic",

@@ -35,6 +35,7 @@ from memdesc.stages import (
     PAGE_SIZE,
     REFERENCE,
     STAGES,
+    TRACKING,
     Stage,
     descriptor_type,
 )
@@ -250,7 +251,12 @@ def stage_cost(census: Census, stage: Stage, table: DescriptorTable,
     if caches:
         by_type["slack"] = sum(c.bytes for c in caches) - sum(c.object_bytes for c in caches)
     descriptor = sum(c.bytes for c in caches)
-    total = memmap - hvo + descriptor
+    # memory the stage's free-page tracking option keeps outside struct page (bitmaps,
+    # counters, list heads per page: memdesc.stages.TRACKING)
+    side = round(census.memmap_pages * TRACKING[stage.free_tracking].side_bytes_per_page)
+    if side:
+        by_type["free_tracking_side"] = side
+    total = memmap - hvo + descriptor + side
     return StageCost(stage.id, stage.title, stage.struct_page_bytes, census.memmap_pages,
                      memmap - hvo, descriptor, total, 100.0 * total / max(1, census.ram_bytes),
                      by_type, caches=caches, fixed_point=fixed, real_slabs=demand["slab"])
