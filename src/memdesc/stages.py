@@ -509,11 +509,9 @@ PAGE_TRANSITION = _layout(
 #: lives only in folio->flags; Head/Private/Private2 go away (no compound_head).
 PAGE_32_2026 = _layout(
     "page", 32,
-    ("flags", 0, 8, "zone/node/section + HWPoison, Reserved, AnonExclusive only"),
-    ("buddy_list", 8, 16),
-    ("pcp_list", 8, 16),
-    ("memdesc", 8, 8, "overlaps buddy_list.next"),
-    ("private", 24, 8),
+    *[(f.name, f.offset, f.size,
+       "zone/node/section + HWPoison, Reserved, AnonExclusive only" if f.name == "flags"
+       else f.note) for f in PAGE_32.fields],
 )
 #: Page flags that stay per page at 32 bytes (2026-01); the rest are folio-only or gone.
 PAGE_FLAGS_PER_PAGE_2026 = ("hwpoison", "reserved", "anon_exclusive")

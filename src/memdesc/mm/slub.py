@@ -593,18 +593,25 @@ def desc_alloc_nb(E, slot, type_code, gfpflags, order, nid):
 
 
 @njit(cache=True)
+def desc_pfn_order_nb(E, desc, type_code):
+    """(first PFN, order) a standalone descriptor of memdesc type ``type_code`` records, at
+    the members its stages.DESCRIPTOR_TYPES row names (order 0 when it has none)."""
+    sp = E[E_SP]
+    pfn = np.int64(_kr(E, desc + np.uint64(sp[SP_PFN_OFF + type_code])))
+    oo = sp[SP_ORDER_OFF + type_code]
+    if oo < 0:
+        return pfn, np.int64(0)
+    w = _kr(E, desc + np.uint64(oo & ~7))
+    return pfn, np.int64((w >> np.uint64(8 * (oo & 7))) & np.uint64(0xFF))
+
+
+@njit(cache=True)
 def desc_free_nb(E, desc, type_code):
     """The pages of ``desc`` (pfn/order from its table row), then the descriptor back to its
     cache. Frees only."""
-    sp = E[E_SP]
     stats = E[E_STATS]
     stats[ST_IN_FREE] += 1
-    pfn = np.int64(_kr(E, desc + np.uint64(sp[SP_PFN_OFF + type_code])))
-    order = 0
-    oo = sp[SP_ORDER_OFF + type_code]
-    if oo >= 0:
-        order = np.int64((_kr(E, desc + np.uint64(oo & ~7)) >> np.uint64(8 * (oo & 7)))
-                         & np.uint64(0xFF))
+    pfn, order = desc_pfn_order_nb(E, desc, type_code)
     free_pages_e(E, pfn, order)
     kmem_cache_free_one_nb(E, desc)
     stats[ST_IN_FREE] -= 1
@@ -1215,12 +1222,7 @@ def check_slabs_nb(E, nr_caches):
                 cc = _cache_of_slab(E, ds) if ds != 0 else -1
                 if cc < 0 or (sp[SP_TYPE_CACHES + t] >> cc) & 1 == 0:
                     return 11, pfn, t
-                first = np.int64(_kr(E, d + np.uint64(sp[SP_PFN_OFF + t])))
-                order = 0
-                oo = sp[SP_ORDER_OFF + t]
-                if oo >= 0:
-                    order = np.int64((_kr(E, d + np.uint64(oo & ~7)) >> np.uint64(8 * (oo & 7)))
-                                     & np.uint64(0xFF))
+                first, order = desc_pfn_order_nb(E, d, t)
                 if not first <= pfn < first + (np.int64(1) << order):
                     return 12, pfn, first
         else:
