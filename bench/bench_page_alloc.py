@@ -23,7 +23,8 @@ from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import GFP, GFP_HIGHUSER_MOVABLE, GFP_KERNEL
 from memdesc.mm.mmzone import Machine
 
-STAGES = ("v6.18", "folio", "dynamic", "page32", "page32@path-2025", "page16", "page8")
+STAGES = ("v6.18", "folio", "dynamic", "page32", "page32@path-2025", "page16", "page8",
+          "page8/inpage")
 N_PAIRS = 2_000_000          # pairs -> 4 M ops
 N_CHURN = 4_000_000
 CHURN_SLOTS = 200_000        # live allocations at steady state (~ a quarter of the machine)

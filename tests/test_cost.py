@@ -125,8 +125,10 @@ def test_no_descriptors_before_dynamic_and_by_type_adds_up():
 def test_descriptor_demand_by_class_and_order():
     c = hand_census(4096, file={0: 3, 2: 1}, shmem={0: 2}, anon={9: 1}, ksm={0: 4},
                     hugetlb={9: 1}, slab={0: 5, 3: 2}, pagetable={0: 6})
+    # zpdesc and netmem_desc: the census cannot see zspages or page_pool pages (0)
     assert descriptor_demand(c) == {"folio": 5, "large_folio": 2, "hugetlb_folio": 1, "ksm": 4,
-                                    "ptdesc": 6, "memcg_misc": 0, "slab": 7}
+                                    "ptdesc": 6, "memcg_misc": 0, "slab": 7, "zpdesc": 0,
+                                    "netmem_desc": 0}
 
 
 def test_explain_prints_the_arithmetic():
@@ -178,3 +180,37 @@ def test_explain_shows_the_min_objects_the_geometry_used():
     assert "min_objects = slub_min_objects 40" in text and "fls(" not in text
     g = cost.caches[0].geometry
     assert g.min_objects == 40 and g.order == 0          # 40 × 80 B still fit one page
+
+
+def test_cost_model_does_not_import_the_allocator():
+    """The cost model needs SLUB's sizing rules only (mm/slub_sizing.py), never the hot
+    paths or the page allocator (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, memdesc.analysis.cost; "
+            "print(sorted(m for m in ('memdesc.mm.slub', 'memdesc.mm.page_alloc') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_transition_stages_charge_only_the_separated_descriptors():
+    """ptdesc-first / ptdesc-slab (LSFMM+BPF 2026 order), hand-worked: 1000 page tables take
+    1000 64-byte ptdescs = 16 order-0 slabs (64 per page) = 65536 B; with slab separate too,
+    struct slab for the 100 machine slabs + 16 ptdesc slabs + its own 2 slabs (64 per page):
+    118 objects in 2 pages = 8192 B. struct page stays 64 bytes."""
+    c = hand_census(1 << 16, pagetable={0: 1000}, slab={0: 100}, file={0: 500})
+    table = load_descriptors()
+    first = stage_cost(c, get_stage("ptdesc-first"), table, 2)
+    both = stage_cost(c, get_stage("ptdesc-slab"), table, 2)
+    assert [x.name for x in first.caches] == ["ptdesc"]
+    assert first.descriptor_bytes == 65536 and first.struct_page_size == 64
+    assert [x.name for x in both.caches] == ["ptdesc", "slab"]
+    assert both.caches[1].objects == 118 and both.descriptor_bytes == 65536 + 8192
+    v618 = stage_cost(c, get_stage("v6.18"), table, 2)
+    assert first.total_bytes == v618.total_bytes + 65536
+    # folios stay overlaid until `dynamic`
+    assert "folio" not in both.by_type and "folio" in stage_cost(
+        c, get_stage("dynamic"), table, 2).by_type

@@ -21,9 +21,11 @@ from memdesc.mm.gfp import (
     GFP_TRANSHUGE_LIGHT,
 )
 from memdesc.mm.mmzone import Machine
-from memdesc.stages import STAGE_IDS
+from memdesc.stages import FREE_TRACKING_OPTIONS, tracking_variants
 
-VARIANTS = list(STAGE_IDS) + ["page32@path-2025", "page16@rev-a", "page8@path-2025"]
+#: every stage with every registered free-page tracking option (derived from the registry),
+#: plus type-table cases whose Buddy/Misc codes differ from the defaults
+VARIANTS = ["v6.18"] + tracking_variants()[1:] + ["page16@rev-a", "page8@path-2025"]
 GFPS = [GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_KERNEL | GFP.RECLAIMABLE, GFP_DMA, GFP_DMA32,
         GFP_ATOMIC, GFP_NOWAIT, GFP_KERNEL | GFP.COMP, GFP_TRANSHUGE_LIGHT]
 MACHINE = Machine.from_spec("64M", hole_start="32M", dma32_end="40M")   # 3 zones + a hole
@@ -66,8 +68,16 @@ def _replay(stage: str, ops) -> tuple[list, pa.MemMap]:
                 trace.append(ok)
                 if ok:
                     isolated.add(pfn >> 9)
-        trace.append(mm.S[ft.NCFG:].copy())             # zones, pcp, heads, pageblocks
+        trace.append(mm.S[ft.NCFG:mm.cfg[ft.C_OFF_SIDE]].copy())   # zones, pcp, heads, pbs
     return trace, mm
+
+
+def test_every_registered_option_is_exercised():
+    """Each registered encoding is selectable at some stage and in VARIANTS."""
+    used = {ft.encoding(o).NAME
+            for opts in FREE_TRACKING_OPTIONS.values() for o in opts}
+    assert used == set(ft.ENCODINGS)
+    assert {v.split("/")[1].split("@")[0] for v in VARIANTS if "/" in v} | {"page_type"} == used
 
 
 @settings(max_examples=40)

@@ -28,16 +28,27 @@ from memdesc.analysis.cost_terms import (
 )
 from memdesc.analysis.descriptors import CachePolicy, DescriptorTable
 from memdesc.analysis.in_use import InUseCost, attach_in_use
-from memdesc.mm import slub
+from memdesc.mm import slub_sizing as sizing
 from memdesc.mm.slab_common import get_order
-from memdesc.stages import PAGE_SIZE, REFERENCE, STAGES, Stage
+from memdesc.stages import (
+    DESCRIPTOR_TYPES,
+    PAGE_SIZE,
+    REFERENCE,
+    STAGES,
+    TRACKING,
+    Stage,
+    descriptor_type,
+)
 
 #: Census classes whose units need a descriptor, and which one (None: by order, see below).
-FOLIO_LIKE = ("file", "anon", "shmem")
-#: Order in which descriptor caches are listed; "slab" (struct slab) comes last because it
-#: also describes every other descriptor slab.
-DESCRIPTOR_TYPES = ("folio", "large_folio", "hugetlb_folio", "ksm", "ptdesc", "memcg_misc",
-                    "slab")
+
+
+def descriptor_cost_types() -> tuple[str, ...]:
+    """Order in which descriptor caches are listed: stages.DESCRIPTOR_TYPES (the table the
+    emulator creates its caches from) with the memcg_misc cost term before "slab" (struct
+    slab comes last because it also describes every other descriptor slab)."""
+    keys = [t.key for t in DESCRIPTOR_TYPES if t.key != "slab"]
+    return (*keys, "memcg_misc", "slab")
 
 
 # --- SLUB cache geometry ------------------------------------------------------------------
@@ -66,30 +77,30 @@ def slab_geometry(object_bytes: int, nr_cpus: int, policy: CachePolicy) -> SlabG
 
     The cache is created as the memdesc plan says (16-byte alignment, SLAB_TYPESAFE_BY_RCU,
     optionally a free pointer inside the object) and sized by the emulator's mirror of
-    calculate_sizes()/calculate_order() in mm/slub.c (memdesc.mm.slub); ``nr_cpus`` stands for
-    num_present_cpus().
+    calculate_sizes()/calculate_order() in mm/slub.c (memdesc.mm.slub_sizing);
+    ``nr_cpus`` stands for num_present_cpus().
     """
     rcu = policy.typesafe_by_rcu
-    geo = slub.calculate_sizes(object_bytes, slub.SLAB_TYPESAFE_BY_RCU if rcu else 0,
-                               policy.align,
-                               freeptr_offset=0 if rcu and policy.use_freeptr_offset else None,
-                               nr_cpus=nr_cpus)
+    geo = sizing.calculate_sizes(object_bytes, sizing.SLAB_TYPESAFE_BY_RCU if rcu else 0,
+                                 policy.align,
+                                 freeptr_offset=0 if rcu and policy.use_freeptr_offset else None,
+                                 nr_cpus=nr_cpus)
     stride = geo.size
-    order = slub.calculate_order(stride, nr_cpus, slub_min_objects=policy.min_objects,
-                                 slub_min_order=policy.min_order,
-                                 slub_max_order=policy.max_order)
+    order = sizing.calculate_order(stride, nr_cpus, slub_min_objects=policy.min_objects,
+                                   slub_min_order=policy.min_order,
+                                   slub_max_order=policy.max_order)
     if order < 0:
         raise ValueError(f"a {stride}-byte descriptor does not fit any slab order")
     # The steps of calculate_order() that led there, for --explain.
-    min_objects = policy.min_objects or slub.default_min_objects(max(1, nr_cpus))
-    min_objects = min(min_objects, max(slub.order_objects(policy.max_order, stride), 1))
+    min_objects = policy.min_objects or sizing.default_min_objects(max(1, nr_cpus))
+    min_objects = min(min_objects, max(sizing.order_objects(policy.max_order, stride), 1))
     min_order = max(policy.min_order, get_order(min_objects * stride))
     fraction = next((f for f in (16, 8, 4, 2)
-                     if slub.calc_slab_order(stride, min_order, policy.max_order, f) == order),
+                     if sizing.calc_slab_order(stride, min_order, policy.max_order, f) == order),
                     None)
     a = policy.align
     return SlabGeometry(-(-object_bytes // a) * a, stride, rcu and not policy.use_freeptr_offset,
-                        min_objects, min_order, order, slub.order_objects(order, stride),
+                        min_objects, min_order, order, sizing.order_objects(order, stride),
                         fraction)
 
 
@@ -163,16 +174,18 @@ class StageCost:
 def descriptor_demand(census: Census) -> dict[str, int]:
     """Descriptors the census's allocation units need once descriptors are dynamic.
 
-    Order-0 file/anon/shmem folios take a ``folio``; larger ones a ``large_folio`` (it keeps
-    what 6.18 stores in the first tail pages); hugetlb folios a ``hugetlb_folio``; KSM pages a
-    ``ksm``; slabs a ``slab``; page tables a ``ptdesc``. Everything else needs none.
+    Driven by stages.DESCRIPTOR_TYPES: each type takes the units of its census classes at its
+    unit orders (order-0 file/anon/shmem folios a ``folio``, larger ones a ``large_folio``,
+    hugetlb folios a ``hugetlb_folio``, KSM pages a ``ksm``, slabs a ``slab``, page tables a
+    ``ptdesc``); types whose pages the census cannot see (zpdesc, netmem_desc) need 0 here.
+    ``memcg_misc`` is the cost term of analysis/cost_terms.py.
     """
     u = census.units_by_class
-    small = sum(int(u[c][0]) for c in FOLIO_LIKE)
-    large = sum(int(u[c][1:].sum()) for c in FOLIO_LIKE)
-    return {"folio": small, "large_folio": large, "hugetlb_folio": census.units("hugetlb"),
-            "ksm": census.units("ksm"), "ptdesc": census.units("pagetable"),
-            "memcg_misc": memcg_misc_units(census), "slab": census.units("slab")}
+    pick = {"0": slice(0, 1), ">0": slice(1, None), "all": slice(0, None)}
+    demand = {t.key: sum(int(u[c][pick[t.unit_orders]].sum()) for c in t.census_classes)
+              for t in DESCRIPTOR_TYPES}
+    demand["memcg_misc"] = memcg_misc_units(census)
+    return demand
 
 
 def _cache(name: str, objects: int, table: DescriptorTable, nr_cpus: int,
@@ -186,7 +199,10 @@ def _wanted(name: str, stage: Stage, table: DescriptorTable, terms: CostTerms | 
     """Whether ``stage`` allocates descriptors of ``name`` (memcg_misc: only as a cost term,
     once struct page has no memcg_data, and when the table sizes it)."""
     if name != "memcg_misc":
-        return name != "slab"
+        # types the census cannot see (zpdesc, netmem_desc) have no demand to charge; at a
+        # transition stage only the separated types take descriptors
+        return (name != "slab" and bool(descriptor_type(name).census_classes)
+                and name in stage.separate_types)
     return (terms is not None and name in table.descriptors
             and not stage_has_memcg_data(stage))
 
@@ -208,9 +224,10 @@ def stage_cost(census: Census, stage: Stage, table: DescriptorTable,
     caches: list[CacheCost] = []
     fixed: list[int] = []
     demand = descriptor_demand(census)
-    if stage.dynamic:
-        caches = [_cache(n, demand[n], table, nr_cpus, occupancy) for n in DESCRIPTOR_TYPES
+    if stage.separate_types:
+        caches = [_cache(n, demand[n], table, nr_cpus, occupancy) for n in descriptor_cost_types()
                   if _wanted(n, stage, table, terms)]
+    if "slab" in stage.separate_types:
         # struct slab for the machine's slabs and for every descriptor slab, the struct slab
         # cache's own slabs included: iterate until the count stops changing.
         base = demand["slab"] + sum(c.slabs for c in caches)
@@ -223,17 +240,23 @@ def stage_cost(census: Census, stage: Stage, table: DescriptorTable,
                 break
             objects = nxt
             fixed.append(objects)
-        slab_cache = _cache("slab", objects, table, nr_cpus, occupancy)
-        caches.append(slab_cache)
-        for c in caches:
-            if c.name != "slab":
-                by_type[c.name] = c.object_bytes
-        size = slab_cache.geometry.object_size
-        by_type["slab"] = demand["slab"] * size
-        by_type["slab_overhead"] = (objects - demand["slab"]) * size
+        caches.append(_cache("slab", objects, table, nr_cpus, occupancy))
+    for c in caches:
+        if c.name != "slab":
+            by_type[c.name] = c.object_bytes
+        else:
+            size = c.geometry.object_size
+            by_type["slab"] = demand["slab"] * size
+            by_type["slab_overhead"] = (c.objects - demand["slab"]) * size
+    if caches:
         by_type["slack"] = sum(c.bytes for c in caches) - sum(c.object_bytes for c in caches)
     descriptor = sum(c.bytes for c in caches)
-    total = memmap - hvo + descriptor
+    # memory the stage's free-page tracking option keeps outside struct page (bitmaps,
+    # counters, list heads per page: memdesc.stages.TRACKING)
+    side = round(census.memmap_pages * TRACKING[stage.free_tracking].side_bytes_per_page)
+    if side:
+        by_type["free_tracking_side"] = side
+    total = memmap - hvo + descriptor + side
     return StageCost(stage.id, stage.title, stage.struct_page_bytes, census.memmap_pages,
                      memmap - hvo, descriptor, total, 100.0 * total / max(1, census.ram_bytes),
                      by_type, caches=caches, fixed_point=fixed, real_slabs=demand["slab"])
@@ -314,7 +337,7 @@ def explain(cost: StageCost, census: Census, table: DescriptorTable,
         freeptr = ("after the object (+8 B)" if p.typesafe_by_rcu and not p.use_freeptr_offset
                    else "inside the object (use_freeptr_offset)")
         min_objects = (f"slub_min_objects {p.min_objects}" if p.min_objects else
-                       f"4 × (fls({nr_cpus}) + 1) = {slub.default_min_objects(nr_cpus)}")
+                       f"4 × (fls({nr_cpus}) + 1) = {sizing.default_min_objects(nr_cpus)}")
         lines.append(f"slab geometry: SLUB calculate_sizes()/calculate_order() (mm/slub.c) with "
                      f"{nr_cpus} CPU(s): min_objects = {min_objects} (capped at what fits "
                      f"slub_max_order {p.max_order}), slub_min_order {p.min_order}, free "
@@ -334,10 +357,9 @@ def explain(cost: StageCost, census: Census, table: DescriptorTable,
                      + (f"{demand['memcg_misc']:,}" if any(c.name == "memcg_misc"
                                                            for c in cost.caches)
                         else "none at this stage"))
-        for name in table.descriptors:
-            if name not in DESCRIPTOR_TYPES:
-                lines.append(f"  {name}: 0 (its pages are not distinguishable in kpageflags; "
-                             "they are counted as untyped Misc)")
+        for t in DESCRIPTOR_TYPES:
+            if not t.census_classes:
+                lines.append(f"  {t.key}: 0 ({t.why_no_census}; counted as untyped Misc)")
         occ = terms.occupancy if terms is not None else None
         per = (lambda n: f"{n}") if occ is None else (lambda n: f"({n} × {occ:.3f})")
         for c in cost.caches:

@@ -15,10 +15,14 @@ from importlib import resources
 from pathlib import Path
 
 from memdesc.errors import InputError
+from memdesc.stages import DESCRIPTOR_TYPES
 
-#: Descriptor types the cost model needs (the others in the table are shown but have no
-#: allocation units we can see in kpageflags).
-REQUIRED = ("folio", "large_folio", "hugetlb_folio", "ksm", "slab", "ptdesc")
+
+def required() -> tuple[str, ...]:
+    """Descriptor types the cost model needs a size for: those of stages.DESCRIPTOR_TYPES
+    whose pages the census can see (the others are shown but have no allocation units in
+    kpageflags)."""
+    return tuple(t.key for t in DESCRIPTOR_TYPES if t.census_classes)
 SCHEMA = 1
 
 
@@ -95,10 +99,14 @@ def load_descriptors(path: str | os.PathLike | None = None) -> DescriptorTable:
         descs[name] = Descriptor(name, _positive_int(f"descriptor table {p}", f"[{name}] bytes",
                                                      entry["bytes"]),
                                  str(entry.get("source", "(no source given)")))
-    missing = [n for n in REQUIRED if n not in descs]
+    need = required()
+    for t in DESCRIPTOR_TYPES:           # a registered type may carry its own size
+        if t.key not in descs and t.bytes is not None:
+            descs[t.key] = Descriptor(t.key, t.bytes, "(registered descriptor type)")
+    missing = [n for n in need if n not in descs]
     if missing:
         raise InputError(f"descriptor table {p}: no size for {', '.join(missing)} "
-                         f"(needs [{'], ['.join(REQUIRED)}])")
+                         f"(needs [{'], ['.join(need)}])")
     c = data.get("slab_cache", {})
     if not isinstance(c, dict):
         raise InputError(f"descriptor table {p}: [slab_cache] must be a table")

@@ -9,7 +9,7 @@ every step, recording the observable results and the metadata bytes, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -339,6 +339,9 @@ class StageRun:
     census: Any
     stats: dict[str, int]
     seconds: float
+    #: (objects in use, slabs) per slab cache right after boot and after the last step
+    boot_slab_objects: dict[str, tuple[int, int]] = field(default_factory=dict)
+    slab_objects: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def observables(self) -> list[tuple[Any, str]]:
         return [(s["result"], s["state_digest"]) for s in self.steps]
@@ -355,6 +358,7 @@ def run_stage(scenario: Scenario, stage, *, check: bool = False, fault_factory=N
     t0 = time.perf_counter()
     world = World(scenario, stage, fault=fault_factory() if fault_factory else None,
                   check=check)
+    boot_objects = slab_objects(world)
     records = []
     peak = 0
     for step in scenario.steps:
@@ -378,7 +382,15 @@ def run_stage(scenario: Scenario, stage, *, check: bool = False, fault_factory=N
              "descriptor_unwinds": int(world.k.stats[ST_DESC_FAIL_UNWIND]),
              "faults_injected": world.k.fault.failures()}
     return StageRun(world.k.stage.id, records, state, _accounting(world), peak,
-                    census_of_world(world), stats, time.perf_counter() - t0)
+                    census_of_world(world), stats, time.perf_counter() - t0, boot_objects,
+                    slab_objects(world))
+
+
+def slab_objects(world: World) -> dict[str, tuple[int, int]]:
+    """(objects in use, slabs) per slab cache (/proc/slabinfo active_objs, num_slabs),
+    descriptor caches included: what a leak check compares before and after a scenario."""
+    slub = world.k.slub
+    return {kc.name: (slub.live(kc), slub.slabs(kc)) for kc in slub.cache_list}
 
 
 #: Why a step's observables differ from the reference's, in the order the causes are tried.

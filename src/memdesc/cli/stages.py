@@ -9,8 +9,9 @@ import textwrap
 
 from memdesc.cli.options import stages_option
 from memdesc.stages import (
-    FREE_TRACKING,
+    FREE_TRACKING_OPTIONS,
     PAGE_SIZE,
+    TRACKING,
     ZONE_LOOKUP,
     Field,
     Stage,
@@ -119,9 +120,27 @@ def describe(stage: Stage) -> list[str]:
         f"{stage.descriptor_policy}",
         f"   memdesc types ({stage.type_table}): {types}",
         f"   page_zone()/page_to_nid(): {ZONE_LOOKUP[stage.zone_lookup]}",
-        f"   free pages ({stage.free_tracking}): {FREE_TRACKING[stage.free_tracking]}",
+        *tracking_lines(stage),
         *(f"   note: {n}" for n in stage.notes),
     ]
+
+
+def tracking_lines(stage: Stage) -> list[str]:
+    """The stage's free-page tracking option: encoding, side memory, list order, blockers,
+    and the other options selectable at this stage."""
+    opt = TRACKING[stage.free_tracking]
+    lines = [f"   free pages ({opt.name}): {opt.description}",
+             f"   free-tracking side memory: {opt.side_memory} "
+             f"({opt.side_bytes_per_page:g} B per 4 KiB page, charged by the cost model)"]
+    if not opt.keeps_list_order:
+        lines.append("   free-list order: NOT the kernel's (blocks chosen by address); its "
+                     "observables differ from the list-order options (measured by replay)")
+    lines += [f"   blocker: {b}" for b in opt.blockers]
+    options = FREE_TRACKING_OPTIONS[stage.id]
+    if len(options) > 1:
+        lines.append(f"   free-tracking options: {', '.join(options)} "
+                     f"(--stages '{stage.id}/*' selects them all)")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

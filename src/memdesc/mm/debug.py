@@ -27,15 +27,10 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm.free_tracking import (
-    C_BUDDY,
     C_BUDDYMASK,
-    C_ENC,
     C_NCPU,
     C_NZ,
     C_W,
-    ENC_OPTION1,
-    ENC_PACKED,
-    ENC_TYPE_ALIAS,
     NR_PCP_LISTS,
     buddy_order_of,
     is_pcp_page,
@@ -45,6 +40,7 @@ from memdesc.mm.free_tracking import (
     memdesc_slot,
     page_zone_index,
     px,
+    tail_ok,
     unmanaged,
     zx,
 )
@@ -95,20 +91,11 @@ _MESSAGES = {
 
 @njit(cache=True)
 def _tail_ok(mem, S, pfn):
-    """A non-head page of a free block: not PageBuddy; at the descriptor stages typed Buddy."""
+    """A non-head page of a free block: not PageBuddy; at the descriptor stages typed Buddy
+    (the encoding's tail_ok())."""
     if buddy_order_of(mem, S, pfn) >= 0:
         return False
-    enc = S[C_ENC]
-    if enc == ENC_TYPE_ALIAS:
-        return (mem[pfn * 4 + 1] & np.uint64(3)) == 0
-    if enc == ENC_OPTION1:
-        return np.int64(mem[pfn * 2] & np.uint64(15)) == S[C_BUDDY]
-    if enc == ENC_PACKED:
-        return np.int64(mem[pfn] & np.uint64(15)) == S[C_BUDDY]
-    slot = memdesc_slot(S)
-    if slot >= 0:
-        return np.int64(mem[pfn * S[C_W] + slot] & np.uint64(15)) == S[C_BUDDY]
-    return True
+    return tail_ok(mem, S, pfn)
 
 
 @njit(cache=True)

@@ -26,6 +26,7 @@ from memdesc.mm.folio import (
     F_INDEX,
     F_MAPPING,
     fget,
+    folio_add_lru,
     folio_alloc_nb,
     folio_order,
     folio_pfn,
@@ -53,7 +54,7 @@ R_DONE, R_GROW, R_FALLBACK = 0, 1, 2
 def filemap_read_nb(E, mapping, file_id, first_index, order, gfpflags, out, start):
     """Read ``out.shape[0]`` folios of 2^order pages into the page cache from index
     ``first_index``: filemap_alloc_folio(), filemap_add_folio() (folio_ref_add(nr), mapping,
-    index), the data, then the reader's folio_put(). out[i] = folio or 0 (failed).
+    index, folio_add_lru()), the data, then the reader's folio_put(). out[i] = folio or 0 (failed).
     Returns (i, R_DONE | R_GROW | R_FALLBACK (unit i needs order-0 folios))."""
     E = borrow(E)
     n = out.shape[0]
@@ -75,6 +76,7 @@ def filemap_read_nb(E, mapping, file_id, first_index, order, gfpflags, out, star
         folio_ref_add(E, folio, nr)
         fset(E, folio, F_MAPPING, mapping)
         fset(E, folio, F_INDEX, index)
+        folio_add_lru(E, folio)                 # filemap_add_folio() ends with it
         fill_tags(E[E_TAGS], folio_pfn(E, folio), nr, TAG_FILE, file_id, index)
         folio_put_refs(E, folio, 1)
         out[i] = folio

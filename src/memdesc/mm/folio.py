@@ -47,7 +47,7 @@ from memdesc.mm.memdesc_alloc import (
     borrow,
     free_pages_e,
 )
-from memdesc.mm.mm_types import FOLIO_PATH_2025, FOLIO_V6_18, PG_head
+from memdesc.mm.mm_types import FOLIO_PATH_2025, FOLIO_V6_18, PG_head, PG_lru
 from memdesc.mm.mmzone import NR_ZONES
 from memdesc.mm.slub import _GROW, _alloc_obj, kmem_cache_free_one_nb, nodezone_bits
 from memdesc.stages import _layout
@@ -95,6 +95,7 @@ FO = _offsets()
 PAGE_MAPPING_ANON = 1
 
 _U32 = np.uint64(0xFFFFFFFF)
+_PG_LRU = np.uint64(1 << PG_lru)
 
 
 @njit(cache=True)
@@ -246,13 +247,40 @@ def folio_mapcount(E, folio):
 
 
 @njit(cache=True)
+def folio_add_lru(E, folio):
+    """Mirrors folio_add_lru() -> lru_add(): folio_set_lru() (PG_lru in folio->flags, the
+    head struct page's flags at the overlay stages, the descriptor's memdesc_flags_t from
+    ``dynamic`` on). The per-CPU folio_batch is drained at once [I: the emulator has no
+    lruvec lists; what it needs is PG_lru, which prep_move_freepages_block() counts]."""
+    if fget(E, folio, F_FLAGS) & _PG_LRU:
+        raise AssertionError("folio_add_lru: folio already on an LRU")
+    fset(E, folio, F_FLAGS, fget(E, folio, F_FLAGS) | _PG_LRU)
+
+
+@njit(cache=True)
+def folio_test_lru(E, folio):
+    """Mirrors folio_test_lru()."""
+    return fget(E, folio, F_FLAGS) & _PG_LRU != 0
+
+
+@njit(cache=True)
+def __page_cache_release(E, folio):
+    """Mirrors __page_cache_release(): an LRU folio leaves its lruvec (lruvec_del_folio())
+    and loses PG_lru (__folio_clear_lru()) before its pages are freed."""
+    if folio_test_lru(E, folio):
+        fset(E, folio, F_FLAGS, fget(E, folio, F_FLAGS) & ~_PG_LRU)
+
+
+@njit(cache=True)
 def __folio_put(E, folio):
-    """Mirrors __folio_put() -> free_frozen_pages() and, from ``dynamic`` on, the descriptor
-    back to its cache after the pages (no page refers to it any more). Frees only."""
+    """Mirrors __folio_put() -> __page_cache_release(), free_frozen_pages() and, from
+    ``dynamic`` on, the descriptor back to its cache after the pages (no page refers to it
+    any more). Frees only."""
     if folio_mapcount(E, folio) != 0:
         raise AssertionError("freeing a mapped folio (bad_page)")
     stats = E[E_STATS]
     stats[ST_IN_FREE] += 1
+    __page_cache_release(E, folio)
     pfn = folio_pfn(E, folio)
     order = folio_order(E, folio)
     if not E[E_SP][SP_DYNAMIC]:

@@ -14,7 +14,8 @@ This module holds the pieces every descriptor user shares:
 * page allocation as the descriptor layer calls it: :func:`alloc_pages_e` (fail_page_alloc,
   then alloc_pages_nb()), :func:`free_pages_e`, and :func:`alloc_page_desc_nb`, which writes
   ``desc | type`` into every page of the allocation at the dynamic stages;
-* :data:`DESCRIPTOR_CACHES`: one cache per descriptor type, from ``dynamic`` on (mm/slub.py
+* :func:`descriptor_caches`: one cache per descriptor type of stages.DESCRIPTOR_TYPES, from
+  ``dynamic`` on (mm/slub.py
   creates them at boot). Sizes come from data/descriptors.toml rounded up to 16 bytes; every
   cache is SLAB_TYPESAFE_BY_RCU with 16-byte alignment [S: Memdescs: "All structs pointed to
   from a memdesc must be allocated from a slab which has its alignment set to 16 bytes ...
@@ -29,7 +30,6 @@ only functions that give memory back; tests check that no page allocation happen
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
@@ -39,6 +39,7 @@ from memdesc.mm.fault_inject import FA_PAGE, should_fail_nb
 from memdesc.mm.free_tracking import unmanaged
 from memdesc.mm.kmem import VMEMMAP_START, kread
 from memdesc.mm.page_alloc import alloc_pages_nb, free_pages_nb, set_memdesc_nb
+from memdesc.stages import DESCRIPTOR_TYPES, DescriptorType, descriptor_type
 
 # ---- the environment tuple ------------------------------------------------------------------
 # E[0:2] = MemMap.st (mem, S): mem_map words and the allocator's state array
@@ -55,24 +56,39 @@ SP_DEBUG = 10           # keep the MemMap's allocation record (E[E_REC]) in step
 SP_SLABDESC = 11        # cache index of the struct slab descriptor cache (-1 at overlay stages)
 SP_NR_NODES = 12
 SP_CPU = 13
-# cache indices of the descriptor caches (-1 at the overlay stages)
-SP_C_FOLIO, SP_C_FOLIO_LARGE, SP_C_PTDESC, SP_C_ZPDESC, SP_C_NETMEM = 16, 17, 18, 19, 20
+# cache indices of the descriptor caches (-1 at the overlay stages): sp[SP_C_BASE + i] for
+# the i-th cached type of stages.DESCRIPTOR_TYPES (derived below, never numbered by hand)
+SP_C_BASE, SP_C_MAX = 16, 16
 # per memdesc type code t: where a descriptor of that type keeps its first PFN
-# (sp[SP_PFN_OFF + t]) and its order byte (sp[SP_ORDER_OFF + t], -1: always order 0)
+# (sp[SP_PFN_OFF + t]) and its order byte (sp[SP_ORDER_OFF + t], -1: always order 0), and
+# the bit mask of cache indices its descriptors may come from (sp[SP_TYPE_CACHES + t])
 SP_PFN_OFF = 32
 SP_ORDER_OFF = 48
-SP_WORDS = 64
+SP_TYPE_CACHES = 64
+SP_WORDS = 80
 
-#: Where each dynamic descriptor keeps the PFN of its memory and its order. A descriptor that
-#: no longer overlays struct page must know its page; the Path folio has ``pfn`` and
-#: ``order`` [S]; for the others we use members that lose their meaning once the descriptor
-#: stands alone [I]: ptdesc ``__page_mapping`` (pfn) and the unused upper half of
-#: ``_pt_pad_2`` (order), zpdesc the 8 bytes its 56 are rounded up to, netmem_desc
-#: ``_pp_mapping_pad`` (pfn) and the low byte of ``_flags`` below the node/zone bits (order).
-DESC_PFN_ORDER: dict[str, tuple[int, int]] = {
-    "File": (64, 60), "Anon": (64, 60), "PageTable": (24, 44), "Movable": (56, -1),
-    "NetPool": (24, 0), "Slab": (48, -1),
-}
+
+def descriptor_cache_slot(key: str) -> int:
+    """sp[] word that holds the cache index of descriptor type ``key`` (stages.DESCRIPTOR_TYPES
+    order among the types with an emulated cache, struct slab excluded)."""
+    keys = [t.key for t in DESCRIPTOR_TYPES if t.cache_name is not None and t.key != "slab"]
+    if len(keys) > SP_C_MAX:
+        raise ValueError(f"at most {SP_C_MAX} descriptor caches")
+    return SP_C_BASE + keys.index(key)
+
+
+SP_C_FOLIO = descriptor_cache_slot("folio")
+SP_C_FOLIO_LARGE = descriptor_cache_slot("large_folio")
+SP_C_PTDESC = descriptor_cache_slot("ptdesc")
+SP_C_ZPDESC = descriptor_cache_slot("zpdesc")
+SP_C_NETMEM = descriptor_cache_slot("netmem_desc")
+
+
+def desc_pfn_order() -> dict[str, tuple[int, int]]:
+    """Memdesc type name -> (pfn member, order member) of its standalone descriptor."""
+    return {n: (t.pfn_off, t.order_off) for t in DESCRIPTOR_TYPES if t.cache_name
+            for n in t.memdesc_types}
+
 
 # counters, E[E_STATS] (int64)
 ST_PAGE_ALLOCS, ST_PAGE_FREES, ST_PAGE_FAILS = 0, 1, 2
@@ -157,30 +173,15 @@ def alloc_page_desc_nb(E, gfp, order, desc, type_code, nid):
 
 # ---- descriptor caches ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DescriptorCache:
-    """One memdesc descriptor cache: which descriptor, its memdesc type, bytes, free pointer."""
-
-    key: str            # key in data/descriptors.toml
-    cache_name: str     # kmem_cache name
-    memdesc_type: str   # type name in the stage's table
-    freeptr_offset: int  # a word inside the object that RCU readers do not validate [I]
+def descriptor_caches() -> list[DescriptorType]:
+    """The caches created from ``dynamic`` on, in stages.DESCRIPTOR_TYPES order (the struct
+    slab cache is mm/slub.py's own, self-hosted; see slub.Slub). Free pointers sit over a word
+    RCU readers do not validate: folio/zpdesc lru.next, ptdesc pt_list.next, netmem_desc
+    _pp_mapping_pad, struct slab slab_list.next [I]."""
+    return [t for t in DESCRIPTOR_TYPES if t.cache_name is not None and t.key != "slab"]
 
 
-#: The caches created from ``dynamic`` on (the slab descriptor cache is mm/slub.py's own,
-#: self-hosted; see slub.Slub). zsmalloc pages are movable_ops pages: type Movable [I].
-DESCRIPTOR_CACHES: tuple[DescriptorCache, ...] = (
-    DescriptorCache("folio", "folio", "File", 8),           # over lru.next
-    DescriptorCache("large_folio", "folio_large", "File", 8),
-    DescriptorCache("ptdesc", "ptdesc", "PageTable", 8),    # over pt_list.next
-    DescriptorCache("zpdesc", "zpdesc", "Movable", 8),      # over lru.next
-    DescriptorCache("netmem_desc", "netmem_desc", "NetPool", 24),   # _pp_mapping_pad
-)
-#: sp[] slot that holds each descriptor cache's index.
-DESCRIPTOR_CACHE_SLOT = {"folio": SP_C_FOLIO, "large_folio": SP_C_FOLIO_LARGE,
-                         "ptdesc": SP_C_PTDESC, "zpdesc": SP_C_ZPDESC,
-                         "netmem_desc": SP_C_NETMEM}
-SLAB_DESC = DescriptorCache("slab", "memdesc_slab", "Slab", 16)     # over slab_list.next
+SLAB_DESC = descriptor_type("slab")
 
 
 def _descriptors_toml() -> dict:
@@ -189,9 +190,12 @@ def _descriptors_toml() -> dict:
 
 
 def descriptor_sizes() -> dict[str, int]:
-    """C sizes of the descriptors (data/descriptors.toml, tables with ``bytes``)."""
-    return {k: int(v["bytes"]) for k, v in _descriptors_toml().items()
-            if isinstance(v, dict) and "bytes" in v}
+    """C sizes of the descriptors (data/descriptors.toml, tables with ``bytes``; a registered
+    type's own ``bytes`` when the file has no entry for it)."""
+    sizes = {t.key: t.bytes for t in DESCRIPTOR_TYPES if t.bytes is not None}
+    sizes.update({k: int(v["bytes"]) for k, v in _descriptors_toml().items()
+                  if isinstance(v, dict) and "bytes" in v})
+    return sizes
 
 
 def use_freeptr_offset() -> bool:

@@ -22,6 +22,7 @@ from numba import njit
 
 from memdesc.mm import gfp as _gfp
 from memdesc.mm.folio import (
+    folio_add_lru,
     folio_add_new_anon_rmap,
     folio_alloc_nb,
     folio_pfn,
@@ -136,6 +137,7 @@ def anon_fault_nb(E, pgd, va0, order, pmd_mapped, anon_vma, owner, gfpflags, out
                                & np.uint64(PTRS_PER_TABLE - 1))
             for k in range(nr):
                 data[base + k] = (np.uint64(pfn + k) << np.uint64(PAGE_SHIFT)) | np.uint64(PTE_ANON)
+        folio_add_lru(E, folio)         # folio_add_lru_vma() after the new anon rmap
         fill_tags(E[E_TAGS], pfn, nr, TAG_ANON, owner, vpn)
         out[i] = folio
     return n, F_DONE

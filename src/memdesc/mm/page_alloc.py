@@ -63,9 +63,7 @@ from memdesc.mm.free_tracking import (
     C_OFF_PB,
     C_OFF_PBZ,
     C_OFF_ZL,
-    ENC_PACKED,
     HEADS_FREE,
-    MAX_PACKED_BLOCKS,
     NR_PCP_LISTS,
     buddy_order_of,
     clear_buddy,
@@ -134,7 +132,7 @@ from memdesc.mm.mmzone import (
     pageblock_nr_pages,
     pageblock_order,
 )
-from memdesc.stages import Stage, get_stage
+from memdesc.stages import Stage, get_stage, variant_name
 
 # ---- zone state columns (int64 zs[gz, col]) ----------------------------------------------------
 Z_BASE = ft.Z_BASE          # packed links: zone_start_pfn rounded down to MAX_ORDER_NR_PAGES
@@ -1303,6 +1301,7 @@ class MemMap:
         st_ = self.stage
         nz, ncpu, nn = machine.nr_nodes * NR_ZONES, machine.nr_cpus, machine.nr_nodes
         cfg = ft.make_cfg(st_, ncpu, nn)
+        span_limit = ft.max_zone_pages(st_)
         self.nr_pfns = machine.nr_pfns
         words = self.nr_pfns * (st_.struct_page_bytes // 8)
         if buffer is not None and buffer.dtype == np.uint64 and buffer.size >= words:
@@ -1317,7 +1316,8 @@ class MemMap:
         nzl = nz + 1
         sizes = [("heads", nz * hpz * 2, ft.C_OFF_HEADS), ("zs", nz * NZCOL, ft.C_OFF_ZS),
                  ("pcp", nz * ncpu * NPCOL, ft.C_OFF_PCP), ("pb", npb, ft.C_OFF_PB),
-                 ("pbz", npb, ft.C_OFF_PBZ), ("zl", nn * 2 * nzl, ft.C_OFF_ZL)]
+                 ("pbz", npb, ft.C_OFF_PBZ), ("zl", nn * 2 * nzl, ft.C_OFF_ZL),
+                 ("side", ft.side_words(st_, self.nr_pfns), ft.C_OFF_SIDE)]
         off = ft.NCFG
         for _, n, slot in sizes:
             cfg[slot] = off
@@ -1346,9 +1346,9 @@ class MemMap:
             pcp[gz, :, P_HIGH_MIN], pcp[gz, :, P_HIGH_MAX] = p.high_min, p.high_max
             pcp[gz, :, P_BATCH] = p.batch
             if z.spanned:
-                if cfg[ft.C_ENC] == ENC_PACKED and z.end_pfn - zs[gz, Z_BASE] > MAX_PACKED_BLOCKS:
-                    raise ValueError(f"page8/packed: zone {z.name} of node {z.node} spans more "
-                                     f"than {MAX_PACKED_BLOCKS} pages (28-bit block index)")
+                if span_limit is not None and z.end_pfn - zs[gz, Z_BASE] > span_limit:
+                    raise ValueError(f"{variant_name(st_)}: zone {z.name} of node {z.node} "
+                                     f"spans more than {span_limit} pages")
                 b0, b1 = z.start_pfn >> pageblock_order, (z.end_pfn - 1) >> pageblock_order
                 pbz[b0:b1 + 1] = gz
                 pb[b0:b1 + 1] = MIGRATE_MOVABLE      # memmap_init_range(): MIGRATE_MOVABLE

@@ -1,10 +1,7 @@
-"""SLUB: slab caches over the emulated page allocator.
+"""SLUB: slab caches over the emulated page allocator (the hot paths, boot, checks).
 
-This module holds the sizing rules (how big an object slot is, which page order a slab has, how
-many objects fit), mirroring calculate_sizes()/calculate_order()/calc_slab_order() of
-mm/slub.c in Linux 6.7+ (the form after Vlastimil Babka's 2023 rework, unchanged in 6.18 [S:
-mm/slub.c, torvalds/linux]); checked against every row of this machine's /proc/slabinfo
-(tests/test_slub.py).
+The sizing rules (calculate_sizes()/calculate_order() of mm/slub.c) live in
+memdesc.mm.slub_sizing and are re-exported here.
 """
 
 from __future__ import annotations
@@ -46,11 +43,8 @@ from memdesc.mm.memdesc_alloc import (
     E_SLOT,
     E_SP,
     E_STATS,
-    SP_C_FOLIO,
-    SP_C_FOLIO_LARGE,
-    SP_C_NETMEM,
-    SP_C_PTDESC,
-    SP_C_ZPDESC,
+    SP_C_BASE,
+    SP_C_MAX,
     SP_DEBUG,
     SP_DYNAMIC,
     SP_MEMDESC_OFF,
@@ -65,6 +59,7 @@ from memdesc.mm.memdesc_alloc import (
     SP_T_NETPOOL,
     SP_T_PGTABLE,
     SP_T_SLAB,
+    SP_TYPE_CACHES,
     ST_DESC_FAIL_UNWIND,
     ST_IN_FREE,
     alloc_page_desc_nb,
@@ -80,173 +75,38 @@ from memdesc.mm.slab_common import (
     KMALLOC_MAX_CACHE_SIZE,
     KMALLOC_SHIFT_HIGH,
     KMALLOC_SIZE_INDEX,
-    SIZEOF_VOID_P,
-    align,
-    calculate_alignment,
-    fls,
-    get_order,
     kmalloc_cache_name,
 )
-from memdesc.stages import PAGE_SIZE
-
-# ---- constants ---------------------------------------------------------------------------
-
-#: PAGE_ALLOC_COSTLY_ORDER; slub_max_order defaults to it ("SLUB: ... Order=0-3" in dmesg)
-#: [S: mm/slub.c; M: fixtures/system-info/dmesg.txt].
-PAGE_ALLOC_COSTLY_ORDER = 3
-SLUB_MAX_ORDER = PAGE_ALLOC_COSTLY_ORDER
-MAX_PAGE_ORDER = 10
-#: slab->objects is a 15-bit field [M: fixtures/btf/pahole/slab.txt `objects:15`].
-MAX_OBJS_PER_PAGE = 32767
-#: OO_SHIFT/OO_MASK: kmem_cache_order_objects packs order << 16 | objects [S: mm/slub.c].
-OO_SHIFT = 16
-OO_MASK = (1 << OO_SHIFT) - 1
-#: MIN_PARTIAL/MAX_PARTIAL bound kmem_cache->min_partial [S: mm/slub.c].
-MIN_PARTIAL = 5
-MAX_PARTIAL = 10
-
-# Cache creation flags we model (names from include/linux/slab.h; the bit values are this
-# model's own, not the kernel's ABI [I]).
-SLAB_HWCACHE_ALIGN = 1 << 0
-SLAB_CACHE_DMA = 1 << 1
-SLAB_CACHE_DMA32 = 1 << 2
-SLAB_TYPESAFE_BY_RCU = 1 << 3
-SLAB_RECLAIM_ACCOUNT = 1 << 4
-SLAB_ACCOUNT = 1 << 5
-SLAB_KMALLOC = 1 << 6
-SLAB_NO_MERGE = 1 << 7
-SLAB_PANIC = 1 << 8
-
-
-# ---- order/objects arithmetic --------------------------------------------------------------
-
-def order_objects(order: int, size: int) -> int:
-    """Objects of ``size`` bytes in a slab of ``order``. Mirrors order_objects() in mm/slub.c."""
-    return (PAGE_SIZE << order) // size
-
-
-def oo_make(order: int, size: int) -> int:
-    """Pack (order, objects) as struct kmem_cache_order_objects. Mirrors oo_make()."""
-    return (order << OO_SHIFT) + order_objects(order, size)
-
-
-def oo_order(x: int) -> int:
-    """Mirrors oo_order() in mm/slub.c."""
-    return x >> OO_SHIFT
-
-
-def oo_objects(x: int) -> int:
-    """Mirrors oo_objects() in mm/slub.c."""
-    return x & OO_MASK
-
-
-def default_min_objects(nr_cpus: int) -> int:
-    """slub_min_objects when not set on the command line: 4 * (fls(nr_cpus) + 1), as in
-    calculate_order() (num_present_cpus(), or nr_cpu_ids when that reads 1)."""
-    return 4 * (fls(nr_cpus) + 1)
-
-
-def calc_slab_order(size: int, min_order: int, max_order: int, fract_leftover: int) -> int:
-    """Smallest order in [min_order, max_order] wasting at most 1/fract_leftover of the slab;
-    max_order + 1 if none does. Mirrors calc_slab_order() in mm/slub.c (6.7+)."""
-    order = min_order
-    while order <= max_order:
-        slab_size = PAGE_SIZE << order
-        if slab_size % size <= slab_size // fract_leftover:
-            break
-        order += 1
-    return order
-
-
-def calculate_order(size: int, nr_cpus: int = 2, *, slub_min_objects: int = 0,
-                    slub_min_order: int = 0, slub_max_order: int = SLUB_MAX_ORDER) -> int:
-    """Page order of a slab of objects ``size`` bytes apart, or -1 (-ENOSYS) if it cannot be
-    placed. Mirrors calculate_order() in mm/slub.c (6.7+): min_objects from the CPU count,
-    clamped to what fits at slub_max_order; then waste fractions 1/16, 1/8, 1/4, 1/2; then one
-    object per slab."""
-    min_objects = slub_min_objects or default_min_objects(nr_cpus)
-    max_objects = max(order_objects(slub_max_order, size), 1)
-    min_objects = min(min_objects, max_objects)
-    min_order = max(slub_min_order, get_order(min_objects * size))
-    if order_objects(min_order, size) > MAX_OBJS_PER_PAGE:
-        return get_order(size * MAX_OBJS_PER_PAGE) - 1
-    fraction = 16
-    while fraction > 1:
-        order = calc_slab_order(size, min_order, slub_max_order, fraction)
-        if order <= slub_max_order:
-            return order
-        fraction //= 2
-    order = get_order(size)
-    return order if order <= MAX_PAGE_ORDER else -1
-
-
-def min_partial_for(size: int) -> int:
-    """kmem_cache->min_partial: ilog2(size) / 2 clamped to [MIN_PARTIAL, MAX_PARTIAL].
-    Mirrors set_min_partial() as called from kmem_cache_open() in mm/slub.c."""
-    return max(MIN_PARTIAL, min(MAX_PARTIAL, (fls(size) - 1) // 2))
-
-
-@dataclass(frozen=True)
-class CacheGeometry:
-    """What calculate_sizes() decides for a cache (kmem_cache fields of the same names)."""
-
-    object_size: int
-    size: int          # distance between objects (s->size)
-    align: int
-    inuse: int         # bytes of the object proper, before a relocated free pointer
-    offset: int        # where the free pointer lives inside the slot
-    oo: int            # preferred (order, objects)
-    min: int           # fallback (order, objects) when the preferred order fails
-    min_partial: int
-
-    @property
-    def order(self) -> int:
-        return oo_order(self.oo)
-
-    @property
-    def objects(self) -> int:
-        return oo_objects(self.oo)
-
-    @property
-    def slab_bytes(self) -> int:
-        return PAGE_SIZE << self.order
-
-
-def calculate_sizes(object_size: int, flags: int = 0, align_req: int = 0, *,
-                    freeptr_offset: int | None = None, has_ctor: bool = False,
-                    nr_cpus: int = 2) -> CacheGeometry:
-    """Slot size, free-pointer placement and slab order of a new cache (no debug options).
-
-    Mirrors calculate_sizes() in mm/slub.c (6.18): the object is word-aligned; the free
-    pointer is relocated after the object for SLAB_TYPESAFE_BY_RCU caches without a
-    ``freeptr_offset`` (kmem_cache_args.use_freeptr_offset, 6.13+) and for caches with a
-    constructor, otherwise it sits in the middle of the object; the slot is rounded to the
-    alignment from calculate_alignment().
-    """
-    if object_size <= 0:
-        raise ValueError("object_size must be positive")
-    a = calculate_alignment(bool(flags & SLAB_HWCACHE_ALIGN), align_req, object_size)
-    size = align(object_size, SIZEOF_VOID_P)
-    inuse = size
-    rcu = bool(flags & SLAB_TYPESAFE_BY_RCU)
-    if (rcu and freeptr_offset is None) or has_ctor:
-        offset = size
-        size += SIZEOF_VOID_P
-    elif rcu:
-        if freeptr_offset % SIZEOF_VOID_P or freeptr_offset + SIZEOF_VOID_P > object_size:
-            raise ValueError(f"freeptr_offset {freeptr_offset} is not a word inside the object")
-        offset = freeptr_offset
-    else:
-        offset = (object_size // 2) & ~(SIZEOF_VOID_P - 1)
-    size = align(size, a)
-    order = calculate_order(size, nr_cpus)
-    if order < 0:
-        raise ValueError(f"objects of {object_size} bytes cannot be placed in a slab")
-    return CacheGeometry(object_size, size, a, inuse, offset, oo_make(order, size),
-                         oo_make(get_order(size), size), min_partial_for(size))
-
-
-
+from memdesc.mm.slub_sizing import (  # noqa: F401  (re-exported: the allocator's API)
+    MAX_OBJS_PER_PAGE,
+    MAX_PAGE_ORDER,
+    MAX_PARTIAL,
+    MIN_PARTIAL,
+    OO_MASK,
+    OO_SHIFT,
+    PAGE_ALLOC_COSTLY_ORDER,
+    SLAB_ACCOUNT,
+    SLAB_CACHE_DMA,
+    SLAB_CACHE_DMA32,
+    SLAB_HWCACHE_ALIGN,
+    SLAB_KMALLOC,
+    SLAB_NO_MERGE,
+    SLAB_PANIC,
+    SLAB_RECLAIM_ACCOUNT,
+    SLAB_TYPESAFE_BY_RCU,
+    SLUB_MAX_ORDER,
+    CacheGeometry,
+    calc_slab_order,
+    calculate_order,
+    calculate_sizes,
+    default_min_objects,
+    min_partial_for,
+    oo_make,
+    oo_objects,
+    oo_order,
+    order_objects,
+)
+from memdesc.stages import PAGE_SIZE, type_code
 
 # ---- the allocator's hot paths: numba over emulated memory ---------------------------------
 #
@@ -705,6 +565,59 @@ def kmem_cache_free_one_nb(E, obj):
 
 
 @njit(cache=True)
+def desc_alloc_nb(E, slot, type_code, gfpflags, order, nid):
+    """alloc_page_desc() for any descriptor type of stages.DESCRIPTOR_TYPES (dynamic stages):
+    the descriptor from the cache in sp[slot], then the pages with ``desc | type``, then the
+    standalone descriptor's pfn/order members from the type's table row (sp[SP_PFN_OFF + t],
+    sp[SP_ORDER_OFF + t]). If the pages fail the descriptor is freed again [S: FolioAlloc].
+    Returns the descriptor address, 0, or _GROW."""
+    sp = E[E_SP]
+    desc = _alloc_obj(E, sp[slot], gfpflags, nid)
+    if desc <= _GROW:
+        return desc
+    pfn = alloc_page_desc_nb(E, gfpflags, order, desc, type_code, nid)
+    stats = E[E_STATS]
+    if pfn < 0:
+        stats[ST_DESC_FAIL_UNWIND] += 1
+        stats[ST_IN_FREE] += 1
+        kmem_cache_free_one_nb(E, desc)
+        stats[ST_IN_FREE] -= 1
+        return np.uint64(0)
+    _kw(E, desc + np.uint64(sp[SP_PFN_OFF + type_code]), np.uint64(pfn))
+    oo = sp[SP_ORDER_OFF + type_code]
+    if oo >= 0:
+        a = desc + np.uint64(oo & ~7)
+        sh = np.uint64(8 * (oo & 7))
+        _kw(E, a, (_kr(E, a) & ~(np.uint64(0xFF) << sh)) | (np.uint64(order) << sh))
+    return desc
+
+
+@njit(cache=True)
+def desc_pfn_order_nb(E, desc, type_code):
+    """(first PFN, order) a standalone descriptor of memdesc type ``type_code`` records, at
+    the members its stages.DESCRIPTOR_TYPES row names (order 0 when it has none)."""
+    sp = E[E_SP]
+    pfn = np.int64(_kr(E, desc + np.uint64(sp[SP_PFN_OFF + type_code])))
+    oo = sp[SP_ORDER_OFF + type_code]
+    if oo < 0:
+        return pfn, np.int64(0)
+    w = _kr(E, desc + np.uint64(oo & ~7))
+    return pfn, np.int64((w >> np.uint64(8 * (oo & 7))) & np.uint64(0xFF))
+
+
+@njit(cache=True)
+def desc_free_nb(E, desc, type_code):
+    """The pages of ``desc`` (pfn/order from its table row), then the descriptor back to its
+    cache. Frees only."""
+    stats = E[E_STATS]
+    stats[ST_IN_FREE] += 1
+    pfn, order = desc_pfn_order_nb(E, desc, type_code)
+    free_pages_e(E, pfn, order)
+    kmem_cache_free_one_nb(E, desc)
+    stats[ST_IN_FREE] -= 1
+
+
+@njit(cache=True)
 def kmem_cache_alloc_nb(E, c, gfpflags, nid, out, start):
     """kmem_cache_alloc() for out[start:] (0 where an allocation failed; the next call is
     independent, as separate kernel calls are). Returns (next index, DONE | NEED_GROW)."""
@@ -950,11 +863,16 @@ class Slub:
 
     def __init__(self, mm, contents, fault, tags: np.ndarray, stats: np.ndarray):
         from memdesc.mm.free_tracking import memdesc_slot
-        from memdesc.mm.memdesc_alloc import DESC_PFN_ORDER, SP_CPU, SP_NR_NODES, SP_WORDS
-        from memdesc.stages import type_code
+        from memdesc.mm.memdesc_alloc import SP_CPU, SP_NR_NODES, SP_WORDS, desc_pfn_order
 
         self.mm, self.contents, self.fault = mm, contents, fault
         self.stage = mm.stage
+        if self.stage.descriptor_policy not in ("overlay", "dynamic"):
+            from memdesc.errors import InputError
+
+            raise InputError(f"stage {self.stage.id}: the emulator does not model a partial "
+                             "separation of descriptors yet (the survey does); emulated "
+                             "stages: v6.18, folio, dynamic and later")
         self.nr_nodes = mm.machine.nr_nodes
         if self.nr_nodes > MAX_NODES:
             raise ValueError(f"the slab model keeps at most {MAX_NODES} nodes")
@@ -970,7 +888,7 @@ class Slub:
             sp[idx] = type_code(self.stage, name)
         sp[SP_PFN_OFF:SP_PFN_OFF + 16] = -1
         sp[SP_ORDER_OFF:SP_ORDER_OFF + 16] = -1
-        for name, (pfn_off, order_off) in DESC_PFN_ORDER.items():
+        for name, (pfn_off, order_off) in desc_pfn_order().items():
             if name in self.stage.types.values():
                 t = type_code(self.stage, name)
                 sp[SP_PFN_OFF + t], sp[SP_ORDER_OFF + t] = pfn_off, order_off
@@ -1073,9 +991,9 @@ class Slub:
         """kmem_cache_init() (see the class docstring), then create_kmalloc_caches() and, from
         ``dynamic`` on, the memdesc descriptor caches."""
         from memdesc.mm.memdesc_alloc import (
-            DESCRIPTOR_CACHE_SLOT,
-            DESCRIPTOR_CACHES,
             SLAB_DESC,
+            descriptor_cache_slot,
+            descriptor_caches,
             descriptor_slot_bytes,
             use_freeptr_offset,
         )
@@ -1107,14 +1025,26 @@ class Slub:
             kc = self.kmem_cache_create(kmalloc_cache_name(index), KMALLOC_INFO_SIZES[index],
                                         flags=SLAB_KMALLOC)
             self.kmalloc_caches[index] = kc.index
-        self.sp[SP_C_FOLIO:SP_C_NETMEM + 1] = -1
+        self.sp[SP_C_BASE:SP_C_BASE + SP_C_MAX] = -1
+        self.sp[SP_TYPE_CACHES:SP_TYPE_CACHES + 16] = 0
         if self.stage.dynamic:
-            for d in DESCRIPTOR_CACHES:
+            self._type_cache(SLAB_DESC, int(self.sp[SP_SLABDESC]))
+            for d in descriptor_caches():
                 kc = self.kmem_cache_create(d.cache_name, descriptor_slot_bytes(d.key),
-                                       align=16, flags=SLAB_TYPESAFE_BY_RCU,
-                                       freeptr_offset=d.freeptr_offset if inside else None,
-                                       descriptor=d.key)
-                self.sp[DESCRIPTOR_CACHE_SLOT[d.key]] = kc.index
+                                            align=16, flags=SLAB_TYPESAFE_BY_RCU,
+                                            freeptr_offset=d.freeptr_offset if inside else None,
+                                            descriptor=d.key)
+                self.sp[descriptor_cache_slot(d.key)] = kc.index
+                self._type_cache(d, kc.index)
+
+    def _type_cache(self, d, index: int) -> None:
+        """Allow descriptors of ``d``'s memdesc types to come from cache ``index``
+        (check_slabs_nb() check 11)."""
+        if index >= 63:
+            raise ValueError("descriptor cache index too high for the type->cache mask")
+        for name in d.memdesc_types:
+            if name in self.stage.types.values():
+                self.sp[SP_TYPE_CACHES + type_code(self.stage, name)] |= 1 << index
 
     def _listed_slabs(self, kc: KmemCache) -> int:
         n = 0
@@ -1289,25 +1219,10 @@ def check_slabs_nb(E, nr_caches):
             elif t != sp[SP_T_MISC] and (E[E_S][C_BUDDYMASK] >> t) & 1 == 0:
                 d = w & ~np.uint64(15)
                 ds = virt_to_slab(E, d)
-                want = -1
-                if t == sp[SP_T_FILE] or t == sp[SP_T_ANON]:
-                    want = sp[SP_C_FOLIO]
-                elif t == sp[SP_T_PGTABLE]:
-                    want = sp[SP_C_PTDESC]
-                elif t == sp[SP_T_MOVABLE]:
-                    want = sp[SP_C_ZPDESC]
-                elif t == sp[SP_T_NETPOOL]:
-                    want = sp[SP_C_NETMEM]
                 cc = _cache_of_slab(E, ds) if ds != 0 else -1
-                if cc < 0 or (cc != want and not (want == sp[SP_C_FOLIO]
-                                                 and cc == sp[SP_C_FOLIO_LARGE])):
+                if cc < 0 or (sp[SP_TYPE_CACHES + t] >> cc) & 1 == 0:
                     return 11, pfn, t
-                first = np.int64(_kr(E, d + np.uint64(sp[SP_PFN_OFF + t])))
-                order = 0
-                oo = sp[SP_ORDER_OFF + t]
-                if oo >= 0:
-                    order = np.int64((_kr(E, d + np.uint64(oo & ~7)) >> np.uint64(8 * (oo & 7)))
-                                     & np.uint64(0xFF))
+                first, order = desc_pfn_order_nb(E, d, t)
                 if not first <= pfn < first + (np.int64(1) << order):
                     return 12, pfn, first
         else:

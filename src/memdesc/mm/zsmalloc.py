@@ -50,6 +50,7 @@ from memdesc.mm.memdesc_alloc import (
     free_pages_e,
     page_desc,
 )
+from memdesc.mm.mm_types import PG_movable_ops
 from memdesc.mm.mmzone import NR_ZONES
 from memdesc.mm.slub import _GROW, _alloc_obj, kmem_cache_free_one_nb
 from memdesc.stages import PAGE_SIZE
@@ -134,6 +135,7 @@ def class_for(stored_bytes: int, classes: list[SizeClass]) -> SizeClass:
 # PFN in the 8 bytes 56 is rounded up to (memdesc_alloc.DESC_PFN_ORDER) [I].
 ZP_LRU, ZP_NEXT, ZP_ZSPAGE, ZP_FIRST_OBJ, ZP_PFN = 8, 32, 40, 48, 56
 PGTY_ZSMALLOC = 0xF6
+_PG_MOVABLE_OPS = np.uint64(1 << PG_movable_ops)
 #: zram's zs_malloc() gfp on the write path: GFP_NOIO | __GFP_HIGHMEM | __GFP_MOVABLE [S:
 #: drivers/block/zram/zram_drv.c]; the zspage pages get exactly this.
 GFP_ZSMALLOC = _gfp.GFP_NOIO | _gfp.__GFP_HIGHMEM | _gfp.__GFP_MOVABLE
@@ -205,7 +207,21 @@ def alloc_zspage_nb(E, nr_pages, gfpflags, zspage, class_size, pool, seq, out):
             kwrite(m, d, s, _zpdesc_of(E, out[k - 1]) + np.uint64(ZP_NEXT), zp)
     for k in range(nr_pages):
         fill_tags(E[E_TAGS], out[k], 1, TAG_ZSMALLOC, pool, seq * ZS_MAX_PAGES_PER_ZSPAGE + k)
+    SetZsPageMovable(E, out, nr_pages)
     return True
+
+
+@njit(cache=True)
+def SetZsPageMovable(E, pfns, nr_pages):
+    """Mirrors SetZsPageMovable() (zs_malloc() right after alloc_zspage()): every component
+    page gets PG_movable_ops (zpdesc_set_movable() -> SetPageMovableOps(), 6.17+: the bit
+    aliases PG_uptodate and page_has_movable_ops() also wants PageZsmalloc). The flag lives in
+    the zpdesc's flags word: the struct page at the overlay stages, the zpdesc from
+    ``dynamic`` on. It is cleared only when the page is freed (free_pages_prepare())."""
+    m, d, s = E[E_MEM], E[E_DATA], E[E_SLOT]
+    for k in range(nr_pages):
+        zp = _zpdesc_of(E, pfns[k])
+        kwrite(m, d, s, zp, kread(m, d, s, zp) | _PG_MOVABLE_OPS)
 
 
 @njit(cache=True)

@@ -1,0 +1,130 @@
+"""What every free-page tracking encoding (memdesc.mm.ft_*) shares: the config slots of the
+allocator's state array S, emulated link addresses and the node/zone/Misc words.
+
+The encodings never hard-code a word index: :func:`layout_cfg` derives the word index of
+each struct page member they use from the stage's :class:`memdesc.stages.StructLayout` into
+``S[C_F_*]`` (-1 when the layout has no such member), so a new stage with another layout
+reuses an encoding by data alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from memdesc.mm.kmem import VMEMMAP_START
+from memdesc.mm.memdesc import MISC_ORDER_SHIFT, MISC_SUBTYPE_SHIFT
+from memdesc.mm.mm_types import NODES_PGSHIFT, ZONES_PGSHIFT
+from memdesc.mm.mmzone import MAX_PAGE_ORDER, NR_ZONES
+from memdesc.stages import StructLayout
+
+# The allocator's int64 state is one array S (a few arrays passed to every numba call cost more
+# than the work: numba flattens each array into ~7 scalar arguments). S[0:NCFG] is the config
+# below; the regions (list heads, zones, pcp, pageblocks, zonelists) start at S[C_OFF_*].
+C_ENC, C_W, C_SHIFT, C_BUDDY, C_MISC, C_NCPU, C_NNODE, C_HPZ = 0, 1, 2, 3, 4, 5, 6, 7
+C_DYNAMIC, C_MOVMASK, C_NZ, C_LINKOFF, C_BUDDYMASK = 8, 9, 10, 11, 12
+C_OFF_HEADS, C_OFF_ZS, C_OFF_PCP, C_OFF_PB, C_OFF_PBZ, C_OFF_ZL, C_NZL = 16, 17, 18, 19, 20, 21, 22
+# word indices inside one struct page, derived from the stage's layout (-1: no such member)
+C_F_FLAGS, C_F_LINK, C_F_PRIV = 13, 14, 15
+C_F_PTYPE, C_F_MD, C_F_MAPPING, C_REF_SHIFT = 23, 24, 25, 26
+# encoding-specific flag bits and values (filled by the encoding's configure())
+C_BIT_BUDDY, C_X0, C_X1 = 27, 28, 29
+# region of S an option keeps beside the allocator state (side memory, or free-page contents)
+C_OFF_SIDE = 30
+NCFG = 32
+
+NR_PCP_LISTS = 14                       # [M] per_cpu_pages.lists[14]
+MIGRATE_TYPES = 5
+HEADS_FREE = (MAX_PAGE_ORDER + 1) * MIGRATE_TYPES
+#: columns of a zone row and a per_cpu_pages row (see memdesc.mm.page_alloc Z_*, P_*)
+NZCOL, NPCOL = 40, 8
+Z_BASE = 0
+
+HEADS_BASE = 0xFFFFE90000000000         # [I] unused hole below vmemmap (x86-64 mm.rst)
+VMEMMAP = np.uint64(VMEMMAP_START)
+HEADS = np.uint64(HEADS_BASE)
+U4 = np.uint64(0xF)
+U32 = np.uint64(0xFFFFFFFF)
+
+#: layout member -> config slot holding its word index
+LAYOUT_SLOTS: dict[str, int] = {
+    "flags": C_F_FLAGS, "buddy_list": C_F_LINK, "private": C_F_PRIV, "page_type": C_F_PTYPE,
+    "memdesc": C_F_MD,
+}
+
+
+def word_of(layout: StructLayout, name: str) -> int:
+    """Word (8-byte) index of member ``name`` in ``layout``, -1 when it has none."""
+    f = layout.field(name)
+    return -1 if f is None else f.offset // 8
+
+
+def layout_cfg(cfg: np.ndarray, layout: StructLayout, dynamic: bool) -> None:
+    """Fill the C_F_* slots, C_W, C_SHIFT and C_LINKOFF of ``cfg`` from ``layout``."""
+    size = layout.size
+    cfg[C_W] = size // 8
+    cfg[C_SHIFT] = size.bit_length() - 1
+    for name, slot in LAYOUT_SLOTS.items():
+        cfg[slot] = word_of(layout, name)
+    mapping = layout.field("mapping") or layout.field("__folio_mapping")
+    cfg[C_F_MAPPING] = -1 if mapping is None else mapping.offset // 8
+    link = layout.field("buddy_list")
+    cfg[C_LINKOFF] = 0 if link is None else link.offset
+    pt, ref = layout.field("page_type"), layout.field("_refcount")
+    cfg[C_REF_SHIFT] = 8 * (ref.offset - pt.offset) if pt and ref else -1
+
+
+# ---- regions of S ----------------------------------------------------------------------------
+
+@njit(cache=True)
+def zx(S, gz):
+    """Index in S of zone ``gz``'s row (columns Z_* of memdesc.mm.page_alloc)."""
+    return S[C_OFF_ZS] + gz * NZCOL
+
+
+@njit(cache=True)
+def px(S, gz, cpu):
+    """Index in S of per_cpu_pages of ``cpu`` in zone ``gz`` (columns P_*)."""
+    return S[C_OFF_PCP] + (gz * S[C_NCPU] + cpu) * NPCOL
+
+
+@njit(cache=True)
+def hx(S, h):
+    """Index in S of list head ``h`` (next; prev follows)."""
+    return S[C_OFF_HEADS] + 2 * h
+
+
+# ---- links as emulated addresses (encodings that store pointers) ------------------------------
+
+@njit(cache=True)
+def addr_of(S, node):
+    """Emulated address a link word holds for ``node``: &page->buddy_list of a PFN, or the
+    list head's address for a head (``-1 - h``)."""
+    if node >= 0:
+        return (VMEMMAP + (np.uint64(node) << np.uint64(S[C_SHIFT]))
+                + np.uint64(S[C_LINKOFF]))
+    return HEADS + (np.uint64(-1 - node) << np.uint64(4))
+
+
+@njit(cache=True)
+def node_of(S, addr):
+    """Inverse of :func:`addr_of`."""
+    if addr >= VMEMMAP:
+        return np.int64((addr - VMEMMAP - np.uint64(S[C_LINKOFF])) >> np.uint64(S[C_SHIFT]))
+    return -1 - np.int64((addr - HEADS) >> np.uint64(4))
+
+
+# ---- node / zone / Misc words ---------------------------------------------------------------
+
+@njit(cache=True)
+def nodezone_bits(nid, zone_type):
+    return (np.uint64(nid) << np.uint64(NODES_PGSHIFT)) | (np.uint64(zone_type)
+                                                          << np.uint64(ZONES_PGSHIFT))
+
+
+@njit(cache=True)
+def misc_word(S, subtype, order, gz):
+    """The Misc memdesc word with its inline bits (memdesc.memdesc_misc())."""
+    return (np.uint64(S[C_MISC]) | (np.uint64(subtype) << np.uint64(MISC_SUBTYPE_SHIFT))
+            | (np.uint64(order) << np.uint64(MISC_ORDER_SHIFT))
+            | nodezone_bits(gz // NR_ZONES, gz % NR_ZONES))

@@ -1,0 +1,105 @@
+"""Free-page tracking ``option1`` (page16): BuddyAllocator Option 1 [S: Wilcox, linux-mm
+msg369183].
+
+buddy_list word 0 = next | Buddy type, word 1 = prev | order nibble; links point at the
+neighbour's struct page (16-byte aligned, so the low nibbles are free). Tails: null
+pointers, nibble NIB_TAIL; pcp pages: nibble NIB_PCP [I]. Word indices come from the layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from memdesc.mm.ft_common import (
+    C_BUDDY,
+    C_F_LINK,
+    C_F_MD,
+    C_W,
+    U4,
+    addr_of,
+    misc_word,
+    node_of,
+)
+from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
+from memdesc.mm.mmzone import MAX_PAGE_ORDER
+
+NAME = "option1"
+
+NIB_PCP, NIB_TAIL = 0xE, 0xF            # order-nibble values of non-head free pages [I]
+
+
+def configure(stage, cfg: np.ndarray) -> None:
+    """Nothing beyond the layout slots."""
+
+
+@njit(cache=True)
+def link_get(mem, S, node, which, gz, order):
+    return node_of(S, mem[node * S[C_W] + S[C_F_LINK] + which] & ~U4)
+
+
+@njit(cache=True)
+def link_set(mem, S, node, which, to, gz, order):
+    i = node * S[C_W] + S[C_F_LINK] + which
+    mem[i] = addr_of(S, to) | (mem[i] & U4)
+
+
+@njit(cache=True)
+def buddy_order_of(mem, S, pfn):
+    i = pfn * S[C_W] + S[C_F_LINK]
+    if np.int64(mem[i] & U4) != S[C_BUDDY]:
+        return -1
+    o = np.int64(mem[i + 1] & U4)
+    return o if o <= MAX_PAGE_ORDER else -1
+
+
+@njit(cache=True)
+def set_buddy_order(mem, S, pfn, order):
+    i = pfn * S[C_W] + S[C_F_LINK]
+    mem[i] = (mem[i] & ~U4) | np.uint64(S[C_BUDDY])
+    mem[i + 1] = (mem[i + 1] & ~U4) | np.uint64(order)
+
+
+@njit(cache=True)
+def clear_buddy(mem, S, pfn):
+    free_state(mem, S, pfn)
+
+
+@njit(cache=True)
+def mark_pcp(mem, S, pfn):
+    i = pfn * S[C_W] + S[C_F_LINK] + 1
+    mem[i] = (mem[i] & ~U4) | np.uint64(NIB_PCP)
+
+
+@njit(cache=True)
+def is_pcp_page(mem, S, pfn):
+    i = pfn * S[C_W] + S[C_F_LINK]
+    return 1 if (np.int64(mem[i] & U4) == S[C_BUDDY]
+                 and np.int64(mem[i + 1] & U4) == NIB_PCP) else 0
+
+
+@njit(cache=True)
+def tail_ok(mem, S, pfn):
+    return np.int64(mem[pfn * S[C_W] + S[C_F_MD]] & U4) == S[C_BUDDY]
+
+
+@njit(cache=True)
+def init_reserved(mem, S, pfn, gz):
+    mem[pfn * S[C_W] + S[C_F_MD]] = misc_word(S, MISC_SUBTYPE_RESERVED, 0, gz)
+
+
+@njit(cache=True)
+def free_state(mem, S, pfn):
+    i = pfn * S[C_W] + S[C_F_LINK]
+    mem[i] = np.uint64(S[C_BUDDY])
+    mem[i + 1] = np.uint64(NIB_TAIL)
+
+
+@njit(cache=True)
+def prep_new_page(mem, S, pfn, order, comp, gz):
+    w = S[C_W]
+    word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
+    for k in range(np.int64(1) << order):
+        i = (pfn + k) * w + S[C_F_MD]
+        mem[i] = word
+        mem[i + 1] = 0

@@ -1,0 +1,167 @@
+"""Free-page tracking ``page_type`` (v6.18, folio, dynamic; 64-byte struct page).
+
+PageBuddy = PGTY_buddy << 24 in page_type, order in private, links in buddy_list/pcp_list
+as struct page addresses [S: mm/page_alloc.c set_buddy_order(), include/linux/page-flags.h
+PAGE_TYPE_OPS]. Tails and pcp pages: page_type UINT_MAX, private 0. Word indices come from
+the layout (S[C_F_*], memdesc.mm.ft_common.layout_cfg); the folio fields of page 1 and 2 that
+prep_compound_head() writes are struct folio's (6.18, fixtures/btf/pahole), named below.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from memdesc.mm.ft_common import (
+    C_BUDDY,
+    C_DYNAMIC,
+    C_F_FLAGS,
+    C_F_LINK,
+    C_F_MAPPING,
+    C_F_PRIV,
+    C_F_PTYPE,
+    C_REF_SHIFT,
+    C_SHIFT,
+    C_W,
+    U32,
+    VMEMMAP,
+    addr_of,
+    misc_word,
+    node_of,
+)
+from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
+from memdesc.mm.mm_types import PAGE_TYPE_NONE, TAIL_MAPPING, ZONES_PGSHIFT, PG_head, PGTY_buddy
+
+NAME = "page_type"
+
+_PT_NONE = np.uint64(PAGE_TYPE_NONE)
+_PT_BUDDY = np.uint64(PGTY_buddy << 24)
+_PG_HEAD = np.uint64(1 << PG_head)
+_KEEP_NODEZONE = np.uint64(~((1 << ZONES_PGSHIFT) - 1) & 0xFFFFFFFFFFFFFFFF)
+_TAIL_MAPPING = np.uint64(TAIL_MAPPING)
+# struct folio (6.18) words of page 1 written by prep_compound_head(), relative to page 1
+F1_FLAGS_1, F1_LARGE_MAPCOUNT, F1_ENTIRE_MAPCOUNT, F1_MM_ID_MAPCOUNT, F1_MM_IDS = 0, 2, 3, 4, 5
+F1_NR_PAGES = 7
+F2_DEFERRED_LIST = 2        # &folio->_deferred_list: page 2, word 2 (offset 144)
+
+
+def configure(stage, cfg: np.ndarray) -> None:
+    """Nothing beyond the layout slots."""
+
+
+@njit(cache=True)
+def link_get(mem, S, node, which, gz, order):
+    return node_of(S, mem[node * S[C_W] + S[C_F_LINK] + which])
+
+
+@njit(cache=True)
+def link_set(mem, S, node, which, to, gz, order):
+    mem[node * S[C_W] + S[C_F_LINK] + which] = addr_of(S, to)
+
+
+@njit(cache=True)
+def buddy_order_of(mem, S, pfn):
+    b = pfn * S[C_W]
+    if (mem[b + S[C_F_PTYPE]] & U32) >> np.uint64(24) != np.uint64(PGTY_buddy):
+        return -1
+    return np.int64(mem[b + S[C_F_PRIV]])
+
+
+@njit(cache=True)
+def set_buddy_order(mem, S, pfn, order):
+    b = pfn * S[C_W]
+    i = b + S[C_F_PTYPE]
+    mem[i] = (mem[i] & ~U32) | _PT_BUDDY
+    mem[b + S[C_F_PRIV]] = np.uint64(order)
+
+
+@njit(cache=True)
+def clear_buddy(mem, S, pfn):
+    b = pfn * S[C_W]
+    i = b + S[C_F_PTYPE]
+    mem[i] = (mem[i] & ~U32) | _PT_NONE
+    mem[b + S[C_F_PRIV]] = 0
+    if S[C_DYNAMIC]:                      # the links sat in the memdesc word
+        mem[b + S[C_F_LINK]] = np.uint64(S[C_BUDDY])
+        mem[b + S[C_F_LINK] + 1] = 0
+
+
+@njit(cache=True)
+def mark_pcp(mem, S, pfn):
+    pass                                  # 6.18 keeps no pcp mark
+
+
+@njit(cache=True)
+def is_pcp_page(mem, S, pfn):
+    return -1
+
+
+@njit(cache=True)
+def tail_ok(mem, S, pfn):
+    if S[C_DYNAMIC]:
+        return np.int64(mem[pfn * S[C_W] + S[C_F_LINK]] & np.uint64(15)) == S[C_BUDDY]
+    return True
+
+
+@njit(cache=True)
+def init_reserved(mem, S, pfn, gz):
+    b = pfn * S[C_W]
+    if S[C_DYNAMIC]:
+        mem[b + S[C_F_LINK]] = misc_word(S, MISC_SUBTYPE_RESERVED, 0, gz)
+        mem[b + S[C_F_LINK] + 1] = 0
+    else:                                 # INIT_LIST_HEAD(&page->lru)
+        mem[b + S[C_F_LINK]] = addr_of(S, pfn)
+        mem[b + S[C_F_LINK] + 1] = addr_of(S, pfn)
+    mem[b + S[C_F_PTYPE]] = _PT_NONE | (np.uint64(1) << np.uint64(S[C_REF_SHIFT]))
+
+
+@njit(cache=True)
+def free_state(mem, S, pfn):
+    w = S[C_W]
+    b = pfn * w
+    fl = S[C_F_FLAGS]
+    for k in range(w):
+        if k != fl:
+            mem[b + k] = 0
+    mem[b + fl] &= _KEEP_NODEZONE
+    if S[C_DYNAMIC]:
+        mem[b + S[C_F_LINK]] = np.uint64(S[C_BUDDY])
+    else:
+        a = addr_of(S, pfn)
+        mem[b + S[C_F_LINK]] = a
+        mem[b + S[C_F_LINK] + 1] = a
+    mem[b + S[C_F_PTYPE]] = _PT_NONE
+
+
+@njit(cache=True)
+def prep_new_page(mem, S, pfn, order, comp, gz):
+    w = S[C_W]
+    b = pfn * w
+    n = np.int64(1) << order
+    pt = b + S[C_F_PTYPE]
+    mem[pt] = (mem[pt] & U32) | (np.uint64(1) << np.uint64(S[C_REF_SHIFT]))   # refcount 1
+    link = S[C_F_LINK]
+    if S[C_DYNAMIC]:
+        word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
+        for i in range(n):
+            mem[(pfn + i) * w + link] = word
+        return
+    if comp and order > 0:
+        head = VMEMMAP + (np.uint64(pfn) << np.uint64(S[C_SHIFT]))
+        mem[b + S[C_F_FLAGS]] |= _PG_HEAD
+        for i in range(1, n):
+            t = (pfn + i) * w
+            mem[t + S[C_F_MAPPING]] = _TAIL_MAPPING
+            mem[t + link] = head | np.uint64(1)          # compound_head
+            mem[t + S[C_F_PRIV]] = 0
+        p1 = b + w
+        mem[p1 + F1_FLAGS_1] = (mem[p1 + F1_FLAGS_1] & ~np.uint64(0xFF)) | np.uint64(order)
+        mem[p1 + F1_LARGE_MAPCOUNT] = U32       # _large_mapcount -1, _nr_pages_mapped 0
+        mem[p1 + F1_ENTIRE_MAPCOUNT] = U32      # _entire_mapcount -1, _pincount 0
+        mem[p1 + F1_MM_ID_MAPCOUNT] = ~np.uint64(0)   # _mm_id_mapcount[2] = -1, -1
+        mem[p1 + F1_MM_IDS] = 0
+        mem[p1 + F1_NR_PAGES] = np.uint64(n)
+        if order > 1:
+            d = head + np.uint64((2 * w + F2_DEFERRED_LIST) * 8)
+            mem[b + 2 * w + F2_DEFERRED_LIST] = d
+            mem[b + 2 * w + F2_DEFERRED_LIST + 1] = d
