@@ -75,6 +75,12 @@ def free_state(mem, S, pfn):
 
 
 @njit
+def free_range(mem, S, pfn, n):
+    for i in range(n):
+        free_state(mem, S, pfn + i)
+
+
+@njit
 def clear_buddy(mem, S, pfn):
     free_state(mem, S, pfn)
 

@@ -67,7 +67,7 @@ from memdesc.mm.free_tracking import (
     NR_PCP_LISTS,
     buddy_order_of,
     clear_buddy,
-    free_state,
+    free_range,
     list_add,
     list_add_tail,
     list_del,
@@ -986,8 +986,7 @@ def free_pages_nb(mem, S, pfn, order, cpu):
     buddy), larger ones to free_one_page()."""
     mem, S = unmanaged(mem), unmanaged(S)
     n = np.int64(1) << order
-    for i in range(n):
-        free_state(mem, S, pfn + i)
+    free_range(mem, S, pfn, n)
     gz = page_zone_index(mem, S, pfn)
     S[zx(S, gz) + Z_PGFREE] += n
     if not pcp_allowed_order(order):
