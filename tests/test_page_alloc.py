@@ -151,6 +151,19 @@ def test_fallback_order(stage):
     assert pb_type(mm, 4608) == MIGRATE_RECLAIMABLE and pb_type(mm, 5632) == MIGRATE_MOVABLE
 
 
+def test_fallback_order_for_movable(stage):
+    """fallbacks[MOVABLE] = {RECLAIMABLE, UNMOVABLE} (mm/page_alloc.c): with an order-9
+    block free on each and none MOVABLE, __rmqueue_claim() takes the RECLAIMABLE one."""
+    mm = pa.MemMap(tiny(), stage)
+    assert pa.alloc_pages(mm, GFP_KERNEL, 0) == 4096           # UNMOVABLE claims [4096, 5120)
+    assert pa.alloc_pages(mm, GFP_KERNEL | GFP.RECLAIMABLE, 9) == 5120   # claims [5120, 6144)
+    got = lists(mm)
+    assert got[(9, MIGRATE_UNMOVABLE)] == [4608] and got[(9, MIGRATE_RECLAIMABLE)] == [5632]
+    assert not any(mt == MIGRATE_MOVABLE for _, mt in got)
+    assert pa.alloc_pages(mm, MOVABLE, 9) == 5632
+    assert pb_type(mm, 5632) == MIGRATE_MOVABLE and pb_type(mm, 4608) == MIGRATE_UNMOVABLE
+
+
 def test_steal_without_claim_for_small_movable(stage):
     """A small MOVABLE allocation does not claim (should_try_claim_block() is false below
     order 4): __rmqueue_steal() takes the smallest fallback block, the pageblock stays."""
