@@ -27,9 +27,12 @@ from memdesc.mm.kmem import PAGE_OFFSET, VMEMMAP_START, PageContents
 from memdesc.mm.memdesc import memdesc_decode, memdesc_ptr
 from memdesc.mm.mm_types import FOLIO_V6_18, FieldAbsent, flags_node_zone, layout_dtype
 from memdesc.mm.mmzone import Machine, ZoneSpec
-from memdesc.stages import STAGE_IDS, get_stage
+from memdesc.stages import STAGE_IDS, get_stage, tracking_variants
 
-ALL = list(STAGE_IDS) + ["page32@path-2025", "page16@rev-a"]
+#: every stage with every registered free-page tracking option, plus a type-table case
+_DEFAULTS = [get_stage(s) for s in STAGE_IDS]
+ALL = list(STAGE_IDS) + [v for v in tracking_variants()
+                         if get_stage(v) not in _DEFAULTS] + ["page16@rev-a"]
 MOVABLE = GFP_HIGHUSER_MOVABLE
 NORMAL = 2
 
