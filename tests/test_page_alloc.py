@@ -462,3 +462,19 @@ def test_init_range_fast_path_equals_page_init(stage):
     fresh = pa.MemMap(m, get_stage(stage), debug=False)
     assert np.array_equal(again.mem, fresh.mem) and np.shares_memory(again.mem, junk)
     again.check()
+
+
+def test_isolation_outside_ram_is_an_error():
+    """start_isolate_page_range() only sees PFNs of a zone: a PFN past the memory map, or in
+    a hole no zone spans, is refused before the kernels index the pageblock tables."""
+    m = Machine.from_spec("64M", hole_start="32M", dma32_end="40M")
+    mm = pa.MemMap(m, "page8")
+    end = max(z.end_pfn for z in m.zones)               # RAM ends before the memory map
+    assert (end, m.nr_pfns) == (18432, 32768)
+    for pfn in (-1, end, m.nr_pfns, 1 << 40):
+        with pytest.raises(ValueError, match="outside the memory map"):
+            pa.set_pageblock_isolate(mm, pfn)
+        with pytest.raises(ValueError, match="outside the memory map"):
+            pa.clear_pageblock_isolate(mm, pfn)
+    assert pa.set_pageblock_isolate(mm, end - 1)
+    assert pa.clear_pageblock_isolate(mm, end - 1)

@@ -1614,18 +1614,30 @@ def drain_all_pages(mm: MemMap) -> None:
     mm._after_call()
 
 
+def _pfn_in_ram(mm: MemMap, pfn: int) -> int:
+    """``pfn`` if a zone spans its pageblock, else ValueError (the numba kernels index the
+    pageblock tables by it unchecked)."""
+    pfn = int(pfn)
+    if not 0 <= pfn < mm.nr_pfns or mm.pbz[pfn >> pageblock_order] < 0:
+        raise ValueError(f"pfn {pfn:#x} is outside the memory map of this machine "
+                         f"({mm.nr_pfns:#x} pfns)")
+    return pfn
+
+
 def set_pageblock_isolate(mm: MemMap, pfn: int) -> bool:
     """Isolate the pageblock of ``pfn``: its free pages leave the allocatable lists and do
     not merge with neighbours (start_isolate_page_range() for one pageblock, without
-    migrating allocated pages). False if already isolated or straddling a zone."""
-    ok = bool(pageblock_isolate_nb(mm.mem, mm.S, int(pfn), True))
+    migrating allocated pages). False if already isolated or straddling a zone; ValueError
+    for a PFN outside the machine's memory map (the kernel's callers never pass one:
+    start_isolate_page_range() works on PFNs of a zone)."""
+    ok = bool(pageblock_isolate_nb(mm.mem, mm.S, _pfn_in_ram(mm, pfn), True))
     mm._after_call()
     return ok
 
 
 def clear_pageblock_isolate(mm: MemMap, pfn: int) -> bool:
     """Undo set_pageblock_isolate() (undo_isolate_page_range() for one pageblock)."""
-    ok = bool(unset_migratetype_isolate_nb(mm.mem, mm.S, int(pfn)))
+    ok = bool(unset_migratetype_isolate_nb(mm.mem, mm.S, _pfn_in_ram(mm, pfn)))
     mm._after_call()
     return ok
 
