@@ -24,7 +24,7 @@ from memdesc.mm import free_tracking as ft
 from memdesc.mm.ft_common import C_BUDDY, C_F_MD, C_HPZ, C_W, Z_BASE, misc_word, zx
 from memdesc.mm.ft_packed import HEADV0
 from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
-from memdesc.stages import TrackingOption, get_stage
+from memdesc.stages import TrackingOption, get_stage, tracking_variants
 
 TOY_ENV = "MEMDESC_TOY_FREE_TRACKING"
 _M28 = np.uint64((1 << 28) - 1)
@@ -75,6 +75,12 @@ def free_state(mem, S, pfn):
 
 
 @njit
+def free_range(mem, S, pfn, n):
+    for i in range(n):
+        free_state(mem, S, pfn + i)
+
+
+@njit
 def clear_buddy(mem, S, pfn):
     free_state(mem, S, pfn)
 
@@ -120,6 +126,7 @@ def _module() -> types.ModuleType:
 if os.environ.get(TOY_ENV) == "1" and "split" not in ft.ENCODINGS:
     # loaded as a pytest plugin (-p) before the property tests import the allocator
     ft.register(_module(), TrackingOption("split", "toy: prev/next swapped"), ("page8",))
+    print(f"toy variants: {' '.join(tracking_variants())}")
 
 
 def test_unknown_encoding_name_is_an_error_when_the_config_is_built():
@@ -172,4 +179,4 @@ def test_a_toy_option_from_this_file_passes_the_property_tests(tmp_path):
                         "-p", "no:cacheprovider", str(here / "test_page_alloc_props.py")],
                        env=env, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout
+    assert " passed" in r.stdout and "page8/split" in r.stdout.split("toy variants:")[1]

@@ -27,9 +27,12 @@ from memdesc.mm.kmem import PAGE_OFFSET, VMEMMAP_START, PageContents
 from memdesc.mm.memdesc import memdesc_decode, memdesc_ptr
 from memdesc.mm.mm_types import FOLIO_V6_18, FieldAbsent, flags_node_zone, layout_dtype
 from memdesc.mm.mmzone import Machine, ZoneSpec
-from memdesc.stages import STAGE_IDS, get_stage
+from memdesc.stages import STAGE_IDS, get_stage, tracking_variants
 
-ALL = list(STAGE_IDS) + ["page32@path-2025", "page16@rev-a"]
+#: every stage with every registered free-page tracking option, plus a type-table case
+_DEFAULTS = [get_stage(s) for s in STAGE_IDS]
+ALL = list(STAGE_IDS) + [v for v in tracking_variants()
+                         if get_stage(v) not in _DEFAULTS] + ["page16@rev-a"]
 MOVABLE = GFP_HIGHUSER_MOVABLE
 NORMAL = 2
 
@@ -149,6 +152,19 @@ def test_fallback_order(stage):
     assert lists(mm)[(9, MIGRATE_MOVABLE)] == [5632]
     assert pa.alloc_pages(mm, GFP_KERNEL | GFP.RECLAIMABLE, 0) == 4608
     assert pb_type(mm, 4608) == MIGRATE_RECLAIMABLE and pb_type(mm, 5632) == MIGRATE_MOVABLE
+
+
+def test_fallback_order_for_movable(stage):
+    """fallbacks[MOVABLE] = {RECLAIMABLE, UNMOVABLE} (mm/page_alloc.c): with an order-9
+    block free on each and none MOVABLE, __rmqueue_claim() takes the RECLAIMABLE one."""
+    mm = pa.MemMap(tiny(), stage)
+    assert pa.alloc_pages(mm, GFP_KERNEL, 0) == 4096           # UNMOVABLE claims [4096, 5120)
+    assert pa.alloc_pages(mm, GFP_KERNEL | GFP.RECLAIMABLE, 9) == 5120   # claims [5120, 6144)
+    got = lists(mm)
+    assert got[(9, MIGRATE_UNMOVABLE)] == [4608] and got[(9, MIGRATE_RECLAIMABLE)] == [5632]
+    assert not any(mt == MIGRATE_MOVABLE for _, mt in got)
+    assert pa.alloc_pages(mm, MOVABLE, 9) == 5632
+    assert pb_type(mm, 5632) == MIGRATE_MOVABLE and pb_type(mm, 4608) == MIGRATE_UNMOVABLE
 
 
 def test_steal_without_claim_for_small_movable(stage):
@@ -446,3 +462,19 @@ def test_init_range_fast_path_equals_page_init(stage):
     fresh = pa.MemMap(m, get_stage(stage), debug=False)
     assert np.array_equal(again.mem, fresh.mem) and np.shares_memory(again.mem, junk)
     again.check()
+
+
+def test_isolation_outside_ram_is_an_error():
+    """start_isolate_page_range() only sees PFNs of a zone: a PFN past the memory map, or in
+    a hole no zone spans, is refused before the kernels index the pageblock tables."""
+    m = Machine.from_spec("64M", hole_start="32M", dma32_end="40M")
+    mm = pa.MemMap(m, "page8")
+    end = max(z.end_pfn for z in m.zones)               # RAM ends before the memory map
+    assert (end, m.nr_pfns) == (18432, 32768)
+    for pfn in (-1, end, m.nr_pfns, 1 << 40):
+        with pytest.raises(ValueError, match="outside the memory map"):
+            pa.set_pageblock_isolate(mm, pfn)
+        with pytest.raises(ValueError, match="outside the memory map"):
+            pa.clear_pageblock_isolate(mm, pfn)
+    assert pa.set_pageblock_isolate(mm, end - 1)
+    assert pa.clear_pageblock_isolate(mm, end - 1)

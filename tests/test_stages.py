@@ -97,3 +97,36 @@ def test_memdesc_stages_fits_80_columns(capsys, monkeypatch):
     page16 = "\n".join(lines[lines.index(next(x for x in lines if x.startswith("== page16"))):])
     assert "struct list_head buddy_list;                /*     0    16 */\n" in page16
     assert "            /* Option 1: next|Buddy type, prev|order */" in page16
+
+
+def test_stage_globs_over_free_tracking_options():
+    """``page8/*`` names every page8 option (default first), ``page32/*`` both page32 ones
+    (type_alias with the only table it accepts); a glob matching nothing is an error."""
+    assert [variant_name(s) for s in parse_stages("page8/*")] == ["page8", "page8/inpage"]
+    assert [variant_name(s) for s in parse_stages("page32/*")] == ["page32",
+                                                                   "page32@path-2025"]
+    assert [variant_name(s) for s in parse_stages("v6.18,page8/inp*")] == ["v6.18",
+                                                                          "page8/inpage"]
+    with pytest.raises(ValueError, match="matches no stage variant"):
+        parse_stages("page9/*")
+
+
+def test_every_option_is_described_and_selectable():
+    from memdesc.stages import TRACKING, tracking_variants
+
+    named = {v.split("/")[1].split("@")[0] for v in tracking_variants()}
+    assert named == set(TRACKING) == set(FREE_TRACKING)
+    assert get_stage("page8/inpage").free_tracking == "inpage"
+    with pytest.raises(ValueError, match="no free-page tracking 'inpage'"):
+        get_stage("page16/inpage")
+
+
+def test_memdesc_stages_states_side_memory_and_blockers(capsys):
+    from memdesc.cli import main
+
+    assert main(["stages", "--stages", "page8/*"]) == 0
+    out = capsys.readouterr().out
+    assert "== page8/inpage" in out and "free-tracking options: packed, inpage" in out
+    assert "blocker: HIGHMEM" in out and "blocker: debug_pagealloc" in out
+    assert "free page reporting" in out and "our own encoding" in out
+    assert out.count("free-tracking side memory:") == 2

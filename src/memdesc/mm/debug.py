@@ -23,6 +23,8 @@ A failure raises :class:`memdesc.mm.page_alloc.VMBug` naming the PFN and the bro
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numba import njit
 
@@ -48,7 +50,7 @@ from memdesc.mm.gfp import MIGRATE_HIGHATOMIC, MIGRATE_ISOLATE, MIGRATE_TYPES
 from memdesc.mm.kmem import VMEMMAP_START
 from memdesc.mm.mm_types import PG_head
 from memdesc.mm.mmzone import NR_PAGE_ORDERS, pageblock_nr_pages, pageblock_order
-from memdesc.mm.page_alloc import (
+from memdesc.mm.zone_state import (
     P_COUNT,
     Z_END,
     Z_FREE,
@@ -57,13 +59,15 @@ from memdesc.mm.page_alloc import (
     Z_MANAGED,
     Z_NRFREE,
     Z_START,
-    MemMap,
     VMBug,
     free_head,
     get_pfnblock_migratetype,
     pcp_head,
     pindex_to_order,
 )
+
+if TYPE_CHECKING:
+    from memdesc.mm.page_alloc import MemMap
 
 _VMEMMAP = np.uint64(VMEMMAP_START)
 _MESSAGES = {

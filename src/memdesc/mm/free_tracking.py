@@ -106,6 +106,7 @@ OPS: dict[str, str] = {
     "tail_ok": "mem, S, pfn",
     "init_reserved": "mem, S, pfn, gz",
     "free_state": "mem, S, pfn",
+    "free_range": "mem, S, pfn, n",
     "prep_new_page": "mem, S, pfn, order, comp, gz",
 }
 #: the Python attributes every encoding module has
@@ -128,7 +129,7 @@ def _generate(op: str, name: str) -> object:
         lines += [f"    {'if' if i == 0 else 'elif'} enc == {i}:", f"        return _e{i}({args})"]
     lines.append("    raise ValueError('unknown free-page tracking encoding id')")
     exec("\n".join(lines), ns)  # noqa: S102 -- code generated from the registry above
-    return njit(ns[name])
+    return njit(inline="always")(ns[name])
 
 
 #: public name of each generated dispatcher (link_get/link_set add the list heads below)

@@ -21,6 +21,7 @@ from memdesc.mm.ft_common import C_OFF_SIDE
 from memdesc.mm.ft_packed import (  # noqa: F401 -- the page word is packed's
     buddy_order_of,
     clear_buddy,
+    free_range,
     free_state,
     init_reserved,
     is_pcp_page,

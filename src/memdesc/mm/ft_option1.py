@@ -90,16 +90,23 @@ def init_reserved(mem, S, pfn, gz):
 
 @njit(cache=True)
 def free_state(mem, S, pfn):
-    i = pfn * S[C_W] + S[C_F_LINK]
-    mem[i] = np.uint64(S[C_BUDDY])
-    mem[i + 1] = np.uint64(NIB_TAIL)
+    free_range(mem, S, pfn, 1)
+
+
+@njit(cache=True)
+def free_range(mem, S, pfn, n):
+    """free_state() of pages [pfn, pfn + n) (S read once: mem stores may alias it)."""
+    w, lk = S[C_W], S[C_F_LINK]
+    b = np.uint64(S[C_BUDDY])
+    for i in range(pfn * w + lk, (pfn + n) * w + lk, w):
+        mem[i] = b
+        mem[i + 1] = np.uint64(NIB_TAIL)
 
 
 @njit(cache=True)
 def prep_new_page(mem, S, pfn, order, comp, gz):
-    w = S[C_W]
+    w, md = S[C_W], S[C_F_MD]
     word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
-    for k in range(np.int64(1) << order):
-        i = (pfn + k) * w + S[C_F_MD]
+    for i in range(pfn * w + md, (pfn + (np.int64(1) << order)) * w + md, w):
         mem[i] = word
         mem[i + 1] = 0

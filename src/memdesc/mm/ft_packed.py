@@ -113,12 +113,21 @@ def init_reserved(mem, S, pfn, gz):
 
 @njit(cache=True)
 def free_state(mem, S, pfn):
-    mem[pfn * S[C_W] + S[C_F_MD]] = np.uint64(S[C_BUDDY]) | np.uint64(NIB_TAIL << 4)
+    free_range(mem, S, pfn, 1)
+
+
+@njit(cache=True)
+def free_range(mem, S, pfn, n):
+    """free_state() of pages [pfn, pfn + n) (S read once: mem stores may alias it)."""
+    w, md = S[C_W], S[C_F_MD]
+    v = np.uint64(S[C_BUDDY]) | np.uint64(NIB_TAIL << 4)
+    for i in range(pfn * w + md, (pfn + n) * w + md, w):
+        mem[i] = v
 
 
 @njit(cache=True)
 def prep_new_page(mem, S, pfn, order, comp, gz):
-    w = S[C_W]
+    w, md = S[C_W], S[C_F_MD]
     word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
-    for i in range(np.int64(1) << order):
-        mem[(pfn + i) * w + S[C_F_MD]] = word
+    for i in range(pfn * w + md, (pfn + (np.int64(1) << order)) * w + md, w):
+        mem[i] = word

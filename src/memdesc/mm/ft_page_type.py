@@ -117,20 +117,30 @@ def init_reserved(mem, S, pfn, gz):
 
 @njit(cache=True)
 def free_state(mem, S, pfn):
-    w = S[C_W]
-    b = pfn * w
-    fl = S[C_F_FLAGS]
-    for k in range(w):
-        if k != fl:
+    free_range(mem, S, pfn, 1)
+
+
+@njit(cache=True)
+def free_range(mem, S, pfn, n):
+    """free_state() of pages [pfn, pfn + n): every word but flags cleared (node/zone kept),
+    self-linked lru (or type Buddy in the memdesc word), page_type UINT_MAX. S is read once
+    (mem stores may alias it)."""
+    w, fl, lk, pt = S[C_W], S[C_F_FLAGS], S[C_F_LINK], S[C_F_PTYPE]
+    dyn, buddy = S[C_DYNAMIC], np.uint64(S[C_BUDDY])
+    a = addr_of(S, pfn)
+    step = np.uint64(1) << np.uint64(S[C_SHIFT])
+    for b in range(pfn * w, (pfn + n) * w, w):
+        f = mem[b + fl] & _KEEP_NODEZONE
+        for k in range(w):
             mem[b + k] = 0
-    mem[b + fl] &= _KEEP_NODEZONE
-    if S[C_DYNAMIC]:
-        mem[b + S[C_F_LINK]] = np.uint64(S[C_BUDDY])
-    else:
-        a = addr_of(S, pfn)
-        mem[b + S[C_F_LINK]] = a
-        mem[b + S[C_F_LINK] + 1] = a
-    mem[b + S[C_F_PTYPE]] = _PT_NONE
+        mem[b + fl] = f
+        if dyn:
+            mem[b + lk] = buddy
+        else:
+            mem[b + lk] = a
+            mem[b + lk + 1] = a
+        a += step
+        mem[b + pt] = _PT_NONE
 
 
 @njit(cache=True)

@@ -88,17 +88,25 @@ def init_reserved(mem, S, pfn, gz):
 
 @njit(cache=True)
 def free_state(mem, S, pfn):
-    b = pfn * S[C_W]
-    mem[b + S[C_F_FLAGS]] &= _KEEP_NODEZONE
-    mem[b + S[C_F_LINK]] = 0
-    mem[b + S[C_F_LINK] + 1] = 0
-    mem[b + S[C_F_PRIV]] = _PRIV_TAIL
+    free_range(mem, S, pfn, 1)
+
+
+@njit(cache=True)
+def free_range(mem, S, pfn, n):
+    """free_state() of pages [pfn, pfn + n) (S read once: mem stores may alias it)."""
+    w, fl, lk, pv = S[C_W], S[C_F_FLAGS], S[C_F_LINK], S[C_F_PRIV]
+    md, pvv = np.uint64(0), _PRIV_TAIL
+    for i in range(pfn * w, (pfn + n) * w, w):
+        mem[i + fl] &= _KEEP_NODEZONE
+        mem[i + lk] = md
+        mem[i + lk + 1] = 0
+        mem[i + pv] = pvv
 
 
 @njit(cache=True)
 def prep_new_page(mem, S, pfn, order, comp, gz):
-    w = S[C_W]
+    w, md, pv = S[C_W], S[C_F_MD], S[C_F_PRIV]
     word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
-    for i in range(np.int64(1) << order):
-        mem[(pfn + i) * w + S[C_F_MD]] = word
-        mem[(pfn + i) * w + S[C_F_PRIV]] = 0
+    for i in range(pfn * w, (pfn + (np.int64(1) << order)) * w, w):
+        mem[i + md] = word
+        mem[i + pv] = 0

@@ -63,11 +63,10 @@ from memdesc.mm.free_tracking import (
     C_OFF_PB,
     C_OFF_PBZ,
     C_OFF_ZL,
-    HEADS_FREE,
     NR_PCP_LISTS,
     buddy_order_of,
     clear_buddy,
-    free_state,
+    free_range,
     list_add,
     list_add_tail,
     list_del,
@@ -132,41 +131,60 @@ from memdesc.mm.mmzone import (
     pageblock_nr_pages,
     pageblock_order,
 )
+from memdesc.mm.zone_state import (  # noqa: F401 -- re-exported: pa.Z_*, pa.P_* ...
+    CONFIG_PCP_BATCH_SCALE_MAX,
+    FPI_NONE,
+    FPI_TO_TAIL,
+    NPCOL,
+    NR_LOWORDER_PCP_LISTS,
+    NZCOL,
+    P_ALLOC_FACTOR,
+    P_BATCH,
+    P_COUNT,
+    P_FLAGS,
+    P_FREE_COUNT,
+    P_HIGH,
+    P_HIGH_MAX,
+    P_HIGH_MIN,
+    PB_COMPACT_SKIP,
+    PB_MIGRATE_ISOLATE,
+    PB_MIGRATE_MASK,
+    PCPF_FREE_HIGH_BATCH,
+    PCPF_PREV_FREE_HIGH_ORDER,
+    RMQUEUE_CLAIM,
+    RMQUEUE_CMA,
+    RMQUEUE_NORMAL,
+    RMQUEUE_STEAL,
+    Z_BASE,
+    Z_BOOST,
+    Z_CLAIMED,
+    Z_END,
+    Z_EXTFRAG,
+    Z_FAILED,
+    Z_FLAGS,
+    Z_FREE,
+    Z_FREE_BLOCKS,
+    Z_FREE_HA,
+    Z_LOWRES,
+    Z_MANAGED,
+    Z_NID,
+    Z_NRFREE,
+    Z_PGALLOC,
+    Z_PGFREE,
+    Z_PRESENT,
+    Z_RES_HA,
+    Z_START,
+    Z_TYPE,
+    Z_WMARK,
+    ZONE_BELOW_HIGH,
+    VMBug,
+    free_head,
+    get_pfnblock_migratetype,
+    pcp_head,
+    pindex_to_order,
+    set_pageblock_migratetype,
+)
 from memdesc.stages import Stage, get_stage, variant_name
-
-# ---- zone state columns (int64 zs[gz, col]) ----------------------------------------------------
-Z_BASE = ft.Z_BASE          # packed links: zone_start_pfn rounded down to MAX_ORDER_NR_PAGES
-Z_START, Z_END, Z_NID, Z_TYPE, Z_MANAGED, Z_PRESENT = 1, 2, 3, 4, 5, 6
-Z_FREE = 7                 # NR_FREE_PAGES (buddy lists, not pcp, not isolated)
-Z_FREE_BLOCKS = 8          # NR_FREE_PAGES_BLOCKS
-Z_WMARK = 9                # _watermark[min, low, high, promo]
-Z_BOOST = 13               # watermark_boost (always 0: no kswapd)
-Z_LOWRES = 14              # lowmem_reserve[MAX_NR_ZONES]
-Z_NRFREE = 19              # free_area[order].nr_free
-Z_RES_HA = 30              # nr_reserved_highatomic
-Z_FREE_HA = 31             # nr_free_highatomic
-Z_FLAGS = 32               # ZONE_BELOW_HIGH
-Z_PGALLOC, Z_PGFREE, Z_EXTFRAG, Z_CLAIMED, Z_FAILED = 33, 34, 35, 36, 37
-NZCOL = ft.NZCOL
-ZONE_BELOW_HIGH = 1
-
-# ---- per_cpu_pages columns (int64 pcp[gz, cpu, col]) -------------------------------------------
-P_COUNT, P_HIGH, P_HIGH_MIN, P_HIGH_MAX, P_BATCH, P_FLAGS, P_ALLOC_FACTOR, P_FREE_COUNT = range(8)
-NPCOL = ft.NPCOL
-PCPF_PREV_FREE_HIGH_ORDER, PCPF_FREE_HIGH_BATCH = 1, 2
-CONFIG_PCP_BATCH_SCALE_MAX = 5         # [S: mm/Kconfig default]
-NR_LOWORDER_PCP_LISTS = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1)
-
-# pageblock flag bits [S: include/linux/pageblock-flags.h]
-PB_MIGRATE_MASK, PB_COMPACT_SKIP, PB_MIGRATE_ISOLATE = 7, 8, 16
-
-RMQUEUE_NORMAL, RMQUEUE_CMA, RMQUEUE_CLAIM, RMQUEUE_STEAL = 0, 1, 2, 3
-FPI_NONE, FPI_TO_TAIL = 0, 2
-
-
-class VMBug(AssertionError):
-    """A VM_BUG_ON: the caller broke an allocator rule (bad free, double free, bad range)."""
-
 
 # ================================================================================================
 # numba kernels: (mem, S, ...). mem is the mem_map words, S the int64 state (config header,
@@ -174,34 +192,6 @@ class VMBug(AssertionError):
 # zonelists; free_tracking.zx/px/hx index its regions). Entry points called from Python
 # rebind both through unmanaged() so the callees pass them without refcounting.
 # ================================================================================================
-
-@njit(cache=True)
-def free_head(S, gz, order, mt):
-    """Index of zone->free_area[order].free_list[mt]."""
-    return gz * S[C_HPZ] + order * MIGRATE_TYPES + mt
-
-
-@njit(cache=True)
-def pcp_head(S, gz, cpu, pindex):
-    """Index of per_cpu_pages.lists[pindex] of ``cpu`` in zone ``gz``."""
-    return gz * S[C_HPZ] + HEADS_FREE + cpu * NR_PCP_LISTS + pindex
-
-
-@njit(cache=True)
-def get_pfnblock_migratetype(S, pfn):
-    """Mirrors get_pfnblock_migratetype(): MIGRATE_ISOLATE when PB_migrate_isolate is set."""
-    f = S[S[C_OFF_PB] + (pfn >> pageblock_order)]
-    if f & PB_MIGRATE_ISOLATE:
-        return MIGRATE_ISOLATE
-    return f & PB_MIGRATE_MASK
-
-
-@njit(cache=True)
-def set_pageblock_migratetype(S, pfn, mt):
-    """Mirrors set_pageblock_migratetype(): writes the type, clears PB_migrate_isolate."""
-    i = S[C_OFF_PB] + (pfn >> pageblock_order)
-    S[i] = (S[i] & PB_COMPACT_SKIP) | mt
-
 
 @njit(cache=True)
 def migratetype_is_mergeable(mt):
@@ -559,14 +549,6 @@ def order_to_pindex(mt, order):
     if order > PAGE_ALLOC_COSTLY_ORDER:
         return NR_LOWORDER_PCP_LISTS + (1 if mt == MIGRATE_MOVABLE else 0)
     return MIGRATE_PCPTYPES * order + mt
-
-
-@njit(cache=True)
-def pindex_to_order(pindex):
-    """Mirrors pindex_to_order()."""
-    if pindex >= NR_LOWORDER_PCP_LISTS:
-        return HPAGE_PMD_ORDER
-    return pindex // MIGRATE_PCPTYPES
 
 
 @njit(cache=True)
@@ -986,8 +968,7 @@ def free_pages_nb(mem, S, pfn, order, cpu):
     buddy), larger ones to free_one_page()."""
     mem, S = unmanaged(mem), unmanaged(S)
     n = np.int64(1) << order
-    for i in range(n):
-        free_state(mem, S, pfn + i)
+    free_range(mem, S, pfn, n)
     gz = page_zone_index(mem, S, pfn)
     S[zx(S, gz) + Z_PGFREE] += n
     if not pcp_allowed_order(order):
@@ -1615,18 +1596,30 @@ def drain_all_pages(mm: MemMap) -> None:
     mm._after_call()
 
 
+def _pfn_in_ram(mm: MemMap, pfn: int) -> int:
+    """``pfn`` if a zone spans its pageblock, else ValueError (the numba kernels index the
+    pageblock tables by it unchecked)."""
+    pfn = int(pfn)
+    if not 0 <= pfn < mm.nr_pfns or mm.pbz[pfn >> pageblock_order] < 0:
+        raise ValueError(f"pfn {pfn:#x} is outside the memory map of this machine "
+                         f"({mm.nr_pfns:#x} pfns)")
+    return pfn
+
+
 def set_pageblock_isolate(mm: MemMap, pfn: int) -> bool:
     """Isolate the pageblock of ``pfn``: its free pages leave the allocatable lists and do
     not merge with neighbours (start_isolate_page_range() for one pageblock, without
-    migrating allocated pages). False if already isolated or straddling a zone."""
-    ok = bool(pageblock_isolate_nb(mm.mem, mm.S, int(pfn), True))
+    migrating allocated pages). False if already isolated or straddling a zone; ValueError
+    for a PFN outside the machine's memory map (the kernel's callers never pass one:
+    start_isolate_page_range() works on PFNs of a zone)."""
+    ok = bool(pageblock_isolate_nb(mm.mem, mm.S, _pfn_in_ram(mm, pfn), True))
     mm._after_call()
     return ok
 
 
 def clear_pageblock_isolate(mm: MemMap, pfn: int) -> bool:
     """Undo set_pageblock_isolate() (undo_isolate_page_range() for one pageblock)."""
-    ok = bool(unset_migratetype_isolate_nb(mm.mem, mm.S, int(pfn)))
+    ok = bool(unset_migratetype_isolate_nb(mm.mem, mm.S, _pfn_in_ram(mm, pfn)))
     mm._after_call()
     return ok
 
