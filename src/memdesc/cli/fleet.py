@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -100,23 +99,6 @@ def _cache(args: argparse.Namespace, descriptors):
     return ResultCache(root, recipe(descriptors.path))
 
 
-def write_all(outputs: list[tuple[str, bytes]]) -> None:
-    """Write every output atomically; if one fails, remove those this call created."""
-    from memdesc.report.json_out import write_bytes
-
-    created: list[Path] = []
-    try:
-        for path, data in outputs:
-            is_new = not os.path.lexists(path)
-            write_bytes(path, data)
-            if is_new:
-                created.append(Path(path))
-    except BaseException:
-        for p in created:
-            p.unlink(missing_ok=True)
-        raise
-
-
 def _render(args: argparse.Namespace, d: dict) -> list[tuple[str, bytes]]:
     from memdesc.report import fleet_out
 
@@ -136,6 +118,7 @@ def run_survey_cmd(args: argparse.Namespace) -> int:
     from memdesc.cli.progress import LazyProgress
     from memdesc.ingest.fleet import find_snapshots
     from memdesc.report.fleet_out import fleet_dict, fleet_json, render_text
+    from memdesc.report.json_out import write_all
 
     t0 = time.monotonic()
     group_by = _check_options(args)

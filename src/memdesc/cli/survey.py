@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 from memdesc.cli.options import check_output, stages_option
 from memdesc.report.console import add_brief_option
@@ -60,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_survey(snapshot, stages, table, progress=tick)
 
     # Render everything first, then write: a failure leaves no output half-done.
-    from memdesc.report.json_out import survey_json, write_bytes
+    from memdesc.report.json_out import survey_json, write_all
     renderers = []
     if args.json and args.json != "-":
         renderers.append((args.json, lambda r: survey_json(r).encode()))
@@ -75,18 +73,7 @@ def run(args: argparse.Namespace) -> int:
         for path, render_fn in renderers:
             outputs.append((path, render_fn(result)))
             tick(1)
-    # All or nothing: if one write fails, remove the files this run created before it.
-    created: list[Path] = []
-    try:
-        for path, data in outputs:
-            is_new = not os.path.lexists(path)
-            write_bytes(path, data)
-            if is_new:
-                created.append(Path(path))
-    except BaseException:
-        for p in created:
-            p.unlink(missing_ok=True)
-        raise
+    write_all(outputs)      # all or nothing
 
     if args.json == "-":
         sys.stdout.write(survey_json(result))

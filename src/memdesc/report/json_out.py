@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -89,3 +90,20 @@ def write_json(r: SurveyResult, dest: str | os.PathLike | None) -> None:
         sys.stdout.flush()
         return
     write_bytes(dest, text.encode())
+
+
+def write_all(outputs: list[tuple[str, bytes]]) -> None:
+    """Write every ``(path, data)`` with :func:`write_bytes`, all or nothing: if one write
+    fails, the files this call created before it are removed (files it replaced stay new)."""
+    created: list[str] = []
+    try:
+        for path, data in outputs:
+            is_new = not os.path.lexists(path)
+            write_bytes(path, data)
+            if is_new:
+                created.append(path)
+    except BaseException:
+        for p in created:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        raise
