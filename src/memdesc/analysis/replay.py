@@ -552,11 +552,17 @@ def stage_series(inp: ReplayInput, run: StageRun,
     desc = np.zeros(ns, np.int64)
     by_type: dict[str, np.ndarray] = {}
     cache: dict[bytes, object] = {}
+    # one census per distinct sample state, shared by every stage (inp.cache)
+    censuses = inp.cache.setdefault("census_at", {})
     for k in range(ns):
         key = run.units[k].tobytes() + run.pcp[k].tobytes()
         cost = cache.get(key)
         if cost is None:
-            census = census_at(inp, run.units[k], run.nr_free[k], int(run.pcp[k].sum()))
+            ckey = key + run.nr_free[k].tobytes()
+            census = censuses.get(ckey)
+            if census is None:
+                census = censuses[ckey] = census_at(inp, run.units[k], run.nr_free[k],
+                                                    int(run.pcp[k].sum()))
             cost = cache[key] = stage_cost(census, run.stage, table)
         sp[k] = cost.struct_page_bytes
         desc[k] = cost.descriptor_bytes
