@@ -13,6 +13,7 @@ pointer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,8 +73,11 @@ class SlabGeometry:
         return 1 << self.order
 
 
+@functools.lru_cache(maxsize=256)
 def slab_geometry(object_bytes: int, nr_cpus: int, policy: CachePolicy) -> SlabGeometry:
-    """Geometry of a descriptor cache of ``object_bytes`` objects on a machine of ``nr_cpus``.
+    """Geometry of a descriptor cache of ``object_bytes`` objects on a machine of ``nr_cpus``
+    (memoised: a pure function of hashable arguments with a frozen result; a replay asks for
+    the same few geometries at every sample).
 
     The cache is created as the memdesc plan says (16-byte alignment, SLAB_TYPESAFE_BY_RCU,
     optionally a free pointer inside the object) and sized by the emulator's mirror of

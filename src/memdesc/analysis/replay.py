@@ -86,6 +86,7 @@ from memdesc.analysis.replay_loops import (
     _sample,
     unit_counts_nb,
 )
+from memdesc.analysis.replay_memmap import MemMapPrefault, mem_map_buffer
 from memdesc.analysis.replay_ops import (  # noqa: F401 (the replay's public names)
     _CHUNK,
     EXPECTED,
@@ -215,12 +216,16 @@ class SnapshotStart:
     start: StartState
     notes: list[str]
     seconds: float
+    #: the mem_map storage being faulted in (load_snapshot_start(stages=...))
+    prefault: MemMapPrefault | None = None
 
 
 def load_snapshot_start(snapshot_dir: Path,
-                        progress: Callable[[int], None] | None = None) -> SnapshotStart:
+                        progress: Callable[[int], None] | None = None,
+                        stages: list[Stage] | None = None) -> SnapshotStart:
     """Snapshot, classification, census, emulated machine and start state of the folder
-    ``snapshot_dir`` (nothing here depends on the trace)."""
+    ``snapshot_dir`` (nothing here depends on the trace). With ``stages``, the mem_map
+    storage for them is faulted in from the moment the machine is known (MemMapPrefault)."""
     from memdesc.analysis.classify import build_census, classify_chunks
 
     t0 = time.monotonic()
@@ -234,24 +239,27 @@ def load_snapshot_start(snapshot_dir: Path,
                              snapshot.chunks(("kpageflags",))), layout)
     base = build_census(tally, str(snapshot.source), snapshot.kernel, nr_cpus_of(zoneinfo))
     machine, notes = machine_for_replay(snapshot, layout, units, zoneinfo)
+    prefault = MemMapPrefault(machine, stages) if stages else None
     pti_text = snapshot.text("pagetypeinfo", "before") or snapshot.text("pagetypeinfo", "after")
     start = start_state(units, machine, procfs.parse_pagetypeinfo(pti_text) if pti_text
                         else None)
     return SnapshotStart(snapshot, layout, zoneinfo, units, base, machine, start,
-                         notes + start.notes, time.monotonic() - t0)
+                         notes + start.notes, time.monotonic() - t0, prefault)
 
 
 def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
-                      progress: Callable[[int], None] | None = None) -> ReplayInput:
+                      progress: Callable[[int], None] | None = None,
+                      stages: list[Stage] | None = None) -> ReplayInput:
     """Snapshot, type inference, gates, operations, start state and check points of a trace
-    (stage independent)."""
+    (stage independent). With ``stages`` the mem_map storage replay() will use for them is
+    faulted in meanwhile, in a background thread (MemMapPrefault)."""
     t0 = time.monotonic()
     snapshot_dir = snapshot_dir or tr.snapshot_dir
     if snapshot_dir is None:
         raise InputError(f"{tr.path}: no pre-snapshot beside this trace; the replay starts "
                          "from one (record with `memdesc record` without --no-snapshot, or "
                          "pass --snapshot DIR)")
-    ss = load_snapshot_start(snapshot_dir, progress)
+    ss = load_snapshot_start(snapshot_dir, progress, stages)
     types = tt.infer_types(tr)
     gates = snapshot_gates(tr, snapshot_dir)
     ops = prepare_ops(tr, types, gates)
@@ -265,8 +273,11 @@ def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
     check = tt.check_against_snapshot(tr, types, ss.units, gate_of_event)
     points = check_points(tr, ss.snapshot, gates.steps, len(tr))
     seconds = time.monotonic() - t0
-    return ReplayInput(tr, ss.snapshot, ss.layout, ss.zoneinfo, ss.units, types, gates, ops,
-                       ss.machine, ss.start, ss.base_census, notes, seconds, check, points)
+    inp = ReplayInput(tr, ss.snapshot, ss.layout, ss.zoneinfo, ss.units, types, gates, ops,
+                      ss.machine, ss.start, ss.base_census, notes, seconds, check, points)
+    if ss.prefault is not None:
+        inp.cache["mem_map_prefault"] = ss.prefault
+    return inp
 
 
 @dataclass
@@ -337,13 +348,6 @@ def _boundaries(inp: ReplayInput, block: int) -> tuple[np.ndarray, list[int]]:
     at = [int(np.searchsorted(ev, c.event, side="left")) for c in inp.checkpoints]
     b = np.unique(np.concatenate([np.arange(0, len(ev), block), at, [len(ev)]]))
     return b.astype(np.int64), at
-
-
-def mem_map_buffer(machine: Machine, stages: list[Stage]) -> np.ndarray:
-    """One mem_map storage for every stage, sized for the largest struct page: touching a
-    fresh 400 MB array costs more than the whole replay loop."""
-    return np.empty(machine.nr_pfns * max(s.struct_page_bytes for s in stages) // 8,
-                    np.uint64)
 
 
 def start_memmap(machine: Machine, s: StartState, stage: Stage,
@@ -552,11 +556,17 @@ def stage_series(inp: ReplayInput, run: StageRun,
     desc = np.zeros(ns, np.int64)
     by_type: dict[str, np.ndarray] = {}
     cache: dict[bytes, object] = {}
+    # one census per distinct sample state, shared by every stage (inp.cache)
+    censuses = inp.cache.setdefault("census_at", {})
     for k in range(ns):
         key = run.units[k].tobytes() + run.pcp[k].tobytes()
         cost = cache.get(key)
         if cost is None:
-            census = census_at(inp, run.units[k], run.nr_free[k], int(run.pcp[k].sum()))
+            ckey = key + run.nr_free[k].tobytes()
+            census = censuses.get(ckey)
+            if census is None:
+                census = censuses[ckey] = census_at(inp, run.units[k], run.nr_free[k],
+                                                    int(run.pcp[k].sum()))
             cost = cache[key] = stage_cost(census, run.stage, table)
         sp[k] = cost.struct_page_bytes
         desc[k] = cost.descriptor_bytes
@@ -595,7 +605,8 @@ def replay(inp: ReplayInput, stages: list[Stage], mode: str = "placement",
     """Replay ``inp`` at each stage; series and the checks against the kernel per stage."""
     runs, series, checks = [], [], []
     table = table or load_descriptors()
-    buffer = mem_map_buffer(inp.machine, stages)
+    pre = inp.cache.pop("mem_map_prefault", None)
+    buffer = pre.get(stages) if pre is not None else mem_map_buffer(inp.machine, stages)
     for s in stages:
         run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer)
         runs.append(run)

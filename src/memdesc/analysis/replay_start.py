@@ -230,8 +230,11 @@ def _assign_zone(live: np.ndarray, item: np.ndarray, scores: np.ndarray, F: np.n
     before = _cost(typ, Fi, kfree)
     passes = _repair_nb(typ, Fi, weight.astype(np.int64), kfree)
     after = _cost(typ, Fi, kfree)
-    for i, b in enumerate(its):
-        mt[item == b] = typ[i]
+    # every pageblock whose item is one of this zone's takes that item's type (its: sorted)
+    if len(its):
+        pos = np.minimum(np.searchsorted(its, item), len(its) - 1)
+        hit = its[pos] == item
+        mt[hit] = typ[pos[hit]]
     given = {MT_NAMES[t]: int(weight[typ == t].sum()) for t in range(MIGRATE_TYPES)}
     return {"kernel_blocks": int(sum(want.values())), "blocks": int(len(live)),
             "kernel_counts": dict(want), "assigned": given,

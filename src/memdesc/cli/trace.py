@@ -216,7 +216,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from memdesc.ingest.snapshot import open_snapshot
     pfns = open_snapshot(snap_dir).pfn_count
     with LazyProgress("reading the snapshot", pfns) as tick:
-        inp = load_replay_input(tr, snap_dir, progress=tick)
+        inp = load_replay_input(tr, snap_dir, progress=tick, stages=stages)
     if args.snapshot and tr.snapshot_dir is None:
         inp.notes.append(f"the snapshot {args.snapshot} was not taken inside this recording: "
                          "expect the replay to disagree with the trace where the machine "
