@@ -13,7 +13,12 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm.kmem import VMEMMAP_START
-from memdesc.mm.memdesc import MISC_ORDER_SHIFT, MISC_SUBTYPE_SHIFT
+from memdesc.mm.memdesc import (
+    MISC_ORDER_SHIFT,
+    MISC_SUBTYPE_ALLOC_PAGES,
+    MISC_SUBTYPE_RESERVED,
+    MISC_SUBTYPE_SHIFT,
+)
 from memdesc.mm.mm_types import NODES_PGSHIFT, ZONES_PGSHIFT
 from memdesc.mm.mmzone import MAX_PAGE_ORDER, NR_ZONES
 from memdesc.stages import StructLayout
@@ -128,3 +133,45 @@ def misc_word(S, subtype, order, gz):
     return (np.uint64(S[C_MISC]) | (np.uint64(subtype) << np.uint64(MISC_SUBTYPE_SHIFT))
             | (np.uint64(order) << np.uint64(MISC_ORDER_SHIFT))
             | nodezone_bits(gz // NR_ZONES, gz % NR_ZONES))
+
+
+#: page->flags bits an encoding keeps when a page turns free: node and zone (page_zonenum()).
+KEEP_NODEZONE = np.uint64(~((1 << ZONES_PGSHIFT) - 1) & 0xFFFFFFFFFFFFFFFF)
+
+
+# ---- shared implementations of FreeTracking ops (an encoding binds them by name) -----------
+
+@njit(cache=True)
+def pointer_link_get(mem, S, node, which, gz, order):
+    """link_get() of encodings whose link slot holds plain struct page addresses
+    (list_head.next/prev in buddy_list, as in the kernel)."""
+    return node_of(S, mem[node * S[C_W] + S[C_F_LINK] + which])
+
+
+@njit(cache=True)
+def pointer_link_set(mem, S, node, which, to, gz, order):
+    """link_set() counterpart of :func:`pointer_link_get`."""
+    mem[node * S[C_W] + S[C_F_LINK] + which] = addr_of(S, to)
+
+
+@njit(cache=True)
+def misc_init_reserved(mem, S, pfn, gz):
+    """init_reserved() of encodings with a memdesc word: a reserved page is Misc/reserved."""
+    mem[pfn * S[C_W] + S[C_F_MD]] = misc_word(S, MISC_SUBTYPE_RESERVED, 0, gz)
+
+
+@njit(cache=True)
+def misc_prep_new_page(mem, S, pfn, order, comp, gz):
+    """prep_new_page() of page32 encodings (memdesc word + private): every page of the block
+    gets the Misc alloc_pages word with its order, and private is cleared."""
+    w, md, pv = S[C_W], S[C_F_MD], S[C_F_PRIV]
+    word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
+    for i in range(pfn * w, (pfn + (np.int64(1) << order)) * w, w):
+        mem[i + md] = word
+        mem[i + pv] = 0
+
+
+@njit(cache=True)
+def nibble_tail_ok(mem, S, pfn):
+    """tail_ok() of encodings whose memdesc word keeps the Buddy type in its low nibble."""
+    return np.int64(mem[pfn * S[C_W] + S[C_F_MD]] & U4) == S[C_BUDDY]

@@ -18,30 +18,28 @@ from memdesc.mm.ft_common import (
     C_F_MD,
     C_F_PRIV,
     C_W,
-    addr_of,
-    misc_word,
-    node_of,
+    KEEP_NODEZONE,
+    misc_init_reserved,
+    misc_prep_new_page,
+    pointer_link_get,
+    pointer_link_set,
 )
-from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
-from memdesc.mm.mm_types import ZONES_PGSHIFT, PG_buddy_page32
+from memdesc.mm.mm_types import PG_buddy_page32
 
 NAME = "flags_bit"
 
-_KEEP_NODEZONE = np.uint64(~((1 << ZONES_PGSHIFT) - 1) & 0xFFFFFFFFFFFFFFFF)
+_KEEP_NODEZONE = KEEP_NODEZONE
 
 
 def configure(stage, cfg: np.ndarray) -> None:
     cfg[C_BIT_BUDDY] = PG_buddy_page32
 
 
-@njit(cache=True)
-def link_get(mem, S, node, which, gz, order):
-    return node_of(S, mem[node * S[C_W] + S[C_F_LINK] + which])
-
-
-@njit(cache=True)
-def link_set(mem, S, node, which, to, gz, order):
-    mem[node * S[C_W] + S[C_F_LINK] + which] = addr_of(S, to)
+# FreeTracking ops this encoding shares with others (mm/ft_common.py)
+link_get = pointer_link_get
+link_set = pointer_link_set
+init_reserved = misc_init_reserved
+prep_new_page = misc_prep_new_page
 
 
 @njit(cache=True)
@@ -83,11 +81,6 @@ def tail_ok(mem, S, pfn):
 
 
 @njit(cache=True)
-def init_reserved(mem, S, pfn, gz):
-    mem[pfn * S[C_W] + S[C_F_MD]] = misc_word(S, MISC_SUBTYPE_RESERVED, 0, gz)
-
-
-@njit(cache=True)
 def free_state(mem, S, pfn):
     free_range(mem, S, pfn, 1)
 
@@ -103,11 +96,3 @@ def free_range(mem, S, pfn, n):
         mem[i + lk + 1] = 0
         mem[i + pv] = pvv
 
-
-@njit(cache=True)
-def prep_new_page(mem, S, pfn, order, comp, gz):
-    w, md, pv = S[C_W], S[C_F_MD], S[C_F_PRIV]
-    word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
-    for i in range(pfn * w, (pfn + (np.int64(1) << order)) * w, w):
-        mem[i + md] = word
-        mem[i + pv] = 0

@@ -18,10 +18,12 @@ from memdesc.mm.ft_common import (
     C_W,
     U4,
     addr_of,
+    misc_init_reserved,
     misc_word,
+    nibble_tail_ok,
     node_of,
 )
-from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
+from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES
 from memdesc.mm.mmzone import MAX_PAGE_ORDER
 
 NAME = "option1"
@@ -31,6 +33,11 @@ NIB_PCP, NIB_TAIL = 0xE, 0xF            # order-nibble values of non-head free p
 
 def configure(stage, cfg: np.ndarray) -> None:
     """Nothing beyond the layout slots."""
+
+
+# FreeTracking ops this encoding shares with others (mm/ft_common.py)
+init_reserved = misc_init_reserved
+tail_ok = nibble_tail_ok
 
 
 @njit(cache=True)
@@ -76,16 +83,6 @@ def is_pcp_page(mem, S, pfn):
     i = pfn * S[C_W] + S[C_F_LINK]
     return 1 if (np.int64(mem[i] & U4) == S[C_BUDDY]
                  and np.int64(mem[i + 1] & U4) == NIB_PCP) else 0
-
-
-@njit(cache=True)
-def tail_ok(mem, S, pfn):
-    return np.int64(mem[pfn * S[C_W] + S[C_F_MD]] & U4) == S[C_BUDDY]
-
-
-@njit(cache=True)
-def init_reserved(mem, S, pfn, gz):
-    mem[pfn * S[C_W] + S[C_F_MD]] = misc_word(S, MISC_SUBTYPE_RESERVED, 0, gz)
 
 
 @njit(cache=True)

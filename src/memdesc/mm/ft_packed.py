@@ -21,10 +21,12 @@ from memdesc.mm.ft_common import (
     NR_PCP_LISTS,
     U4,
     Z_BASE,
+    misc_init_reserved,
     misc_word,
+    nibble_tail_ok,
     zx,
 )
-from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
+from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES
 from memdesc.mm.mmzone import MAX_PAGE_ORDER
 
 NAME = "packed"
@@ -46,6 +48,11 @@ def max_cpus() -> int:
 
 def configure(stage, cfg: np.ndarray) -> None:
     """Nothing beyond the layout slots."""
+
+
+# FreeTracking ops this encoding shares with others (mm/ft_common.py)
+init_reserved = misc_init_reserved
+tail_ok = nibble_tail_ok
 
 
 @njit(cache=True)
@@ -99,16 +106,6 @@ def is_pcp_page(mem, S, pfn):
     w = mem[pfn * S[C_W] + S[C_F_MD]]
     return 1 if (np.int64(w & U4) == S[C_BUDDY]
                  and np.int64((w >> np.uint64(4)) & U4) == NIB_PCP) else 0
-
-
-@njit(cache=True)
-def tail_ok(mem, S, pfn):
-    return np.int64(mem[pfn * S[C_W] + S[C_F_MD]] & U4) == S[C_BUDDY]
-
-
-@njit(cache=True)
-def init_reserved(mem, S, pfn, gz):
-    mem[pfn * S[C_W] + S[C_F_MD]] = misc_word(S, MISC_SUBTYPE_RESERVED, 0, gz)
 
 
 @njit(cache=True)

@@ -23,21 +23,23 @@ from memdesc.mm.ft_common import (
     C_REF_SHIFT,
     C_SHIFT,
     C_W,
+    KEEP_NODEZONE,
     U32,
     VMEMMAP,
     addr_of,
     misc_word,
-    node_of,
+    pointer_link_get,
+    pointer_link_set,
 )
 from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
-from memdesc.mm.mm_types import PAGE_TYPE_NONE, TAIL_MAPPING, ZONES_PGSHIFT, PG_head, PGTY_buddy
+from memdesc.mm.mm_types import PAGE_TYPE_NONE, TAIL_MAPPING, PG_head, PGTY_buddy
 
 NAME = "page_type"
 
 _PT_NONE = np.uint64(PAGE_TYPE_NONE)
 _PT_BUDDY = np.uint64(PGTY_buddy << 24)
 _PG_HEAD = np.uint64(1 << PG_head)
-_KEEP_NODEZONE = np.uint64(~((1 << ZONES_PGSHIFT) - 1) & 0xFFFFFFFFFFFFFFFF)
+_KEEP_NODEZONE = KEEP_NODEZONE
 _TAIL_MAPPING = np.uint64(TAIL_MAPPING)
 # struct folio (6.18) words of page 1 written by prep_compound_head(), relative to page 1
 F1_FLAGS_1, F1_LARGE_MAPCOUNT, F1_ENTIRE_MAPCOUNT, F1_MM_ID_MAPCOUNT, F1_MM_IDS = 0, 2, 3, 4, 5
@@ -49,14 +51,9 @@ def configure(stage, cfg: np.ndarray) -> None:
     """Nothing beyond the layout slots."""
 
 
-@njit(cache=True)
-def link_get(mem, S, node, which, gz, order):
-    return node_of(S, mem[node * S[C_W] + S[C_F_LINK] + which])
-
-
-@njit(cache=True)
-def link_set(mem, S, node, which, to, gz, order):
-    mem[node * S[C_W] + S[C_F_LINK] + which] = addr_of(S, to)
+# FreeTracking ops this encoding shares with others (mm/ft_common.py)
+link_get = pointer_link_get
+link_set = pointer_link_set
 
 
 @njit(cache=True)
