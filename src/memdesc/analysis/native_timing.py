@@ -29,13 +29,18 @@ before it can issue the next one, as the kernel's pointer chase does. Independen
 summed into a checksum the kernel returns (nothing is dead code).
 
 Timing: the cycle counter is read at each operation boundary with ``lfence; rdtsc; lfence``
-(memdesc.analysis.cycles), the difference is added to the operation's class. The cost of an
-empty operation (the loop, the counter read, the accounting) is measured the same way on a
-run of operations without accesses and subtracted: ns/op are *net* of that overhead. Cycles
-become ns through one calibration against time.perf_counter_ns when the TSC is invariant
-(``constant_tsc nonstop_tsc``); otherwise each chunk is converted with its own wall-clock
-time (documented fallback: then only the total of a chunk is exact, the split between
-classes assumes the counter's rate was constant within the chunk).
+(memdesc.analysis.cycles); the difference is the operation's time. The machine is shared,
+so some operations are interrupted (a timer tick, the process preempted: microseconds to
+milliseconds, against a few hundred ns for a cache and TLB miss): an operation's time over
+4x its median over the repeats and over that median + 2 us is replaced by the median
+(:func:`filter_interruptions`, the count is reported). A class's ns/op in a repeat is the
+mean over its operations. The cost of an empty operation (the loop, the counter read, the
+bookkeeping; the median over a window of operations without accesses, run in every chunk
+like a stage) is subtracted: ns/op are *net* of that overhead. Cycles become ns through one
+calibration against time.perf_counter_ns when the TSC is invariant (``constant_tsc
+nonstop_tsc``); otherwise each chunk is converted with its own wall-clock time (documented
+fallback: then only a chunk's total is exact, the split between its operations assumes the
+counter's rate was constant within the chunk).
 
 Sampling (:meth:`NativeRun.add`, streams arrive block by block): operations are grouped in
 windows of ``window`` consecutive operations (position in the stage's op sequence); window
@@ -50,8 +55,9 @@ repeat walks the kept windows in chunks of ``chunk_ops`` operations; for every c
 stage runs its operations of that chunk, the stage order rotating from chunk to chunk, and
 an empty chunk gives the overhead. So v6.18 and every other stage are measured side by side,
 interleaved, in one process, and noise hits them alike. Ctrl-C stops between chunks (each
-takes milliseconds). Per class and stage the result is the median over repeats and the
-spread (min..max); ratios to the reference stage are medians of the per-repeat ratios.
+takes milliseconds). Per class and stage the result is the median over repeats of the
+per-repeat ns/op and the spread (min..max over repeats); ratios to the reference stage are
+medians of the per-repeat ratios (the stages of one repeat ran side by side).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -85,6 +92,9 @@ DEFAULT_WINDOW = 512            # operations per sampling window
 DEFAULT_CHUNK = 4096            # operations per measured chunk (a few ms)
 #: RAM left to the rest of the machine when checking MemAvailable
 HEADROOM = 256 << 20
+#: an op's time this much over its median over the repeats is an interruption (see
+#: filter_interruptions())
+INTERRUPT_FLOOR_NS = 2000.0
 NCLS = len(OP_CLASSES)
 _ = HEADS_BASE  # the HEADS region is compacted like the direct map (see the module doc)
 
@@ -199,11 +209,11 @@ def translate(addr: np.ndarray, nr_pfns: int, page_bytes: int) -> tuple[np.ndarr
 # ---- the compiled replay ---------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def run_ops(buf, widx, kind, op_first, op_class, lo, hi, cyc, cnt):
+def run_ops(buf, widx, kind, op_first, lo, hi, out):
     """Run operations ``[lo, hi)``: each access of op ``i`` is ``[op_first[i],
     op_first[i+1])``, word ``widx`` of ``buf`` (+ the latest PTR value / 8 when KIND_DEP).
-    Adds each op's cycles to ``cyc[class]`` and 1 to ``cnt[class]``; returns the sum of the
-    non-PTR loads (the checksum that keeps them alive)."""
+    Writes each op's cycles to ``out[i - lo]``; returns the sum of the non-PTR loads (the
+    checksum that keeps them alive)."""
     csum = np.uint64(0)
     t = cycles.fenced_cycles()
     for op in range(lo, hi):
@@ -222,11 +232,21 @@ def run_ops(buf, widx, kind, op_first, op_class, lo, hi, cyc, cnt):
                 else:
                     csum += v
         t2 = cycles.fenced_cycles()
-        c = op_class[op]
-        cyc[c] += t2 - t
-        cnt[c] += 1
+        out[op - lo] = t2 - t
         t = t2
     return csum
+
+
+def filter_interruptions(ns: np.ndarray, floor_ns: float = INTERRUPT_FLOOR_NS
+                         ) -> tuple[np.ndarray, int]:
+    """``ns`` [repeat, op]: each op's time in each repeat. A time over both 4x the op's
+    median over the repeats and that median + ``floor_ns`` is an interruption (a timer
+    interrupt, the process preempted: microseconds to milliseconds, where a cache or TLB
+    miss costs a few hundred ns) and is replaced by the median. Returns the filtered copy
+    and how many times were replaced."""
+    med = np.median(ns, axis=0)
+    bad = (ns > 4 * med) & (ns > med + floor_ns)
+    return np.where(bad, med, ns), int(bad.sum())
 
 
 class _Buffer:
@@ -292,6 +312,7 @@ class NativeResult:
     window: int
     checksum: int
     seconds: float
+    interrupted: int = 0        # op timings replaced as interruptions (filter_interruptions)
     what: str = WHAT
     reference: str = REFERENCE
 
@@ -343,6 +364,18 @@ def _nanstat(fn, a: np.ndarray) -> np.ndarray:
 
 
 # ---- the run ---------------------------------------------------------------------------------
+
+class _Prepared(NamedTuple):
+    """A stage's sample ready to run: op positions, word index and kind of every access,
+    op_first, op classes, and the buffer layout."""
+
+    pos: np.ndarray
+    widx: np.ndarray
+    kind: np.ndarray
+    first: np.ndarray
+    op_class: np.ndarray
+    layout: Layout | None
+
 
 class NativeRun:
     """Collects a bounded sample of each stage's access stream, then measures it natively.
@@ -396,7 +429,7 @@ class NativeRun:
             raise ValueError("repeats must be >= 1")
         t_start = time.perf_counter()
         prepared = [self._prepare(s) for s in self.stages]
-        need = sum(p[4].total_bytes for p in prepared)
+        need = sum(p.layout.total_bytes for p in prepared)
         check_memory(need, "the stages' mem_maps and descriptor pages", self.meminfo)
         invariant = cycles.tsc_invariant()
         if not cycles.counter_works():
@@ -404,7 +437,7 @@ class NativeRun:
         bufs = []
         try:
             for p in prepared:
-                bufs.append(_Buffer(p[4].total_bytes))
+                bufs.append(_Buffer(p.layout.total_bytes))
             ns_per_cycle = cycles.calibrate()
             bounds = self._chunks(chunk_ops)
             self._repeat(prepared, bufs, bounds, invariant, ns_per_cycle, -1)  # warm-up
@@ -422,14 +455,14 @@ class NativeRun:
 
     # -- helpers of measure()
 
-    def _prepare(self, st: StageMemory):
+    def _prepare(self, st: StageMemory) -> _Prepared:
         smp = self.samples[st.id]
-        keep = window_mask(smp.pos, self.window, self.period)
-        smp.keep(keep)
+        smp.keep(window_mask(smp.pos, self.window, self.period))
         off, layout = translate(smp.addr, self.nr_pfns, st.page_bytes)
         first = np.zeros(len(smp.pos) + 1, np.int64)
         np.cumsum(smp.op_len, out=first[1:])
-        return smp.pos, (off >> 3).astype(np.int64), smp.kind, first, layout, smp.op_class
+        return _Prepared(smp.pos, (off >> 3).astype(np.int64), smp.kind, first, smp.op_class,
+                         layout)
 
     def _chunks(self, chunk_ops: int) -> np.ndarray:
         """Op positions where chunks start: every ``chunk_ops // window`` kept windows."""
@@ -441,42 +474,53 @@ class NativeRun:
 
     def _repeat(self, prepared, bufs, bounds, invariant, ns_per_cycle, r):
         """One repeat: per chunk, every stage (and the empty op) in a rotating order.
-        Returns (net ns/op [stage, class], ops [stage, class], empty ns/op, checksum)."""
+        Returns (ns of every op of every stage, ns of the empty ops, checksum)."""
         n = len(self.stages)
-        ns = np.zeros((n + 1, NCLS))
-        cnt = np.zeros((n + 1, NCLS), np.int64)
-        cyc = np.zeros(NCLS, np.uint64)
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.uint8),
-                 np.zeros(self.window + 1, np.int64), np.zeros(self.window, np.uint8))
+        ns = [np.zeros(len(p.pos), np.float32) for p in prepared]
+        nchunk = len(bounds) - 1
+        empty_ns = np.zeros(nchunk * self.window, np.float32)
+        empty = _Prepared(np.arange(self.window), np.zeros(0, np.int64), np.zeros(0, np.uint8),
+                          np.zeros(self.window + 1, np.int64), np.zeros(self.window, np.uint8),
+                          None)
+        cyc = np.zeros(max([len(p.pos) for p in prepared] + [self.window]), np.uint64)
         csum = 0
-        for c in range(len(bounds) - 1):
+        for c in range(nchunk):
             for s in np.roll(np.arange(n + 1), r + c):
                 if s == n:          # the empty operation, timed like a stage
-                    buf, (widx, kind, first, cls), lo, hi = bufs[0].words, empty, 0, self.window
+                    p, buf, lo, hi = empty, bufs[0].words, 0, self.window
+                    dest, at = empty_ns, c * self.window
                 else:
-                    pos, widx, kind, first, _, cls = prepared[s]
-                    buf = bufs[s].words
-                    lo, hi = np.searchsorted(pos, bounds[c:c + 2])
-                cyc[:] = 0
+                    p, buf = prepared[s], bufs[s].words
+                    lo, hi = (int(x) for x in np.searchsorted(p.pos, bounds[c:c + 2]))
+                    dest, at = ns[s], lo
                 t0 = time.perf_counter_ns()
-                csum += int(run_ops(buf, widx, kind, first, cls, int(lo), int(hi), cyc, cnt[s]))
+                csum += int(run_ops(buf, p.widx, p.kind, p.first, lo, hi, cyc))
                 wall = time.perf_counter_ns() - t0
+                got = cyc[:hi - lo]
                 # invariant TSC: one calibration; else this chunk's own wall clock
-                scale = ns_per_cycle if invariant else wall / max(float(cyc.sum()), 1.0)
-                ns[s] += cyc.astype(float) * scale
-        with np.errstate(invalid="ignore", divide="ignore"):
-            gross = ns / cnt
-        empty_ns = float(ns[n].sum() / max(cnt[n].sum(), 1))
-        return gross[:n] - empty_ns, cnt[:n], empty_ns, csum
+                scale = ns_per_cycle if invariant else wall / max(float(got.sum()), 1.0)
+                dest[at:at + hi - lo] = got * scale
+        return ns, empty_ns, csum
 
     def _result(self, prepared, per, ns_per_cycle, invariant, huge, seconds) -> NativeResult:
-        ns = np.stack([p[0] for p in per], axis=-1)
+        reps = len(per)
+        empty = np.array([float(np.median(e)) for _, e, _ in per])
+        ns = np.full((len(self.stages), NCLS, reps), np.nan)
+        ops = np.zeros((len(self.stages), NCLS), np.int64)
+        interrupted = 0
+        for s, p in enumerate(prepared):
+            times, bad = filter_interruptions(np.stack([t[s] for t, _, _ in per]).astype(float))
+            interrupted += bad
+            ops[s] = np.bincount(p.op_class, minlength=NCLS)[:NCLS]
+            for r in range(reps):
+                tot = np.bincount(p.op_class, weights=times[r], minlength=NCLS)[:NCLS]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ns[s, :, r] = np.where(ops[s] > 0, tot / ops[s] - empty[r], np.nan)
         return NativeResult(
             stages=[s.id for s in self.stages], classes=[c.name for c in OP_CLASSES], ns=ns,
-            ops=per[0][1], ops_seen=np.stack([self.samples[s.id].ops_seen for s in self.stages]),
-            accesses=np.array([len(p[1]) for p in prepared], np.int64),
-            empty_ns=np.array([p[2] for p in per]), ns_per_cycle=ns_per_cycle,
-            tsc_invariant=invariant,
-            memory_bytes=np.array([p[4].total_bytes for p in prepared], np.int64),
+            ops=ops, ops_seen=np.stack([self.samples[s.id].ops_seen for s in self.stages]),
+            accesses=np.array([len(p.widx) for p in prepared], np.int64), empty_ns=empty,
+            ns_per_cycle=ns_per_cycle, tsc_invariant=invariant,
+            memory_bytes=np.array([p.layout.total_bytes for p in prepared], np.int64),
             huge_fraction=huge, period=self.period, window=self.window,
-            checksum=int(sum(p[3] for p in per)), seconds=seconds)
+            checksum=int(sum(c for _, _, c in per)), seconds=seconds, interrupted=interrupted)
