@@ -204,6 +204,19 @@ def test_result_memory_is_the_full_mem_map_plus_compacted_pages(result):
     assert result.checksum == 0       # zero-filled memory, stores of zero
 
 
+def test_wall_clock_fallback_gives_the_same_shape(result):
+    stages = [nt.StageMemory("v6.18", 64), nt.StageMemory("page8", 8)]
+    r = nt.NativeRun(stages, 4096, window=32)
+    for st_ in stages:
+        r.add(st_.id, stream(page_zone_ops(st_.page_bytes, range(0, 4096, 7), 5000)))
+    got = r.measure(repeats=2, chunk_ops=64, tsc=False)
+    assert not got.tsc_invariant and got.ns.shape == (2, len(OP_CLASSES), 2)
+    assert np.isfinite(got.median[:, ZONE]).all() and got.ops[:, ZONE].tolist() == [586, 586]
+    summary = got.summary()
+    assert summary["repeats"] == 2 and len(summary["ops"]) == 2
+    assert "not a kernel build" in summary["what"]
+
+
 def test_memory_too_large_is_refused_in_one_line():
     with pytest.raises(MemdescError) as e:
         nt.NativeRun([get_stage("v6.18")], nr_pfns=1 << 40)

@@ -341,6 +341,18 @@ class NativeResult:
         """[stage, repeat]: ns of the whole stream (every class's median ns x its count)."""
         return np.nansum(self.ns * self.ops_seen[:, :, None], axis=1)
 
+    def summary(self) -> dict:
+        """JSON-ready: what was measured, how, and :meth:`rows`."""
+        return {"what": self.what, "reference": self.reference, "stages": self.stages,
+                "repeats": int(self.ns.shape[-1]), "tsc_invariant": self.tsc_invariant,
+                "ns_per_cycle": self.ns_per_cycle, "empty_op_ns": self.empty_ns.tolist(),
+                "interrupted_op_times": self.interrupted,
+                "sample": {"window_ops": self.window, "period_windows": self.period,
+                           "accesses": self.accesses.tolist()},
+                "memory_bytes": self.memory_bytes.tolist(),
+                "huge_page_fraction": self.huge_fraction, "seconds": self.seconds,
+                "ops": self.rows()}
+
     def rows(self) -> list[dict]:
         """One dict per stage and class with operations (JSON-ready)."""
         med, lo, hi, ratio = self.median, self.lo, self.hi, self.ratio()
@@ -422,16 +434,18 @@ class NativeRun:
                 s.keep(window_mask(s.pos, self.window, self.period))
 
     def measure(self, repeats: int = 7, *, chunk_ops: int = DEFAULT_CHUNK,
-                progress: Callable[[int, int], None] | None = None) -> NativeResult:
+                progress: Callable[[int, int], None] | None = None,
+                tsc: bool | None = None) -> NativeResult:
         """Measure every stage side by side (see the module doc); ``progress(done, total)``
-        is called after each repeat."""
+        is called after each repeat. ``tsc``: True/False forces one calibration / the
+        per-chunk wall-clock fallback; None (default) follows tsc_invariant()."""
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
         t_start = time.perf_counter()
         prepared = [self._prepare(s) for s in self.stages]
         need = sum(p.layout.total_bytes for p in prepared)
         check_memory(need, "the stages' mem_maps and descriptor pages", self.meminfo)
-        invariant = cycles.tsc_invariant()
+        invariant = cycles.tsc_invariant() if tsc is None else bool(tsc)
         if not cycles.counter_works():
             raise MemdescError("native timing: this CPU has no cycle counter numba can read")
         bufs = []
