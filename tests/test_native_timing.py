@@ -217,6 +217,24 @@ def test_wall_clock_fallback_gives_the_same_shape(result):
     assert "not a kernel build" in summary["what"]
 
 
+def test_interrupt_between_repeats_releases_the_memory(monkeypatch):
+    r = nt.NativeRun([nt.StageMemory("v6.18", 64)], 4096, window=32)
+    r.add("v6.18", stream(page_zone_ops(64, range(100), 0)))
+    opened, real = [], nt._Buffer.__init__
+
+    def spy(self, nbytes):
+        real(self, nbytes)
+        opened.append(self)
+
+    def stop(done, total):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nt._Buffer, "__init__", spy)
+    with pytest.raises(KeyboardInterrupt):
+        r.measure(repeats=3, progress=stop)
+    assert len(opened) == 1 and opened[0].map.closed
+
+
 def test_memory_too_large_is_refused_in_one_line():
     with pytest.raises(MemdescError) as e:
         nt.NativeRun([get_stage("v6.18")], nr_pfns=1 << 40)
