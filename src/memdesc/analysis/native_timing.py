@@ -76,7 +76,6 @@ from numba import njit
 from memdesc.analysis import cycles
 from memdesc.errors import MemdescError
 from memdesc.mm.access import KIND_DEP, KIND_PTR, KIND_STORE, OP_CLASSES, AccessStream
-from memdesc.mm.ft_common import HEADS_BASE
 from memdesc.mm.kmem import VMEMMAP_START
 from memdesc.stages import PAGE_SIZE, REFERENCE
 
@@ -96,7 +95,6 @@ HEADROOM = 256 << 20
 #: filter_interruptions())
 INTERRUPT_FLOOR_NS = 2000.0
 NCLS = len(OP_CLASSES)
-_ = HEADS_BASE  # the HEADS region is compacted like the direct map (see the module doc)
 
 
 @dataclass(frozen=True)
