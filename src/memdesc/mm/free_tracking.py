@@ -90,7 +90,13 @@ from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's
 from memdesc.mm.ft_packed import MAX_PACKED_BLOCKS, PACKED_HEADS  # noqa: F401
 from memdesc.mm.mm_types import NODES_PGSHIFT, ZONES_PGSHIFT, PG_reserved
 from memdesc.mm.mmzone import NR_ZONES
-from memdesc.stages import Stage, TrackingOption, add_tracking_option, type_code
+from memdesc.stages import (
+    Stage,
+    TrackingOption,
+    add_tracking_option,
+    movable_memdesc_types,
+    type_code,
+)
 
 _PG_RESERVED = np.uint64(1 << PG_reserved)
 
@@ -214,12 +220,9 @@ def make_cfg(stage: Stage, nr_cpus: int, nr_nodes: int) -> np.ndarray:
     cfg[C_NNODE] = nr_nodes
     cfg[C_HPZ] = heads_per_zone(nr_cpus)
     cfg[C_DYNAMIC] = int(stage.dynamic)
-    mov = 0
-    for name in ("File", "Anon", "KSM", "Movable"):     # page_has_movable_ops() or an LRU folio
-        for code, n in stage.types.items():
-            if n == name:
-                mov |= 1 << code
-    cfg[C_MOVMASK] = mov
+    # page_has_movable_ops() or an LRU folio: the descriptor table's movable types
+    movable = movable_memdesc_types()
+    cfg[C_MOVMASK] = sum(1 << code for code, n in stage.types.items() if n in movable)
     cfg[C_BUDDYMASK] = sum(1 << c for c, n in stage.types.items() if n == "Buddy")
     cfg[C_NZ] = nr_nodes * NR_ZONES
     mod.configure(stage, cfg)
