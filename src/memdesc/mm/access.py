@@ -98,6 +98,7 @@ OP_CLASSES: tuple[OpClass, ...] = (
     OpClass("page_flag_test", "PageFoo() / folio_test_foo()", "one page-flag test"),
     OpClass("pt_walk", "follow_page_pte()", "va -> pte -> pfn -> page -> folio"),
     OpClass("pagecache_lookup", "filemap_get_folio()", "mapping, index -> xarray -> folio"),
+    OpClass("folio_put.ref", "folio_put()", "a reference dropped, not the last one"),
 )
 #: class name -> id
 OP_CLASS_ID: dict[str, int] = {c.name: i for i, c in enumerate(OP_CLASSES)}
@@ -159,11 +160,12 @@ def chain_levels(stream: AccessStream) -> np.ndarray:
 COUNTER_NAMES = ("ops", "loads", "stores", "lines", "chain_sum", "chain_max")
 assert len(COUNTER_NAMES) == NCOUNT
 # the ids the numba code opens are the rows of OP_CLASSES
-assert [core.OP_ALLOC_PCP, core.OP_ALLOC_REFILL, core.OP_ALLOC_BUDDY, core.OP_FREE_PCP,
+assert list(range(len(OP_CLASSES))) == [
+        core.OP_ALLOC_PCP, core.OP_ALLOC_REFILL, core.OP_ALLOC_BUDDY, core.OP_FREE_PCP,
         core.OP_FREE_DRAIN, core.OP_FREE_BUDDY, core.OP_FOLIO_ALLOC, core.OP_FOLIO_PUT,
         core.OP_KMEM_ALLOC, core.OP_KMEM_FREE, core.OP_PAGE_FOLIO, core.OP_FOLIO_PAGE,
         core.OP_PAGE_ZONE, core.OP_PAGE_TO_NID, core.OP_PAGE_FLAG, core.OP_PT_WALK,
-        core.OP_PAGECACHE] == [OP_CLASS_ID[c.name] for c in OP_CLASSES]
+        core.OP_PAGECACHE, core.OP_FOLIO_PUT_REF]
 
 
 def _memmap(k):
@@ -241,3 +243,15 @@ def drain(k) -> AccessStream:
                        (ops & 0xFF).astype(np.uint8), first)
     A[core.A_LOGN] = A[core.A_OPN] = A[core.A_DROPPED] = 0
     return out
+
+
+# ---- the lookup entry points (numba, on the environment tuple E) --------------------------
+from memdesc.mm.lookups import (  # noqa: E402, F401 -- re-exported: part of this API
+    folio_page_e,
+    page_flag_test_e,
+    page_folio_e,
+    page_to_nid_e,
+    page_zone_e,
+    pagecache_lookup_e,
+    pt_walk_e,
+)

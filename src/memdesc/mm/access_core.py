@@ -36,8 +36,14 @@ KIND_STORE, KIND_DEP, KIND_PTR = 1, 2, 4
 #: class ids of memdesc.mm.access.OP_CLASSES the numba code opens (checked there)
 (OP_ALLOC_PCP, OP_ALLOC_REFILL, OP_ALLOC_BUDDY, OP_FREE_PCP, OP_FREE_DRAIN, OP_FREE_BUDDY,
  OP_FOLIO_ALLOC, OP_FOLIO_PUT, OP_KMEM_ALLOC, OP_KMEM_FREE, OP_PAGE_FOLIO, OP_FOLIO_PAGE,
- OP_PAGE_ZONE, OP_PAGE_TO_NID, OP_PAGE_FLAG, OP_PT_WALK, OP_PAGECACHE) = range(17)
+ OP_PAGE_ZONE, OP_PAGE_TO_NID, OP_PAGE_FLAG, OP_PT_WALK, OP_PAGECACHE,
+ OP_FOLIO_PUT_REF) = range(18)
 NONODE = -(1 << 62)           # an access that names no node (never DEP by node)
+#: an access of kernel memory by address: DEP when it lies in [v - 128, v + 256) of the value
+#: v the latest PTR load returned (a member of the object that pointer names, container_of()
+#: included). A heuristic the typed sites (struct page words by PFN) do not need.
+ADDRNODE = NONODE + 1
+ADDR_BEFORE, ADDR_AFTER = 128, 256
 
 # header words of the block
 (A_SIZE, A_DEPTH, A_CLASS, A_PTRLVL, A_CHAIN, A_SEQ, A_PTRNODE, A_NOPTR, A_LOADS, A_STORES,
@@ -102,7 +108,11 @@ def _record(p, addr, kind, node, val_node):
     A = block(p)
     if A[A_DEPTH] == 0:
         return                                  # outside every counted operation
-    if node != NONODE and node == A[A_PTRNODE]:
+    if node == ADDRNODE:
+        d = np.int64(np.uint64(addr) - np.uint64(A[A_PTRNODE]))
+        if -ADDR_BEFORE <= d < ADDR_AFTER and A[A_PTRNODE] != NONODE:
+            kind |= KIND_DEP
+    elif node != NONODE and node == A[A_PTRNODE]:
         kind |= KIND_DEP
     if kind & KIND_PTR and A[A_NOPTR]:
         kind &= ~KIND_PTR

@@ -90,6 +90,7 @@ from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's
     nodezone_bits,
     px,
     sadd,
+    stm,
     sts,
     zx,
 )

@@ -1164,7 +1164,7 @@ def set_memdesc_nb(mem, S, pfn, order, word):
     slot = memdesc_slot(S)
     w = S[1]
     for i in range(np.int64(1) << order):
-        mem[(pfn + i) * w + slot] = word
+        ft.stm(mem, S, (pfn + i) * w + slot, word)
 
 
 @njit(cache=True)
