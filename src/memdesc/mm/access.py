@@ -245,6 +245,24 @@ def drain(k) -> AccessStream:
     return out
 
 
+#: accesses per operation the log is sized for when a sink sets its blocks (the pcp paths take
+#: 20-60; a refill or drain moving a batch takes more, and dropped() tells when one overflowed)
+ACCESSES_PER_OP = 64
+
+
+def attach_sink(k, sink, block: int) -> int:
+    """Turn accounting on for a run that calls ``sink(stage_id, k)`` after each block (the
+    ``access_sink`` of analysis.replay.replay() and analysis.scenario.run_stage()). The sink's
+    optional ``log_capacity`` attribute sizes the log (0 or absent: counters only); with a
+    log, a replay's blocks shrink to ``log_capacity // ACCESSES_PER_OP`` operations so a
+    block's accesses fit. Returns the block size to use."""
+    cap = int(getattr(sink, "log_capacity", 0) or 0)
+    enable(k, cap)
+    if cap and block:
+        return max(1, min(block, cap // ACCESSES_PER_OP))
+    return block
+
+
 # ---- the lookup entry points (numba, on the environment tuple E) --------------------------
 from memdesc.mm.lookups import (  # noqa: E402, F401 -- re-exported: part of this API
     folio_page_e,

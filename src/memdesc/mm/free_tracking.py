@@ -303,9 +303,9 @@ def list_add(mem, S, node, h, gz, order):
     """Mirrors list_add(): insert after the head."""
     head = -1 - h
     nxt = list_first(S, h)
+    link_set(mem, S, nxt, 1, node, gz, order)      # __list_add()'s order of stores
     link_set(mem, S, node, 0, nxt, gz, order)
     link_set(mem, S, node, 1, head, gz, order)
-    link_set(mem, S, nxt, 1, node, gz, order)
     link_set(mem, S, head, 0, node, gz, order)
 
 
@@ -314,10 +314,10 @@ def list_add_tail(mem, S, node, h, gz, order):
     """Mirrors list_add_tail(): insert before the head."""
     head = -1 - h
     prev = list_last(S, h)
+    link_set(mem, S, head, 1, node, gz, order)     # __list_add(new, head->prev, head)
     link_set(mem, S, node, 0, head, gz, order)
     link_set(mem, S, node, 1, prev, gz, order)
     link_set(mem, S, prev, 0, node, gz, order)
-    link_set(mem, S, head, 1, node, gz, order)
 
 
 @njit(cache=True)
@@ -328,8 +328,8 @@ def list_del(mem, S, node, gz, order):
     prev = link_get(mem, S, node, 1, gz, order)
     acc_noptr(S, False)
     nxt = link_get(mem, S, node, 0, gz, order)
+    link_set(mem, S, nxt, 1, prev, gz, order)      # __list_del(): next->prev, then prev->next
     link_set(mem, S, prev, 0, nxt, gz, order)
-    link_set(mem, S, nxt, 1, prev, gz, order)
 
 
 # ---- node / zone ----------------------------------------------------------------------------

@@ -792,11 +792,11 @@ def alloc_flags_nofragment(mem, S, pref, gfp):
 
 
 @njit(cache=True)
-def get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu):
+def get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu, pref):
     """Mirrors get_page_from_freelist(): the first zone of the zonelist (idx <= highest)
     that passes its watermark and has a block; ALLOC_NOFRAGMENT is dropped before leaving
-    the preferred node and before giving up. Returns (pfn, zone, alloc_flags)."""
-    pref = first_zone(mem, S, zlb, highest)
+    the preferred node (``pref``, ac->preferred_zoneref) and before giving up. Returns (pfn,
+    zone, alloc_flags)."""
     while True:
         no_fallback = alloc_flags & ALLOC_NOFRAGMENT
         restart = False
@@ -862,22 +862,24 @@ def _alloc_pages(mem, S, gfp, order, nid, cpu):
     if pref < 0 or order > MAX_PAGE_ORDER:
         return -1
     alloc_flags = ALLOC_WMARK_LOW | alloc_flags_nofragment(mem, S, pref, gfp)
-    page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu)
+    page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu,
+                                         pref)
     if page < 0:
         alloc_flags = gfp_to_alloc_flags(gfp, order)
-        page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu)
+        page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu,
+                                             pref)
         if page < 0 and (gfp & __GFP_MEMALLOC) and not (gfp & __GFP_NOMEMALLOC):
             alloc_flags = ALLOC_NO_WATERMARKS | (alloc_flags & ALLOC_KSWAPD)
             page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt,
-                                                 cpu)
+                                                 cpu, pref)
         if page < 0 and (gfp & __GFP_DIRECT_RECLAIM):
             unreserve_highatomic_pageblock(mem, S, zlb, highest, mt, False)
             drain_all_pages_nb(mem, S)
             page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt,
-                                                 cpu)
+                                                 cpu, pref)
             if page < 0 and unreserve_highatomic_pageblock(mem, S, zlb, highest, mt, True):
                 page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest,
-                                                     mt, cpu)
+                                                     mt, cpu, pref)
     if page < 0:
         sadd(S, zx(S, pref) + Z_FAILED, 1)
         return -1
