@@ -245,6 +245,20 @@ def drain(k) -> AccessStream:
     return out
 
 
+def concat(streams: list[AccessStream]) -> AccessStream:
+    """One stream of the operations of ``streams`` in order (e.g. the drains of a run)."""
+    if not streams:
+        return AccessStream(np.zeros(0, np.uint64), np.zeros(0, np.uint8),
+                            np.zeros(0, np.uint8), np.zeros(1, np.int64))
+    base = np.cumsum([0] + [x.nr_accesses for x in streams[:-1]])
+    first = [x.op_first[:-1] + b for x, b in zip(streams, base, strict=True)]
+    first.append(np.array([base[-1] + streams[-1].nr_accesses], np.int64))
+    return AccessStream(np.concatenate([x.addr for x in streams]),
+                        np.concatenate([x.kind for x in streams]),
+                        np.concatenate([x.op_class for x in streams]),
+                        np.concatenate(first).astype(np.int64))
+
+
 #: accesses per operation the log is sized for when a sink sets its blocks (the pcp paths take
 #: 20-60; a refill or drain moving a batch takes more, and dropped() tells when one overflowed)
 ACCESSES_PER_OP = 64
