@@ -75,6 +75,7 @@ from numba import njit
 
 from memdesc.analysis import cycles
 from memdesc.errors import MemdescError
+from memdesc.mm import access
 from memdesc.mm.access import KIND_DEP, KIND_PTR, KIND_STORE, OP_CLASSES, AccessStream
 from memdesc.mm.kmem import VMEMMAP_START
 from memdesc.stages import PAGE_SIZE, REFERENCE
@@ -89,6 +90,7 @@ VMEMMAP_SPAN = 1 << 40
 DEFAULT_BUDGET = 2_000_000      # accesses kept per stage
 DEFAULT_WINDOW = 512            # operations per sampling window
 DEFAULT_CHUNK = 4096            # operations per measured chunk (a few ms)
+DEFAULT_LOG = 1 << 22           # accesses in the emulator's log between two drains
 #: RAM left to the rest of the machine when checking MemAvailable
 HEADROOM = 256 << 20
 #: an op's time this much over its median over the repeats is an interruption (see
@@ -311,6 +313,7 @@ class NativeResult:
     checksum: int
     seconds: float
     interrupted: int = 0        # op timings replaced as interruptions (filter_interruptions)
+    dropped_blocks: int = 0     # emulator blocks whose access log overflowed (ops missing)
     what: str = WHAT
     reference: str = REFERENCE
 
@@ -344,7 +347,7 @@ class NativeResult:
         return {"what": self.what, "reference": self.reference, "stages": self.stages,
                 "repeats": int(self.ns.shape[-1]), "tsc_invariant": self.tsc_invariant,
                 "ns_per_cycle": self.ns_per_cycle, "empty_op_ns": self.empty_ns.tolist(),
-                "interrupted_op_times": self.interrupted,
+                "interrupted_op_times": self.interrupted, "dropped_blocks": self.dropped_blocks,
                 "sample": {"window_ops": self.window, "period_windows": self.period,
                            "accesses": self.accesses.tolist()},
                 "memory_bytes": self.memory_bytes.tolist(),
@@ -375,6 +378,26 @@ def _nanstat(fn, a: np.ndarray) -> np.ndarray:
 
 # ---- the run ---------------------------------------------------------------------------------
 
+class _Sink:
+    """``sink(stage_id, kernel_or_memmap)``: drain the log into the run (NativeRun.sink).
+    :meth:`flush` drains what each stage's kernel logged after its last block (a scenario's
+    final observe())."""
+
+    def __init__(self, run: NativeRun, log_capacity: int):
+        self.run, self.log_capacity = run, int(log_capacity)
+        self.kernels: dict = {}
+
+    def __call__(self, stage_id: str, k) -> None:
+        if access.dropped(k):           # the log overflowed in this block: ops are missing
+            self.run.dropped_blocks += 1
+        self.kernels[stage_id] = k
+        self.run.add(stage_id, access.drain(k))
+
+    def flush(self) -> None:
+        for stage_id, k in self.kernels.items():
+            self(stage_id, k)
+
+
 class _Prepared(NamedTuple):
     """A stage's sample ready to run: op positions, word index and kind of every access,
     op_first, op classes, and the buffer layout."""
@@ -403,6 +426,7 @@ class NativeRun:
         self.period = 1
         self.meminfo = meminfo
         self.samples = {s.id: _Sample() for s in self.stages}
+        self.dropped_blocks = 0         # blocks whose access log overflowed (see _Sink)
         check_memory(self.vmemmap_bytes(), "the stages' mem_maps", meminfo)
 
     def vmemmap_bytes(self) -> int:
@@ -430,6 +454,12 @@ class NativeRun:
             self.period *= 2
             for s in self.samples.values():
                 s.keep(window_mask(s.pos, self.window, self.period))
+
+    def sink(self, log_capacity: int = DEFAULT_LOG) -> _Sink:
+        """An ``access_sink`` for analysis.replay.replay() / analysis.scenario.run_stage():
+        after each block it drains the emulated kernel's access log (memdesc.mm.access)
+        into :meth:`add`; ``log_capacity`` sizes the log (the replay's blocks shrink to fit)."""
+        return _Sink(self, log_capacity)
 
     def measure(self, repeats: int = 7, *, chunk_ops: int = DEFAULT_CHUNK,
                 progress: Callable[[int, int], None] | None = None,
@@ -535,4 +565,5 @@ class NativeRun:
             ns_per_cycle=ns_per_cycle, tsc_invariant=invariant,
             memory_bytes=np.array([p.layout.total_bytes for p in prepared], np.int64),
             huge_fraction=huge, period=self.period, window=self.window,
-            checksum=int(sum(c for _, _, c in per)), seconds=seconds, interrupted=interrupted)
+            checksum=int(sum(c for _, _, c in per)), seconds=seconds, interrupted=interrupted,
+            dropped_blocks=self.dropped_blocks)
