@@ -7,6 +7,12 @@ no kernel code runs, no locks, no branches of the real functions, no other data 
 touches between operations. It answers "what do this stage's metadata accesses cost on
 this machine's caches, TLB and DRAM", operation class by operation class, beside v6.18.
 
+Use::
+
+    run = NativeRun(stages, machine.nr_pfns)        # refuses at once if RAM is short
+    replay(inp, stages, mode="policy", access_sink=run.sink())   # or run_stage(scenario...)
+    result = run.measure(repeats=7)                 # NativeResult: .rows(), .summary()
+
 Memory (:class:`NativeRun`, one anonymous mapping per stage, ``madvise(MADV_HUGEPAGE)``
 because the kernel maps the vmemmap and the direct map with huge pages; every 4 KiB is
 written once so the mapping is real RAM, not the shared zero page):
