@@ -174,7 +174,9 @@ def result():
 def test_result_has_every_stage_and_class(result):
     assert result.stages == ["v6.18", "page16", "page8"]
     assert result.classes == [c.name for c in OP_CLASSES]
-    assert result.ns.shape == (3, len(OP_CLASSES), 3)
+    assert result.ns.shape == result.floor_ns.shape == (3, len(OP_CLASSES), 3)
+    assert np.isfinite(result.floor_ns[:, [ZONE, FOLIO]]).all()
+    assert np.isnan(result.floor_ns[:, PZ]).all()
     assert (result.ops[:, ZONE] == 3000).all() and (result.ops[:, FOLIO] == 500).all()
     assert (result.ops_seen == result.ops).all()
     assert result.accesses.tolist() == [3500, 6500, 6500]

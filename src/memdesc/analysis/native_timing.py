@@ -42,11 +42,14 @@ milliseconds, against a few hundred ns for a cache and TLB miss): an operation's
 (:func:`filter_interruptions`, the count is reported). A class's ns/op in a repeat is the
 mean over its operations. The cost of an empty operation (the loop, the counter read, the
 bookkeeping; the median over a window of operations without accesses, run in every chunk
-like a stage) is subtracted: ns/op are *net* of that overhead. Cycles become ns through one
-calibration against time.perf_counter_ns when the TSC is invariant (``constant_tsc
-nonstop_tsc``); otherwise each chunk is converted with its own wall-clock time (documented
-fallback: then only a chunk's total is exact, the split between its operations assumes the
-counter's rate was constant within the chunk).
+like a stage) is subtracted: ns/op are *net* of that overhead. Every stage also runs a
+*floor*: the same operations with every access on one word (L1 hits, store forwarding), the
+cost of executing that many loads, stores and pointer waits with no miss (``floor_ns``, net
+of the empty op too); ns - floor is what the accesses' addresses cost (caches, TLB, DRAM).
+Cycles become ns through one calibration against time.perf_counter_ns when the TSC is
+invariant (``constant_tsc nonstop_tsc``); otherwise each chunk is converted with its own
+wall-clock time (documented fallback: then only a chunk's total is exact, the split between
+its operations assumes the counter's rate was constant within the chunk).
 
 Sampling (:meth:`NativeRun.add`, streams arrive block by block): operations are grouped in
 windows of ``window`` consecutive operations (position in the stage's op sequence); window
@@ -306,6 +309,7 @@ class NativeResult:
     stages: list[str]
     classes: list[str]
     ns: np.ndarray              # float [stage, class, repeat]
+    floor_ns: np.ndarray        # the same ops with every access on one word (L1 hits)
     ops: np.ndarray             # int64 [stage, class]: measured operations per repeat
     ops_seen: np.ndarray        # int64 [stage, class]: operations in the whole stream
     accesses: np.ndarray        # int64 [stage]: measured accesses per repeat
@@ -363,6 +367,7 @@ class NativeResult:
     def rows(self) -> list[dict]:
         """One dict per stage and class with operations (JSON-ready)."""
         med, lo, hi, ratio = self.median, self.lo, self.hi, self.ratio()
+        floor = _nanstat(np.nanmedian, self.floor_ns)
         out = []
         for s, sid in enumerate(self.stages):
             for c, name in enumerate(self.classes):
@@ -371,6 +376,7 @@ class NativeResult:
                 out.append({"stage": sid, "op": name, "count": int(self.ops_seen[s, c]),
                             "measured": int(self.ops[s, c]), "native_ns": float(med[s, c]),
                             "ns_min": float(lo[s, c]), "ns_max": float(hi[s, c]),
+                            "floor_ns": float(floor[s, c]),
                             "ratio": float(ratio[s, c])})
         return out
 
@@ -521,10 +527,12 @@ class NativeRun:
         return np.append(starts, end).astype(np.int64)
 
     def _repeat(self, prepared, bufs, bounds, invariant, ns_per_cycle, r):
-        """One repeat: per chunk, every stage (and the empty op) in a rotating order.
-        Returns (ns of every op of every stage, ns of the empty ops, checksum)."""
+        """One repeat: per chunk, every stage, every stage's floor run (all its accesses on
+        word 0: L1 hits) and the empty op, in a rotating order. Returns (ns of every op of
+        every stage, then of every floor run, ns of the empty ops, checksum)."""
         n = len(self.stages)
-        ns = [np.zeros(len(p.pos), np.float32) for p in prepared]
+        ns = [np.zeros(len(p.pos), np.float32) for p in prepared + prepared]
+        zero = [np.zeros(len(p.widx), np.int64) for p in prepared]
         nchunk = len(bounds) - 1
         empty_ns = np.zeros(nchunk * self.window, np.float32)
         empty = _Prepared(np.arange(self.window), np.zeros(0, np.int64), np.zeros(0, np.uint8),
@@ -533,16 +541,17 @@ class NativeRun:
         cyc = np.zeros(max([len(p.pos) for p in prepared] + [self.window]), np.uint64)
         csum = 0
         for c in range(nchunk):
-            for s in np.roll(np.arange(n + 1), r + c):
-                if s == n:          # the empty operation, timed like a stage
-                    p, buf, lo, hi = empty, bufs[0].words, 0, self.window
+            for s in np.roll(np.arange(2 * n + 1), r + c):
+                if s == 2 * n:      # the empty operation, timed like a stage
+                    p, buf, widx, lo, hi = empty, bufs[0].words, empty.widx, 0, self.window
                     dest, at = empty_ns, c * self.window
                 else:
-                    p, buf = prepared[s], bufs[s].words
+                    p, buf = prepared[s % n], bufs[s % n].words
+                    widx = p.widx if s < n else zero[s % n]
                     lo, hi = (int(x) for x in np.searchsorted(p.pos, bounds[c:c + 2]))
                     dest, at = ns[s], lo
                 t0 = time.perf_counter_ns()
-                csum += int(run_ops(buf, p.widx, p.kind, p.first, lo, hi, cyc))
+                csum += int(run_ops(buf, widx, p.kind, p.first, lo, hi, cyc))
                 wall = time.perf_counter_ns() - t0
                 got = cyc[:hi - lo]
                 # invariant TSC: one calibration; else this chunk's own wall clock
@@ -551,22 +560,24 @@ class NativeRun:
         return ns, empty_ns, csum
 
     def _result(self, prepared, per, ns_per_cycle, invariant, huge, seconds) -> NativeResult:
-        reps = len(per)
+        n, reps = len(self.stages), len(per)
         empty = np.array([float(np.median(e)) for _, e, _ in per])
-        ns = np.full((len(self.stages), NCLS, reps), np.nan)
-        ops = np.zeros((len(self.stages), NCLS), np.int64)
+        ns = np.full((2 * n, NCLS, reps), np.nan)
+        ops = np.zeros((n, NCLS), np.int64)
         interrupted = 0
-        for s, p in enumerate(prepared):
+        for s in range(2 * n):
+            cls = prepared[s % n].op_class
             times, bad = filter_interruptions(np.stack([t[s] for t, _, _ in per]).astype(float))
-            interrupted += bad
-            ops[s] = np.bincount(p.op_class, minlength=NCLS)[:NCLS]
+            interrupted += bad if s < n else 0
+            ops[s % n] = np.bincount(cls, minlength=NCLS)[:NCLS]
             for r in range(reps):
-                tot = np.bincount(p.op_class, weights=times[r], minlength=NCLS)[:NCLS]
+                tot = np.bincount(cls, weights=times[r], minlength=NCLS)[:NCLS]
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    ns[s, :, r] = np.where(ops[s] > 0, tot / ops[s] - empty[r], np.nan)
+                    ns[s, :, r] = np.where(ops[s % n] > 0, tot / ops[s % n] - empty[r], np.nan)
         return NativeResult(
-            stages=[s.id for s in self.stages], classes=[c.name for c in OP_CLASSES], ns=ns,
-            ops=ops, ops_seen=np.stack([self.samples[s.id].ops_seen for s in self.stages]),
+            stages=[s.id for s in self.stages], classes=[c.name for c in OP_CLASSES],
+            ns=ns[:n], floor_ns=ns[n:], ops=ops,
+            ops_seen=np.stack([self.samples[s.id].ops_seen for s in self.stages]),
             accesses=np.array([len(p.widx) for p in prepared], np.int64), empty_ns=empty,
             ns_per_cycle=ns_per_cycle, tsc_invariant=invariant,
             memory_bytes=np.array([p.layout.total_bytes for p in prepared], np.int64),
