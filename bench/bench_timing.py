@@ -66,6 +66,7 @@ def inner(src: Path) -> None:
 def _report(res) -> None:
     print(f"# {res.what}; trace-slab, policy replay")
     med, ratio, lo, hi = res.median, res.ratio(), res.lo, res.hi
+    floor = res.floor
     tot = res.total_ns()
     ref = res.stages.index(res.reference)
     for s, sid in enumerate(res.stages):
@@ -73,7 +74,7 @@ def _report(res) -> None:
             if res.ops[s, c]:
                 _line(f"{sid}.{name}.ns", med[s, c],
                       f"ns/op ({lo[s, c]:.1f}..{hi[s, c]:.1f}, x{ratio[s, c]:.3f} of v6.18, "
-                      f"{res.ops_seen[s, c]} ops)")
+                      f"L1 floor {floor[s, c]:.1f}, {res.ops_seen[s, c]} ops)")
         q = np.nanmedian(tot[s] / tot[ref])
         _line(f"{sid}.whole_trace_ms", np.median(tot[s]) / 1e6, f"ms (x{q:.3f} of v6.18)")
     _line("sampled_accesses_per_stage", res.accesses.mean(), "accesses")

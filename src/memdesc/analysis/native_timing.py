@@ -332,6 +332,11 @@ class NativeResult:
         return _nanstat(np.nanmedian, self.ns)
 
     @property
+    def floor(self) -> np.ndarray:
+        """[stage, class]: median over repeats of the floor run (every access an L1 hit)."""
+        return _nanstat(np.nanmedian, self.floor_ns)
+
+    @property
     def lo(self) -> np.ndarray:
         return _nanstat(np.nanmin, self.ns)
 
@@ -367,7 +372,7 @@ class NativeResult:
     def rows(self) -> list[dict]:
         """One dict per stage and class with operations (JSON-ready)."""
         med, lo, hi, ratio = self.median, self.lo, self.hi, self.ratio()
-        floor = _nanstat(np.nanmedian, self.floor_ns)
+        floor = self.floor
         out = []
         for s, sid in enumerate(self.stages):
             for c, name in enumerate(self.classes):
