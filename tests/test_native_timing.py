@@ -275,6 +275,14 @@ def test_real_emulator_streams_through_the_sink(tmp_path):
     assert res.ops[0, OP_CLASS_ID["alloc_pages.pcp"]] > 0
 
 
+def test_a_run_without_operations_gives_an_empty_result():
+    r = nt.NativeRun([nt.StageMemory("v6.18", 64), nt.StageMemory("page8", 8)], 4096)
+    r.add("page8", stream([]))
+    res = r.measure(repeats=2)
+    assert res.rows() == [] and np.isnan(res.median).all() and (res.ops == 0).all()
+    assert np.isfinite(res.empty_ns).all()
+
+
 def test_memory_too_large_is_refused_in_one_line():
     with pytest.raises(MemdescError) as e:
         nt.NativeRun([get_stage("v6.18")], nr_pfns=1 << 40)

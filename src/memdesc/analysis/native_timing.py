@@ -527,7 +527,7 @@ class NativeRun:
         """Op positions where chunks start: every ``chunk_ops // window`` kept windows."""
         wins = np.unique(np.concatenate([s.pos // self.window for s in self.samples.values()]))
         step = max(1, chunk_ops // self.window)
-        starts = wins[::step] * self.window
+        starts = wins[::step] * self.window if len(wins) else np.zeros(1, np.int64)
         end = max((int(s.pos[-1]) + 1 for s in self.samples.values() if len(s.pos)), default=0)
         return np.append(starts, end).astype(np.int64)
 
