@@ -56,8 +56,11 @@ windows of ``window`` consecutive operations (position in the stage's op sequenc
 ``j`` is kept when ``j % period == 0``. ``period`` starts at 1 and doubles (dropping every
 other kept window, in every stage) whenever a stage holds more than ``budget`` accesses, so
 the sample is evenly spread over the whole run, and because the period is shared the kept
-windows are the same positions in every stage's op sequence (the stages replay the same
-operations). Per-class counts of the whole stream are kept apart (``ops_seen``).
+windows are the same positions in every stage's op sequence. They are the same operations
+when the stages perform the same ones (a placement-faithful run); where the emulator's
+allocator decides differently per stage (policy replays of trace-pagecache: 60 k ops at
+v6.18, 72 k at page8) a position is only the same place in the run. Per-class counts of the
+whole stream are kept apart (``ops_seen``) and weight :meth:`NativeResult.total_ns`.
 
 Measuring (:meth:`NativeRun.measure`): one warm-up repeat, then ``repeats`` repeats. Each
 repeat walks the kept windows in chunks of ``chunk_ops`` operations; for every chunk each
@@ -475,7 +478,9 @@ class NativeRun:
     def sink(self, log_capacity: int = DEFAULT_LOG) -> _Sink:
         """An ``access_sink`` for analysis.replay.replay() / analysis.scenario.run_stage():
         after each block it drains the emulated kernel's access log (memdesc.mm.access)
-        into :meth:`add`; ``log_capacity`` sizes the log (the replay's blocks shrink to fit)."""
+        into :meth:`add`; ``log_capacity`` sizes the log (the replay's blocks shrink to fit
+        at access.ACCESSES_PER_OP; a block that logs more loses its later operations and is
+        counted in ``dropped_blocks``)."""
         return _Sink(self, log_capacity)
 
     def measure(self, repeats: int = 7, *, chunk_ops: int = DEFAULT_CHUNK,
