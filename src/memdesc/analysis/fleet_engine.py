@@ -49,6 +49,17 @@ CONNECT_TIMEOUT = 15
 LOCAL_PROCESSES_MIN = 32
 #: Seconds a local cluster gets to close after Ctrl-C.
 CLOSE_ON_INTERRUPT = 0.5
+#: glibc malloc settings of the processes that survey (the local run's; a cluster's workers
+#: take them from their environment, docs/fleet.md). A survey streams its kpage files in 8 MiB
+#: chunk arrays (ingest.snapshot.CHUNK_PFNS). Dask starts worker processes with
+#: MALLOC_TRIM_THRESHOLD_=65536 (distributed.yaml, nanny.pre-spawn-environ), which also
+#: freezes glibc's mmap threshold at 128 KiB: every chunk is then a fresh mmap whose pages
+#: fault in and are unmapped when it is freed, +60-80 ms of system time per 25 GiB snapshot
+#: (+65%, bench/bench_fleet.py ``cpu_per_snapshot``). With these, chunk-sized arrays come from
+#: the heap (32 MiB is the largest mmap threshold glibc takes on 64-bit) and up to 128 MiB of
+#: freed heap is kept for the next chunks.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 128 << 20}
+_MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}   # M_* of malloc.h
 
 
 @dataclass
@@ -186,11 +197,24 @@ def survey_fleet(inputs: list[FleetInput], descriptors, cache: ResultCache,
                      local)
 
 
+def tune_malloc() -> bool:
+    """Apply :data:`MALLOC_ENV` to this process by mallopt(3) (the environment variables
+    only act at start-up); False where the C library has no mallopt (not glibc)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    return all(mallopt(_MALLOPT[k], v) == 1 for k, v in MALLOC_ENV.items())
+
+
 def _run_local(todo: list[_Todo], descriptors, workers: int,
                finish: Callable[[_Todo, dict], None]) -> None:
     import dask
     from dask.callbacks import Callback
 
+    tune_malloc()
     stop = threading.Event()
     by_key = {t.key: t for t in todo}
     tasks = [dask.delayed(survey_task, pure=False)(t.path, descriptors, stop,
@@ -210,19 +234,22 @@ def _run_local(todo: list[_Todo], descriptors, workers: int,
 
 def _local_cluster(workers: int):
     """A dask.distributed LocalCluster on loopback: ``workers`` processes of one thread each
-    (the survey's Python parts hold the GIL, so processes scale where threads cannot), no
-    dashboard, warnings only."""
+    (the survey's Python parts hold the GIL, so processes scale where threads cannot), started
+    with :data:`MALLOC_ENV`, no dashboard, warnings only."""
     # Ctrl-C in a terminal goes to the whole process group: the workers must leave it to us
     # (else each prints a traceback). An ignored SIGINT survives fork and exec, and Python and
     # asyncio keep it ignored, so the workers spawned now never see it. The price: Ctrl-C is
     # ignored during the seconds the cluster takes to start.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        import dask
         from distributed import LocalCluster
 
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            host="127.0.0.1", dashboard_address=None,
-                            silence_logs=logging.ERROR)
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **MALLOC_ENV}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                host="127.0.0.1", dashboard_address=None,
+                                silence_logs=logging.ERROR)
     finally:
         signal.signal(signal.SIGINT, previous)
 
