@@ -60,6 +60,28 @@ CLOSE_ON_INTERRUPT = 0.5
 #: freed heap is kept for the next chunks.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 128 << 20}
 _MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}   # M_* of malloc.h
+#: dask.distributed settings of the local run, whose scheduler, nannies, workers and client
+#: are all ours and serve one client with no dashboard. Dask's defaults keep about 6 % of a
+#: core busy (3 % in our process, 3 % in each worker) on periodic work for dashboards and
+#: diagnostics; with these it is under 1 %, leaving the cores to the surveys.
+LOCAL_CLUSTER_CONFIG = {
+    # the statistical profiler feeding the dashboard: a thread per worker sampling every 10 ms
+    "distributed.worker.profile.enabled": False,
+    # workers of one thread each, fed one task at a time from the scheduler's queue
+    # (distributed.scheduler.worker-saturation): there is nothing to steal
+    "distributed.scheduler.work-stealing": False,
+    # event-loop latency checks, for warnings only: 20 ms by default
+    "distributed.admin.tick.interval": "1s",
+    # CPU and memory samples for the dashboard: 500 ms by default
+    "distributed.admin.system-monitor.interval": "5s",
+    # the nanny's check of its worker's memory against the limit (a survey needs a few
+    # hundred MiB, bench/bench_fleet.py): 100 ms by default
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+#: Seconds an idle local worker gets to close at the end of a run before it is killed: its
+#: protocol close takes milliseconds, its interpreter's teardown (numba, LLVM, dask) most of
+#: a second that nobody needs to wait for.
+CLOSE_IDLE_WORKER = 0.25
 
 
 @dataclass
@@ -71,7 +93,8 @@ class FleetRun:
     cached: int = 0
     surveyed: int = 0
     engine: str = ""
-    task_seconds: float = 0.0
+    task_seconds: float = 0.0          # Σ wall time inside the surveys
+    task_cpu_seconds: float = 0.0      # Σ CPU time of the surveying processes meanwhile
 
 
 @dataclass
@@ -159,6 +182,7 @@ def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
                 plan.cache.put(t.digest, res["summary"])
             run.surveyed += 1
             run.task_seconds += res.get("seconds", 0.0)
+            run.task_cpu_seconds += res.get("cpu_seconds", 0.0)
         for inp in t.inputs:
             done[index[id(inp)]] = (_record(inp, t.digest, res["summary"]) if "summary" in res
                                     else {"source": inp.path, "reason": res["reason"]})
@@ -172,13 +196,16 @@ def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
         _run_distributed(plan.todo, descriptors, scheduler, finish)
     elif plan.todo and kind == "processes":
         run.engine = f"dask.distributed LocalCluster, {n} worker process{'es' * (n != 1)}"
-        cluster = _local_cluster(n)
-        try:
-            _run_distributed(plan.todo, descriptors, cluster.scheduler_address, finish)
-        except KeyboardInterrupt:
-            _stop_now(cluster)
-            raise
-        cluster.close()
+        import dask
+
+        with dask.config.set(LOCAL_CLUSTER_CONFIG):       # our client too
+            cluster = _local_cluster(n)
+            try:
+                _run_distributed(plan.todo, descriptors, cluster.scheduler_address, finish)
+            except KeyboardInterrupt:
+                _stop_now(cluster)
+                raise
+            _close_idle(cluster)
     elif plan.todo:
         run.engine = f"dask threads, {n} worker{'s' * (n != 1)}"
         _run_local(plan.todo, descriptors, n, finish)
@@ -232,10 +259,18 @@ def _run_local(todo: list[_Todo], descriptors, workers: int,
         raise KeyboardInterrupt from None
 
 
+def numba_threads(workers: int, cores: int | None = None) -> int:
+    """Threads of numba's parallel pool in each of ``workers`` local worker processes: the
+    cores shared out, so that n workers on n cores do not oversubscribe them. (No survey kernel
+    runs numba-parallel today, so the pool is never started; this bounds it if one does.)"""
+    return max(1, (cores or os.cpu_count() or 1) // workers)
+
+
 def _local_cluster(workers: int):
     """A dask.distributed LocalCluster on loopback: ``workers`` processes of one thread each
     (the survey's Python parts hold the GIL, so processes scale where threads cannot), started
-    with :data:`MALLOC_ENV`, no dashboard, warnings only."""
+    with :data:`MALLOC_ENV`, :func:`numba_threads` and :data:`LOCAL_CLUSTER_CONFIG`, no
+    dashboard, warnings only."""
     # Ctrl-C in a terminal goes to the whole process group: the workers must leave it to us
     # (else each prints a traceback). An ignored SIGINT survives fork and exec, and Python and
     # asyncio keep it ignored, so the workers spawned now never see it. The price: Ctrl-C is
@@ -245,13 +280,28 @@ def _local_cluster(workers: int):
         import dask
         from distributed import LocalCluster
 
-        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **MALLOC_ENV}
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **MALLOC_ENV,
+                   "NUMBA_NUM_THREADS": numba_threads(workers)}
+        with dask.config.set({**LOCAL_CLUSTER_CONFIG,
+                              "distributed.nanny.pre-spawn-environ": environ}):
             return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                 host="127.0.0.1", dashboard_address=None,
                                 silence_logs=logging.ERROR)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _close_idle(cluster) -> None:
+    """Close a local cluster whose work is done: each nanny asks its worker to close and kills
+    it after CLOSE_IDLE_WORKER seconds (all at once), then the cluster closes."""
+    import asyncio
+
+    async def close_nannies() -> None:
+        await asyncio.gather(*(nanny.close(timeout=CLOSE_IDLE_WORKER)
+                               for nanny in list(cluster.workers.values())))
+
+    cluster.sync(close_nannies)
+    cluster.close()
 
 
 def _stop_now(cluster) -> None:
