@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -60,11 +61,20 @@ CLOSE_ON_INTERRUPT = 0.5
 #: freed heap is kept for the next chunks.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 128 << 20}
 _MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}   # M_* of malloc.h
+#: What the fork server of a local run loads before forking each worker process: dask, the
+#: survey and numba's compiler state (analysis.fleet_preload). A fresh interpreter per worker
+#: (spawn) spends about a second of CPU each on the same loads.
+FORK_SERVER_PRELOAD = ["memdesc.analysis.fleet_preload"]
+START_METHOD = "distributed.worker.multiprocessing-method"
 #: dask.distributed settings of the local run, whose scheduler, nannies, workers and client
 #: are all ours and serve one client with no dashboard. Dask's defaults keep about 6 % of a
 #: core busy (3 % in our process, 3 % in each worker) on periodic work for dashboards and
 #: diagnostics; with these it is under 1 %, leaving the cores to the surveys.
 LOCAL_CLUSTER_CONFIG = {
+    # how worker processes start (FORK_SERVER_PRELOAD): forked, ready to survey, where the
+    # platform has a fork server (not Windows)
+    START_METHOD: "forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+    else "spawn",
     # the statistical profiler feeding the dashboard: a thread per worker sampling every 10 ms
     "distributed.worker.profile.enabled": False,
     # workers of one thread each, fed one task at a time from the scheduler's queue
@@ -266,6 +276,29 @@ def numba_threads(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // workers)
 
 
+def _fresh_fork_server() -> None:
+    """Have the next worker process start a fork server that loads FORK_SERVER_PRELOAD. A
+    fork server inherits the environment of the first process it serves, so each cluster
+    gets its own (the previous one, if any, is stopped)."""
+    from distributed.utils import get_mp_context
+
+    if LOCAL_CLUSTER_CONFIG[START_METHOD] != "forkserver":
+        return
+    ctx = get_mp_context()          # sets dask's own preload list once: ours replaces it
+    _stop_fork_server()
+    ctx.set_forkserver_preload(FORK_SERVER_PRELOAD)
+
+
+def _stop_fork_server() -> None:
+    """Stop the fork server, if one runs, and reap it (its CPU time and its workers' then
+    count as this process's children's). It is a private API of multiprocessing: without
+    it, the server runs on until this process exits."""
+    from multiprocessing import forkserver
+
+    with contextlib.suppress(Exception):
+        forkserver._forkserver._stop()
+
+
 def _local_cluster(workers: int):
     """A dask.distributed LocalCluster on loopback: ``workers`` processes of one thread each
     (the survey's Python parts hold the GIL, so processes scale where threads cannot), started
@@ -273,8 +306,8 @@ def _local_cluster(workers: int):
     dashboard, warnings only."""
     # Ctrl-C in a terminal goes to the whole process group: the workers must leave it to us
     # (else each prints a traceback). An ignored SIGINT survives fork and exec, and Python and
-    # asyncio keep it ignored, so the workers spawned now never see it. The price: Ctrl-C is
-    # ignored during the seconds the cluster takes to start.
+    # asyncio keep it ignored, so the fork server and the workers started now never see it.
+    # The price: Ctrl-C is ignored during the seconds the cluster takes to start.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import dask
@@ -284,6 +317,7 @@ def _local_cluster(workers: int):
                    "NUMBA_NUM_THREADS": numba_threads(workers)}
         with dask.config.set({**LOCAL_CLUSTER_CONFIG,
                               "distributed.nanny.pre-spawn-environ": environ}):
+            _fresh_fork_server()
             return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                 host="127.0.0.1", dashboard_address=None,
                                 silence_logs=logging.ERROR)
@@ -293,7 +327,8 @@ def _local_cluster(workers: int):
 
 def _close_idle(cluster) -> None:
     """Close a local cluster whose work is done: each nanny asks its worker to close and kills
-    it after CLOSE_IDLE_WORKER seconds (all at once), then the cluster closes."""
+    it after CLOSE_IDLE_WORKER seconds (all at once), then the cluster and the fork server
+    close."""
     import asyncio
 
     async def close_nannies() -> None:
@@ -302,6 +337,7 @@ def _close_idle(cluster) -> None:
 
     cluster.sync(close_nannies)
     cluster.close()
+    _stop_fork_server()
 
 
 def _stop_now(cluster) -> None:
