@@ -10,8 +10,9 @@
     machines of the fixtures' size (25 GiB) that is about half of a survey, so threads barely
     scale (bench/bench_fleet.py). Ctrl-C stops surveys in flight at their next chunk.
   - **processes**: a dask.distributed LocalCluster on loopback with one single-threaded worker
-    process per core: it scales, and a worker that dies is replaced and its task re-run, as on
-    a cluster. Starting it costs a few seconds.
+    process per core, tuned for the survey (analysis.fleet_local: workers forked ready from a
+    fork server, malloc settings, no dashboard work): it scales, and a worker that dies is
+    replaced and its task re-run, as on a cluster. Starting it costs a second or two.
   - **auto** (the default): processes from LOCAL_PROCESSES_MIN snapshots on, threads below.
 
 * **Distributed** (``--scheduler ADDRESS``): the tasks go to an existing dask.distributed
@@ -27,11 +28,7 @@ arrive (analysis.fleet_cache), so an interrupted run keeps what it finished.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import multiprocessing
 import os
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +36,15 @@ from typing import Any
 
 from memdesc.analysis.fleet import Cancelled, survey_task
 from memdesc.analysis.fleet_cache import ResultCache
+from memdesc.analysis.fleet_local import (
+    LOCAL_CLUSTER_CONFIG,
+    close_idle,
+    local_cluster,
+    start_fork_server,
+    stop_now,
+    tune_malloc,
+)
+from memdesc.analysis.fleet_local import local_cluster as _local_cluster  # noqa: F401 (tests)
 from memdesc.errors import InputError, MemdescError
 from memdesc.ingest.fleet import FleetInput
 
@@ -48,51 +54,6 @@ CONNECT_TIMEOUT = 15
 #: them costs a few seconds (spawn, imports, numba cache loads), repaid by their scaling
 #: (bench/bench_fleet.py: threads barely scale on the survey's GIL-held Python parts).
 LOCAL_PROCESSES_MIN = 32
-#: Seconds a local cluster gets to close after Ctrl-C.
-CLOSE_ON_INTERRUPT = 0.5
-#: glibc malloc settings of the processes that survey (the local run's; a cluster's workers
-#: take them from their environment, docs/fleet.md). A survey streams its kpage files in 8 MiB
-#: chunk arrays (ingest.snapshot.CHUNK_PFNS). Dask starts worker processes with
-#: MALLOC_TRIM_THRESHOLD_=65536 (distributed.yaml, nanny.pre-spawn-environ), which also
-#: freezes glibc's mmap threshold at 128 KiB: every chunk is then a fresh mmap whose pages
-#: fault in and are unmapped when it is freed, +60-80 ms of system time per 25 GiB snapshot
-#: (+65%, bench/bench_fleet.py ``cpu_per_snapshot``). With these, chunk-sized arrays come from
-#: the heap (32 MiB is the largest mmap threshold glibc takes on 64-bit) and up to 128 MiB of
-#: freed heap is kept for the next chunks.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 128 << 20}
-_MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}   # M_* of malloc.h
-#: What the fork server of a local run loads before forking each worker process: dask, the
-#: survey and numba's compiler state (analysis.fleet_preload). A fresh interpreter per worker
-#: (spawn) spends about a second of CPU each on the same loads.
-FORK_SERVER_PRELOAD = ["memdesc.analysis.fleet_preload"]
-START_METHOD = "distributed.worker.multiprocessing-method"
-#: dask.distributed settings of the local run, whose scheduler, nannies, workers and client
-#: are all ours and serve one client with no dashboard. Dask's defaults keep about 6 % of a
-#: core busy (3 % in our process, 3 % in each worker) on periodic work for dashboards and
-#: diagnostics; with these it is under 1 %, leaving the cores to the surveys.
-LOCAL_CLUSTER_CONFIG = {
-    # how worker processes start (FORK_SERVER_PRELOAD): forked, ready to survey, where the
-    # platform has a fork server (not Windows)
-    START_METHOD: "forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-    else "spawn",
-    # the statistical profiler feeding the dashboard: a thread per worker sampling every 10 ms
-    "distributed.worker.profile.enabled": False,
-    # workers of one thread each, fed one task at a time from the scheduler's queue
-    # (distributed.scheduler.worker-saturation): there is nothing to steal
-    "distributed.scheduler.work-stealing": False,
-    # event-loop latency checks, for warnings only: 20 ms by default
-    "distributed.admin.tick.interval": "1s",
-    # CPU and memory samples for the dashboard: 500 ms by default
-    "distributed.admin.system-monitor.interval": "5s",
-    # the nanny's check of its worker's memory against the limit (a survey needs a few
-    # hundred MiB, bench/bench_fleet.py): 100 ms by default
-    "distributed.worker.memory.monitor-interval": "1s",
-}
-#: Seconds an idle local worker gets to close at the end of a run before it is killed: its
-#: protocol close takes milliseconds, its interpreter's teardown (numba, LLVM, dask) most of
-#: a second that nobody needs to wait for.
-CLOSE_IDLE_WORKER = 0.25
-
 
 @dataclass
 class FleetRun:
@@ -175,6 +136,16 @@ def local_engine(choice: str, tasks: int, workers: int) -> str:
     return "processes" if workers > 1 and tasks >= LOCAL_PROCESSES_MIN else "threads"
 
 
+def prepare_local(plan: FleetPlan, scheduler: str | None = None, workers: int | None = None,
+                  local: str = "auto") -> None:
+    """When the plan will run on local worker processes, start their fork server now, so
+    that it loads what the workers need while this process loads what it needs for the run
+    (analysis.fleet_local.start_fork_server). Optional: run_fleet starts it otherwise."""
+    n = workers or os.cpu_count() or 1
+    if plan.todo and not scheduler and local_engine(local, len(plan.todo), n) == "processes":
+        start_fork_server(n)
+
+
 def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
               workers: int | None = None,
               progress: Callable[[int], None] | None = None,
@@ -209,13 +180,13 @@ def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
         import dask
 
         with dask.config.set(LOCAL_CLUSTER_CONFIG):       # our client too
-            cluster = _local_cluster(n)
+            cluster = local_cluster(n)
             try:
                 _run_distributed(plan.todo, descriptors, cluster.scheduler_address, finish)
             except KeyboardInterrupt:
-                _stop_now(cluster)
+                stop_now(cluster)
                 raise
-            _close_idle(cluster)
+            close_idle(cluster)
     elif plan.todo:
         run.engine = f"dask threads, {n} worker{'s' * (n != 1)}"
         _run_local(plan.todo, descriptors, n, finish)
@@ -232,18 +203,6 @@ def survey_fleet(inputs: list[FleetInput], descriptors, cache: ResultCache,
     """:func:`plan_fleet` then :func:`run_fleet` (``progress`` counts the surveys)."""
     return run_fleet(plan_fleet(inputs, cache), descriptors, scheduler, workers, progress,
                      local)
-
-
-def tune_malloc() -> bool:
-    """Apply :data:`MALLOC_ENV` to this process by mallopt(3) (the environment variables
-    only act at start-up); False where the C library has no mallopt (not glibc)."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
-        return False
-    return all(mallopt(_MALLOPT[k], v) == 1 for k, v in MALLOC_ENV.items())
 
 
 def _run_local(todo: list[_Todo], descriptors, workers: int,
@@ -267,91 +226,6 @@ def _run_local(todo: list[_Todo], descriptors, workers: int,
     except (KeyboardInterrupt, Cancelled):
         stop.set()                  # surveys in flight end at their next chunk
         raise KeyboardInterrupt from None
-
-
-def numba_threads(workers: int, cores: int | None = None) -> int:
-    """Threads of numba's parallel pool in each of ``workers`` local worker processes: the
-    cores shared out, so that n workers on n cores do not oversubscribe them. (No survey kernel
-    runs numba-parallel today, so the pool is never started; this bounds it if one does.)"""
-    return max(1, (cores or os.cpu_count() or 1) // workers)
-
-
-def _fresh_fork_server() -> None:
-    """Have the next worker process start a fork server that loads FORK_SERVER_PRELOAD. A
-    fork server inherits the environment of the first process it serves, so each cluster
-    gets its own (the previous one, if any, is stopped)."""
-    from distributed.utils import get_mp_context
-
-    if LOCAL_CLUSTER_CONFIG[START_METHOD] != "forkserver":
-        return
-    ctx = get_mp_context()          # sets dask's own preload list once: ours replaces it
-    _stop_fork_server()
-    ctx.set_forkserver_preload(FORK_SERVER_PRELOAD)
-
-
-def _stop_fork_server() -> None:
-    """Stop the fork server, if one runs, and reap it (its CPU time and its workers' then
-    count as this process's children's). It is a private API of multiprocessing: without
-    it, the server runs on until this process exits."""
-    from multiprocessing import forkserver
-
-    with contextlib.suppress(Exception):
-        forkserver._forkserver._stop()
-
-
-def _local_cluster(workers: int):
-    """A dask.distributed LocalCluster on loopback: ``workers`` processes of one thread each
-    (the survey's Python parts hold the GIL, so processes scale where threads cannot), started
-    with :data:`MALLOC_ENV`, :func:`numba_threads` and :data:`LOCAL_CLUSTER_CONFIG`, no
-    dashboard, warnings only."""
-    # Ctrl-C in a terminal goes to the whole process group: the workers must leave it to us
-    # (else each prints a traceback). An ignored SIGINT survives fork and exec, and Python and
-    # asyncio keep it ignored, so the fork server and the workers started now never see it.
-    # The price: Ctrl-C is ignored during the seconds the cluster takes to start.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import dask
-        from distributed import LocalCluster
-
-        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **MALLOC_ENV,
-                   "NUMBA_NUM_THREADS": numba_threads(workers)}
-        with dask.config.set({**LOCAL_CLUSTER_CONFIG,
-                              "distributed.nanny.pre-spawn-environ": environ}):
-            _fresh_fork_server()
-            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                host="127.0.0.1", dashboard_address=None,
-                                silence_logs=logging.ERROR)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _close_idle(cluster) -> None:
-    """Close a local cluster whose work is done: each nanny asks its worker to close and kills
-    it after CLOSE_IDLE_WORKER seconds (all at once), then the cluster and the fork server
-    close."""
-    import asyncio
-
-    async def close_nannies() -> None:
-        await asyncio.gather(*(nanny.close(timeout=CLOSE_IDLE_WORKER)
-                               for nanny in list(cluster.workers.values())))
-
-    cluster.sync(close_nannies)
-    cluster.close()
-    _stop_fork_server()
-
-
-def _stop_now(cluster) -> None:
-    """After Ctrl-C: kill our local worker processes (a survey in flight cannot be asked to
-    stop), then close the cluster, which no longer waits for them. Dask's own complaints
-    about the connections this breaks are silenced: the run is over."""
-    logging.disable(logging.CRITICAL)
-    for nanny in list(cluster.workers.values()):
-        pid = getattr(getattr(nanny, "process", None), "pid", None)
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(Exception):
-        cluster.close(timeout=CLOSE_ON_INTERRUPT)
 
 
 def _connect(address: str):
