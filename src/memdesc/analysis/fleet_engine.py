@@ -51,8 +51,8 @@ from memdesc.ingest.fleet import FleetInput
 #: Seconds to wait for a scheduler given with --scheduler.
 CONNECT_TIMEOUT = 15
 #: Tasks from which ``--local auto`` starts worker processes rather than threads: starting
-#: them costs a few seconds (spawn, imports, numba cache loads), repaid by their scaling
-#: (bench/bench_fleet.py: threads barely scale on the survey's GIL-held Python parts).
+#: them costs a second or two (the fork server's loading, the cluster), repaid by their
+#: scaling (bench/bench_fleet.py: threads barely scale on the survey's GIL-held Python parts).
 LOCAL_PROCESSES_MIN = 32
 
 @dataclass
