@@ -129,6 +129,26 @@ def _ranges(mask: np.ndarray, base: int = 0) -> list[tuple[int, int]]:
     return [(base + int(a), base + int(b)) for a, b in zip(d[::2], d[1::2], strict=True)]
 
 
+def _last_true(mask: np.ndarray) -> int:
+    """Index of the last True in ``mask``, -1 when there is none (without the int64 index
+    array np.flatnonzero() would make: 44 MB for a 24 GiB zone)."""
+    if not len(mask):
+        return -1
+    k = int(np.argmax(mask[::-1]))
+    return -1 if not mask[-1 - k] else len(mask) - 1 - k
+
+
+def _last_n(mask: np.ndarray, n: int) -> np.ndarray:
+    """bool like ``mask``: its last ``n`` True elements (all of them when it has fewer)."""
+    out = np.zeros_like(mask)
+    if mask.all():                                  # the usual case: one run to the end
+        out[max(0, len(mask) - n):] = True
+        return out
+    run = np.flatnonzero(mask)
+    out[run[-n:] if n <= len(run) else run] = True
+    return out
+
+
 def machine_for_replay(snapshot: Snapshot, layout: Layout, units: tt.SnapshotUnits,
                        zoneinfo: list[procfs.ZoneInfo]) -> tuple[Machine, list[str]]:
     """The emulated machine of the snapshot, with the non-managed RAM placed where the
@@ -149,12 +169,11 @@ def machine_for_replay(snapshot: Snapshot, layout: Layout, units: tt.SnapshotUni
         ram_z = in_ram[lo:hi]
         res = (pc == tt.CLASS_INDEX["reserved"]) & ram_z
         need = z.present - z.managed - int(res.sum())
-        not_zero = np.flatnonzero(ram_z & (pc != tt.FLAG0))
-        top = hi - lo if not len(not_zero) else int(not_zero[-1]) + 1
+        last = _last_true(ram_z & (pc != tt.FLAG0))
+        top = hi - lo if last < 0 else last + 1
         f0_top = np.zeros_like(res)
         if need > 0:
-            run = np.flatnonzero(ram_z[top:])        # flags==0 RAM at the top of the zone
-            f0_top[top + run[-need:] if need <= len(run) else top + run] = True
+            f0_top[top:] = _last_n(ram_z[top:], need)  # flags==0 RAM at the top of the zone
         managed_mask = ram_z & ~res & ~f0_top
         managed = int(managed_mask.sum())
         if managed != z.managed:
