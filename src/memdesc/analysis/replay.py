@@ -113,7 +113,7 @@ from memdesc.ingest.snapshot import Snapshot, open_snapshot
 from memdesc.ingest.trace_events import Trace
 from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import MIGRATE_TYPES
-from memdesc.mm.mmzone import NR_PAGE_ORDERS, Machine
+from memdesc.mm.mmzone import NR_PAGE_ORDERS, PAGES_PER_SECTION, Machine
 from memdesc.mm.start_state import set_start_state
 from memdesc.mm.vmstat import STAT_INTERVAL_NS
 from memdesc.stages import Stage, variant_name
@@ -244,7 +244,8 @@ def load_snapshot_start(snapshot_dir: Path,
                         stages: list[Stage] | None = None) -> SnapshotStart:
     """Snapshot, classification, census, emulated machine and start state of the folder
     ``snapshot_dir`` (nothing here depends on the trace). With ``stages``, the mem_map
-    storage for them is faulted in from the moment the machine is known (MemMapPrefault)."""
+    storage for them is faulted in from the moment the zones are known, and the first
+    stage booted in it from the moment the machine is (MemMapPrefault)."""
     from memdesc.analysis.classify import build_census, classify_chunks
 
     t0 = time.monotonic()
@@ -253,17 +254,26 @@ def load_snapshot_start(snapshot_dir: Path,
     if not zoneinfo or not layout.zones:
         raise InputError(f"{snapshot_dir}: the snapshot has no zoneinfo; the emulated "
                          "machine is built from it")
+    prefault = MemMapPrefault(_mem_map_pfns(layout), stages) if stages else None
     units = tt.snapshot_units(snapshot, layout, progress=progress)
     tally = classify_chunks(((s, a["kpageflags"]) for s, a in
                              snapshot.chunks(("kpageflags",))), layout)
     base = build_census(tally, str(snapshot.source), snapshot.kernel, nr_cpus_of(zoneinfo))
     machine, notes = machine_for_replay(snapshot, layout, units, zoneinfo)
-    prefault = MemMapPrefault(machine, stages) if stages else None
+    if prefault is not None:
+        prefault.set_machine(machine)
     pti_text = snapshot.text("pagetypeinfo", "before") or snapshot.text("pagetypeinfo", "after")
     start = start_state(units, machine, procfs.parse_pagetypeinfo(pti_text) if pti_text
                         else None)
     return SnapshotStart(snapshot, layout, zoneinfo, units, base, machine, start,
                          notes + start.notes, time.monotonic() - t0, prefault)
+
+
+def _mem_map_pfns(layout: Layout) -> int:
+    """Struct pages of the machine machine_for_replay() will build from ``layout``
+    (Machine.nr_pfns: the highest zone end, a whole section of struct pages at a time)."""
+    end = max(z.end_pfn for z in layout.zones)
+    return -(-end // PAGES_PER_SECTION) * PAGES_PER_SECTION
 
 
 def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
@@ -370,18 +380,21 @@ def _boundaries(inp: ReplayInput, block: int) -> tuple[np.ndarray, list[int]]:
 
 
 def start_memmap(machine: Machine, s: StartState, stage: Stage,
-                 buffer: np.ndarray | None = None) -> pa.MemMap:
+                 buffer: np.ndarray | None = None,
+                 booted: pa.MemMap | None = None) -> pa.MemMap:
     """The emulated memory of ``stage`` in the start state ``s`` (memdesc.mm.start_state),
-    in ``buffer`` when given (see MemMap)."""
-    mm = pa.MemMap(machine, stage, debug=False, free_all=False, buffer=buffer)
+    in ``buffer`` when given (see MemMap), from ``booted`` (a MemMap of ``stage`` built
+    with ``free_all=False``, untouched since) when given."""
+    mm = booted or pa.MemMap(machine, stage, debug=False, free_all=False, buffer=buffer)
     set_start_state(mm, s.pageblock_mt, s.free_pfn, s.free_order, s.unit_pfn, s.unit_order)
     return mm
 
 
-def setup_stage(inp: ReplayInput, stage: Stage, buffer: np.ndarray | None = None
-                ) -> pa.MemMap:
-    """The emulated memory of ``stage`` in the snapshot's state, in ``buffer`` when given."""
-    return start_memmap(inp.machine, inp.start, stage, buffer)
+def setup_stage(inp: ReplayInput, stage: Stage, buffer: np.ndarray | None = None,
+                booted: pa.MemMap | None = None) -> pa.MemMap:
+    """The emulated memory of ``stage`` in the snapshot's state, in ``buffer`` when given
+    (from ``booted`` when given: see start_memmap())."""
+    return start_memmap(inp.machine, inp.start, stage, buffer, booted)
 
 
 def _free_mt(mm: pa.MemMap) -> np.ndarray:
@@ -398,15 +411,18 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                  samples: int = 100, block: int = BLOCK_OPS,
                  progress: Callable[[int], None] | None = None,
                  keep_memmap: bool = False, vmstat: bool = True,
-                 buffer: np.ndarray | None = None) -> StageRun:
+                 buffer: np.ndarray | None = None,
+                 booted: pa.MemMap | None = None) -> StageRun:
     """Replay ``inp`` at ``stage`` in ``mode``; ``progress(n)`` after each block of ops.
     In policy mode ``vmstat`` runs the pcp->high decay each second of trace time
     (memdesc.mm.vmstat); placement follows the trace's own drains instead. ``buffer``
-    holds the emulated mem_map (reused across stages by replay())."""
+    holds the emulated mem_map (reused across stages by replay()); ``booted`` is that
+    mem_map already booted for ``stage`` (MemMapPrefault.booted())."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     t0 = time.monotonic()
-    mm = setup_stage(inp, stage, None if keep_memmap else buffer)
+    mm = setup_stage(inp, stage, None if keep_memmap else buffer,
+                     None if keep_memmap else booted)
     n = mm.nr_pfns
     s0 = inp.start
     managed = s0.managed
@@ -627,7 +643,10 @@ def replay(inp: ReplayInput, stages: list[Stage], mode: str = "placement",
     pre = inp.cache.pop("mem_map_prefault", None)
     buffer = pre.get(stages) if pre is not None else mem_map_buffer(inp.machine, stages)
     for s in stages:
-        run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer)
+        booted = pre.booted(s, buffer) if pre is not None else None
+        pre = None                            # only the first stage was booted ahead
+        run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer,
+                           booted=booted)
         runs.append(run)
         series.append(stage_series(inp, run, table))
         checks.append(check_rows(inp, run))

@@ -1014,7 +1014,7 @@ def _page_init_clean(mem, S, pfn, gz, reserved):
     page_init(mem, S, pfn, gz, reserved)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def init_range_nb(mem, S, lo, hi, gz, reserved):
     """memmap_init_range() over [lo, hi): struct pages of zone ``gz`` (page_init() each,
     every word written, so the storage need not be zeroed first).
