@@ -445,7 +445,8 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     pcp = np.zeros((ns, nz), np.int64)
     units_s = np.zeros((ns, NCLS, NR_UNIT_ORDERS), np.int64)
     mism = np.zeros((len(MISMATCHES), 3), np.int64)
-    emu = np.full(len(ops), -1, np.int64)
+    # the emulator's pfn per trace allocation: policy mode only
+    emu = np.full(len(ops) if mode == "policy" else 0, -1, np.int64)
     nxt = 0
     bounds, check_at = _boundaries(inp, block)
     t_ops = ops.time if ops.time is not None else np.zeros(len(ops), np.int64)
