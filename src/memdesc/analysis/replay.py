@@ -241,15 +241,17 @@ class SnapshotStart:
 
 def load_snapshot_start(snapshot_dir: Path,
                         progress: Callable[[int], None] | None = None,
-                        stages: list[Stage] | None = None) -> SnapshotStart:
+                        stages: list[Stage] | None = None,
+                        snapshot: Snapshot | None = None) -> SnapshotStart:
     """Snapshot, classification, census, emulated machine and start state of the folder
     ``snapshot_dir`` (nothing here depends on the trace). With ``stages``, the mem_map
     storage for them is faulted in from the moment the zones are known, and the first
-    stage booted in it from the moment the machine is (MemMapPrefault)."""
+    stage booted in it from the moment the machine is (MemMapPrefault). ``snapshot``: the
+    one at ``snapshot_dir``, when the caller has opened it already."""
     from memdesc.analysis.classify import build_census, classify_chunks
 
     t0 = time.monotonic()
-    snapshot = open_snapshot(snapshot_dir)
+    snapshot = snapshot or open_snapshot(snapshot_dir)
     layout, zoneinfo = layout_of(snapshot)
     if not zoneinfo or not layout.zones:
         raise InputError(f"{snapshot_dir}: the snapshot has no zoneinfo; the emulated "
@@ -278,17 +280,19 @@ def _mem_map_pfns(layout: Layout) -> int:
 
 def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
                       progress: Callable[[int], None] | None = None,
-                      stages: list[Stage] | None = None) -> ReplayInput:
+                      stages: list[Stage] | None = None,
+                      snapshot: Snapshot | None = None) -> ReplayInput:
     """Snapshot, type inference, gates, operations, start state and check points of a trace
     (stage independent). With ``stages`` the mem_map storage replay() will use for them is
-    faulted in meanwhile, in a background thread (MemMapPrefault)."""
+    faulted in meanwhile, in a background thread (MemMapPrefault). ``snapshot``: the one at
+    ``snapshot_dir``, when the caller has opened it already."""
     t0 = time.monotonic()
     snapshot_dir = snapshot_dir or tr.snapshot_dir
     if snapshot_dir is None:
         raise InputError(f"{tr.path}: no pre-snapshot beside this trace; the replay starts "
                          "from one (record with `memdesc record` without --no-snapshot, or "
                          "pass --snapshot DIR)")
-    ss = load_snapshot_start(snapshot_dir, progress, stages)
+    ss = load_snapshot_start(snapshot_dir, progress, stages, snapshot)
     types = tt.infer_types(tr)
     gates = snapshot_gates(tr, snapshot_dir)
     ops = prepare_ops(tr, types, gates)

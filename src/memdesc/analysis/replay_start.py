@@ -79,15 +79,19 @@ def managed_map(machine: Machine) -> np.ndarray:
     return m
 
 
+@njit(cache=True, nogil=True)
+def _cover_nb(heads, orders, busy):
+    """Set ``busy`` on the pages of every allocation (head, order) below len(busy)."""
+    n = busy.shape[0]
+    for i in range(heads.shape[0]):
+        for p in range(heads[i], min(heads[i] + (np.int64(1) << orders[i]), n)):
+            busy[p] = True
+
+
 def _coverage(heads: np.ndarray, orders: np.ndarray, n: int) -> np.ndarray:
     """bool[n]: pages covered by the allocations (head, order)."""
     busy = np.zeros(n, bool)
-    lens = np.int64(1) << orders.astype(np.int64)
-    total = int(lens.sum())
-    if total:
-        starts = np.repeat(heads - np.cumsum(lens) + lens, lens)
-        idx = starts + np.arange(total)
-        busy[idx[idx < n]] = True
+    _cover_nb(np.asarray(heads, np.int64), np.asarray(orders, np.int64), busy)
     return busy
 
 

@@ -231,9 +231,9 @@ def _run_replay(args: argparse.Namespace) -> int:
                          "from one: pass --snapshot DIR (a `memdesc snapshot save` folder of "
                          "the same machine)")
     from memdesc.ingest.snapshot import open_snapshot
-    pfns = open_snapshot(snap_dir).pfn_count
-    with LazyProgress("reading the snapshot", pfns) as tick:
-        inp = load_replay_input(tr, snap_dir, progress=tick, stages=stages)
+    snapshot = open_snapshot(snap_dir)
+    with LazyProgress("reading the snapshot", snapshot.pfn_count) as tick:
+        inp = load_replay_input(tr, snap_dir, progress=tick, stages=stages, snapshot=snapshot)
     if args.snapshot and tr.snapshot_dir is None:
         inp.notes.append(f"the snapshot {args.snapshot} was not taken inside this recording: "
                          "expect the replay to disagree with the trace where the machine "
