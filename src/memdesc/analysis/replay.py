@@ -86,7 +86,11 @@ from memdesc.analysis.replay_loops import (
     _sample,
     unit_counts_nb,
 )
-from memdesc.analysis.replay_memmap import MemMapPrefault, mem_map_buffer
+from memdesc.analysis.replay_memmap import (
+    MemMapPrefault,
+    mem_map_buffer,
+    release_in_background,
+)
 from memdesc.analysis.replay_ops import (  # noqa: F401 (the replay's public names)
     _CHUNK,
     EXPECTED,
@@ -652,7 +656,11 @@ def replay(inp: ReplayInput, stages: list[Stage], mode: str = "placement",
         pre = None                            # only the first stage was booted ahead
         run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer,
                            booted=booted)
+        booted = None
         runs.append(run)
         series.append(stage_series(inp, run, table))
         checks.append(check_rows(inp, run))
+    box = [buffer]
+    del buffer                                # the box holds the last reference
+    release_in_background(box)
     return ReplayResult(inp, mode, runs, series, checks)
