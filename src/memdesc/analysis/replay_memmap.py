@@ -82,10 +82,10 @@ class MemMapPrefault:
         self._machine_known.wait()
         if self.machine is None:
             return
-        try:     # a stage this machine does not fit raises again in the caller's own boot
+        try:
             self._booted = pa.MemMap(self.machine, self.stages[0], debug=False,
                                      free_all=False, buffer=self._buffer)
-        except (ValueError, MemoryError):
+        except Exception:  # noqa: BLE001 -- raised again, as it should be, by the caller's boot
             self._booted = None
 
     def _join(self) -> None:
