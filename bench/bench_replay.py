@@ -84,7 +84,11 @@ def whole_process(label: str, path: Path, events: int, stages: int = 6, runs: in
     storage faulted in by a background thread while the input is prepared, pageblock types
     assigned by one searchsorted) median 2.56 s, min 2.32 s (3.97 M/s); paired wall ratio
     after/before median 0.92 (0.85-1.14); this function after: median 2.39 s, min 2.28 s
-    (4.26 M/s, load 1.0). The 5 M/s target needs <= 2.04 s."""
+    (4.26 M/s, load 1.0). The 5 M/s target needs <= 2.04 s. Second round (no garbage
+    collection during the run, mem_map booted in the background and by two threads, start
+    state cuts; docs/replay.md), 10 paired farm-bench runs against main 993afa0 at load
+    1.7-2.3: median 2.79 -> 2.12 s, min 2.52 -> 1.83 s (4.81 M/s at the median, 5.56 at
+    the min), paired wall ratio 0.75 (0.63-0.87)."""
     cmd = [sys.executable, "-c", "import sys; from memdesc.cli import main; sys.exit(main())",
            "replay", str(path), "--stages", "all", "--brief"]
     env = dict(os.environ)
