@@ -128,6 +128,16 @@ def machine_caches(root=SYSFS_CACHE, spec: str | None = None) -> CacheConfig:
 
 
 @njit(cache=True)
+def _set(cfg, lv, cl):
+    """The set of line ``cl`` at level ``lv``: ``cl % sets`` (a mask when sets is a power of
+    two: the division is the loop's slowest instruction)."""
+    sets = cfg[lv, _SETS]
+    if sets & (sets - 1) == 0:
+        return np.int64(cl & np.uint64(sets - 1))
+    return np.int64(cl % np.uint64(sets))
+
+
+@njit(cache=True)
 def _find(tags, off, ways, s, cl):
     base = off + s * ways
     for w in range(ways):
@@ -157,7 +167,7 @@ def _inject(cfg, tags, dirty, ev, op, lv, cl, d, stack_i, stack_a, sp):
     """Mirrors pycachesim's Cache__inject() with LRU: the line enters at the MRU end, the LRU
     way leaves; what leaving means for the levels below is pushed as tasks."""
     ways = cfg[lv, _WAYS]
-    base = cfg[lv, _OFF] + np.int64(cl % np.uint64(cfg[lv, _SETS])) * ways
+    base = cfg[lv, _OFF] + _set(cfg, lv, cl) * ways
     rep, rep_dirty = tags[base + ways - 1], dirty[base + ways - 1]
     for w in range(ways - 1, 0, -1):
         tags[base + w] = tags[base + w - 1]
@@ -186,7 +196,7 @@ def _load(cfg, tags, dirty, ev, served, op, lv, a, demand, stack_i, stack_a, sp)
     ev[op, lv, EV_LOAD] += 1
     cl = a >> np.uint64(cfg[lv, _BITS])
     ways = cfg[lv, _WAYS]
-    s = np.int64(cl % np.uint64(cfg[lv, _SETS]))
+    s = _set(cfg, lv, cl)
     loc = _find(tags, cfg[lv, _OFF], ways, s, cl)
     if loc >= 0:
         ev[op, lv, EV_HIT] += 1
@@ -200,7 +210,7 @@ def _load(cfg, tags, dirty, ev, served, op, lv, a, demand, stack_i, stack_a, sp)
     if v >= 0:
         cv = a >> np.uint64(cfg[v, _BITS])
         if _find(tags, cfg[v, _OFF], cfg[v, _WAYS],
-                 np.int64(cv % np.uint64(cfg[v, _SETS])), cv) >= 0:
+                 _set(cfg, v, cv), cv) >= 0:
             lower = v
     if lower < 0:
         lower = cfg[lv, _LOAD_FROM]
@@ -222,7 +232,7 @@ def _store(cfg, tags, dirty, ev, served, op, lv, a, demand, stack_i, stack_a, sp
     bits = np.uint64(cfg[lv, _BITS])
     cl = a >> bits
     ways = cfg[lv, _WAYS]
-    s = np.int64(cl % np.uint64(cfg[lv, _SETS]))
+    s = _set(cfg, lv, cl)
     loc = _find(tags, cfg[lv, _OFF], ways, s, cl)
     if loc < 0:
         sp = _load(cfg, tags, dirty, ev, served, op, lv, cl << bits, demand,

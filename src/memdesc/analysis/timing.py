@@ -78,11 +78,14 @@ class StageTiming:
 
 @dataclass
 class TimingCollector:
-    """The ``access_sink`` of every stage's run (see the module docstring)."""
+    """The ``access_sink`` of every stage's run (see the module docstring): called as
+    ``collector(stage_id, k)``; its ``log_capacity`` sizes the emulator's access log."""
 
     stages: list[Stage]
     caches: CacheConfig
     native: Any = None          # a native_timing.NativeRun, or None
+    #: the access log's size (read by memdesc.mm.access.attach_sink())
+    log_capacity: int = LOG_CAPACITY
     runs: dict[str, StageTiming] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,6 +114,8 @@ class TimingCollector:
         stream = access.drain(k)
         self.add(stage_id, stream, access.counters(k), dropped)
 
+    __call__ = sink
+
 
 # ---- running a source ----------------------------------------------------------------------
 
@@ -132,8 +137,7 @@ def run_scenario_timing(path: Path, stages: list[Stage], collector: TimingCollec
     scenario = load_scenario(path)
     check_scenario(scenario, stages)
     for s in stages:
-        run_stage(scenario, s, progress=progress, access_sink=collector.sink,
-                  access_log=LOG_CAPACITY)
+        run_stage(scenario, s, progress=progress, access_sink=collector)
     return {"kind": "scenario", "path": str(path), "name": scenario.name,
             "machine": scenario.machine}
 
@@ -144,8 +148,7 @@ def run_trace_timing(inp, stages: list[Stage], collector: TimingCollector, mode:
     the source fields of the document."""
     from memdesc.analysis.replay import replay
 
-    replay(inp, stages, mode, samples=2, progress=progress, access_sink=collector.sink,
-           access_log=LOG_CAPACITY)
+    replay(inp, stages, mode, samples=2, progress=progress, access_sink=collector)
     return {"kind": "trace", "path": str(inp.trace.path), "mode": mode,
             "events": len(inp.trace)}
 
