@@ -199,7 +199,9 @@ def agree(config: CacheConfig, s: AccessStream, blocks: int = 1) -> None:
         assert m.misses()[:, -1].sum() == mem
 
 
-LEVEL_SHAPES = st.sampled_from([(128, 2), (256, 1), (512, 4), (1024, 2), (2048, 8)])
+#: (size, ways): sets 1, 4, 2, 8, 4 and, not a power of two, 3, 6 and 5
+LEVEL_SHAPES = st.sampled_from([(128, 2), (256, 1), (512, 4), (1024, 2), (2048, 8),
+                                (192, 1), (768, 2), (1280, 4)])
 
 
 @st.composite
@@ -242,7 +244,8 @@ def test_agrees_with_pycachesim(config, s, blocks):
 
 
 @pytest.mark.parametrize("spec", ["L1=1K/2", "L1=1K/2,L2=8K/4", "L1=1K/2,L2=8K/4,L3=64K/8",
-                                  "L1=1K/2,L2=8K/4,L3=64K/8/victim", "L1=512/1,L2=4K/16"])
+                                  "L1=1K/2,L2=8K/4,L3=64K/8/victim", "L1=512/1,L2=4K/16",
+                                  "L1=768/4,L2=12K/12,L3=120K/8/victim"])
 def test_agrees_with_pycachesim_on_a_long_mixed_stream(spec):
     rng = np.random.default_rng(7)
     n = 6000
