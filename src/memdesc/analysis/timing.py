@@ -64,6 +64,15 @@ def stream_counters(stream: AccessStream) -> np.ndarray:
     return out
 
 
+def add_counters(total: np.ndarray | None, more: np.ndarray) -> np.ndarray:
+    """Counters of two runs of operations together: sums, but the chain maximum's max."""
+    if total is None:
+        return more.copy()
+    out = total + more
+    out[:, CT_CHAIN_MAX] = np.maximum(total[:, CT_CHAIN_MAX], more[:, CT_CHAIN_MAX])
+    return out
+
+
 @dataclass
 class StageTiming:
     """What one stage's run gave: the emulator's counters and the cache model."""
@@ -100,8 +109,7 @@ class TimingCollector:
         if self.native is not None and stream.nr_ops:
             self.native.add(stage_id, stream)
         if counters is None:
-            counters = stream_counters(stream) + (run.counters if run.counters is not None
-                                                  else 0)
+            counters = add_counters(run.counters, stream_counters(stream))
         run.counters = np.asarray(counters, np.int64)
         run.blocks += 1
         run.log_dropped |= dropped

@@ -37,8 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", metavar="SPEC",
                    help="cache levels replacing this machine's, e.g. "
                         "L1=48K/12,L2=2M/16,L3=32M/16 (NAME=SIZE/WAYS[/LINE][/victim])")
-    p.add_argument("--mode", choices=("placement", "policy"), default="placement",
-                   help="trace replay mode (see memdesc replay; default placement)")
+    p.add_argument("--mode", choices=("placement", "policy"), default="policy",
+                   help="trace replay mode (see memdesc replay). Default policy: the "
+                        "emulated allocator serves every request, so its operations are "
+                        "counted; placement moves the trace's PFNs on the lists directly "
+                        "and counts none")
     p.add_argument("--snapshot", metavar="DIR", type=Path,
                    help="start a trace recorded without a pre-snapshot from this one")
     p.add_argument("--no-native", action="store_true",

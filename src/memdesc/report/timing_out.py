@@ -87,6 +87,12 @@ def answer_lines(doc: dict[str, Any]) -> list[str]:
     if len(doc["stages"]) == 1:
         lines.append(f"{ref['id']}: {ref['totals']['count']:,} operations, "
                      f"{ref['totals']['lines']:,} metadata lines touched")
+    empty = [s["id"] for s in doc["stages"] if not s["ops"]]
+    if empty:
+        lines.append(f"  ! no operation was counted at {', '.join(empty)}"
+                     + (" (placement mode drives the free lists with the trace's PFNs, not "
+                        "through counted kernel operations: use --mode policy)"
+                        if src.get("mode") == "placement" else ""))
     dropped = [s["id"] for s in doc["stages"] if s["log_dropped"]]
     if dropped:
         lines.append(f"  ! the access log overflowed at {', '.join(dropped)}: the cache model "
