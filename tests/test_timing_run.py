@@ -15,6 +15,7 @@ from memdesc.analysis.cache_model import machine_caches
 from memdesc.analysis.timing import (
     TimingCollector,
     add_counters,
+    load_scenario_source,
     run_scenario_timing,
     stream_counters,
 )
@@ -52,7 +53,8 @@ def scenario_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("timing") / "small.scenario"
     path.write_text(SCENARIO)
     col = CheckingCollector(parse_stages("v6.18,page16,page8"), machine_caches())
-    run_scenario_timing(path, col.stages, col)
+    scenario, nr_pfns = load_scenario_source(path, col.stages)
+    run_scenario_timing(scenario, col.stages, col, nr_pfns)
     return path, col
 
 

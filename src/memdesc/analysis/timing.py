@@ -32,8 +32,10 @@ from memdesc.mm.access import KIND_STORE, OP_CLASSES, AccessStream, chain_levels
 from memdesc.stages import REFERENCE, Stage
 
 SCHEMA_VERSION = 1
-#: accesses the emulator's log holds between two drains (one replay block or scenario step)
+#: accesses the emulator's log holds between two drains (a replay's blocks shrink to fit it)
 LOG_CAPACITY = 1 << 22
+#: a scenario's log per PFN of its machine (run_scenario_timing())
+LOG_PER_PFN = 16
 #: counter columns of access.counters() (memdesc.mm.access COUNTER_NAMES)
 CT_OPS, CT_LOADS, CT_STORES, CT_LINES, CT_CHAIN_SUM, CT_CHAIN_MAX = range(6)
 NCOUNT = 6
@@ -136,17 +138,31 @@ def source_kind(path: Path) -> str:
     return "scenario" if path.is_file() and path.suffix == ".scenario" else "trace"
 
 
-def run_scenario_timing(path: Path, stages: list[Stage], collector: TimingCollector,
-                        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run the scenario at ``path`` at every stage with accounting on; the source fields of
-    the document."""
-    from memdesc.analysis.scenario import check_scenario, load_scenario, run_stage
+def load_scenario_source(path: Path, stages: list[Stage]):
+    """The scenario at ``path``, checked for ``stages`` before any work, and its machine's
+    PFN count."""
+    from memdesc.analysis.scenario import check_scenario, load_scenario
+    from memdesc.mm.mmzone import Machine
 
     scenario = load_scenario(path)
     check_scenario(scenario, stages)
+    return scenario, Machine.from_spec(scenario.machine, nr_cpus=scenario.cpus).nr_pfns
+
+
+def run_scenario_timing(scenario, stages: list[Stage], collector: TimingCollector,
+                        nr_pfns: int, progress: Callable[[int], None] | None = None
+                        ) -> dict[str, Any]:
+    """Run ``scenario`` at every stage with accounting on; the source fields of the document.
+
+    The log is drained after each step, so it must hold a whole step: LOG_PER_PFN accesses
+    per PFN of the machine (a step touches at most its RAM; examples/fileserver.scenario's
+    largest step, 1 GiB of page cache on 4 GiB, logs 8.0 M accesses, 7.6 per PFN)."""
+    from memdesc.analysis.scenario import run_stage
+
+    collector.log_capacity = max(collector.log_capacity, LOG_PER_PFN * nr_pfns)
     for s in stages:
         run_stage(scenario, s, progress=progress, access_sink=collector)
-    return {"kind": "scenario", "path": str(path), "name": scenario.name,
+    return {"kind": "scenario", "path": scenario.name, "name": Path(scenario.name).stem,
             "machine": scenario.machine}
 
 

@@ -100,13 +100,8 @@ def run(args: argparse.Namespace) -> int:
     kind = timing.source_kind(args.source)
     caches = machine_caches(spec=args.cache)
     if kind == "scenario":
-        from memdesc.analysis.scenario import check_scenario, load_scenario
-        from memdesc.mm.mmzone import Machine
-
-        scenario = load_scenario(args.source)
-        check_scenario(scenario, stages)
-        machine = Machine.from_spec(scenario.machine, nr_cpus=scenario.cpus)
-        nr_pfns, total = machine.nr_pfns, len(scenario.steps)
+        scenario, nr_pfns = timing.load_scenario_source(args.source, stages)
+        total = len(scenario.steps)
     else:
         inp = _trace_input(args, stages)
         nr_pfns, total = inp.machine.nr_pfns, len(inp.ops)
@@ -115,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     with LazyProgress("running with access accounting", total * len(stages),
                       unit="steps" if kind == "scenario" else "ops") as tick:
         if kind == "scenario":
-            source = timing.run_scenario_timing(args.source, stages, collector, tick)
+            source = timing.run_scenario_timing(scenario, stages, collector, nr_pfns, tick)
         else:
             source = timing.run_trace_timing(inp, stages, collector, args.mode, tick)
     native = None

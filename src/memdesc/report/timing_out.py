@@ -65,7 +65,9 @@ def stage_answer(doc: dict[str, Any], stage: dict[str, Any]) -> str:
         a, b = _ops(ref)[op]["dependent_loads"], _ops(stage)[op]["dependent_loads"]
         d = b - a
         word = "load" if abs(d) == 1 else "loads"
-        parts.append(f"{d:+.3g} dependent {word} per {op}() ({a:.3g} -> {b:.3g})")
+        call = f"{op}()" if op.isidentifier() else f"{op} ({_ops(ref)[op]['kernel']})"
+        parts.append(f"{d:+.3g} dependent {word} per {call} ({a:.3g} -> {b:.3g})" if d or
+                     op in HEADLINE_OPS else "dependent-load chains unchanged")
     t, rt = stage["totals"], ref["totals"]
     llc = _llc(doc)
     parts.append(f"whole workload: {_pct(t['lines'], rt['lines'])} metadata lines touched, "

@@ -42,6 +42,8 @@ def plot_figure(doc: dict[str, Any]):
             v = [value(rows[op]) if op in rows else 0.0 for op in ops]
             ax.barh(y, v, height=h, color=colours(0.85 * k / max(1, len(stages) - 1)),
                     label=f"{s['id']} ({s['struct_page_bytes']} B)")
+        if not title.startswith("dependent"):        # per-op values span 0.01 .. 1000s
+            ax.set_xscale("symlog", linthresh=1.0)
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=8)
         ax.spines[["top", "right"]].set_visible(False)
