@@ -127,6 +127,7 @@ def test_report_fits(doc, width, capsys):
     timing_out.render(doc, con)
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= width
+    assert "…" not in out
     assert "page_zone: page_zone(), per operation" in out
     assert "Whole workload" in out
 
@@ -156,3 +157,28 @@ def test_bad_input_is_one_line(argv, message, tmp_path, capsys):
     err = capsys.readouterr()
     assert err.out == "" and message in err.err and len(err.err.strip().splitlines()) == 1
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def doc_native(doc):
+    """The same document with native figures filled in (as timing_doc() writes them from
+    a native_timing result): v6.18 80 ns per page_zone(), page16 96 ns."""
+    import copy
+
+    d = copy.deepcopy(doc)
+    d["native"] = {"what": "native ns per operation", "repeats": 5, "interrupted_op_times": 3}
+    for s, ns in zip(d["stages"], (80.0, 96.0), strict=True):
+        for r in s["ops"]:
+            r["native_ns"], r["native_ratio"] = ns, ns / 80.0
+        s["totals"]["native_ns"] = sum(ns * r["count"] for r in s["ops"])
+    return d
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_report_with_native_fits(doc_native, width, capsys):
+    timing_out.render(doc_native, make_console(width=width))
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= width
+    assert "…" not in out                       # no cell cut: columns dropped instead
+    assert "native: x1.20 ns" in out.replace("\n  ", " ")
+    assert " 96.0 " in out and " 1.20 " in out

@@ -116,3 +116,21 @@ def test_cli_on_a_real_trace(tmp_path, capsys):
     ops = {r["op"]: r for r in doc["stages"][0]["ops"]}
     assert ops["alloc_pages.pcp"]["count"] > 0
     assert any(line.startswith("page16: ") for line in capsys.readouterr().out.splitlines())
+
+
+@pytest.mark.slow
+def test_native_column_on_a_real_trace(tmp_path, capsys):
+    """With the native measurement (memdesc.analysis.native_timing) the ns columns appear,
+    v6.18's ratio to itself is 1."""
+    pytest.importorskip("memdesc.analysis.native_timing",
+                        reason="the native measurement is not in this checkout")
+    trace = fixture_dir("trace-slab")
+    j = tmp_path / "t.json"
+    assert cli.main(["timing", str(trace), "--stages", "page16", "--repeats", "2",
+                     "--json", str(j)]) == 0
+    doc = json.loads(j.read_text())
+    assert doc["native"]["repeats"] == 2
+    ref = {r["op"]: r for r in doc["stages"][0]["ops"]}
+    assert ref["alloc_pages.pcp"]["native_ns"] > 0
+    assert ref["alloc_pages.pcp"]["native_ratio"] == 1.0
+    assert "native: x" in capsys.readouterr().out

@@ -153,14 +153,14 @@ def totals_table(doc: dict[str, Any], width: int):
     """The whole workload per stage: totals (not per operation) and the change to v6.18."""
     ref = _ref(doc)["totals"]
     llc = _llc(doc)
-    cols = [Column("stage", "left"), Column("operations", short="ops"), Column("loads"),
-            Column("stores", priority=3), Column("lines"),
+    cols = [Column("stage", "left"), Column("operations", short="ops"),
+            Column("loads", priority=4), Column("stores", priority=5), Column("lines"),
             Column(f"Δ lines vs {doc['reference']}", short="Δ lines")]
-    cols += [Column(f"{lv['name']} misses", short=lv["name"], priority=2)
+    cols += [Column(f"{lv['name']} misses", short=lv["name"], priority=3)
              for lv in doc["caches"]["levels"][:-1]]
     cols += [Column(f"{llc} misses", short=llc), Column(f"Δ {llc}", short="Δ")]
     if doc["native"] is not None:
-        cols.append(Column("native ms", short="ms"))
+        cols.append(Column("native ms", short="ms", priority=2))
     rows = []
     for s in doc["stages"]:
         t = s["totals"]
