@@ -249,7 +249,11 @@ def _run(addr, kind, op_class, op_first, cfg, tags, dirty, ev, served, stack_i, 
     for i in range(len(op_class)):
         op = np.int64(op_class[i])
         for j in range(op_first[i], op_first[i + 1]):
-            sp = _push(stack_i, stack_a, 0, 1 if kind[j] & KIND_STORE else 0, 0, 1, addr[j])
+            # the access itself at L1 (demand), then what it set off below, depth first
+            if kind[j] & KIND_STORE:
+                sp = _store(cfg, tags, dirty, ev, served, op, 0, addr[j], 1, stack_i, stack_a, 0)
+            else:
+                sp = _load(cfg, tags, dirty, ev, served, op, 0, addr[j], 1, stack_i, stack_a, 0)
             while sp > 0:
                 sp -= 1
                 t, lv, demand, a = stack_i[sp, 0], stack_i[sp, 1], stack_i[sp, 2], stack_a[sp]
