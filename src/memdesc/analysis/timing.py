@@ -197,6 +197,7 @@ def _ops_rows(run: StageTiming, names: tuple[str, ...], native: dict | None) -> 
             "dependent_loads_max": int(ct[c, CT_CHAIN_MAX]),
             "misses": {name: int(misses[c, i]) for i, name in enumerate(names)},
             "native_ns": nat.get("native_ns"), "native_ns_range": nat.get("range"),
+            "native_floor_ns": nat.get("floor"),
             "native_ratio": nat.get("ratio"),
         })
     return rows
@@ -219,7 +220,7 @@ def native_by_stage(result) -> dict[str, dict[str, dict]]:
         out.setdefault(r["stage"], {})[r["op"]] = {
             "native_ns": _finite(r["native_ns"]),
             "range": [_finite(r["ns_min"]), _finite(r["ns_max"])],
-            "ratio": _finite(r["ratio"])}
+            "floor": _finite(r.get("floor_ns")), "ratio": _finite(r["ratio"])}
     return out
 
 
