@@ -146,6 +146,8 @@ def test_plot_renders(doc, tmp_path):
     (["timing", "{src}", "--json", "{tmp}/no/such/dir/t.json"], "does not exist"),
     (["timing", "{src}", "--plot", "{tmp}/no/such/dir/t.png"], "does not exist"),
     (["timing", "{src}", "--cache", "L2=3M"], "NAME=SIZE/WAYS"),
+    (["timing", "{src}", "--cache", "L1=32K/8/victim"], "cannot be a victim"),
+    (["timing", "{src}", "--cache", "L2=1M/8/32"], "must not be smaller"),
     (["timing", "{src}", "--repeats", "0"], "--repeats"),
 ])
 def test_bad_input_is_one_line(argv, message, tmp_path, capsys):

@@ -50,10 +50,12 @@ What real CPUs do differently (why this is a model, not a prediction of this CPU
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numba import njit
 
+from memdesc.errors import InputError
 from memdesc.ingest.cpu_caches import (
     SYSFS_CACHE,
     CacheLevel,
@@ -83,13 +85,15 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         if not self.levels:
-            raise ValueError("a cache hierarchy needs at least one level")
+            raise InputError("--cache: a cache hierarchy needs at least one level")
         if self.levels[0].victim:
-            raise ValueError(f"{self.levels[0].name} cannot be a victim cache (nothing above)")
+            raise InputError(f"--cache: {self.levels[0].name} cannot be a victim cache "
+                             "(there is no level above it)")
         for upper, lower in zip(self.levels, self.levels[1:], strict=False):
             if lower.line < upper.line or (lower.victim and lower.line != upper.line):
-                raise ValueError(f"{lower.name}: its line ({lower.line} B) must not be smaller "
-                                 f"than {upper.name}'s ({upper.line} B), and equal if a victim")
+                raise InputError(f"--cache: {lower.name}'s line ({lower.line} B) must not be "
+                                 f"smaller than {upper.name}'s ({upper.line} B), and equal if "
+                                 "it is a victim cache")
         for lv in self.levels:
             check_level(lv, lv.name)
 
@@ -117,7 +121,7 @@ class CacheConfig:
         return out
 
 
-def machine_caches(root=SYSFS_CACHE, spec: str | None = None) -> CacheConfig:
+def machine_caches(root: Path = SYSFS_CACHE, spec: str | None = None) -> CacheConfig:
     """This machine's data caches (sysfs, else the documented default of
     memdesc.ingest.cpu_caches), with the ``--cache`` ``spec`` applied on top."""
     levels, source = machine_cache_levels(root)
