@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,10 @@ from memdesc.errors import InputError
 from memdesc.mm import access
 from memdesc.mm.access import KIND_STORE, OP_CLASSES, AccessStream, chain_levels
 from memdesc.stages import REFERENCE, Stage
+
+if TYPE_CHECKING:
+    from memdesc.analysis.replay import ReplayInput
+    from memdesc.analysis.scenario_parse import Scenario
 
 SCHEMA_VERSION = 1
 #: accesses the emulator's log holds between two drains (a replay's blocks shrink to fit it)
@@ -138,7 +142,7 @@ def source_kind(path: Path) -> str:
     return "scenario" if path.is_file() and path.suffix == ".scenario" else "trace"
 
 
-def load_scenario_source(path: Path, stages: list[Stage]):
+def load_scenario_source(path: Path, stages: list[Stage]) -> tuple[Scenario, int]:
     """The scenario at ``path``, checked for ``stages`` before any work, and its machine's
     PFN count."""
     from memdesc.analysis.scenario import check_scenario, load_scenario
@@ -149,7 +153,7 @@ def load_scenario_source(path: Path, stages: list[Stage]):
     return scenario, Machine.from_spec(scenario.machine, nr_cpus=scenario.cpus).nr_pfns
 
 
-def run_scenario_timing(scenario, stages: list[Stage], collector: TimingCollector,
+def run_scenario_timing(scenario: Scenario, stages: list[Stage], collector: TimingCollector,
                         nr_pfns: int, progress: Callable[[int], None] | None = None
                         ) -> dict[str, Any]:
     """Run ``scenario`` at every stage with accounting on; the source fields of the document.
@@ -166,8 +170,9 @@ def run_scenario_timing(scenario, stages: list[Stage], collector: TimingCollecto
             "machine": scenario.machine}
 
 
-def run_trace_timing(inp, stages: list[Stage], collector: TimingCollector, mode: str,
-                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def run_trace_timing(inp: ReplayInput, stages: list[Stage], collector: TimingCollector,
+                     mode: str, progress: Callable[[int], None] | None = None
+                     ) -> dict[str, Any]:
     """Replay ``inp`` (analysis.replay.load_replay_input) at every stage with accounting on;
     the source fields of the document."""
     from memdesc.analysis.replay import replay
