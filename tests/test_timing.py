@@ -14,19 +14,21 @@ import pytest
 
 from memdesc import cli
 from memdesc.analysis.cache_model import CacheConfig
-from memdesc.analysis.timing import (
+from memdesc.analysis.timing import TimingCollector, stream_counters, timing_doc
+from memdesc.ingest.cpu_caches import parse_cache_spec
+from memdesc.mm.access import (
     CT_CHAIN_MAX,
     CT_CHAIN_SUM,
     CT_LINES,
     CT_LOADS,
     CT_OPS,
     CT_STORES,
-    TimingCollector,
-    stream_counters,
-    timing_doc,
+    KIND_DEP,
+    KIND_PTR,
+    KIND_STORE,
+    OP_CLASS_ID,
+    AccessStream,
 )
-from memdesc.ingest.cpu_caches import parse_cache_spec
-from memdesc.mm.access import KIND_DEP, KIND_PTR, KIND_STORE, OP_CLASS_ID, AccessStream
 from memdesc.mm.kmem import PAGE_OFFSET, VMEMMAP_START
 from memdesc.report import timing_out
 from memdesc.report.console import make_console

@@ -71,8 +71,7 @@ def test_folio_alloc_chain_grows_with_dynamic_descriptors(scenario_run):
     and then writes the pages' memdesc words from its address: longer dependent chains than
     v6.18's, where the folio is the head struct page. pt_walk() is the same walk at every
     stage up to the page, so its count is the same."""
-    from memdesc.analysis.timing import CT_CHAIN_SUM, CT_OPS
-    from memdesc.mm.access import OP_CLASS_ID
+    from memdesc.mm.access import CT_CHAIN_SUM, CT_OPS, OP_CLASS_ID
 
     _, col = scenario_run
     fa, pt = OP_CLASS_ID["folio_alloc"], OP_CLASS_ID["pt_walk"]

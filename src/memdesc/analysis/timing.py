@@ -28,7 +28,19 @@ from memdesc import __version__
 from memdesc.analysis.cache_model import CacheConfig, CacheModel
 from memdesc.errors import InputError
 from memdesc.mm import access
-from memdesc.mm.access import KIND_STORE, OP_CLASSES, AccessStream, chain_levels
+from memdesc.mm.access import (
+    CT_CHAIN_MAX,
+    CT_CHAIN_SUM,
+    CT_LINES,
+    CT_LOADS,
+    CT_OPS,
+    CT_STORES,
+    KIND_STORE,
+    NCOUNT,
+    OP_CLASSES,
+    AccessStream,
+    chain_levels,
+)
 from memdesc.stages import REFERENCE, Stage
 
 if TYPE_CHECKING:
@@ -40,9 +52,6 @@ SCHEMA_VERSION = 1
 LOG_CAPACITY = 1 << 22
 #: a scenario's log per PFN of its machine (run_scenario_timing())
 LOG_PER_PFN = 16
-#: counter columns of access.counters() (memdesc.mm.access COUNTER_NAMES)
-CT_OPS, CT_LOADS, CT_STORES, CT_LINES, CT_CHAIN_SUM, CT_CHAIN_MAX = range(6)
-NCOUNT = 6
 
 
 def stream_counters(stream: AccessStream) -> np.ndarray:
