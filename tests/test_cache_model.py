@@ -210,7 +210,8 @@ def configs(draw) -> CacheConfig:
     levels, size = [], 0
     for i in range(n):
         sz, ways = draw(LEVEL_SHAPES)
-        sz = max(sz, size) * (1 if i == 0 else draw(st.sampled_from([1, 2, 4])))
+        unit = ways * 64                  # a level is a whole number of sets of ways lines
+        sz = -(-max(sz, size) // unit) * unit * (1 if i == 0 else draw(st.sampled_from([1, 2, 4])))
         size = sz
         victim = i == 2 and draw(st.booleans())
         levels.append(CacheLevel(f"L{i + 1}", sz, ways, victim=victim))
