@@ -325,7 +325,7 @@ def _size_buffer(inst: Instance, opts: RecordOptions, ncpu: int, meta: dict,
                         lambda: inst.write("trace", ""))
     rate_kb = rate / 1024
     cap = buffer_cap_kb(ncpu, _mem_available_kb())
-    want = wanted_buffer_kb(opts.slab or opts.lookups, opts.duration_s, rate_kb)
+    want = wanted_buffer_kb(opts.slab, opts.duration_s, rate_kb)
     meta["measured_rate_kb_s"] = round(rate_kb, 1)
     if want > cap:
         span = f"{opts.duration_s:g} s" if opts.duration_s else f"{UNKNOWN_RUN_S:g} s"
