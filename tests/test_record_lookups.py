@@ -23,7 +23,7 @@ from memdesc.analysis.replay_lookups import (
 from memdesc.errors import InputError
 from memdesc.ingest.ftrace import read_trace
 from memdesc.ingest.ftrace_text import read_text
-from memdesc.ingest.trace_events import EVENT_CODE, LOOKUP_EVENTS
+from memdesc.ingest.trace_events import EVENT_CODE, LOOKUP_EVENTS, Trace, empty_columns
 from memdesc.mm.access import OP_CLASS_ID
 
 DATA = Path(__file__).parent / "data" / "record-lookups"
@@ -147,6 +147,46 @@ def test_large_folio_is_one_lookup(rec, lk):
     assert lk.index[pc].tolist() == list(range(0, 512, 32)) * 2
     tests = np.isin(lk.event, get) & (lk.op_class == OP_CLASS_ID["page_flag_test"])
     assert tests.sum() == 32 * 3
+
+
+def test_read_past_the_end_stops_at_the_hole(rec, lk):
+    """Real reads of [0, 255] (1 MiB read()s of small files written in the trace): the
+    batch ends at the first index the file has no folio for."""
+    def lookups(i):
+        m = (lk.event == i) & (lk.op_class == OP_CLASS_ID["pagecache_lookup"])
+        return lk.index[m].tolist(), lk.pfn[m].tolist()
+    assert lookups(106_078) == ([0], [0x2E4FF0])                      # a one-page file
+    assert lookups(106_081) == ([0, 128, 136, 140, 141],              # orders 7, 3, 2, 0, 0
+                                [0x3C4800, 0x279018, 0x1CDC50, 0x463162, 0x463163])
+    assert lookups(106_090) == ([0], [0x2D4400])                      # one order-8 folio
+
+
+def test_batch_cap_and_holes_hand_worked():
+    """Mapping A (never added to in the trace): a read of [0, 99] looks up one folio_batch,
+    31 order-0 folios of unknown pfn. Mapping B got an order-2 folio at index 4 (pfn 1000):
+    a read of [4, 9] finds it, then stops at the hole at 8 (filemap_get_read_batch()); the
+    fault-around of [0, 9] skips the holes: 1 folio, PageHWPoison() of its 4 pages; a fault
+    at 9 looks up anyway (unknown pfn)."""
+    ev = empty_columns(5)
+    ev["event"][:] = [EVENT_CODE[n] for n in (
+        "mm_filemap_get_pages", "mm_filemap_add_to_page_cache", "mm_filemap_get_pages",
+        "mm_filemap_map_pages", "mm_filemap_fault")]
+    ev["dev"][:] = 1
+    ev["ino"][:] = [10, 20, 20, 20, 20]
+    ev["index"][:] = [0, 4, 4, 0, 9]
+    ev["last_index"][:] = [99, -1, 9, 9, -1]
+    ev["pfn"][1], ev["order"][1] = 1000, 2
+    lk = lookups_from_trace(Trace(events=ev))
+    pc = lk.op_class == OP_CLASS_ID["pagecache_lookup"]
+    assert np.bincount(lk.event[pc], minlength=5).tolist() == [31, 1, 1, 1, 1]
+    assert (lk.pfn[pc & (lk.event == 0)] == -1).all()
+    assert lk.index[pc & (lk.event == 0)].tolist() == list(range(31))
+    assert lk.pfn[pc & (lk.event >= 1)].tolist() == [1000, 1000, 1000, -1]
+    flags = lk.op_class == OP_CLASS_ID["page_flag_test"]
+    # read: 2 per folio + folio_mark_accessed(); fault-around: 6 per folio + 1 per page
+    assert np.bincount(lk.event[flags], minlength=5).tolist() == [63, 1, 3, 10, 2]
+    assert lk.pfn[flags & (lk.event == 3)].tolist() == [1000] * 6 + [1000, 1001, 1002, 1003]
+    assert lk.mappings.tolist() == [[1, 10], [1, 20]]
 
 
 def test_pages_resolved_until_deleted(rec):

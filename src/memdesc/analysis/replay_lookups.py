@@ -21,9 +21,10 @@ the event itself, each folio of the event's page-cache range, or each page of it
 
 Folios of a page-cache range: the trace's own ``mm_filemap_add_to_page_cache`` /
 ``delete`` events say which folio (head pfn, order) holds each (mapping, index) at each moment,
-so a large folio is one lookup and the pfn is known. Indices the trace never saw added (cached
-before it started) count as order-0 folios of unknown pfn (-1): an upper bound, since some may
-be holes the kernel skips.
+so a large folio is one lookup and the pfn is known. An empty index of a mapping the trace has
+seen pages added to is a hole (:data:`HOLES`: a read batch ends there, fault-around skips it);
+indices of other mappings count as order-0 folios of unknown pfn (-1), cached before the trace
+(an upper bound where the read goes past the end of the file).
 
 :func:`lookups_from_trace` builds :class:`Lookups`; :func:`schedule` places each before the
 replay operation that follows it in the trace (the replay runs ``lk[before_op == k]`` just
@@ -127,6 +128,13 @@ LOOKUP_OPS: dict[str, tuple[OpSpec, ...]] = {
 #: (PAGEVEC_SIZE 31, include/linux/pagevec.h); fault-around maps within one page table
 #: (PTRS_PER_PTE 512); a fault is one index
 MAX_FOLIOS = {"mm_filemap_get_pages": 31, "mm_filemap_map_pages": 512, "mm_filemap_fault": 1}
+#: an index of a mapping the trace has seen pages added to (before the event) but that holds
+#: no folio then is a hole: filemap_get_read_batch() stops at it (its xas_next() loop ends at
+#: the first empty slot), next_uptodate_folio() skips it (xas_next_entry()), filemap_fault()
+#: looks it up anyway (trace_mm_filemap_fault() comes before filemap_get_folio()). Indices of
+#: other mappings count as order-0 folios cached before the trace.
+HOLES = {"mm_filemap_get_pages": "stop", "mm_filemap_map_pages": "skip",
+         "mm_filemap_fault": "keep"}
 RANGE_EVENTS = tuple(MAX_FOLIOS)
 
 
@@ -241,38 +249,55 @@ def _folio_starts(run: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.nda
     return start, cs - base
 
 
-def _range_units(ev: dict[str, np.ndarray], mapping_of: np.ndarray) -> list[_Units]:
-    """Folio and page units of the page-cache range events (see the module doc).
+def _walk_ranges(ev: dict[str, np.ndarray], mapping_of: np.ndarray, rows: np.ndarray,
+                 cap: int, max_order: int) -> tuple[np.ndarray, ...]:
+    """The indices of the ranges of events ``rows``, resolved: (run, index, page, head).
 
-    The range is walked index by index up to MAX_FOLIOS[event] indices; an event that met a
-    large folio there and has more range left is walked again up to MAX_FOLIOS << (the
-    largest folio order added in the trace) indices, so a large folio is one folio."""
+    Walked index by index up to ``cap`` indices; an event that met a large folio there and
+    has more range left is walked again up to ``cap << max_order`` indices (the largest
+    folio order added in the trace), so a large folio is one folio."""
+    first = ev["index"][rows]
+    span = np.maximum(ev["last_index"][rows], first) - first + 1
+    run, idx, page, head = _event_ranges(ev, mapping_of, rows, np.minimum(span, cap))
+    start, _ = _folio_starts(run, head)
+    nfolios = np.bincount(run, weights=start, minlength=len(rows))
+    again = (nfolios < cap) & (span > cap) & (max_order > 0)
+    if not again.any():
+        return run, idx, page, head
+    more = _event_ranges(ev, mapping_of, rows[again], np.minimum(span[again], cap << max_order))
+    keep_old = ~again[run]
+    run = np.concatenate([run[keep_old], np.flatnonzero(again)[more[0]]])
+    srt = np.argsort(run, kind="stable")
+    return (run[srt], *(np.concatenate([a[keep_old], b])[srt]
+                        for a, b in zip((idx, page, head), more[1:], strict=True)))
+
+
+def _range_units(ev: dict[str, np.ndarray], mapping_of: np.ndarray) -> list[_Units]:
+    """Folio and page units of the page-cache range events (see the module doc): the
+    indices of each range, holes handled as HOLES says, at most MAX_FOLIOS folios."""
     code = ev["event"]
-    add = code == EVENT_CODE["mm_filemap_add_to_page_cache"]
+    add = np.flatnonzero(code == EVENT_CODE["mm_filemap_add_to_page_cache"])
     max_order = int(ev["order"][add].max(initial=0))
+    first_add = np.full(int(mapping_of.max(initial=-1)) + 1, len(code), np.int64)
+    np.minimum.at(first_add, mapping_of[add], add)
     out = []
     for name in RANGE_EVENTS:
         rows = np.flatnonzero((code == EVENT_CODE[name]) & (ev["index"] >= 0))
-        first = ev["index"][rows]
-        span = np.maximum(ev["last_index"][rows], first) - first + 1
         cap = MAX_FOLIOS[name]
-        run, idx, page, head = _event_ranges(ev, mapping_of, rows, np.minimum(span, cap))
-        start, folio_no = _folio_starts(run, head)
-        nfolios = np.bincount(run, weights=start, minlength=len(rows))
-        again = (nfolios < cap) & (span > cap) & (max_order > 0)
-        if again.any():                      # large folios: walk those events further
-            more = _event_ranges(ev, mapping_of, rows[again],
-                                 np.minimum(span[again], cap << max_order))
-            keep_old = ~again[run]
-            run = np.concatenate([run[keep_old], np.flatnonzero(again)[more[0]]])
-            srt = np.argsort(run, kind="stable")
-            run = run[srt]
-            idx, page, head = (np.concatenate([a[keep_old], b])[srt]
-                               for a, b in zip((idx, page, head), more[1:], strict=True))
-            start, folio_no = _folio_starts(run, head)
-        keep = folio_no <= cap
+        run, idx, page, head = _walk_ranges(ev, mapping_of, rows, cap, max_order)
         q_ev = rows[run]
-        pos = idx - first[run]
+        hole = (head < 0) & (first_add[mapping_of[q_ev]] < q_ev)
+        new_run = np.r_[True, run[1:] != run[:-1]] if len(run) else hole
+        first_head = head[new_run]
+        if HOLES[name] == "stop":        # keep the indices before the run's first hole
+            cs = np.cumsum(hole)
+            base = (cs - hole)[new_run][run] if len(run) else cs
+            hole = cs - base > 0
+        if HOLES[name] != "keep":
+            run, idx, page, head, q_ev = (a[~hole] for a in (run, idx, page, head, q_ev))
+        start, folio_no = _folio_starts(run, head)
+        keep = folio_no <= cap
+        pos = idx - ev["index"][q_ev]
         f = keep & start
         out.append(_Units(q_ev[f], np.full(int(f.sum()), PER_FOLIO), pos[f], head[f],
                           np.where(head[f] >= 0, page[f] - head[f], 0), mapping_of[q_ev[f]],
@@ -281,10 +306,9 @@ def _range_units(ev: dict[str, np.ndarray], mapping_of: np.ndarray) -> list[_Uni
                           page[keep], np.zeros(int(keep.sum()), np.int64),
                           mapping_of[q_ev[keep]], idx[keep]))
         # the event's own operations go with its first folio
-        first_row = np.flatnonzero(np.r_[True, run[1:] != run[:-1]]) if len(run) else run
         out.append(_Units(rows, np.full(len(rows), PER_EVENT), np.zeros(len(rows), np.int64),
-                          head[first_row], np.zeros(len(rows), np.int64), mapping_of[rows],
-                          first))
+                          first_head, np.zeros(len(rows), np.int64), mapping_of[rows],
+                          ev["index"][rows]))
     return out
 
 
