@@ -98,6 +98,10 @@ def test_text_lines_hand_parsed(tmp_path):
         "lru=2 flags= f   B",
         "  sh-3 [001] d.... 10.000006: page_fault_kernel: address=0x7ffdc5aaf3e9 "
         "ip=_copy_to_user error_code=0x2",
+        "  py-4 [000] d..3. 10.000007: mm_lru_insertion: folio=ffffea000a491a80 pfn=0x29246c "
+        "lru=1 flags=Ma b  ",
+        "  py-4 [000] d..3. 10.000008: mm_lru_insertion: folio=ffffea000a491a80 pfn=0x29246d "
+        "lru=3 flags= f  d ",
     ]
     path = tmp_path / "t.txt"
     path.write_text("\n".join(lines) + "\n")
@@ -106,8 +110,9 @@ def test_text_lines_hand_parsed(tmp_path):
     assert ev["ino"].tolist()[:3] == [0x2D00FE, 0x2D00FE, 0x52C00]
     assert ev["index"].tolist()[:3] == [256, 32, 52] and ev["last_index"][1] == 63
     assert ev["pfn"].tolist()[:1] + ev["pfn"].tolist()[3:5] == [0x298500, 0x29246B, 0x29246A]
-    assert ev["lru_flags"].tolist()[3:5] == [0x1 | 0x2 | 0x10 | 0x20, 0x4 | 0x40]
-    assert ev["lru"].tolist()[3:5] == [0, 2]
+    assert ev["lru_flags"].tolist()[3:5] + ev["lru_flags"].tolist()[6:] == [
+        0x1 | 0x2 | 0x10 | 0x20, 0x4 | 0x40, 0x1 | 0x2 | 0x10, 0x4 | 0x20]
+    assert ev["lru"].tolist()[3:5] + ev["lru"].tolist()[6:] == [0, 2, 1, 3]
     assert int(ev["address"][5]) == 0x7FFDC5AAF3E9 and ev["error_code"][5] == 2
     assert ev["order"][0] == 8 and ev["pfn"][5] == -1
     path.write_text(lines[3].replace("flags=Ma bd ", "flags=Mx bd ") + "\n")
@@ -163,29 +168,31 @@ def test_read_past_the_end_stops_at_the_hole(rec, lk):
 
 def test_batch_cap_and_holes_hand_worked():
     """Mapping A (never added to in the trace): a read of [0, 99] looks up one folio_batch,
-    31 order-0 folios of unknown pfn. Mapping B got an order-2 folio at index 4 (pfn 1000):
-    a read of [4, 9] finds it, then stops at the hole at 8 (filemap_get_read_batch()); the
-    fault-around of [0, 9] skips the holes: 1 folio, PageHWPoison() of its 4 pages; a fault
-    at 9 looks up anyway (unknown pfn)."""
-    ev = empty_columns(5)
-    ev["event"][:] = [EVENT_CODE[n] for n in (
-        "mm_filemap_get_pages", "mm_filemap_add_to_page_cache", "mm_filemap_get_pages",
-        "mm_filemap_map_pages", "mm_filemap_fault")]
+    31 order-0 folios of unknown pfn. Mapping B got an order-2 folio at index 4 (pfn 1000)
+    and an order-0 one at 9 (pfn 2000): a read of [4, 9] finds the first, then stops at the
+    hole at 8 (filemap_get_read_batch()); the fault-around of [0, 9] skips the holes: 2 folios,
+    PageHWPoison() of their 5 pages; a fault at 9 finds pfn 2000, one at 8 looks up anyway."""
+    names = ("mm_filemap_get_pages", "mm_filemap_add_to_page_cache",
+             "mm_filemap_add_to_page_cache", "mm_filemap_get_pages", "mm_filemap_map_pages",
+             "mm_filemap_fault", "mm_filemap_fault")
+    ev = empty_columns(len(names))
+    ev["event"][:] = [EVENT_CODE[n] for n in names]
     ev["dev"][:] = 1
-    ev["ino"][:] = [10, 20, 20, 20, 20]
-    ev["index"][:] = [0, 4, 4, 0, 9]
-    ev["last_index"][:] = [99, -1, 9, 9, -1]
-    ev["pfn"][1], ev["order"][1] = 1000, 2
+    ev["ino"][:] = [10] + [20] * 6
+    ev["index"][:] = [0, 4, 9, 4, 0, 9, 8]
+    ev["last_index"][:] = [99, -1, -1, 9, 9, -1, -1]
+    ev["pfn"][1:3], ev["order"][1:3] = [1000, 2000], [2, 0]
     lk = lookups_from_trace(Trace(events=ev))
     pc = lk.op_class == OP_CLASS_ID["pagecache_lookup"]
-    assert np.bincount(lk.event[pc], minlength=5).tolist() == [31, 1, 1, 1, 1]
+    assert np.bincount(lk.event[pc], minlength=7).tolist() == [31, 1, 1, 1, 2, 1, 1]
     assert (lk.pfn[pc & (lk.event == 0)] == -1).all()
     assert lk.index[pc & (lk.event == 0)].tolist() == list(range(31))
-    assert lk.pfn[pc & (lk.event >= 1)].tolist() == [1000, 1000, 1000, -1]
+    assert lk.pfn[pc & (lk.event >= 1)].tolist() == [1000, 2000, 1000, 1000, 2000, 2000, -1]
     flags = lk.op_class == OP_CLASS_ID["page_flag_test"]
     # read: 2 per folio + folio_mark_accessed(); fault-around: 6 per folio + 1 per page
-    assert np.bincount(lk.event[flags], minlength=5).tolist() == [63, 1, 3, 10, 2]
-    assert lk.pfn[flags & (lk.event == 3)].tolist() == [1000] * 6 + [1000, 1001, 1002, 1003]
+    assert np.bincount(lk.event[flags], minlength=7).tolist() == [63, 1, 1, 3, 17, 2, 2]
+    assert lk.pfn[flags & (lk.event == 4)].tolist() == ([1000] * 6 + [1000, 1001, 1002, 1003]
+                                                        + [2000] * 6 + [2000])
     assert lk.mappings.tolist() == [[1, 10], [1, 20]]
 
 
