@@ -245,17 +245,25 @@ def test_live_record_with_lookups(tmp_path):
         with tracefs_view() as root:
             if not (root / "events" / "filemap" / "mm_filemap_get_pages").is_dir():
                 pytest.skip("this kernel has no filemap tracepoints")
-            before = top_level_state(root)
+            systems = [root / "events" / s / "enable" for s in ("filemap", "pagemap",
+                                                                  "exceptions")]
+
+            def state() -> tuple:                # other jobs' instances may come and go
+                top = top_level_state(root)
+                top.pop("instances")
+                return top, [p.read_text() for p in systems]
+            before = state()
             out = tmp_path / "rec"
             subprocess.run(CLI + ["record", "-o", str(out), "--lookups", "--no-snapshot",
                                   "--buffer-kb", "8192", "--", "sh", "-c",
                                   "cat /etc/os-release >/dev/null; "
                                   "dd if=/dev/zero bs=1M count=1 of=/dev/null 2>/dev/null"],
                            capture_output=True, text=True, timeout=120, check=True)
-            assert top_level_state(root) == before
+            assert state() == before
     except InputError as e:
         pytest.skip(f"tracefs unavailable: {e}")
     meta = json.loads((out / "meta.json").read_text())
+    assert not Path(meta["instance"]).exists()          # the private instance is removed
     assert "page_fault_user" in meta["events"] and "mm_lru_insertion" in meta["events"]
     assert (out / "formats" / "pagemap.mm_lru_insertion.format").is_file()
     raw = read_trace(out)
