@@ -5,7 +5,6 @@ operations (memdesc.analysis.replay_lookups); and a live recording where tracefs
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,8 @@ from memdesc.ingest.ftrace import read_trace
 from memdesc.ingest.ftrace_text import read_text
 from memdesc.ingest.trace_events import EVENT_CODE, LOOKUP_EVENTS, Trace, empty_columns
 from memdesc.mm.access import OP_CLASS_ID
+from test_ftrace_raw import assert_same_events
+from test_record import top_level_state, tracefs_ok, tracefs_view  # noqa: F401 (fixture)
 
 DATA = Path(__file__).parent / "data" / "record-lookups"
 CLI = [sys.executable, "-c", "import sys; from memdesc.cli import main; sys.exit(main())"]
@@ -234,34 +235,26 @@ def test_trace_info_counts_lookup_events():
 
 
 @pytest.mark.live
-def test_live_record_with_lookups(tmp_path):
-    """A real recording: the lookup events are there, raw = text, the instance is gone."""
-    if os.geteuid() != 0:
-        pytest.skip("recording needs root (tracefs instances)")
-    from test_ftrace_raw import assert_same_events
-    from test_record import top_level_state, tracefs_view
+def test_live_record_with_lookups(tracefs_ok, tmp_path):  # noqa: F811 (pytest fixture)
+    """A real recording: the lookup events are there, raw = text, the instance is gone and
+    the top level of tracefs (the lookup systems' enables included) untouched."""
+    with tracefs_view() as root:
+        if not (root / "events" / "filemap" / "mm_filemap_get_pages").is_dir():
+            pytest.skip("this kernel has no filemap tracepoints")
+        systems = [root / "events" / s / "enable" for s in ("filemap", "pagemap", "exceptions")]
 
-    try:
-        with tracefs_view() as root:
-            if not (root / "events" / "filemap" / "mm_filemap_get_pages").is_dir():
-                pytest.skip("this kernel has no filemap tracepoints")
-            systems = [root / "events" / s / "enable" for s in ("filemap", "pagemap",
-                                                                  "exceptions")]
-
-            def state() -> tuple:                # other jobs' instances may come and go
-                top = top_level_state(root)
-                top.pop("instances")
-                return top, [p.read_text() for p in systems]
-            before = state()
-            out = tmp_path / "rec"
-            subprocess.run(CLI + ["record", "-o", str(out), "--lookups", "--no-snapshot",
-                                  "--buffer-kb", "8192", "--", "sh", "-c",
-                                  "cat /etc/os-release >/dev/null; "
-                                  "dd if=/dev/zero bs=1M count=1 of=/dev/null 2>/dev/null"],
-                           capture_output=True, text=True, timeout=120, check=True)
-            assert state() == before
-    except InputError as e:
-        pytest.skip(f"tracefs unavailable: {e}")
+        def state() -> tuple:                    # other jobs' instances may come and go
+            top = top_level_state(root)
+            top.pop("instances")
+            return top, [p.read_text() for p in systems]
+        before = state()
+        out = tmp_path / "rec"
+        subprocess.run(CLI + ["record", "-o", str(out), "--lookups", "--no-snapshot",
+                              "--buffer-kb", "8192", "--", "sh", "-c",
+                              "cat /etc/os-release >/dev/null; "
+                              "dd if=/dev/zero bs=1M count=1 of=/dev/null 2>/dev/null"],
+                       capture_output=True, text=True, timeout=120, check=True)
+        assert state() == before
     meta = json.loads((out / "meta.json").read_text())
     assert not Path(meta["instance"]).exists()          # the private instance is removed
     assert "page_fault_user" in meta["events"] and "mm_lru_insertion" in meta["events"]

@@ -376,6 +376,10 @@ def _record(opts: RecordOptions, log: Callable[[str], None]) -> Path:
         root = stack.enter_context(_CleanExit(Tracefs()))
         inst = stack.enter_context(_CleanExit(Instance(root, f"memdesc-{os.getpid()}")))
         meta["events"] = _configure(inst, events, buffer_kb)
+        missing = [e for _, e in lookups if e not in meta["events"]]
+        if missing:
+            log(f"memdesc: warning: this kernel has no {', '.join(missing)} tracepoint(s); "
+                "recording the other lookup events")
         if opts.buffer_kb is None:
             buffer_kb = _size_buffer(inst, opts, ncpu, meta, log)
             meta["buffer_size_kb"] = buffer_kb
