@@ -277,12 +277,11 @@ def test_two_nodes_prefer_the_local_node():
     assert pa.page_to_nid(mm, pa.alloc_pages(mm, GFP_KERNEL, 5, nid=1)) == 0   # falls back
 
 
-def test_highatomic_reserve():
+def test_highatomic_reserve(stage):
     """A high-order atomic allocation that needed the slow path (below the low watermark)
     reserves its pageblock (reserve_highatomic_pageblock()); ordinary allocations cannot use
     the reserve."""
-    mm = pa.MemMap(tiny(managed=65536, start=65536, min=1000, low=65536, high=65536),
-                   "v6.18")
+    mm = pa.MemMap(tiny(managed=65536, start=65536, min=1000, low=65536, high=65536), stage)
     p = pa.alloc_pages(mm, GFP_ATOMIC, 2)
     assert pb_type(mm, p) == 3 and mm.zs[NORMAL, pa.Z_RES_HA] == 512
     free_ha = mm.zs[NORMAL, pa.Z_FREE_HA]

@@ -7,6 +7,7 @@ import pytest
 from memdesc.stages import (
     FREE_TRACKING,
     FREE_TRACKING_OPTIONS,
+    PATH_ORDER,
     STAGE_IDS,
     STAGES,
     TYPE_TABLES,
@@ -72,9 +73,9 @@ def test_memdesc_stages_draws_every_layout(capsys):
 
     assert main(["stages"]) == 0
     out = capsys.readouterr().out
-    for sid in STAGE_IDS:
+    for sid in PATH_ORDER:
         assert f"== {sid}:" in out
-    assert out.count("struct page {") == 6
+    assert out.count("struct page {") == len(PATH_ORDER)
     assert "/* size: 64, cachelines: 1" in out and "/* size: 8, cachelines: 1" in out
     # page16's union { buddy_list; struct { memdesc; private } } is drawn as such
     page16 = out[out.index("== page16"):out.index("== page8")]

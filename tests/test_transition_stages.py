@@ -72,3 +72,20 @@ def test_page32_2026_page_flags_hold_only_the_per_page_bits():
     # the free-page mark is this emulator's page32 encoding (bit 24), not a PG_* flag
     assert PG_buddy_page32 == 24 and all(PG[n] < 24 for n in PG)
     assert set(TRANSITION_IDS) == {"ptdesc-first", "ptdesc-slab", "page32-2026"}
+
+
+def test_stages_command_opens_with_every_stage_in_path_order(capsys, monkeypatch):
+    """`memdesc stages --brief`: one row per stage of PATH_ORDER, transition stages included,
+    the partial separations marked as modelled by the survey only."""
+    from memdesc.cli import main
+    from memdesc.stages import PATH_ORDER
+
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["stages", "--brief"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()
+            if line.split() and line.split()[0] in PATH_ORDER]
+    assert [r[0] for r in rows] == list(PATH_ORDER)
+    assert {r[0] for r in rows if r[-2:] == ["survey", "only"]} == {"ptdesc-first",
+                                                                    "ptdesc-slab"}
+    assert all(len(line) <= 80 for line in out.splitlines())

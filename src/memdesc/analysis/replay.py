@@ -111,6 +111,7 @@ from memdesc.errors import InputError
 from memdesc.ingest import procfs
 from memdesc.ingest.snapshot import Snapshot, open_snapshot
 from memdesc.ingest.trace_events import Trace
+from memdesc.mm import access
 from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import MIGRATE_TYPES
 from memdesc.mm.mmzone import NR_PAGE_ORDERS, Machine
@@ -379,7 +380,8 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                  samples: int = 100, block: int = BLOCK_OPS,
                  progress: Callable[[int], None] | None = None,
                  keep_memmap: bool = False, vmstat: bool = True,
-                 buffer: np.ndarray | None = None) -> StageRun:
+                 buffer: np.ndarray | None = None, access_sink: Callable | None = None
+                 ) -> StageRun:
     """Replay ``inp`` at ``stage`` in ``mode``; ``progress(n)`` after each block of ops.
     In policy mode ``vmstat`` runs the pcp->high decay each second of trace time
     (memdesc.mm.vmstat); placement follows the trace's own drains instead. ``buffer``
@@ -412,6 +414,8 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     mism = np.zeros((len(MISMATCHES), 3), np.int64)
     emu = np.full(len(ops), -1, np.int64)
     nxt = 0
+    if access_sink is not None:                  # memdesc.mm.access: counted from here on
+        block = access.attach_sink(mm, access_sink, block)
     bounds, check_at = _boundaries(inp, block)
     t_ops = ops.time if ops.time is not None else np.zeros(len(ops), np.int64)
     first_t = int(t_ops[0]) if len(t_ops) else 0
@@ -439,6 +443,8 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                                units_s, t_ops, vm)
         if progress:
             progress(hi - lo)
+        if access_sink is not None:
+            access_sink(stage.id, mm)
     while nxt < ns:                                   # samples at or past the last op
         _sample(mm.S, units, nxt, nr_free, pcp, units_s)
         nxt += 1
@@ -601,14 +607,16 @@ class ReplayResult:
 
 def replay(inp: ReplayInput, stages: list[Stage], mode: str = "placement",
            samples: int = 100, progress: Callable[[int], None] | None = None,
-           table: DescriptorTable | None = None) -> ReplayResult:
+           table: DescriptorTable | None = None, access_sink: Callable | None = None
+           ) -> ReplayResult:
     """Replay ``inp`` at each stage; series and the checks against the kernel per stage."""
     runs, series, checks = [], [], []
     table = table or load_descriptors()
     pre = inp.cache.pop("mem_map_prefault", None)
     buffer = pre.get(stages) if pre is not None else mem_map_buffer(inp.machine, stages)
     for s in stages:
-        run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer)
+        run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer,
+                           access_sink=access_sink)
         runs.append(run)
         series.append(stage_series(inp, run, table))
         checks.append(check_rows(inp, run))

@@ -348,7 +348,7 @@ class StageRun:
 
 
 def run_stage(scenario: Scenario, stage, *, check: bool = False, fault_factory=None,
-              progress=None) -> StageRun:
+              progress=None, access_sink=None) -> StageRun:
     """Run every step of ``scenario`` at ``stage``; record results, state digests, metadata."""
     import time
 
@@ -359,6 +359,10 @@ def run_stage(scenario: Scenario, stage, *, check: bool = False, fault_factory=N
     world = World(scenario, stage, fault=fault_factory() if fault_factory else None,
                   check=check)
     boot_objects = slab_objects(world)
+    if access_sink is not None:                  # memdesc.mm.access: counted from here on
+        from memdesc.mm import access
+
+        access.attach_sink(world.k, access_sink, 0)
     records = []
     peak = 0
     for step in scenario.steps:
@@ -377,6 +381,8 @@ def run_stage(scenario: Scenario, stage, *, check: bool = False, fault_factory=N
                         "descriptor_bytes": acct["descriptor_bytes"]})
         if progress:
             progress(1)
+        if access_sink is not None:
+            access_sink(world.k.stage.id, world.k)
     state = world.observe()
     stats = {"page_alloc_failures": int(world.k.stats[ST_PAGE_FAILS]),
              "descriptor_unwinds": int(world.k.stats[ST_DESC_FAIL_UNWIND]),

@@ -1,6 +1,11 @@
 """``memdesc stages``: the Path, one stage after another, each struct page drawn the way pahole
 draws it (offsets and sizes, union members grouped), with how the stage finds a page's zone and
-marks free pages, and what its mem_map costs."""
+marks free pages, and what its mem_map costs.
+
+It opens with the answer: one row per stage in Path order (the 2026 transition stages
+included) with its struct page size, mem_map per TiB, descriptor policy, free-page tracking
+options and which commands run it (a partial separation, ``ptdesc-first`` and
+``ptdesc-slab``, is modelled by the survey only)."""
 
 from __future__ import annotations
 
@@ -9,13 +14,16 @@ import textwrap
 
 from memdesc.cli.options import stages_option
 from memdesc.stages import (
+    EMULATED_STAGE_IDS,
     FREE_TRACKING_OPTIONS,
     PAGE_SIZE,
+    PATH_ORDER,
     TRACKING,
     ZONE_LOOKUP,
     Field,
     Stage,
     StructLayout,
+    get_stage,
     type_code,
     variant_name,
 )
@@ -143,11 +151,49 @@ def tracking_lines(stage: Stage) -> list[str]:
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
-    from memdesc.report.console import terminal_width
+def runs_in(stage: Stage) -> str:
+    """Whether the emulator (simulate, replay) runs ``stage``, or only the survey models it."""
+    return "yes" if stage.id in EMULATED_STAGE_IDS else "survey only"
 
-    stages = stages_option(args.stages)
+
+def overview(stages: list[Stage], width: int) -> list:
+    """The answer: the opening line and one fitted table row per stage."""
+    from memdesc.report.console import Column, fit_table
+
+    cols = [Column("stage", justify="left"), Column("struct page"),
+            Column("mem_map per TiB", short="per TiB"),
+            Column("descriptors", justify="left", short="descr."),
+            Column("free-page tracking", short="free tracking", justify="left", wrap=True,
+                   min_wrap=12, priority=1),
+            Column("emulated", justify="left", priority=2)]
+    rows = []
+    for st in stages:
+        per_tib = st.struct_page_bytes * ((1 << 40) // PAGE_SIZE) >> 30
+        name = variant_name(st)
+        # a stage lists every option it has (its default first); a variant names its own
+        options = ((st.free_tracking,) if "/" in name
+                   else FREE_TRACKING_OPTIONS.get(st.id, (st.free_tracking,)))
+        rows.append([name, f"{st.struct_page_bytes} B", f"{per_tib} GiB",
+                     st.descriptor_policy, ", ".join(options), runs_in(st)])
+    sizes = sorted({st.struct_page_bytes for st in stages}, reverse=True)
+    size = " -> ".join(f"{b} B" for b in sizes)
+    head = (f"The Path: {len(stages)} stage(s), struct page {size} "
+            f"({100 * sizes[0] / PAGE_SIZE:.2f}% -> {100 * sizes[-1] / PAGE_SIZE:.2f}% of "
+            f"RAM); --stages 'ID/*' selects a stage's free-tracking options")
+    return [*_prose(head), fit_table(cols, rows, width), ""]
+
+
+def run(args: argparse.Namespace) -> int:
+    from memdesc.report.console import make_console, terminal_width
+
+    stages = (stages_option(args.stages) if args.stages != "all"
+              else [get_stage(s) for s in PATH_ORDER])
     _WIDTH["columns"] = terminal_width()
+    con = make_console()
+    for item in overview(stages, con.width):
+        con.print(item)
+    if args.brief:
+        return 0
     out: list[str] = []
     for stage in stages:
         out += [w for line in describe(stage) for w in _prose(line)]
@@ -164,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         for layout in (*OVERLAYS_V6_18, FOLIO_PATH_2025):
             out += draw(layout)
             out.append("")
-    print("\n".join(out).rstrip())
+    con.print("\n".join(out).rstrip(), markup=False)
     return 0
 
 
@@ -172,7 +218,10 @@ def register(sub) -> None:
     p = sub.add_parser("stages", help="the Path: every stage's struct page, pahole-style",
                        description=__doc__)
     p.add_argument("--stages", default="all", metavar="all|ID[,ID...]",
-                   help="stages or variants (e.g. page32@path-2025, page16@rev-a); default all")
+                   help="stages or variants (e.g. page32@path-2025, page16@rev-a, 'page8/*'); "
+                        "default: every stage in Path order, the 2026 transition stages "
+                        "included")
+    p.add_argument("--brief", action="store_true", help="only the overview table")
     p.add_argument("--overlays", action="store_true",
                    help="also draw struct folio/slab/ptdesc of 6.18 and the Path's 80-byte folio")
     p.set_defaults(func=run)

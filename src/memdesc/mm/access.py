@@ -22,6 +22,28 @@ chain level of a load is 1 without ``KIND_DEP``, else the level of that PTR load
 operation's dependent-load chain is the largest level of its loads. Example, page_zone() of
 an allocated folio page: v6.18 loads page->flags (level 1): chain 1; page16 loads the
 memdesc word (PTR, level 1) then the folio's flags (DEP, level 2): chain 2.
+
+Recording (memdesc.mm.access_core holds the numba core): ``S[C_ACC]`` (config slot 31 of the
+allocator's state array) holds the address of an int64 accounting block, 0 when off, so every
+numba function with S (or the environment tuple E, E[E_S]) counts without new arguments, and
+an access site costs one load and one predictable branch when off. :func:`enable` allocates
+the block and keeps it alive on the MemMap (``mm.access_block``). Only accesses inside an
+operation are counted (boot, debug walks and Python-side readers are not).
+
+Addresses: struct page words ``VMEMMAP_START + 8 i`` of mem_map word i; zone rows, per_cpu_pages
+rows, list heads, pageblock flags and zonelists are S words laid out from ``HEADS_BASE`` in S
+order (list head h at HEADS_BASE + 16 h, as memdesc.mm.free_tracking names it), one 8-byte word
+per S word (the zone row is 40 words, a per_cpu_pages row 8 words: not the kernel's byte
+layout); descriptors, slab objects and page tables through the direct map. Accesses narrower
+than 8 bytes are logged as their aligned 8-byte word (the log packs the kind in the low bits).
+
+Dependence: struct page / free page / list head accesses name their node (a PFN or a head);
+an access is DEP when its node is the one the latest PTR load named (see access_core for the
+list_del() ordering that keeps the "latest PTR" rule exact there). Counters per class:
+operations, loads, stores, distinct 64-byte lines per operation (summed; exact up to
+access_core.LT_FILL distinct lines in one operation), the sum and max of the dependent-load
+chain. The log keeps whole operations; when it is full further operations are counted but not
+logged (:func:`dropped` tells).
 """
 
 from __future__ import annotations
@@ -29,6 +51,17 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+from memdesc.mm import access_core as core
+from memdesc.mm.access_core import (  # noqa: F401 -- the counter columns are part of the API
+    CT_CHAIN_MAX,
+    CT_CHAIN_SUM,
+    CT_LINES,
+    CT_LOADS,
+    CT_OPS,
+    CT_STORES,
+    NCOUNT,
+)
 
 #: access kind bits (AccessStream.kind)
 KIND_STORE = 1          # a store (else a load)
@@ -65,6 +98,7 @@ OP_CLASSES: tuple[OpClass, ...] = (
     OpClass("page_flag_test", "PageFoo() / folio_test_foo()", "one page-flag test"),
     OpClass("pt_walk", "follow_page_pte()", "va -> pte -> pfn -> page -> folio"),
     OpClass("pagecache_lookup", "filemap_get_folio()", "mapping, index -> xarray -> folio"),
+    OpClass("folio_put.ref", "folio_put()", "a reference dropped, not the last one"),
 )
 #: class name -> id
 OP_CLASS_ID: dict[str, int] = {c.name: i for i, c in enumerate(OP_CLASSES)}
@@ -118,3 +152,138 @@ def chain_levels(stream: AccessStream) -> np.ndarray:
                     ptr_level = level
         out[i] = best
     return out
+
+
+# ---- recording API -------------------------------------------------------------------------
+
+#: counter column names, in order
+COUNTER_NAMES = ("ops", "loads", "stores", "lines", "chain_sum", "chain_max")
+assert len(COUNTER_NAMES) == NCOUNT
+# the ids the numba code opens are the rows of OP_CLASSES
+assert list(range(len(OP_CLASSES))) == [
+        core.OP_ALLOC_PCP, core.OP_ALLOC_REFILL, core.OP_ALLOC_BUDDY, core.OP_FREE_PCP,
+        core.OP_FREE_DRAIN, core.OP_FREE_BUDDY, core.OP_FOLIO_ALLOC, core.OP_FOLIO_PUT,
+        core.OP_KMEM_ALLOC, core.OP_KMEM_FREE, core.OP_PAGE_FOLIO, core.OP_FOLIO_PAGE,
+        core.OP_PAGE_ZONE, core.OP_PAGE_TO_NID, core.OP_PAGE_FLAG, core.OP_PT_WALK,
+        core.OP_PAGECACHE, core.OP_FOLIO_PUT_REF]
+
+
+def _memmap(k):
+    """The MemMap of a Kernel (``k.mm``) or a MemMap itself."""
+    return getattr(k, "mm", k)
+
+
+def enable(k, log_capacity: int = 0) -> None:
+    """Turn accounting on for one emulated kernel (a Kernel or a MemMap): counters always,
+    and a log of up to ``log_capacity`` accesses when > 0. Counters start at zero."""
+    mm = _memmap(k)
+    if log_capacity < 0:
+        raise ValueError("log_capacity must be >= 0")
+    ops = max(1024, log_capacity // 2) if log_capacity else 0
+    n = core.block_words(len(OP_CLASSES), log_capacity, ops)
+    A = np.zeros(n, np.int64)
+    A[core.A_SIZE] = n
+    A[core.A_NCLASS] = len(OP_CLASSES)
+    A[core.A_OFF_CT] = core.NHDR
+    A[core.A_OFF_LT] = core.NHDR + len(OP_CLASSES) * NCOUNT
+    A[core.A_OFF_LOG] = A[core.A_OFF_LT] + 2 * core.LT_SIZE
+    A[core.A_LOGCAP] = log_capacity
+    A[core.A_OFF_OPS] = A[core.A_OFF_LOG] + log_capacity
+    A[core.A_OPCAP] = ops
+    lt = A[A[core.A_OFF_LT]:A[core.A_OFF_LOG]]
+    lt[1::2] = -1                                 # no line belongs to an operation yet
+    mm.access_block = A
+    mm.S[core.C_ACC] = A.ctypes.data
+
+
+def disable(k) -> None:
+    """Turn accounting off (the counters and log are dropped)."""
+    mm = _memmap(k)
+    mm.S[core.C_ACC] = 0
+    mm.access_block = None
+
+
+def enabled(k) -> bool:
+    return bool(_memmap(k).S[core.C_ACC] != 0)
+
+
+def _block(k) -> np.ndarray:
+    mm = _memmap(k)
+    A = getattr(mm, "access_block", None)
+    if A is None or mm.S[core.C_ACC] != A.ctypes.data:
+        raise ValueError("access accounting is not enabled on this kernel (access.enable())")
+    return A
+
+
+def counters(k) -> np.ndarray:
+    """Per class (rows of OP_CLASSES) the counters CT_OPS, CT_LOADS, CT_STORES, CT_LINES,
+    CT_CHAIN_SUM, CT_CHAIN_MAX (a copy)."""
+    A = _block(k)
+    o = int(A[core.A_OFF_CT])
+    return A[o:o + len(OP_CLASSES) * NCOUNT].reshape(len(OP_CLASSES), NCOUNT).copy()
+
+
+def dropped(k) -> bool:
+    """True when the log filled up since the last drain (later operations were not logged)."""
+    return bool(_block(k)[core.A_DROPPED])
+
+
+def drain(k) -> AccessStream:
+    """The log so far as an AccessStream, then emptied (the counters are kept)."""
+    A = _block(k)
+    if A[core.A_DEPTH] != 0:
+        raise RuntimeError("access log drained inside an operation")
+    n, nops = int(A[core.A_LOGN]), int(A[core.A_OPN])
+    log = A[A[core.A_OFF_LOG]:A[core.A_OFF_LOG] + n].view(np.uint64)
+    ops = A[A[core.A_OFF_OPS]:A[core.A_OFF_OPS] + nops]
+    first = np.empty(nops + 1, np.int64)
+    first[:nops] = ops >> 8
+    first[nops] = n
+    out = AccessStream(log & ~np.uint64(7), (log & np.uint64(7)).astype(np.uint8),
+                       (ops & 0xFF).astype(np.uint8), first)
+    A[core.A_LOGN] = A[core.A_OPN] = A[core.A_DROPPED] = 0
+    return out
+
+
+def concat(streams: list[AccessStream]) -> AccessStream:
+    """One stream of the operations of ``streams`` in order (e.g. the drains of a run)."""
+    if not streams:
+        return AccessStream(np.zeros(0, np.uint64), np.zeros(0, np.uint8),
+                            np.zeros(0, np.uint8), np.zeros(1, np.int64))
+    base = np.cumsum([0] + [x.nr_accesses for x in streams[:-1]])
+    first = [x.op_first[:-1] + b for x, b in zip(streams, base, strict=True)]
+    first.append(np.array([base[-1] + streams[-1].nr_accesses], np.int64))
+    return AccessStream(np.concatenate([x.addr for x in streams]),
+                        np.concatenate([x.kind for x in streams]),
+                        np.concatenate([x.op_class for x in streams]),
+                        np.concatenate(first).astype(np.int64))
+
+
+#: accesses per operation the log is sized for when a sink sets its blocks (the pcp paths take
+#: 20-60; a refill or drain moving a batch takes more, and dropped() tells when one overflowed)
+ACCESSES_PER_OP = 64
+
+
+def attach_sink(k, sink, block: int) -> int:
+    """Turn accounting on for a run that calls ``sink(stage_id, k)`` after each block (the
+    ``access_sink`` of analysis.replay.replay() and analysis.scenario.run_stage()). The sink's
+    optional ``log_capacity`` attribute sizes the log (0 or absent: counters only); with a
+    log, a replay's blocks shrink to ``log_capacity // ACCESSES_PER_OP`` operations so a
+    block's accesses fit. Returns the block size to use."""
+    cap = int(getattr(sink, "log_capacity", 0) or 0)
+    enable(k, cap)
+    if cap and block:
+        return max(1, min(block, cap // ACCESSES_PER_OP))
+    return block
+
+
+# ---- the lookup entry points (numba, on the environment tuple E) --------------------------
+from memdesc.mm.lookups import (  # noqa: E402, F401 -- re-exported: part of this API
+    folio_page_e,
+    page_flag_test_e,
+    page_folio_e,
+    page_to_nid_e,
+    page_zone_e,
+    pagecache_lookup_e,
+    pt_walk_e,
+)

@@ -35,6 +35,7 @@ from memdesc.mm.folio import (
     fset,
 )
 from memdesc.mm.kmem import BATCH, M_TOP, M_USED, TAG_FILE, WORDS_PER_PAGE, content_tag, fill_tags
+from memdesc.mm.lookups import readback_file_e
 from memdesc.mm.memdesc_alloc import E_DATA, E_KMETA, E_SP, E_TAGS, SP_T_FILE, borrow
 from memdesc.mm.slub import _GROW, SLAB_RECLAIM_ACCOUNT
 
@@ -283,11 +284,18 @@ class PageCache:
         return n
 
     def observe(self, a: AddressSpace) -> dict[str, object]:
-        h, pages, right, wrong = readback_file_nb(self.k.E, a.index_map, np.uint64(a.mapping),
-                                                  a.file_id)
-        _, folios = self.heads(a)
-        orders = np.bincount(self._orders(folios), minlength=11) if folios.size else \
-            np.zeros(11, np.int64)
+        starts, folios = self.heads(a)
+        fo = self._orders(folios)
+        lens = np.int64(1) << fo                          # the order of the folio at each index
+        pos = np.repeat(starts, lens) + np.arange(int(lens.sum())) - np.repeat(
+            np.cumsum(lens) - lens, lens)
+        keep = pos < a.size_pages
+        at = np.zeros(a.size_pages, np.int64)
+        at[pos[keep]] = np.repeat(fo, lens)[keep]
+        h, pages, right, wrong = readback_file_e(
+            self.k.E, a.index_map, np.array(a.xa_nodes, np.uint64), np.uint64(a.mapping),
+            a.file_id, at)
+        orders = np.bincount(fo, minlength=11) if folios.size else np.zeros(11, np.int64)
         return {"digest": f"{int(h):016x}", "pages": int(pages), "pages_with_right_data":
                 int(right), "folios_with_wrong_mapping": int(wrong),
                 "folio_orders": [int(x) for x in orders], "xa_nodes": len(a.xa_nodes)}

@@ -24,8 +24,28 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm import gfp as _gfp
+from memdesc.mm.access_core import (
+    ADDRNODE,
+    KIND_PTR,
+    OP_FOLIO_ALLOC,
+    OP_FOLIO_PUT,
+    OP_FOLIO_PUT_REF,
+    acc,
+    op_begin,
+    op_end,
+    op_refine,
+)
 from memdesc.mm.free_tracking import page_zone_index
-from memdesc.mm.kmem import VMEMMAP_START, dm_index, kread, kread32, kwrite, kwrite32
+from memdesc.mm.kmem import (
+    VMEMMAP_START,
+    acc_stores,
+    dm_index,
+    kread,
+    kread32_a,
+    kread_a,
+    kwrite32_a,
+    kwrite_a,
+)
 from memdesc.mm.memdesc_alloc import (
     E_DATA,
     E_MEM,
@@ -106,24 +126,27 @@ def _lay(E):
 @njit(cache=True)
 def fget(E, folio, fid):
     """A 64-bit folio member."""
-    return kread(E[E_MEM], E[E_DATA], E[E_SLOT], folio + np.uint64(FO[_lay(E), fid]))
+    return kread_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], folio + np.uint64(FO[_lay(E), fid]),
+                   False)
 
 
 @njit(cache=True)
 def fset(E, folio, fid, value):
-    kwrite(E[E_MEM], E[E_DATA], E[E_SLOT], folio + np.uint64(FO[_lay(E), fid]), np.uint64(value))
+    kwrite_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], folio + np.uint64(FO[_lay(E), fid]),
+             np.uint64(value))
 
 
 @njit(cache=True)
 def fget32(E, folio, fid):
     """A 32-bit (atomic_t) folio member, signed."""
-    return np.int32(kread32(E[E_MEM], E[E_DATA], E[E_SLOT], folio + np.uint64(FO[_lay(E), fid])))
+    return np.int32(kread32_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT],
+                              folio + np.uint64(FO[_lay(E), fid])))
 
 
 @njit(cache=True)
 def fset32(E, folio, fid, value):
-    kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], folio + np.uint64(FO[_lay(E), fid]),
-             np.uint32(np.int64(value) & 0xFFFFFFFF))
+    kwrite32_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], folio + np.uint64(FO[_lay(E), fid]),
+               np.uint32(np.int64(value) & 0xFFFFFFFF))
 
 
 @njit(cache=True)
@@ -131,9 +154,9 @@ def folio_order(E, folio):
     """Mirrors folio_order(): the _flags_1 low byte of a large folio at the overlay stages
     (0 without PG_head), the order byte of the descriptor from ``dynamic`` on."""
     if _lay(E):
-        return np.int64(kread32(E[E_MEM], E[E_DATA], E[E_SLOT],
-                                folio + np.uint64(FO[1, F_ORDER])) & np.uint32(0xFF))
-    if kread(E[E_MEM], E[E_DATA], E[E_SLOT], folio) & np.uint64(1 << PG_head):
+        return np.int64(kread32_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT],
+                                  folio + np.uint64(FO[1, F_ORDER])) & np.uint32(0xFF))
+    if fget(E, folio, F_FLAGS) & np.uint64(1 << PG_head):
         return np.int64(fget(E, folio, F_ORDER) & np.uint64(0xFF))
     return 0
 
@@ -155,12 +178,17 @@ def page_folio(E, pfn):
     sp = E[E_SP]
     page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
     if sp[SP_DYNAMIC]:
-        w = kread(E[E_MEM], E[E_DATA], E[E_SLOT], page + np.uint64(sp[SP_MEMDESC_OFF]))
+        w = kread_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], page + np.uint64(sp[SP_MEMDESC_OFF]),
+                    True)
         t = np.int64(w & np.uint64(15))
         if t != sp[SP_T_FILE] and t != sp[SP_T_ANON]:
             return np.uint64(0)
         return w & ~np.uint64(15)
     head = kread(E[E_MEM], E[E_DATA], E[E_SLOT], page + np.uint64(8))
+    # _compound_head(): the value is a pointer only on a tail page (a head page's address
+    # does not come from it)
+    acc(E[E_S], page + np.uint64(8), KIND_PTR if head & np.uint64(1) else 0, ADDRNODE,
+        np.int64(head - np.uint64(1)))
     if head & np.uint64(1):
         return head - np.uint64(1)
     return page
@@ -195,6 +223,7 @@ def _init_desc(E, folio, pfn, order):
         d[w + 13] = 0                         # _mm_ids (high half)
         d[w + 14] = folio + np.uint64(112)                   # _deferred_list (self)
         d[w + 15] = folio + np.uint64(112)
+    acc_stores(E[E_S], folio, 16 if order > 0 else 10)
 
 
 @njit(cache=True)
@@ -204,7 +233,17 @@ def folio_alloc_nb(E, gfpflags, order, type_code, nid):
     Dynamic stages: ``kmem_cache_alloc(folio_slab, gfp)`` first, then
     ``alloc_page_desc(gfp, order, type, folio)``; if the pages fail, the descriptor goes back
     (``kmem_cache_free()``) and the call fails. Overlay stages: a __GFP_COMP allocation whose
-    head struct page is the folio. Returns the folio address, 0, or slub._GROW."""
+    head struct page is the folio. Returns the folio address, 0, or slub._GROW. One counted
+    folio_alloc operation (memdesc.mm.access)."""
+    S = E[E_S]
+    op_begin(S, OP_FOLIO_ALLOC)
+    f = _folio_alloc(E, gfpflags, order, type_code, nid)
+    op_end(S)
+    return f
+
+
+@njit(cache=True)
+def _folio_alloc(E, gfpflags, order, type_code, nid):
     sp = E[E_SP]
     if sp[SP_DYNAMIC]:
         c = sp[SP_C_FOLIO] if order == 0 else sp[SP_C_FOLIO_LARGE]
@@ -294,15 +333,19 @@ def __folio_put(E, folio):
 @njit(cache=True)
 def folio_put_refs(E, folio, nr):
     """Mirrors folio_put_refs(): drop ``nr`` references; the last one frees the folio.
-    Returns True if it was freed."""
+    Returns True if it was freed. One counted operation: folio_put.ref, or folio_put when it
+    drops the last reference."""
+    S = E[E_S]
+    op_begin(S, OP_FOLIO_PUT_REF)
     r = folio_ref_count(E, folio) - nr
     if r < 0:
         raise AssertionError("folio refcount underflow")
     fset32(E, folio, F_REFCOUNT, r)
     if r == 0:
+        op_refine(S, OP_FOLIO_PUT_REF, OP_FOLIO_PUT_REF, OP_FOLIO_PUT)
         __folio_put(E, folio)
-        return True
-    return False
+    op_end(S)
+    return r == 0
 
 
 # ---- anonymous rmap ---------------------------------------------------------------------------
@@ -325,8 +368,8 @@ def folio_add_new_anon_rmap(E, folio, anon_vma, index, pmd_mapped):
         nr = np.int64(1) << order
         if not sp[SP_DYNAMIC]:
             for i in range(nr):
-                kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT],
-                         folio + np.uint64(i * sp[SP_PAGE_BYTES] + 48), np.uint32(0))
+                kwrite32_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT],
+                           folio + np.uint64(i * sp[SP_PAGE_BYTES] + 48), np.uint32(0))
             fset32(E, folio, F_NR_PAGES_MAPPED, nr)
         fset32(E, folio, F_LARGE_MAPCOUNT, nr - 1)
     else:
@@ -358,8 +401,9 @@ def folio_remove_rmap(E, folio, pmd_mapped):
     if not sp[SP_DYNAMIC]:
         for i in range(nr):
             a = folio + np.uint64(i * sp[SP_PAGE_BYTES] + 48)
-            v = np.int32(kread32(E[E_MEM], E[E_DATA], E[E_SLOT], a))
-            kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], a, np.uint32(np.int64(v - 1) & 0xFFFFFFFF))
+            v = np.int32(kread32_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], a))
+            kwrite32_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], a,
+                       np.uint32(np.int64(v - 1) & 0xFFFFFFFF))
         fset32(E, folio, F_NR_PAGES_MAPPED, fget32(E, folio, F_NR_PAGES_MAPPED) - nr)
     fset32(E, folio, F_LARGE_MAPCOUNT, fget32(E, folio, F_LARGE_MAPCOUNT) - nr)
 

@@ -80,17 +80,30 @@ from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's
     NZCOL,
     VMEMMAP,
     Z_BASE,
+    acc_head,
+    acc_noptr,
     hx,
     layout_cfg,
+    ldm,
+    lds,
     misc_word,
     nodezone_bits,
     px,
+    sadd,
+    stm,
+    sts,
     zx,
 )
 from memdesc.mm.ft_packed import MAX_PACKED_BLOCKS, PACKED_HEADS  # noqa: F401
 from memdesc.mm.mm_types import NODES_PGSHIFT, ZONES_PGSHIFT, PG_reserved
 from memdesc.mm.mmzone import NR_ZONES
-from memdesc.stages import Stage, TrackingOption, add_tracking_option, type_code
+from memdesc.stages import (
+    Stage,
+    TrackingOption,
+    add_tracking_option,
+    movable_memdesc_types,
+    type_code,
+)
 
 _PG_RESERVED = np.uint64(1 << PG_reserved)
 
@@ -214,12 +227,9 @@ def make_cfg(stage: Stage, nr_cpus: int, nr_nodes: int) -> np.ndarray:
     cfg[C_NNODE] = nr_nodes
     cfg[C_HPZ] = heads_per_zone(nr_cpus)
     cfg[C_DYNAMIC] = int(stage.dynamic)
-    mov = 0
-    for name in ("File", "Anon", "KSM", "Movable"):     # page_has_movable_ops() or an LRU folio
-        for code, n in stage.types.items():
-            if n == name:
-                mov |= 1 << code
-    cfg[C_MOVMASK] = mov
+    # page_has_movable_ops() or an LRU folio: the descriptor table's movable types
+    movable = movable_memdesc_types()
+    cfg[C_MOVMASK] = sum(1 << code for code, n in stage.types.items() if n in movable)
     cfg[C_BUDDYMASK] = sum(1 << c for c, n in stage.types.items() if n == "Buddy")
     cfg[C_NZ] = nr_nodes * NR_ZONES
     mod.configure(stage, cfg)
@@ -254,7 +264,9 @@ def unmanaged(typingctx, arr):
 def link_get(mem, S, node, which, gz, order):
     """next (which=0) or prev (1) of ``node`` on a list of blocks of ``order`` in zone ``gz``."""
     if node < 0:
-        return S[hx(S, -1 - node) + which]
+        to = S[hx(S, -1 - node) + which]
+        acc_head(S, -1 - node, which, False, to)
+        return to
     return _enc_link_get(mem, S, node, which, gz, order)  # noqa: F821 -- generated
 
 
@@ -263,54 +275,64 @@ def link_set(mem, S, node, which, to, gz, order):
     """Set next/prev of ``node`` to ``to``, keeping the type/order nibbles that share the word."""
     if node < 0:
         S[hx(S, -1 - node) + which] = to
+        acc_head(S, -1 - node, which, True, to)
         return
     _enc_link_set(mem, S, node, which, to, gz, order)  # noqa: F821 -- generated
 
 
 @njit(cache=True)
 def list_empty(S, h):
-    return S[hx(S, h)] == -1 - h
+    first = S[hx(S, h)]
+    acc_head(S, h, 0, False, first)
+    return first == -1 - h
 
 
 @njit(cache=True)
 def list_first(S, h):
-    return S[hx(S, h)]
+    first = S[hx(S, h)]
+    acc_head(S, h, 0, False, first)
+    return first
 
 
 @njit(cache=True)
 def list_last(S, h):
-    return S[hx(S, h) + 1]
+    last = S[hx(S, h) + 1]
+    acc_head(S, h, 1, False, last)
+    return last
 
 
 @njit(cache=True)
 def list_add(mem, S, node, h, gz, order):
     """Mirrors list_add(): insert after the head."""
     head = -1 - h
-    nxt = S[hx(S, h)]
+    nxt = list_first(S, h)
+    link_set(mem, S, nxt, 1, node, gz, order)      # __list_add()'s order of stores
     link_set(mem, S, node, 0, nxt, gz, order)
     link_set(mem, S, node, 1, head, gz, order)
-    link_set(mem, S, nxt, 1, node, gz, order)
-    S[hx(S, h)] = node
+    link_set(mem, S, head, 0, node, gz, order)
 
 
 @njit(cache=True)
 def list_add_tail(mem, S, node, h, gz, order):
     """Mirrors list_add_tail(): insert before the head."""
     head = -1 - h
-    prev = S[hx(S, h) + 1]
+    prev = list_last(S, h)
+    link_set(mem, S, head, 1, node, gz, order)     # __list_add(new, head->prev, head)
     link_set(mem, S, node, 0, head, gz, order)
     link_set(mem, S, node, 1, prev, gz, order)
     link_set(mem, S, prev, 0, node, gz, order)
-    S[hx(S, h) + 1] = node
 
 
 @njit(cache=True)
 def list_del(mem, S, node, gz, order):
-    """Mirrors list_del() (without LIST_POISON: the caller rewrites the words next)."""
-    nxt = link_get(mem, S, node, 0, gz, order)
+    """Mirrors list_del() (without LIST_POISON: the caller rewrites the words next). prev is
+    read first and not as the operation's latest pointer: next is (memdesc.mm.access_core)."""
+    acc_noptr(S, True)
     prev = link_get(mem, S, node, 1, gz, order)
+    acc_noptr(S, False)
+    nxt = link_get(mem, S, node, 0, gz, order)
+    link_set(mem, S, nxt, 1, prev, gz, order)      # __list_del(): next->prev, then prev->next
     link_set(mem, S, prev, 0, nxt, gz, order)
-    link_set(mem, S, nxt, 1, prev, gz, order)
 
 
 # ---- node / zone ----------------------------------------------------------------------------
@@ -322,10 +344,10 @@ def page_zone_index(mem, S, pfn):
     memdesc_zonenum()), else the PFN table ("reconstruct the node/zone from the PFN")."""
     fl = S[C_F_FLAGS]
     if fl >= 0:
-        f = mem[pfn * S[C_W] + fl]
+        f = ldm(mem, S, pfn * S[C_W] + fl)
         return (np.int64(f >> np.uint64(NODES_PGSHIFT)) * NR_ZONES
                 + np.int64((f >> np.uint64(ZONES_PGSHIFT)) & np.uint64(7)))
-    return np.int64(S[S[C_OFF_PBZ] + (pfn >> 9)])
+    return np.int64(lds(S, S[C_OFF_PBZ] + (pfn >> 9)))
 
 
 # ---- whole-page states --------------------------------------------------------------------
@@ -366,14 +388,14 @@ def page_is_movable(mem, S, pfn):
     slot = memdesc_slot(S)
     if slot < 0:
         b = pfn * 8
-        pty = (mem[b + 6] >> np.uint64(24)) & np.uint64(0xFF)
-        if (mem[b] >> np.uint64(3)) & np.uint64(1) and (pty == 0xF6 or pty == 0xF1):
+        pty = (ldm(mem, S, b + 6) >> np.uint64(24)) & np.uint64(0xFF)
+        if (ldm(mem, S, b) >> np.uint64(3)) & np.uint64(1) and (pty == 0xF6 or pty == 0xF1):
             return True                            # PG_movable_ops on zsmalloc/offline
-        ch = mem[b + 1]
+        ch = ldm(mem, S, b + 1)
         if ch & np.uint64(1):                      # tail: look at the head
             b = np.int64((ch - np.uint64(1) - VMEMMAP) >> np.uint64(6)) * 8
-        f = mem[b]
+        f = ldm(mem, S, b)
         return (f >> np.uint64(5)) & np.uint64(1) == 1   # PG_lru
-    w = mem[pfn * S[C_W] + slot]
+    w = ldm(mem, S, pfn * S[C_W] + slot)
     t = np.int64(w & np.uint64(15))
     return (S[C_MOVMASK] >> t) & 1 == 1

@@ -12,7 +12,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from memdesc.mm.kmem import VMEMMAP_START
+from memdesc.mm.access_core import (  # noqa: F401 -- acc_noptr re-exported
+    C_ACC,
+    KIND_PTR,
+    KIND_STORE,
+    NONODE,
+    acc,
+    acc_noptr,
+)
+from memdesc.mm.kmem import PAGE_OFFSET, VMEMMAP_START
 from memdesc.mm.memdesc import (
     MISC_ORDER_SHIFT,
     MISC_SUBTYPE_ALLOC_PAGES,
@@ -36,6 +44,8 @@ C_F_PTYPE, C_F_MD, C_F_MAPPING, C_REF_SHIFT = 23, 24, 25, 26
 C_BIT_BUDDY, C_X0, C_X1 = 27, 28, 29
 # region of S an option keeps beside the allocator state (side memory, or free-page contents)
 C_OFF_SIDE = 30
+# the address of the access accounting block (memdesc.mm.access_core), 0: off
+assert C_ACC == 31
 NCFG = 32
 
 NR_PCP_LISTS = 14                       # [M] per_cpu_pages.lists[14]
@@ -99,6 +109,87 @@ def hx(S, h):
     return S[C_OFF_HEADS] + 2 * h
 
 
+# ---- access accounting of struct page words, free pages and S words ------------------------
+# (memdesc.mm.access_core; every helper is one load of S[C_ACC] and a branch when off)
+
+_PAGE_OFFSET = np.uint64(PAGE_OFFSET)
+
+
+@njit(cache=True)
+def ldm(mem, S, i):
+    """mem[i], counted as a load of that struct page word in the vmemmap."""
+    v = mem[i]
+    if S[C_ACC] != 0:
+        acc(S, VMEMMAP + (np.uint64(i) << np.uint64(3)), 0, i // S[C_W], NONODE)
+    return v
+
+
+@njit(cache=True)
+def stm(mem, S, i, v):
+    """mem[i] = v, counted as a store to that struct page word."""
+    mem[i] = v
+    if S[C_ACC] != 0:
+        acc(S, VMEMMAP + (np.uint64(i) << np.uint64(3)), KIND_STORE, i // S[C_W], NONODE)
+
+
+@njit(cache=True)
+def acc_link(S, i, to):
+    """Count the load of link word mem[i]: a pointer naming node ``to``."""
+    if S[C_ACC] != 0:
+        acc(S, VMEMMAP + (np.uint64(i) << np.uint64(3)), KIND_PTR, i // S[C_W], to)
+
+
+@njit(cache=True)
+def acc_inpage(S, pfn, which, to, store):
+    """Count a load (naming ``to``) or store of word ``which`` of free page ``pfn`` itself
+    (the direct map: links kept inside free memory)."""
+    if S[C_ACC] != 0:
+        a = _PAGE_OFFSET + (np.uint64(pfn) << np.uint64(12)) + np.uint64(8 * which)
+        acc(S, a, KIND_STORE if store else KIND_PTR, pfn, to)
+
+
+@njit(cache=True)
+def s_addr(S, i):
+    """Emulated address of S word ``i`` of the heads/zones/pcp/pageblock regions: the
+    regions are laid out from HEADS_BASE in S order, so list head h is at HEADS_BASE + 16 h."""
+    return HEADS + (np.uint64(i - S[C_OFF_HEADS]) << np.uint64(3))
+
+
+@njit(cache=True)
+def lds(S, i):
+    """S[i] counted as a load of a zone / per_cpu_pages / pageblock word."""
+    v = S[i]
+    if S[C_ACC] != 0:
+        acc(S, s_addr(S, i), 0, NONODE, NONODE)
+    return v
+
+
+@njit(cache=True)
+def sts(S, i, v):
+    """S[i] = v counted as a store."""
+    S[i] = v
+    if S[C_ACC] != 0:
+        acc(S, s_addr(S, i), KIND_STORE, NONODE, NONODE)
+
+
+@njit(cache=True)
+def sadd(S, i, d):
+    """S[i] += d counted as a load and a store (zone and pcp counters)."""
+    S[i] += d
+    if S[C_ACC] != 0:
+        a = s_addr(S, i)
+        acc(S, a, 0, NONODE, NONODE)
+        acc(S, a, KIND_STORE, NONODE, NONODE)
+
+
+@njit(cache=True)
+def acc_head(S, h, which, store, to):
+    """Count a load (a pointer naming ``to``) or store of list head ``h``'s next/prev."""
+    if S[C_ACC] != 0:
+        a = HEADS + (np.uint64(h) << np.uint64(4)) + np.uint64(8 * which)
+        acc(S, a, KIND_STORE if store else KIND_PTR, -1 - h, to)
+
+
 # ---- links as emulated addresses (encodings that store pointers) ------------------------------
 
 @njit(cache=True)
@@ -145,19 +236,22 @@ KEEP_NODEZONE = np.uint64(~((1 << ZONES_PGSHIFT) - 1) & 0xFFFFFFFFFFFFFFFF)
 def pointer_link_get(mem, S, node, which, gz, order):
     """link_get() of encodings whose link slot holds plain struct page addresses
     (list_head.next/prev in buddy_list, as in the kernel)."""
-    return node_of(S, mem[node * S[C_W] + S[C_F_LINK] + which])
+    i = node * S[C_W] + S[C_F_LINK] + which
+    to = node_of(S, mem[i])
+    acc_link(S, i, to)
+    return to
 
 
 @njit(cache=True)
 def pointer_link_set(mem, S, node, which, to, gz, order):
     """link_set() counterpart of :func:`pointer_link_get`."""
-    mem[node * S[C_W] + S[C_F_LINK] + which] = addr_of(S, to)
+    stm(mem, S, node * S[C_W] + S[C_F_LINK] + which, addr_of(S, to))
 
 
 @njit(cache=True)
 def misc_init_reserved(mem, S, pfn, gz):
     """init_reserved() of encodings with a memdesc word: a reserved page is Misc/reserved."""
-    mem[pfn * S[C_W] + S[C_F_MD]] = misc_word(S, MISC_SUBTYPE_RESERVED, 0, gz)
+    stm(mem, S, pfn * S[C_W] + S[C_F_MD], misc_word(S, MISC_SUBTYPE_RESERVED, 0, gz))
 
 
 @njit(cache=True)
@@ -167,11 +261,11 @@ def misc_prep_new_page(mem, S, pfn, order, comp, gz):
     w, md, pv = S[C_W], S[C_F_MD], S[C_F_PRIV]
     word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
     for i in range(pfn * w, (pfn + (np.int64(1) << order)) * w, w):
-        mem[i + md] = word
-        mem[i + pv] = 0
+        stm(mem, S, i + md, word)
+        stm(mem, S, i + pv, 0)
 
 
 @njit(cache=True)
 def nibble_tail_ok(mem, S, pfn):
     """tail_ok() of encodings whose memdesc word keeps the Buddy type in its low nibble."""
-    return np.int64(mem[pfn * S[C_W] + S[C_F_MD]] & U4) == S[C_BUDDY]
+    return np.int64(ldm(mem, S, pfn * S[C_W] + S[C_F_MD]) & U4) == S[C_BUDDY]

@@ -19,10 +19,12 @@ from memdesc.mm.ft_common import (
     C_F_PRIV,
     C_W,
     KEEP_NODEZONE,
+    ldm,
     misc_init_reserved,
     misc_prep_new_page,
     pointer_link_get,
     pointer_link_set,
+    stm,
 )
 from memdesc.mm.mm_types import PG_buddy_page32
 
@@ -45,24 +47,26 @@ prep_new_page = misc_prep_new_page
 @njit(cache=True)
 def buddy_order_of(mem, S, pfn):
     b = pfn * S[C_W]
-    if mem[b + S[C_F_FLAGS]] & (np.uint64(1) << np.uint64(S[C_BIT_BUDDY])):
-        return np.int64(mem[b + S[C_F_PRIV]])
+    if ldm(mem, S, b + S[C_F_FLAGS]) & (np.uint64(1) << np.uint64(S[C_BIT_BUDDY])):
+        return np.int64(ldm(mem, S, b + S[C_F_PRIV]))
     return -1
 
 
 @njit(cache=True)
 def set_buddy_order(mem, S, pfn, order):
     b = pfn * S[C_W]
-    mem[b + S[C_F_FLAGS]] |= np.uint64(1) << np.uint64(S[C_BIT_BUDDY])
-    mem[b + S[C_F_PRIV]] = np.uint64(order)
+    bit = np.uint64(1) << np.uint64(S[C_BIT_BUDDY])
+    stm(mem, S, b + S[C_F_FLAGS], ldm(mem, S, b + S[C_F_FLAGS]) | bit)
+    stm(mem, S, b + S[C_F_PRIV], np.uint64(order))
 
 
 @njit(cache=True)
 def clear_buddy(mem, S, pfn):
     b = pfn * S[C_W]
-    mem[b + S[C_F_FLAGS]] &= ~(np.uint64(1) << np.uint64(S[C_BIT_BUDDY]))
-    mem[b + S[C_F_MD]] = np.uint64(S[C_BUDDY])
-    mem[b + S[C_F_PRIV]] = 0
+    bit = np.uint64(1) << np.uint64(S[C_BIT_BUDDY])
+    stm(mem, S, b + S[C_F_FLAGS], ldm(mem, S, b + S[C_F_FLAGS]) & ~bit)
+    stm(mem, S, b + S[C_F_MD], np.uint64(S[C_BUDDY]))
+    stm(mem, S, b + S[C_F_PRIV], 0)
 
 
 @njit(cache=True)
@@ -77,7 +81,7 @@ def is_pcp_page(mem, S, pfn):
 
 @njit(cache=True)
 def tail_ok(mem, S, pfn):
-    return np.int64(mem[pfn * S[C_W] + S[C_F_MD]] & np.uint64(15)) == S[C_BUDDY]
+    return np.int64(ldm(mem, S, pfn * S[C_W] + S[C_F_MD]) & np.uint64(15)) == S[C_BUDDY]
 
 
 @njit(cache=True)
@@ -91,8 +95,8 @@ def free_range(mem, S, pfn, n):
     w, fl, lk, pv = S[C_W], S[C_F_FLAGS], S[C_F_LINK], S[C_F_PRIV]
     md, pvv = np.uint64(S[C_BUDDY]), np.uint64(0)
     for i in range(pfn * w, (pfn + n) * w, w):
-        mem[i + fl] &= _KEEP_NODEZONE
-        mem[i + lk] = md
-        mem[i + lk + 1] = 0
-        mem[i + pv] = pvv
+        stm(mem, S, i + fl, ldm(mem, S, i + fl) & (_KEEP_NODEZONE))
+        stm(mem, S, i + lk, md)
+        stm(mem, S, i + lk + 1, 0)
+        stm(mem, S, i + pv, pvv)
 

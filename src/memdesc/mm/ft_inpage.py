@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from memdesc.mm.ft_common import C_OFF_SIDE
+from memdesc.mm.ft_common import C_OFF_SIDE, acc_inpage
 from memdesc.mm.ft_packed import (  # noqa: F401 -- the page word is packed's
     buddy_order_of,
     clear_buddy,
@@ -45,9 +45,12 @@ def side_words(nr_pfns: int) -> int:
 
 @njit(cache=True)
 def link_get(mem, S, node, which, gz, order):
-    return S[S[C_OFF_SIDE] + 2 * node + which]
+    to = S[S[C_OFF_SIDE] + 2 * node + which]
+    acc_inpage(S, node, which, to, False)
+    return to
 
 
 @njit(cache=True)
 def link_set(mem, S, node, which, to, gz, order):
     S[S[C_OFF_SIDE] + 2 * node + which] = to
+    acc_inpage(S, node, which, to, True)

@@ -17,11 +17,14 @@ from memdesc.mm.ft_common import (
     C_F_MD,
     C_W,
     U4,
+    acc_link,
     addr_of,
+    ldm,
     misc_init_reserved,
     misc_word,
     nibble_tail_ok,
     node_of,
+    stm,
 )
 from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES
 from memdesc.mm.mmzone import MAX_PAGE_ORDER
@@ -42,29 +45,32 @@ tail_ok = nibble_tail_ok
 
 @njit(cache=True)
 def link_get(mem, S, node, which, gz, order):
-    return node_of(S, mem[node * S[C_W] + S[C_F_LINK] + which] & ~U4)
+    i = node * S[C_W] + S[C_F_LINK] + which
+    to = node_of(S, mem[i] & ~U4)
+    acc_link(S, i, to)
+    return to
 
 
 @njit(cache=True)
 def link_set(mem, S, node, which, to, gz, order):
     i = node * S[C_W] + S[C_F_LINK] + which
-    mem[i] = addr_of(S, to) | (mem[i] & U4)
+    stm(mem, S, i, addr_of(S, to) | (ldm(mem, S, i) & U4))
 
 
 @njit(cache=True)
 def buddy_order_of(mem, S, pfn):
     i = pfn * S[C_W] + S[C_F_LINK]
-    if np.int64(mem[i] & U4) != S[C_BUDDY]:
+    if np.int64(ldm(mem, S, i) & U4) != S[C_BUDDY]:
         return -1
-    o = np.int64(mem[i + 1] & U4)
+    o = np.int64(ldm(mem, S, i + 1) & U4)
     return o if o <= MAX_PAGE_ORDER else -1
 
 
 @njit(cache=True)
 def set_buddy_order(mem, S, pfn, order):
     i = pfn * S[C_W] + S[C_F_LINK]
-    mem[i] = (mem[i] & ~U4) | np.uint64(S[C_BUDDY])
-    mem[i + 1] = (mem[i + 1] & ~U4) | np.uint64(order)
+    stm(mem, S, i, (ldm(mem, S, i) & ~U4) | np.uint64(S[C_BUDDY]))
+    stm(mem, S, i + 1, (ldm(mem, S, i + 1) & ~U4) | np.uint64(order))
 
 
 @njit(cache=True)
@@ -75,14 +81,14 @@ def clear_buddy(mem, S, pfn):
 @njit(cache=True)
 def mark_pcp(mem, S, pfn):
     i = pfn * S[C_W] + S[C_F_LINK] + 1
-    mem[i] = (mem[i] & ~U4) | np.uint64(NIB_PCP)
+    stm(mem, S, i, (ldm(mem, S, i) & ~U4) | np.uint64(NIB_PCP))
 
 
 @njit(cache=True)
 def is_pcp_page(mem, S, pfn):
     i = pfn * S[C_W] + S[C_F_LINK]
-    return 1 if (np.int64(mem[i] & U4) == S[C_BUDDY]
-                 and np.int64(mem[i + 1] & U4) == NIB_PCP) else 0
+    return 1 if (np.int64(ldm(mem, S, i) & U4) == S[C_BUDDY]
+                 and np.int64(ldm(mem, S, i + 1) & U4) == NIB_PCP) else 0
 
 
 @njit(cache=True)
@@ -96,8 +102,8 @@ def free_range(mem, S, pfn, n):
     w, lk = S[C_W], S[C_F_LINK]
     b = np.uint64(S[C_BUDDY])
     for i in range(pfn * w + lk, (pfn + n) * w + lk, w):
-        mem[i] = b
-        mem[i + 1] = np.uint64(NIB_TAIL)
+        stm(mem, S, i, b)
+        stm(mem, S, i + 1, np.uint64(NIB_TAIL))
 
 
 @njit(cache=True)
@@ -105,5 +111,5 @@ def prep_new_page(mem, S, pfn, order, comp, gz):
     w, md = S[C_W], S[C_F_MD]
     word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
     for i in range(pfn * w + md, (pfn + (np.int64(1) << order)) * w + md, w):
-        mem[i] = word
-        mem[i + 1] = 0
+        stm(mem, S, i, word)
+        stm(mem, S, i + 1, 0)

@@ -21,9 +21,12 @@ from memdesc.mm.ft_common import (
     NR_PCP_LISTS,
     U4,
     Z_BASE,
+    acc_link,
+    ldm,
     misc_init_reserved,
     misc_word,
     nibble_tail_ok,
+    stm,
     zx,
 )
 from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES
@@ -57,10 +60,14 @@ tail_ok = nibble_tail_ok
 
 @njit(cache=True)
 def link_get(mem, S, node, which, gz, order):
-    v = np.int64((mem[node * S[C_W] + S[C_F_MD]] >> np.uint64(8 + 28 * which)) & _MASK28)
+    i = node * S[C_W] + S[C_F_MD]
+    v = np.int64((mem[i] >> np.uint64(8 + 28 * which)) & _MASK28)
     if v >= HEADV0:
-        return -1 - (gz * S[C_HPZ] + (v - HEADV0))
-    return S[zx(S, gz) + Z_BASE] + (v << order)
+        to = -1 - (gz * S[C_HPZ] + (v - HEADV0))
+    else:
+        to = S[zx(S, gz) + Z_BASE] + (v << order)
+    acc_link(S, i, to)
+    return to
 
 
 @njit(cache=True)
@@ -71,12 +78,12 @@ def link_set(mem, S, node, which, to, gz, order):
         v = np.uint64(HEADV0 + (-1 - to) - gz * S[C_HPZ])
     sh = np.uint64(8 + 28 * which)
     i = node * S[C_W] + S[C_F_MD]
-    mem[i] = (mem[i] & ~(_MASK28 << sh)) | (v << sh)
+    stm(mem, S, i, (ldm(mem, S, i) & ~(_MASK28 << sh)) | (v << sh))
 
 
 @njit(cache=True)
 def buddy_order_of(mem, S, pfn):
-    w = mem[pfn * S[C_W] + S[C_F_MD]]
+    w = ldm(mem, S, pfn * S[C_W] + S[C_F_MD])
     if np.int64(w & U4) != S[C_BUDDY]:
         return -1
     o = np.int64((w >> np.uint64(4)) & U4)
@@ -86,7 +93,7 @@ def buddy_order_of(mem, S, pfn):
 @njit(cache=True)
 def set_buddy_order(mem, S, pfn, order):
     i = pfn * S[C_W] + S[C_F_MD]
-    mem[i] = (mem[i] & ~np.uint64(0xFF)) | np.uint64(S[C_BUDDY]) | (np.uint64(order)
+    stm(mem, S, i, (ldm(mem, S, i) & ~np.uint64(0xFF)) | np.uint64(S[C_BUDDY]) | (np.uint64(order))
                                                                     << np.uint64(4))
 
 
@@ -98,12 +105,12 @@ def clear_buddy(mem, S, pfn):
 @njit(cache=True)
 def mark_pcp(mem, S, pfn):
     i = pfn * S[C_W] + S[C_F_MD]
-    mem[i] = (mem[i] & ~np.uint64(0xF0)) | np.uint64(NIB_PCP << 4)
+    stm(mem, S, i, (ldm(mem, S, i) & ~np.uint64(0xF0)) | np.uint64(NIB_PCP << 4))
 
 
 @njit(cache=True)
 def is_pcp_page(mem, S, pfn):
-    w = mem[pfn * S[C_W] + S[C_F_MD]]
+    w = ldm(mem, S, pfn * S[C_W] + S[C_F_MD])
     return 1 if (np.int64(w & U4) == S[C_BUDDY]
                  and np.int64((w >> np.uint64(4)) & U4) == NIB_PCP) else 0
 
@@ -119,7 +126,7 @@ def free_range(mem, S, pfn, n):
     w, md = S[C_W], S[C_F_MD]
     v = np.uint64(S[C_BUDDY]) | np.uint64(NIB_TAIL << 4)
     for i in range(pfn * w + md, (pfn + n) * w + md, w):
-        mem[i] = v
+        stm(mem, S, i, v)
 
 
 @njit(cache=True)
@@ -127,4 +134,4 @@ def prep_new_page(mem, S, pfn, order, comp, gz):
     w, md = S[C_W], S[C_F_MD]
     word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
     for i in range(pfn * w + md, (pfn + (np.int64(1) << order)) * w + md, w):
-        mem[i] = word
+        stm(mem, S, i, word)

@@ -27,9 +27,11 @@ from memdesc.mm.ft_common import (
     U32,
     VMEMMAP,
     addr_of,
+    ldm,
     misc_word,
     pointer_link_get,
     pointer_link_set,
+    stm,
 )
 from memdesc.mm.memdesc import MISC_SUBTYPE_ALLOC_PAGES, MISC_SUBTYPE_RESERVED
 from memdesc.mm.mm_types import PAGE_TYPE_NONE, TAIL_MAPPING, PG_head, PGTY_buddy
@@ -59,28 +61,28 @@ link_set = pointer_link_set
 @njit(cache=True)
 def buddy_order_of(mem, S, pfn):
     b = pfn * S[C_W]
-    if (mem[b + S[C_F_PTYPE]] & U32) >> np.uint64(24) != np.uint64(PGTY_buddy):
+    if (ldm(mem, S, b + S[C_F_PTYPE]) & U32) >> np.uint64(24) != np.uint64(PGTY_buddy):
         return -1
-    return np.int64(mem[b + S[C_F_PRIV]])
+    return np.int64(ldm(mem, S, b + S[C_F_PRIV]))
 
 
 @njit(cache=True)
 def set_buddy_order(mem, S, pfn, order):
     b = pfn * S[C_W]
     i = b + S[C_F_PTYPE]
-    mem[i] = (mem[i] & ~U32) | _PT_BUDDY
-    mem[b + S[C_F_PRIV]] = np.uint64(order)
+    stm(mem, S, i, (ldm(mem, S, i) & ~U32) | _PT_BUDDY)
+    stm(mem, S, b + S[C_F_PRIV], np.uint64(order))
 
 
 @njit(cache=True)
 def clear_buddy(mem, S, pfn):
     b = pfn * S[C_W]
     i = b + S[C_F_PTYPE]
-    mem[i] = (mem[i] & ~U32) | _PT_NONE
-    mem[b + S[C_F_PRIV]] = 0
+    stm(mem, S, i, (ldm(mem, S, i) & ~U32) | _PT_NONE)
+    stm(mem, S, b + S[C_F_PRIV], 0)
     if S[C_DYNAMIC]:                      # the links sat in the memdesc word
-        mem[b + S[C_F_LINK]] = np.uint64(S[C_BUDDY])
-        mem[b + S[C_F_LINK] + 1] = 0
+        stm(mem, S, b + S[C_F_LINK], np.uint64(S[C_BUDDY]))
+        stm(mem, S, b + S[C_F_LINK] + 1, 0)
 
 
 @njit(cache=True)
@@ -96,7 +98,7 @@ def is_pcp_page(mem, S, pfn):
 @njit(cache=True)
 def tail_ok(mem, S, pfn):
     if S[C_DYNAMIC]:
-        return np.int64(mem[pfn * S[C_W] + S[C_F_LINK]] & np.uint64(15)) == S[C_BUDDY]
+        return np.int64(ldm(mem, S, pfn * S[C_W] + S[C_F_LINK]) & np.uint64(15)) == S[C_BUDDY]
     return True
 
 
@@ -104,12 +106,12 @@ def tail_ok(mem, S, pfn):
 def init_reserved(mem, S, pfn, gz):
     b = pfn * S[C_W]
     if S[C_DYNAMIC]:
-        mem[b + S[C_F_LINK]] = misc_word(S, MISC_SUBTYPE_RESERVED, 0, gz)
-        mem[b + S[C_F_LINK] + 1] = 0
+        stm(mem, S, b + S[C_F_LINK], misc_word(S, MISC_SUBTYPE_RESERVED, 0, gz))
+        stm(mem, S, b + S[C_F_LINK] + 1, 0)
     else:                                 # INIT_LIST_HEAD(&page->lru)
-        mem[b + S[C_F_LINK]] = addr_of(S, pfn)
-        mem[b + S[C_F_LINK] + 1] = addr_of(S, pfn)
-    mem[b + S[C_F_PTYPE]] = _PT_NONE | (np.uint64(1) << np.uint64(S[C_REF_SHIFT]))
+        stm(mem, S, b + S[C_F_LINK], addr_of(S, pfn))
+        stm(mem, S, b + S[C_F_LINK] + 1, addr_of(S, pfn))
+    stm(mem, S, b + S[C_F_PTYPE], _PT_NONE | (np.uint64(1) << np.uint64(S[C_REF_SHIFT])))
 
 
 @njit(cache=True)
@@ -127,17 +129,17 @@ def free_range(mem, S, pfn, n):
     a = addr_of(S, pfn)
     step = np.uint64(1) << np.uint64(S[C_SHIFT])
     for b in range(pfn * w, (pfn + n) * w, w):
-        f = mem[b + fl] & _KEEP_NODEZONE
+        f = ldm(mem, S, b + fl) & _KEEP_NODEZONE
         for k in range(w):
-            mem[b + k] = 0
-        mem[b + fl] = f
+            stm(mem, S, b + k, 0)
+        stm(mem, S, b + fl, f)
         if dyn:
-            mem[b + lk] = buddy
+            stm(mem, S, b + lk, buddy)
         else:
-            mem[b + lk] = a
-            mem[b + lk + 1] = a
+            stm(mem, S, b + lk, a)
+            stm(mem, S, b + lk + 1, a)
         a += step
-        mem[b + pt] = _PT_NONE
+        stm(mem, S, b + pt, _PT_NONE)
 
 
 @njit(cache=True)
@@ -146,29 +148,31 @@ def prep_new_page(mem, S, pfn, order, comp, gz):
     b = pfn * w
     n = np.int64(1) << order
     pt = b + S[C_F_PTYPE]
-    mem[pt] = (mem[pt] & U32) | (np.uint64(1) << np.uint64(S[C_REF_SHIFT]))   # refcount 1
+    ref1 = np.uint64(1) << np.uint64(S[C_REF_SHIFT])
+    stm(mem, S, pt, (ldm(mem, S, pt) & U32) | ref1)          # refcount 1
     link = S[C_F_LINK]
     if S[C_DYNAMIC]:
         word = misc_word(S, MISC_SUBTYPE_ALLOC_PAGES, order, gz)
         for i in range(n):
-            mem[(pfn + i) * w + link] = word
+            stm(mem, S, (pfn + i) * w + link, word)
         return
     if comp and order > 0:
         head = VMEMMAP + (np.uint64(pfn) << np.uint64(S[C_SHIFT]))
-        mem[b + S[C_F_FLAGS]] |= _PG_HEAD
+        stm(mem, S, b + S[C_F_FLAGS], ldm(mem, S, b + S[C_F_FLAGS]) | (_PG_HEAD))
         for i in range(1, n):
             t = (pfn + i) * w
-            mem[t + S[C_F_MAPPING]] = _TAIL_MAPPING
-            mem[t + link] = head | np.uint64(1)          # compound_head
-            mem[t + S[C_F_PRIV]] = 0
+            stm(mem, S, t + S[C_F_MAPPING], _TAIL_MAPPING)
+            stm(mem, S, t + link, head | np.uint64(1))          # compound_head
+            stm(mem, S, t + S[C_F_PRIV], 0)
         p1 = b + w
-        mem[p1 + F1_FLAGS_1] = (mem[p1 + F1_FLAGS_1] & ~np.uint64(0xFF)) | np.uint64(order)
-        mem[p1 + F1_LARGE_MAPCOUNT] = U32       # _large_mapcount -1, _nr_pages_mapped 0
-        mem[p1 + F1_ENTIRE_MAPCOUNT] = U32      # _entire_mapcount -1, _pincount 0
-        mem[p1 + F1_MM_ID_MAPCOUNT] = ~np.uint64(0)   # _mm_id_mapcount[2] = -1, -1
-        mem[p1 + F1_MM_IDS] = 0
-        mem[p1 + F1_NR_PAGES] = np.uint64(n)
+        f1 = (ldm(mem, S, p1 + F1_FLAGS_1) & ~np.uint64(0xFF)) | np.uint64(order)
+        stm(mem, S, p1 + F1_FLAGS_1, f1)
+        stm(mem, S, p1 + F1_LARGE_MAPCOUNT, U32)       # _large_mapcount -1, _nr_pages_mapped 0
+        stm(mem, S, p1 + F1_ENTIRE_MAPCOUNT, U32)      # _entire_mapcount -1, _pincount 0
+        stm(mem, S, p1 + F1_MM_ID_MAPCOUNT, ~np.uint64(0))   # _mm_id_mapcount[2] = -1, -1
+        stm(mem, S, p1 + F1_MM_IDS, 0)
+        stm(mem, S, p1 + F1_NR_PAGES, np.uint64(n))
         if order > 1:
             d = head + np.uint64((2 * w + F2_DEFERRED_LIST) * 8)
-            mem[b + 2 * w + F2_DEFERRED_LIST] = d
-            mem[b + 2 * w + F2_DEFERRED_LIST + 1] = d
+            stm(mem, S, b + 2 * w + F2_DEFERRED_LIST, d)
+            stm(mem, S, b + 2 * w + F2_DEFERRED_LIST + 1, d)

@@ -17,10 +17,12 @@ from memdesc.mm.ft_common import (
     C_F_PRIV,
     C_W,
     KEEP_NODEZONE,
+    ldm,
     misc_init_reserved,
     misc_prep_new_page,
     pointer_link_get,
     pointer_link_set,
+    stm,
 )
 from memdesc.mm.mmzone import MAX_PAGE_ORDER
 
@@ -45,37 +47,37 @@ prep_new_page = misc_prep_new_page
 @njit(cache=True)
 def buddy_order_of(mem, S, pfn):
     b = pfn * S[C_W]
-    p = mem[b + S[C_F_PRIV]]
-    if (mem[b + S[C_F_MD]] & np.uint64(3)) == 0 and p <= np.uint64(MAX_PAGE_ORDER):
+    p = ldm(mem, S, b + S[C_F_PRIV])
+    if (ldm(mem, S, b + S[C_F_MD]) & np.uint64(3)) == 0 and p <= np.uint64(MAX_PAGE_ORDER):
         return np.int64(p)
     return -1
 
 
 @njit(cache=True)
 def set_buddy_order(mem, S, pfn, order):
-    mem[pfn * S[C_W] + S[C_F_PRIV]] = np.uint64(order)
+    stm(mem, S, pfn * S[C_W] + S[C_F_PRIV], np.uint64(order))
 
 
 @njit(cache=True)
 def clear_buddy(mem, S, pfn):
     b = pfn * S[C_W]
-    mem[b + S[C_F_MD]] = 0
-    mem[b + S[C_F_PRIV]] = _PRIV_TAIL
+    stm(mem, S, b + S[C_F_MD], 0)
+    stm(mem, S, b + S[C_F_PRIV], _PRIV_TAIL)
 
 
 @njit(cache=True)
 def mark_pcp(mem, S, pfn):
-    mem[pfn * S[C_W] + S[C_F_PRIV]] = _PRIV_PCP
+    stm(mem, S, pfn * S[C_W] + S[C_F_PRIV], _PRIV_PCP)
 
 
 @njit(cache=True)
 def is_pcp_page(mem, S, pfn):
-    return 1 if mem[pfn * S[C_W] + S[C_F_PRIV]] == _PRIV_PCP else 0
+    return 1 if ldm(mem, S, pfn * S[C_W] + S[C_F_PRIV]) == _PRIV_PCP else 0
 
 
 @njit(cache=True)
 def tail_ok(mem, S, pfn):
-    return (mem[pfn * S[C_W] + S[C_F_MD]] & np.uint64(3)) == 0
+    return (ldm(mem, S, pfn * S[C_W] + S[C_F_MD]) & np.uint64(3)) == 0
 
 
 @njit(cache=True)
@@ -89,8 +91,8 @@ def free_range(mem, S, pfn, n):
     w, fl, lk, pv = S[C_W], S[C_F_FLAGS], S[C_F_LINK], S[C_F_PRIV]
     md, pvv = np.uint64(0), _PRIV_TAIL
     for i in range(pfn * w, (pfn + n) * w, w):
-        mem[i + fl] &= _KEEP_NODEZONE
-        mem[i + lk] = md
-        mem[i + lk + 1] = 0
-        mem[i + pv] = pvv
+        stm(mem, S, i + fl, ldm(mem, S, i + fl) & (_KEEP_NODEZONE))
+        stm(mem, S, i + lk, md)
+        stm(mem, S, i + lk + 1, 0)
+        stm(mem, S, i + pv, pvv)
 

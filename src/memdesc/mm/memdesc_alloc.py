@@ -37,7 +37,7 @@ from numba import njit
 
 from memdesc.mm.fault_inject import FA_PAGE, should_fail_nb
 from memdesc.mm.free_tracking import unmanaged
-from memdesc.mm.kmem import VMEMMAP_START, kread
+from memdesc.mm.kmem import VMEMMAP_START, kread_a
 from memdesc.mm.page_alloc import alloc_pages_nb, free_pages_nb, set_memdesc_nb
 from memdesc.stages import DESCRIPTOR_TYPES, DescriptorType, descriptor_type
 
@@ -116,8 +116,8 @@ def page_desc(E, pfn):
     sp = E[E_SP]
     page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
     if sp[SP_DYNAMIC]:
-        return kread(E[E_MEM], E[E_DATA], E[E_SLOT],
-                     page + np.uint64(sp[SP_MEMDESC_OFF])) & ~np.uint64(15)
+        return kread_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT],
+                       page + np.uint64(sp[SP_MEMDESC_OFF]), True) & ~np.uint64(15)
     return page
 
 

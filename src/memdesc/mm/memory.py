@@ -31,6 +31,7 @@ from memdesc.mm.folio import (
     page_folio,
 )
 from memdesc.mm.kmem import BATCH, M_TOP, M_USED, TAG_ANON, WORDS_PER_PAGE, fill_tags
+from memdesc.mm.lookups import readback_anon_e
 from memdesc.mm.memdesc_alloc import (
     E_DATA,
     E_KMETA,
@@ -60,7 +61,6 @@ from memdesc.mm.pgtable import (
     pagetable_free_nb,
     pgtable_trans_huge_deposit,
     pgtable_trans_huge_withdraw,
-    readback_kernel,
     zap_kernel,
 )
 from memdesc.mm.slub import _GROW
@@ -360,8 +360,7 @@ class AnonMemory:
         """Read the process's memory back through its page tables (a digest of virtual page
         -> data), and how many pages hold the data their address says."""
         nr = (p.end - MMAP_BASE) >> PAGE_SHIFT
-        h, mapped, correct = readback_kernel(self.k.E[E_SLOT], self.k.E[E_DATA], self.k.tags,
-                                             p.pgd, np.uint64(MMAP_BASE), nr, p.pid)
+        h, mapped, correct = readback_anon_e(self.k.E, p.pgd, np.uint64(MMAP_BASE), nr, p.pid)
         orders = np.bincount(p.orders[p.mapped], minlength=11)
         return {"digest": f"{int(h):016x}", "mapped_pages": int(mapped),
                 "pages_with_right_data": int(correct),

@@ -54,6 +54,17 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm import free_tracking as ft
+from memdesc.mm.access_core import (
+    OP_ALLOC_BUDDY,
+    OP_ALLOC_PCP,
+    OP_ALLOC_REFILL,
+    OP_FREE_BUDDY,
+    OP_FREE_DRAIN,
+    OP_FREE_PCP,
+    op_begin,
+    op_end,
+    op_refine,
+)
 from memdesc.mm.free_tracking import (
     C_HPZ,
     C_NCPU,
@@ -67,6 +78,7 @@ from memdesc.mm.free_tracking import (
     buddy_order_of,
     clear_buddy,
     free_range,
+    lds,
     list_add,
     list_add_tail,
     list_del,
@@ -80,7 +92,9 @@ from memdesc.mm.free_tracking import (
     page_zone_index,
     prep_new_page,
     px,
+    sadd,
     set_buddy_order,
+    sts,
     unmanaged,
     zx,
 )
@@ -205,9 +219,9 @@ def account_freepages(S, gz, nr, mt):
     z = zx(S, gz)
     if mt == MIGRATE_ISOLATE:
         return
-    S[z + Z_FREE] += nr
+    sadd(S, z + Z_FREE, nr)
     if mt == MIGRATE_HIGHATOMIC:
-        S[z + Z_FREE_HA] += nr
+        sadd(S, z + Z_FREE_HA, nr)
 
 
 @njit(cache=True)
@@ -219,9 +233,9 @@ def add_to_free_list(mem, S, pfn, gz, order, mt, tail):
         list_add_tail(mem, S, pfn, h, gz, order)
     else:
         list_add(mem, S, pfn, h, gz, order)
-    S[z + Z_NRFREE + order] += 1
+    sadd(S, z + Z_NRFREE + order, 1)
     if order >= pageblock_order and mt != MIGRATE_ISOLATE:
-        S[z + Z_FREE_BLOCKS] += np.int64(1) << order
+        sadd(S, z + Z_FREE_BLOCKS, np.int64(1) << order)
 
 
 @njit(cache=True)
@@ -230,9 +244,9 @@ def del_from_free_list(mem, S, pfn, gz, order, mt):
     z = zx(S, gz)
     list_del(mem, S, pfn, gz, order)
     clear_buddy(mem, S, pfn)
-    S[z + Z_NRFREE + order] -= 1
+    sadd(S, z + Z_NRFREE + order, -(1))
     if order >= pageblock_order and mt != MIGRATE_ISOLATE:
-        S[z + Z_FREE_BLOCKS] -= np.int64(1) << order
+        sadd(S, z + Z_FREE_BLOCKS, -(np.int64(1) << order))
 
 
 @njit(cache=True)
@@ -251,7 +265,7 @@ def move_to_free_list(mem, S, pfn, gz, order, old_mt, new_mt):
     account_freepages(S, gz, -nr, old_mt)
     account_freepages(S, gz, nr, new_mt)
     if order >= pageblock_order and (old_mt == MIGRATE_ISOLATE) != (new_mt == MIGRATE_ISOLATE):
-        S[zx(S, gz) + Z_FREE_BLOCKS] += nr if old_mt == MIGRATE_ISOLATE else -nr
+        sadd(S, zx(S, gz) + Z_FREE_BLOCKS, nr if old_mt == MIGRATE_ISOLATE else -nr)
 
 
 @njit(cache=True)
@@ -378,7 +392,7 @@ def find_suitable_fallback(mem, S, gz, order, mt, claimable):
     no fallback list has a block, else the fallback migratetype."""
     if claimable and not should_try_claim_block(order, mt):
         return -2
-    if S[zx(S, gz) + Z_NRFREE + order] == 0:
+    if lds(S, zx(S, gz) + Z_NRFREE + order) == 0:
         return -1
     for i in range(MIGRATE_PCPTYPES - 1):
         fmt = fallback_of(mt, i)
@@ -571,21 +585,21 @@ def nr_pcp_alloc(S, gz, cpu, zflags, order):
     """Mirrors nr_pcp_alloc(): batch (scaled by alloc_factor for order 0), growing
     pcp->high towards high_max unless the zone is below its high watermark."""
     pc = px(S, gz, cpu)
-    base_batch = S[pc + P_BATCH]
-    high_min = S[pc + P_HIGH_MIN]
-    high_max = S[pc + P_HIGH_MAX]
-    high = min(max(S[pc + P_HIGH], high_min), high_max)
-    S[pc + P_HIGH] = high
+    base_batch = lds(S, pc + P_BATCH)
+    high_min = lds(S, pc + P_HIGH_MIN)
+    high_max = lds(S, pc + P_HIGH_MAX)
+    high = min(max(lds(S, pc + P_HIGH), high_min), high_max)
+    sts(S, pc + P_HIGH, high)
     if high < base_batch:
         return 1
-    batch = base_batch if order else base_batch << S[pc + P_ALLOC_FACTOR]
+    batch = base_batch if order else base_batch << lds(S, pc + P_ALLOC_FACTOR)
     if high_min != high_max and not (zflags & ZONE_BELOW_HIGH):
         high = min(high + batch, high_max)
-        S[pc + P_HIGH] = high
+        sts(S, pc + P_HIGH, high)
     if not order:
-        max_nr_alloc = max(high - S[pc + P_COUNT] - base_batch, base_batch)
-        if batch <= max_nr_alloc and S[pc + P_ALLOC_FACTOR] < CONFIG_PCP_BATCH_SCALE_MAX:
-            S[pc + P_ALLOC_FACTOR] += 1
+        max_nr_alloc = max(high - lds(S, pc + P_COUNT) - base_batch, base_batch)
+        if batch <= max_nr_alloc and lds(S, pc + P_ALLOC_FACTOR) < CONFIG_PCP_BATCH_SCALE_MAX:
+            sadd(S, pc + P_ALLOC_FACTOR, 1)
         batch = min(batch, max_nr_alloc)
     if batch > 1:
         batch = max(batch >> order, 2)
@@ -597,17 +611,18 @@ def rmqueue_pcplist(mem, S, gz, cpu, order, mt, alloc_flags):
     """Mirrors rmqueue_pcplist() + __rmqueue_pcplist(): refill an empty list with
     rmqueue_bulk(), then take its first block."""
     pc = px(S, gz, cpu)
-    S[pc + P_FREE_COUNT] >>= 1
+    sts(S, pc + P_FREE_COUNT, lds(S, pc + P_FREE_COUNT) >> (1))
     h = pcp_head(S, gz, cpu, order_to_pindex(mt, order))
     if list_empty(S, h):
-        batch = nr_pcp_alloc(S, gz, cpu, S[zx(S, gz) + Z_FLAGS], order)
+        op_refine(S, OP_ALLOC_PCP, OP_ALLOC_BUDDY, OP_ALLOC_REFILL)
+        batch = nr_pcp_alloc(S, gz, cpu, lds(S, zx(S, gz) + Z_FLAGS), order)
         alloced = rmqueue_bulk(mem, S, gz, order, batch, h, mt, alloc_flags)
-        S[pc + P_COUNT] += alloced << order
+        sadd(S, pc + P_COUNT, alloced << order)
         if list_empty(S, h):
             return -1
     page = list_first(S, h)
     list_del(mem, S, page, gz, order)
-    S[pc + P_COUNT] -= np.int64(1) << order
+    sadd(S, pc + P_COUNT, -(np.int64(1) << order))
     return page
 
 
@@ -615,6 +630,7 @@ def rmqueue_pcplist(mem, S, gz, cpu, order, mt, alloc_flags):
 def rmqueue_buddy(mem, S, gz, order, alloc_flags, mt):
     """Mirrors rmqueue_buddy(): the highatomic reserve first for ALLOC_HIGHATOMIC, and as a
     last resort for ALLOC_OOM/ALLOC_NON_BLOCK."""
+    op_refine(S, OP_ALLOC_PCP, OP_ALLOC_BUDDY, OP_ALLOC_BUDDY)
     page = -1
     if alloc_flags & ALLOC_HIGHATOMIC:
         page = __rmqueue_smallest(mem, S, gz, order, MIGRATE_HIGHATOMIC)
@@ -642,7 +658,7 @@ def __zone_watermark_unusable_free(S, gz, order, alloc_flags):
     """Mirrors __zone_watermark_unusable_free() (no CMA)."""
     unusable = (np.int64(1) << order) - 1
     if not (alloc_flags & ALLOC_RESERVES):
-        unusable += S[zx(S, gz) + Z_FREE_HA]
+        unusable += lds(S, zx(S, gz) + Z_FREE_HA)
     return unusable
 
 
@@ -659,12 +675,12 @@ def __zone_watermark_ok(mem, S, gz, order, mark, highest, alloc_flags, free_page
                 wmin -= wmin // 4
         if alloc_flags & ALLOC_OOM:
             wmin -= wmin // 2
-    if free_pages <= wmin + S[z + Z_LOWRES + highest]:
+    if free_pages <= wmin + lds(S, z + Z_LOWRES + highest):
         return False
     if order == 0:
         return True
     for o in range(order, NR_PAGE_ORDERS):
-        if S[z + Z_NRFREE + o] == 0:
+        if lds(S, z + Z_NRFREE + o) == 0:
             continue
         for mt in range(MIGRATE_PCPTYPES):
             if not list_empty(S, free_head(S, gz, o, mt)):
@@ -679,11 +695,11 @@ def __zone_watermark_ok(mem, S, gz, order, mark, highest, alloc_flags, free_page
 def zone_watermark_fast(mem, S, gz, order, mark, highest, alloc_flags):
     """Mirrors zone_watermark_fast()."""
     z = zx(S, gz)
-    free_pages = S[z + Z_FREE]
+    free_pages = lds(S, z + Z_FREE)
     if order == 0:
         reserved = __zone_watermark_unusable_free(S, gz, 0, alloc_flags)
         usable = free_pages - min(free_pages, reserved)
-        if usable > mark + S[z + Z_LOWRES + highest]:
+        if usable > mark + lds(S, z + Z_LOWRES + highest):
             return True
     return __zone_watermark_ok(mem, S, gz, order, mark, highest, alloc_flags, free_pages)
 
@@ -691,7 +707,7 @@ def zone_watermark_fast(mem, S, gz, order, mark, highest, alloc_flags):
 @njit(cache=True)
 def wmark_pages(S, gz, i):
     z = zx(S, gz)
-    return S[z + Z_WMARK + i] + S[z + Z_BOOST]
+    return lds(S, z + Z_WMARK + i) + lds(S, z + Z_BOOST)
 
 
 # ---- the highatomic reserve -------------------------------------------------------------------
@@ -754,7 +770,7 @@ def unreserve_highatomic_pageblock(mem, S, zlb, highest, mt, force):
 def first_zone(mem, S, zlb, highest):
     """Mirrors first_zones_zonelist(): the preferred zone (first with idx <= highest)."""
     for k in range(S[C_NZL]):
-        gz = S[zlb + k]
+        gz = lds(S, zlb + k)
         if gz < 0:
             return -1
         if S[zx(S, gz) + Z_TYPE] <= highest:
@@ -776,33 +792,33 @@ def alloc_flags_nofragment(mem, S, pref, gfp):
 
 
 @njit(cache=True)
-def get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu):
+def get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu, pref):
     """Mirrors get_page_from_freelist(): the first zone of the zonelist (idx <= highest)
     that passes its watermark and has a block; ALLOC_NOFRAGMENT is dropped before leaving
-    the preferred node and before giving up. Returns (pfn, zone, alloc_flags)."""
-    pref = first_zone(mem, S, zlb, highest)
+    the preferred node (``pref``, ac->preferred_zoneref) and before giving up. Returns (pfn,
+    zone, alloc_flags)."""
     while True:
         no_fallback = alloc_flags & ALLOC_NOFRAGMENT
         restart = False
         for k in range(S[C_NZL]):
-            gz = S[zlb + k]
+            gz = lds(S, zlb + k)
             if gz < 0:
                 break
             if S[zx(S, gz) + Z_TYPE] > highest:
                 continue
             # leaving the preferred node: locality beats fragmentation avoidance
             if (no_fallback and S[C_NNODE] > 1 and gz != pref
-                    and S[zx(S, gz) + Z_NID] != S[zx(S, pref) + Z_NID]):
+                    and lds(S, zx(S, gz) + Z_NID) != lds(S, zx(S, pref) + Z_NID)):
                 alloc_flags &= ~ALLOC_NOFRAGMENT
                 restart = True
                 break
             ok = False
-            if not (S[zx(S, gz) + Z_FLAGS] & ZONE_BELOW_HIGH):
+            if not (lds(S, zx(S, gz) + Z_FLAGS) & ZONE_BELOW_HIGH):
                 if zone_watermark_fast(mem, S, gz, order, wmark_pages(S, gz, WMARK_HIGH), highest,
                                        alloc_flags):
                     ok = True
                 else:
-                    S[zx(S, gz) + Z_FLAGS] |= ZONE_BELOW_HIGH
+                    sts(S, zx(S, gz) + Z_FLAGS, lds(S, zx(S, gz) + Z_FLAGS) | (ZONE_BELOW_HIGH))
             if not ok:
                 mark = wmark_pages(S, gz, alloc_flags & ALLOC_WMARK_MASK)
                 ok = (zone_watermark_fast(mem, S, gz, order, mark, highest, alloc_flags)
@@ -828,8 +844,17 @@ def alloc_pages_nb(mem, S, gfp, order, nid, cpu):
     slow path: gfp_to_alloc_flags() (min watermark, __GFP_HIGH/atomic reserves,
     ALLOC_HIGHATOMIC), ALLOC_NO_WATERMARKS for __GFP_MEMALLOC, and for callers that may
     reclaim one retry after unreserve_highatomic_pageblock() and drain_all_pages().
-    Returns the PFN (prep_new_page() done) or -1."""
+    Returns the PFN (prep_new_page() done) or -1. One counted operation (memdesc.mm.access):
+    alloc_pages.pcp, refined to .refill / .buddy by the path taken."""
     mem, S = unmanaged(mem), unmanaged(S)
+    op_begin(S, OP_ALLOC_PCP if pcp_allowed_order(order) else OP_ALLOC_BUDDY)
+    page = _alloc_pages(mem, S, gfp, order, nid, cpu)
+    op_end(S)
+    return page
+
+
+@njit(cache=True)
+def _alloc_pages(mem, S, gfp, order, nid, cpu):
     highest = gfp_zone(gfp)
     mt = gfp_migratetype(gfp)
     zlb = S[C_OFF_ZL] + (nid * 2 + (1 if gfp & __GFP_THISNODE else 0)) * S[C_NZL]
@@ -837,27 +862,29 @@ def alloc_pages_nb(mem, S, gfp, order, nid, cpu):
     if pref < 0 or order > MAX_PAGE_ORDER:
         return -1
     alloc_flags = ALLOC_WMARK_LOW | alloc_flags_nofragment(mem, S, pref, gfp)
-    page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu)
+    page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu,
+                                         pref)
     if page < 0:
         alloc_flags = gfp_to_alloc_flags(gfp, order)
-        page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu)
+        page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt, cpu,
+                                             pref)
         if page < 0 and (gfp & __GFP_MEMALLOC) and not (gfp & __GFP_NOMEMALLOC):
             alloc_flags = ALLOC_NO_WATERMARKS | (alloc_flags & ALLOC_KSWAPD)
             page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt,
-                                                 cpu)
+                                                 cpu, pref)
         if page < 0 and (gfp & __GFP_DIRECT_RECLAIM):
             unreserve_highatomic_pageblock(mem, S, zlb, highest, mt, False)
             drain_all_pages_nb(mem, S)
             page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest, mt,
-                                                 cpu)
+                                                 cpu, pref)
             if page < 0 and unreserve_highatomic_pageblock(mem, S, zlb, highest, mt, True):
                 page, gz, _ = get_page_from_freelist(mem, S, zlb, order, alloc_flags, highest,
-                                                     mt, cpu)
+                                                     mt, cpu, pref)
     if page < 0:
-        S[zx(S, pref) + Z_FAILED] += 1
+        sadd(S, zx(S, pref) + Z_FAILED, 1)
         return -1
     prep_new_page(mem, S, page, order, (gfp & __GFP_COMP) != 0, gz)
-    S[zx(S, gz) + Z_PGALLOC] += np.int64(1) << order
+    sadd(S, zx(S, gz) + Z_PGALLOC, np.int64(1) << order)
     return page
 
 
@@ -867,25 +894,25 @@ def alloc_pages_nb(mem, S, gfp, order, nid, cpu):
 def nr_pcp_high(S, gz, cpu, zflags, batch, free_high):
     """Mirrors nr_pcp_high() (ZONE_RECLAIM_ACTIVE never set: no reclaim)."""
     pc = px(S, gz, cpu)
-    high_min = S[pc + P_HIGH_MIN]
-    high_max = S[pc + P_HIGH_MAX]
-    high = min(max(S[pc + P_HIGH], high_min), high_max)
-    S[pc + P_HIGH] = high
+    high_min = lds(S, pc + P_HIGH_MIN)
+    high_max = lds(S, pc + P_HIGH_MAX)
+    high = min(max(lds(S, pc + P_HIGH), high_min), high_max)
+    sts(S, pc + P_HIGH, high)
     if high == 0:
         return 0
     if free_high:
-        S[pc + P_HIGH] = max(high - (batch << CONFIG_PCP_BATCH_SCALE_MAX), high_min)
+        sts(S, pc + P_HIGH, max(high - (batch << CONFIG_PCP_BATCH_SCALE_MAX), high_min))
         return 0
     if high_min == high_max:
         return high
-    fc = S[pc + P_FREE_COUNT]
+    fc = lds(S, pc + P_FREE_COUNT)
     if zflags & ZONE_BELOW_HIGH:
-        S[pc + P_HIGH] = max(high - max(fc, batch), high_min)
-        high = max(S[pc + P_COUNT], high_min)
-    elif S[pc + P_COUNT] >= high:
+        sts(S, pc + P_HIGH, max(high - max(fc, batch), high_min))
+        high = max(lds(S, pc + P_COUNT), high_min)
+    elif lds(S, pc + P_COUNT) >= high:
         need_high = fc + batch
-        if S[pc + P_HIGH] < need_high:
-            S[pc + P_HIGH] = min(max(need_high, high_min), high_max)
+        if lds(S, pc + P_HIGH) < need_high:
+            sts(S, pc + P_HIGH, min(max(need_high, high_min), high_max))
     return high
 
 
@@ -894,10 +921,10 @@ def nr_pcp_free(S, gz, cpu, batch, high, free_high):
     """Mirrors nr_pcp_free()."""
     pc = px(S, gz, cpu)
     if free_high:
-        return min(S[pc + P_COUNT], batch << CONFIG_PCP_BATCH_SCALE_MAX)
+        return min(lds(S, pc + P_COUNT), batch << CONFIG_PCP_BATCH_SCALE_MAX)
     if high < batch:
         return 1
-    return min(max(S[pc + P_FREE_COUNT], batch), high - batch)
+    return min(max(lds(S, pc + P_FREE_COUNT), batch), high - batch)
 
 
 @njit(cache=True)
@@ -905,7 +932,7 @@ def free_pcppages_bulk(mem, S, gz, cpu, count, pindex):
     """Mirrors free_pcppages_bulk(): round-robin over the lists from ``pindex``, oldest
     (tail) block first, back to the buddy with its pageblock's migratetype."""
     pc = px(S, gz, cpu)
-    count = min(S[pc + P_COUNT], count)
+    count = min(lds(S, pc + P_COUNT), count)
     pindex = pindex - 1
     while count > 0:
         while True:
@@ -922,7 +949,7 @@ def free_pcppages_bulk(mem, S, gz, cpu, count, pindex):
             mt = get_pfnblock_migratetype(S, page)
             list_del(mem, S, page, gz, order)
             count -= nr
-            S[pc + P_COUNT] -= nr
+            sadd(S, pc + P_COUNT, -(nr))
             clear_buddy(mem, S, page)
             __free_one_page(mem, S, page, gz, order, mt, FPI_NONE)
             if count <= 0 or list_empty(S, h):
@@ -935,30 +962,32 @@ def free_frozen_page_commit(mem, S, gz, cpu, pfn, mt, order):
     free_pcppages_bulk() and clear ZONE_BELOW_HIGH once the zone is above high again."""
     pc = px(S, gz, cpu)
     z = zx(S, gz)
-    S[pc + P_ALLOC_FACTOR] >>= 1
+    sts(S, pc + P_ALLOC_FACTOR, lds(S, pc + P_ALLOC_FACTOR) >> (1))
     pindex = order_to_pindex(mt, order)
     mark_pcp(mem, S, pfn)
     list_add(mem, S, pfn, pcp_head(S, gz, cpu, pindex), gz, order)
-    S[pc + P_COUNT] += np.int64(1) << order
-    batch = S[pc + P_BATCH]
+    sadd(S, pc + P_COUNT, np.int64(1) << order)
+    batch = lds(S, pc + P_BATCH)
     free_high = False
-    flags = S[pc + P_FLAGS]
+    flags = lds(S, pc + P_FLAGS)
     if order and order <= PAGE_ALLOC_COSTLY_ORDER:
-        free_high = (S[pc + P_FREE_COUNT] >= batch + S[pc + P_HIGH_MIN] // 2
+        free_high = (lds(S, pc + P_FREE_COUNT) >= batch + lds(S, pc + P_HIGH_MIN) // 2
                      and (flags & PCPF_PREV_FREE_HIGH_ORDER) != 0
-                     and ((flags & PCPF_FREE_HIGH_BATCH) == 0 or S[pc + P_COUNT] >= batch))
-        S[pc + P_FLAGS] = flags | PCPF_PREV_FREE_HIGH_ORDER
+                     and ((flags & PCPF_FREE_HIGH_BATCH) == 0 or lds(S, pc + P_COUNT) >= batch))
+        sts(S, pc + P_FLAGS, flags | PCPF_PREV_FREE_HIGH_ORDER)
     elif flags & PCPF_PREV_FREE_HIGH_ORDER:
-        S[pc + P_FLAGS] = flags & ~PCPF_PREV_FREE_HIGH_ORDER
-    if S[pc + P_FREE_COUNT] < (batch << CONFIG_PCP_BATCH_SCALE_MAX):
-        S[pc + P_FREE_COUNT] += np.int64(1) << order
-    high = nr_pcp_high(S, gz, cpu, S[z + Z_FLAGS], batch, free_high)
-    if S[pc + P_COUNT] >= high:
+        sts(S, pc + P_FLAGS, flags & ~PCPF_PREV_FREE_HIGH_ORDER)
+    if lds(S, pc + P_FREE_COUNT) < (batch << CONFIG_PCP_BATCH_SCALE_MAX):
+        sadd(S, pc + P_FREE_COUNT, np.int64(1) << order)
+    high = nr_pcp_high(S, gz, cpu, lds(S, z + Z_FLAGS), batch, free_high)
+    if lds(S, pc + P_COUNT) >= high:
+        op_refine(S, OP_FREE_PCP, OP_FREE_BUDDY, OP_FREE_DRAIN)
         free_pcppages_bulk(mem, S, gz, cpu, nr_pcp_free(S, gz, cpu, batch, high, free_high),
                            pindex)
-        if (S[z + Z_FLAGS] & ZONE_BELOW_HIGH) and __zone_watermark_ok(
-                mem, S, gz, 0, wmark_pages(S, gz, WMARK_HIGH), ZONE_MOVABLE, 0, S[z + Z_FREE]):
-            S[z + Z_FLAGS] &= ~ZONE_BELOW_HIGH
+        if (lds(S, z + Z_FLAGS) & ZONE_BELOW_HIGH) and __zone_watermark_ok(
+                mem, S, gz, 0, wmark_pages(S, gz, WMARK_HIGH), ZONE_MOVABLE, 0,
+                lds(S, z + Z_FREE)):
+            sts(S, z + Z_FLAGS, lds(S, z + Z_FLAGS) & (~ZONE_BELOW_HIGH))
 
 
 @njit(cache=True)
@@ -967,16 +996,25 @@ def free_pages_nb(mem, S, pfn, order, cpu):
     orders go to the pcp list (HIGHATOMIC as MOVABLE, isolated pageblocks straight to the
     buddy), larger ones to free_one_page()."""
     mem, S = unmanaged(mem), unmanaged(S)
+    op_begin(S, OP_FREE_PCP)
+    _free_pages(mem, S, pfn, order, cpu)
+    op_end(S)
+
+
+@njit(cache=True)
+def _free_pages(mem, S, pfn, order, cpu):
     n = np.int64(1) << order
     free_range(mem, S, pfn, n)
     gz = page_zone_index(mem, S, pfn)
-    S[zx(S, gz) + Z_PGFREE] += n
+    sadd(S, zx(S, gz) + Z_PGFREE, n)
     if not pcp_allowed_order(order):
+        op_refine(S, OP_FREE_PCP, OP_FREE_BUDDY, OP_FREE_BUDDY)
         split_large_buddy(mem, S, pfn, gz, order, FPI_NONE)
         return
     mt = get_pfnblock_migratetype(S, pfn)
     if mt >= MIGRATE_PCPTYPES:
         if mt == MIGRATE_ISOLATE:
+            op_refine(S, OP_FREE_PCP, OP_FREE_BUDDY, OP_FREE_BUDDY)
             split_large_buddy(mem, S, pfn, gz, order, FPI_NONE)
             return
         mt = MIGRATE_MOVABLE
@@ -1128,7 +1166,7 @@ def set_memdesc_nb(mem, S, pfn, order, word):
     slot = memdesc_slot(S)
     w = S[1]
     for i in range(np.int64(1) << order):
-        mem[(pfn + i) * w + slot] = word
+        ft.stm(mem, S, (pfn + i) * w + slot, word)
 
 
 @njit(cache=True)

@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm import gfp as _gfp
+from memdesc.mm.access_core import OP_KMEM_ALLOC, OP_KMEM_FREE, op_begin, op_end
 from memdesc.mm.fault_inject import FA_DESC, FA_FAILSLAB, should_fail_nb
 from memdesc.mm.free_tracking import C_BUDDYMASK, misc_word, nodezone_bits, page_zone_index
 from memdesc.mm.kmem import (
@@ -24,10 +25,10 @@ from memdesc.mm.kmem import (
     WORDS_PER_PAGE,
     attach_nb,
     detach_nb,
-    kread,
-    kread32,
-    kwrite,
-    kwrite32,
+    kread32_a,
+    kread_a,
+    kwrite32_a,
+    kwrite_a,
 )
 from memdesc.mm.memdesc import MISC_ORDER_SHIFT, MISC_SUBTYPE, MISC_SUBTYPE_SHIFT
 from memdesc.mm.memdesc_alloc import (
@@ -189,23 +190,41 @@ _SLAB_GFP_KEEP = (_gfp.__GFP_RECLAIM | _gfp.__GFP_HIGH | _gfp.__GFP_IO | _gfp.__
 
 @njit(cache=True)
 def _kr(E, addr):
-    return kread(E[E_MEM], E[E_DATA], E[E_SLOT], addr)
+    """A counted load of kernel memory (memdesc.mm.access) that is not a pointer."""
+    return kread_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], addr, False)
+
+
+@njit(cache=True)
+def _krp(E, addr):
+    """A counted load of a pointer (freelist, list link, slab->slab_cache, compound_head,
+    memdesc word): later accesses near its value depend on it."""
+    return kread_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], addr, True)
+
+
+@njit(cache=True)
+def _kr32(E, addr):
+    return kread32_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], addr)
+
+
+@njit(cache=True)
+def _kw32(E, addr, value):
+    kwrite32_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], addr, value)
 
 
 @njit(cache=True)
 def _kw(E, addr, value):
-    kwrite(E[E_MEM], E[E_DATA], E[E_SLOT], addr, value)
+    kwrite_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], addr, value)
 
 
 @njit(cache=True)
 def _list_add(E, entry, head, tail):
     """list_add()/list_add_tail() on emulated list_heads."""
     if tail:
-        prev = _kr(E, head + np.uint64(8))
+        prev = _krp(E, head + np.uint64(8))
         nxt = head
     else:
         prev = head
-        nxt = _kr(E, head)
+        nxt = _krp(E, head)
     _kw(E, entry, nxt)
     _kw(E, entry + np.uint64(8), prev)
     _kw(E, prev, entry)
@@ -215,8 +234,8 @@ def _list_add(E, entry, head, tail):
 @njit(cache=True)
 def _list_del(E, entry):
     """list_del(): unlink and poison (LIST_POISON1/2) [S: include/linux/poison.h]."""
-    nxt = _kr(E, entry)
-    prev = _kr(E, entry + np.uint64(8))
+    nxt = _krp(E, entry)
+    prev = _krp(E, entry + np.uint64(8))
     _kw(E, prev, nxt)
     _kw(E, nxt + np.uint64(8), prev)
     _kw(E, entry, np.uint64(0xDEAD000000000100))
@@ -239,14 +258,14 @@ def virt_to_slab(E, addr):
         return _U64_0
     page = _page_addr(E, pfn)
     if sp[SP_DYNAMIC]:
-        word = _kr(E, page + np.uint64(sp[SP_MEMDESC_OFF]))
+        word = _krp(E, page + np.uint64(sp[SP_MEMDESC_OFF]))
         if np.int64(word & np.uint64(15)) != sp[SP_T_SLAB]:
             return _U64_0
         return word & ~np.uint64(15)
-    head = _kr(E, page + np.uint64(8))
+    head = _krp(E, page + np.uint64(8))
     if head & np.uint64(1):
         page = head - np.uint64(1)
-    pt = kread32(E[E_MEM], E[E_DATA], E[E_SLOT], page + np.uint64(SLAB_PAGE_TYPE))
+    pt = _kr32(E, page + np.uint64(SLAB_PAGE_TYPE))
     if (pt >> np.uint32(24)) != np.uint32(PGTY_SLAB):
         return _U64_0
     return page
@@ -292,7 +311,7 @@ def _setup_slab(E, c, pfn, order, objects, slab, first):
         _kw(E, slab + np.uint64(SLAB_PFN), np.uint64(pfn))
         _kw(E, slab + np.uint64(SLAB_OBJ_EXTS), _U64_0)
     else:
-        kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], slab + np.uint64(SLAB_PAGE_TYPE),
+        _kw32(E, slab + np.uint64(SLAB_PAGE_TYPE),
                  np.uint32(PGTY_SLAB << 24))
     _kw(E, slab + np.uint64(SLAB_CACHE), E[E_CACHES][c, CS_CACHE])
     base = np.uint64(PAGE_OFFSET) + (np.uint64(pfn) << np.uint64(12))
@@ -323,9 +342,9 @@ def _take_obj(E, c):
     while True:
         slab = caches[c, CS_CPU_SLAB]
         if slab != 0:
-            obj = _kr(E, slab + np.uint64(SLAB_FREELIST))
+            obj = _krp(E, slab + np.uint64(SLAB_FREELIST))
             if obj != 0:
-                _kw(E, slab + np.uint64(SLAB_FREELIST), _kr(E, obj + off))
+                _kw(E, slab + np.uint64(SLAB_FREELIST), _krp(E, obj + off))
                 cnt = _kr(E, slab + np.uint64(SLAB_COUNTERS))
                 _kw(E, slab + np.uint64(SLAB_COUNTERS), cnt + np.uint64(1))
                 caches[c, CS_LIVE] += np.uint64(1)
@@ -340,7 +359,7 @@ def _take_obj(E, c):
             node = caches[c, CS_NODE + k]
             nr = _kr(E, node + np.uint64(KCN_NR_PARTIAL))
             if nr > 0:
-                entry = _kr(E, node + np.uint64(KCN_PARTIAL))
+                entry = _krp(E, node + np.uint64(KCN_PARTIAL))
                 _list_del(E, entry)
                 _kw(E, node + np.uint64(KCN_NR_PARTIAL), nr - np.uint64(1))
                 got = entry - np.uint64(SLAB_LIST)
@@ -440,7 +459,17 @@ def _new_slab(E, c, gfpflags, nid):
 
 @njit(cache=True)
 def _alloc_obj(E, c, gfpflags, nid):
-    """slab_alloc_node(): 0 when the allocation fails, _GROW when the content store is full."""
+    """slab_alloc_node(): 0 when the allocation fails, _GROW when the content store is full.
+    One counted kmem_cache_alloc operation (part of an enclosing folio_alloc())."""
+    S = E[E_S]
+    op_begin(S, OP_KMEM_ALLOC)
+    obj = _slab_alloc_node(E, c, gfpflags, nid)
+    op_end(S)
+    return obj
+
+
+@njit(cache=True)
+def _slab_alloc_node(E, c, gfpflags, nid):
     fa = E[E_FA]
     if should_fail_nb(fa, FA_FAILSLAB, gfpflags, 0) or (
             E[E_GEO][c, G_DESC] and should_fail_nb(fa, FA_DESC, gfpflags, 0)):
@@ -498,7 +527,7 @@ def _release_slab_pages(E, c, slab):
     objects = np.int64((_kr(E, slab + np.uint64(SLAB_COUNTERS)) >> np.uint64(16))
                        & np.uint64(0x7FFF))
     if not sp[SP_DYNAMIC]:
-        kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], slab + np.uint64(SLAB_PAGE_TYPE),
+        _kw32(E, slab + np.uint64(SLAB_PAGE_TYPE),
                  np.uint32(PAGE_TYPE_NONE))
     detach_nb(E[E_SLOT], E[E_DATA], E[E_FSTACK], E[E_KMETA], pfn, np.int64(1) << order)
     free_pages_e(E, pfn, order)
@@ -533,7 +562,7 @@ def _discard_slab(E, c, slab):
 def _cache_of_slab(E, slab):
     """Cache index of a slab: slab->slab_cache, then the index the model keeps in struct
     kmem_cache (or a search for boot caches still at their static address)."""
-    kc = _kr(E, slab + np.uint64(SLAB_CACHE))
+    kc = _krp(E, slab + np.uint64(SLAB_CACHE))
     caches = E[E_CACHES]
     if kc < np.uint64(START_KERNEL_MAP):
         c = np.int64(_kr(E, kc + np.uint64(KMEM_CACHE_INDEX_OFF)))
@@ -548,7 +577,17 @@ def _cache_of_slab(E, slab):
 @njit(cache=True)
 def kmem_cache_free_one_nb(E, obj):
     """kmem_cache_free(virt_to_cache(obj), obj) for a free path that already holds
-    ST_IN_FREE; False if ``obj`` is not a slab object."""
+    ST_IN_FREE; False if ``obj`` is not a slab object. One counted kmem_cache_free operation
+    (part of an enclosing folio_put())."""
+    S = E[E_S]
+    op_begin(S, OP_KMEM_FREE)
+    ok = _kmem_cache_free_one(E, obj)
+    op_end(S)
+    return ok
+
+
+@njit(cache=True)
+def _kmem_cache_free_one(E, obj):
     slab = virt_to_slab(E, obj)
     if slab == 0:
         return False
@@ -638,29 +677,39 @@ def kmem_cache_free_nb(E, c, objs, start):
     are skipped (kfree(NULL)). Returns (index, DONE | BAD_FREE)."""
     E = borrow(E)
     n = objs.shape[0]
+    S = E[E_S]
     E[E_STATS][ST_IN_FREE] += 1
     for i in range(start, n):
         obj = objs[i]
         if obj == 0:
             continue
-        slab = virt_to_slab(E, obj)
-        if slab == 0:
-            if c < 0 and _free_large_kmalloc(E, obj):
-                continue
+        op_begin(S, OP_KMEM_FREE)
+        ok = _kfree_one(E, c, obj)
+        op_end(S)
+        if not ok:
             E[E_STATS][ST_IN_FREE] -= 1
             return i, BAD_FREE
-        cc = _cache_of_slab(E, slab)
-        if cc < 0 or (c >= 0 and cc != c):
-            E[E_STATS][ST_IN_FREE] -= 1
-            return i, BAD_FREE
-        dead = _put_obj(E, cc, slab, obj)
-        if dead != 0:
-            if E[E_GEO][cc, G_SELF]:
-                _release_slab_pages(E, cc, dead)
-            else:
-                _discard_slab(E, cc, dead)
     E[E_STATS][ST_IN_FREE] -= 1
     return n, DONE
+
+
+@njit(cache=True)
+def _kfree_one(E, c, obj):
+    """kmem_cache_free(c, obj) (``c`` >= 0) or kfree(obj) of one object; False on a bad
+    free."""
+    slab = virt_to_slab(E, obj)
+    if slab == 0:
+        return c < 0 and _free_large_kmalloc(E, obj)
+    cc = _cache_of_slab(E, slab)
+    if cc < 0 or (c >= 0 and cc != c):
+        return False
+    dead = _put_obj(E, cc, slab, obj)
+    if dead != 0:
+        if E[E_GEO][cc, G_SELF]:
+            _release_slab_pages(E, cc, dead)
+        else:
+            _discard_slab(E, cc, dead)
+    return True
 
 
 # ---- kmalloc --------------------------------------------------------------------------------
@@ -684,15 +733,15 @@ def _large_kmalloc_order(E, pfn):
     sp = E[E_SP]
     page = _page_addr(E, pfn)
     if sp[SP_DYNAMIC]:
-        w = _kr(E, page + np.uint64(sp[SP_MEMDESC_OFF]))
+        w = _krp(E, page + np.uint64(sp[SP_MEMDESC_OFF]))
         if np.int64(w & np.uint64(15)) != sp[SP_T_MISC]:
             return -1
         if np.int64((w >> np.uint64(MISC_SUBTYPE_SHIFT)) & np.uint64(0x7F)) != MISC_KMALLOC_LARGE:
             return -1
         return np.int64((w >> np.uint64(MISC_ORDER_SHIFT)) & np.uint64(0x3F))
-    if _kr(E, page + np.uint64(8)) & np.uint64(1):       # a tail page: not the object start
+    if _krp(E, page + np.uint64(8)) & np.uint64(1):       # a tail page: not the object start
         return -1
-    pt = kread32(E[E_MEM], E[E_DATA], E[E_SLOT], page + np.uint64(48))
+    pt = _kr32(E, page + np.uint64(48))
     if (pt >> np.uint32(24)) != np.uint32(PGTY_LARGE_KMALLOC):
         return -1
     if _kr(E, page) & np.uint64(1 << PG_head):
@@ -710,7 +759,7 @@ def _free_large_kmalloc(E, obj):
     if order < 0:
         return False
     if not E[E_SP][SP_DYNAMIC]:
-        kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], _page_addr(E, pfn) + np.uint64(48),
+        _kw32(E, _page_addr(E, pfn) + np.uint64(48),
                  np.uint32(PAGE_TYPE_NONE))
     free_pages_e(E, pfn, order)
     return True
@@ -740,7 +789,7 @@ def kmalloc_nb(E, kmc, size_index, sizes, gfpflags, nid, out, start):
                 set_memdesc_nb(E[E_MEM], E[E_S], pfn, order,
                                misc_word(E[E_S], MISC_KMALLOC_LARGE, order, gz))
             else:
-                kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], _page_addr(E, pfn) + np.uint64(48),
+                _kw32(E, _page_addr(E, pfn) + np.uint64(48),
                          np.uint32(PGTY_LARGE_KMALLOC << 24))
             out[i] = np.uint64(PAGE_OFFSET) + (np.uint64(pfn) << np.uint64(12))
             continue
@@ -814,10 +863,10 @@ def set_slab_cache_nb(E, c, addr):
         _kw(E, slab + np.uint64(SLAB_CACHE), addr)
     for k in range(np.int64(caches[c, CS_NR_NODES])):
         head = caches[c, CS_NODE + k] + np.uint64(KCN_PARTIAL)
-        entry = _kr(E, head)
+        entry = _krp(E, head)
         while entry != head:
             _kw(E, entry - np.uint64(SLAB_LIST) + np.uint64(SLAB_CACHE), addr)
-            entry = _kr(E, entry)
+            entry = _krp(E, entry)
 
 
 # ---- the allocator object -------------------------------------------------------------------
@@ -1205,7 +1254,7 @@ def check_slabs_nb(E, nr_caches):
         if sp[SP_DYNAMIC] and not _allocated(rec, pfn, have_rec):
             continue
         if sp[SP_DYNAMIC]:
-            w = _kr(E, page + np.uint64(sp[SP_MEMDESC_OFF]))
+            w = _krp(E, page + np.uint64(sp[SP_MEMDESC_OFF]))
             t = np.int64(w & np.uint64(15))
             if t == sp[SP_T_SLAB]:
                 d = w & ~np.uint64(15)
@@ -1226,8 +1275,8 @@ def check_slabs_nb(E, nr_caches):
                 if not first <= pfn < first + (np.int64(1) << order):
                     return 12, pfn, first
         else:
-            if _kr(E, page + np.uint64(8)) & np.uint64(1) == 0:
-                pt = kread32(E[E_MEM], E[E_DATA], E[E_SLOT], page + np.uint64(SLAB_PAGE_TYPE))
+            if _krp(E, page + np.uint64(8)) & np.uint64(1) == 0:
+                pt = _kr32(E, page + np.uint64(SLAB_PAGE_TYPE))
                 if (pt >> np.uint32(24)) == np.uint32(PGTY_SLAB):
                     slab = page
         if slab == 0:

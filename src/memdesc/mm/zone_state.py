@@ -64,7 +64,7 @@ def pcp_head(S, gz, cpu, pindex):
 @njit(cache=True)
 def get_pfnblock_migratetype(S, pfn):
     """Mirrors get_pfnblock_migratetype(): MIGRATE_ISOLATE when PB_migrate_isolate is set."""
-    f = S[S[C_OFF_PB] + (pfn >> pageblock_order)]
+    f = ft.lds(S, S[C_OFF_PB] + (pfn >> pageblock_order))
     if f & PB_MIGRATE_ISOLATE:
         return MIGRATE_ISOLATE
     return f & PB_MIGRATE_MASK

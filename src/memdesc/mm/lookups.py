@@ -1,0 +1,308 @@
+"""Kernel lookups as counted operations (memdesc.mm.access): page_zone(), page_to_nid(),
+page_folio(), folio_page(), a page-flag test, the page-table walk and the page-cache lookup.
+
+Each entry point (``*_e``, numba, on the environment tuple E of memdesc.mm.memdesc_alloc) is
+one operation of its OP_CLASSES row, with the loads the stage's kernel does, in order:
+
+* page_zone()/page_to_nid() mirror ``memdesc stages``' rule: page->flags while the layout has
+  a flags word (v6.18, folio, dynamic, page32: 1 load); from page16 on the memdesc word (a
+  pointer) then the descriptor's memdesc_flags_t (a dependent load: chain 2), the Misc
+  word's own bits (1 load), or for a free page the PFN-indexed table (2 loads, chain 1).
+* page_folio(): compound_head (a pointer only on a tail page) at the overlay stages, the
+  memdesc word from ``dynamic`` on (memdesc.mm.folio.page_folio()).
+* folio_page(): &folio->page + n at the overlay stages (no load), pfn_to_page(folio->pfn +
+  n) after (one load).
+* a page-flag test: PF_HEAD policy, PageFoo(page) = test_bit(PG_foo, &page_folio(page)->flags).
+* pt_walk: follow_page_pte() of one address: the PGD, PUD, PMD and PTE entries (each a
+  pointer computed from the previous one), then page_folio() of the mapped page (its
+  address is computed from the PTE). A PMD-mapped page stops at the PMD.
+* pagecache_lookup: filemap_get_folio(): xa_load() from mapping->i_pages.xa_head down the
+  xa_nodes to the entry, folio_try_get() and the reader's folio_put() (loads and stores of
+  _refcount, dependent), and the reader's folio->index and folio->mapping checks.
+  Departure [I]: the emulator keeps the xarray as an index array; the walk's nodes are the
+  file's real radix_tree_node objects, picked by (level, index prefix), not laid out as the
+  kernel's tree would be.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from memdesc.mm.access_core import (
+    KIND_DEP,
+    KIND_PTR,
+    NONODE,
+    OP_FOLIO_PAGE,
+    OP_PAGE_FLAG,
+    OP_PAGE_FOLIO,
+    OP_PAGE_TO_NID,
+    OP_PAGE_ZONE,
+    OP_PAGECACHE,
+    OP_PT_WALK,
+    acc,
+    op_begin,
+    op_end,
+)
+from memdesc.mm.folio import (
+    F_FLAGS,
+    F_INDEX,
+    F_MAPPING,
+    F_REFCOUNT,
+    fget,
+    fget32,
+    folio_pfn,
+    fset32,
+    page_folio,
+)
+from memdesc.mm.ft_common import (
+    C_BUDDY,
+    C_F_FLAGS,
+    C_F_MD,
+    C_MISC,
+    C_OFF_PBZ,
+    C_W,
+    ldm,
+    lds,
+)
+from memdesc.mm.kmem import (
+    PAGE_OFFSET,
+    TAG_ANON,
+    TAG_FILE,
+    VMEMMAP_START,
+    content_tag,
+    kread_a,
+)
+from memdesc.mm.memdesc_alloc import (
+    E_DATA,
+    E_MEM,
+    E_S,
+    E_SLOT,
+    E_SP,
+    E_TAGS,
+    SP_PAGE_BYTES,
+    borrow,
+)
+from memdesc.mm.mm_types import NODES_PGSHIFT, ZONES_PGSHIFT
+from memdesc.mm.mmzone import NR_ZONES
+from memdesc.mm.pgtable import PGDIR_SHIFT, PMD_SHIFT, PTE_PFN_MASK, PTRS_PER_TABLE, PUD_SHIFT
+
+_PSE = np.uint64(1 << 7)
+_DM = np.uint64(PAGE_OFFSET)
+_VM = np.uint64(VMEMMAP_START)
+#: struct xa_node: slots[] at byte 40; address_space: i_pages.xa_head at byte 16 [S: 6.18]
+XA_SLOTS_OFF, XA_HEAD_OFF, XA_CHUNK_SHIFT = 40, 16, 6
+
+
+@njit(cache=True)
+def _nodezone(f):
+    """Global zone index from node/zone bits (memdesc_nid()/memdesc_zonenum())."""
+    return (np.int64(f >> np.uint64(NODES_PGSHIFT)) * NR_ZONES
+            + np.int64((f >> np.uint64(ZONES_PGSHIFT)) & np.uint64(7)))
+
+
+@njit(cache=True)
+def zone_of_page(E, pfn):
+    """The global zone index the stage's page_zone() finds (see the module doc)."""
+    mem, S = E[E_MEM], E[E_S]
+    fl = S[C_F_FLAGS]
+    if fl >= 0:
+        return _nodezone(ldm(mem, S, pfn * S[C_W] + fl))
+    i = pfn * S[C_W] + S[C_F_MD]
+    w = mem[i]
+    desc = w & ~np.uint64(15)
+    acc(S, _VM + (np.uint64(i) << np.uint64(3)), KIND_PTR, NONODE, np.int64(desc))
+    t = np.int64(w & np.uint64(15))
+    if t == S[C_MISC]:
+        return _nodezone(w)
+    if t == S[C_BUDDY]:
+        return np.int64(lds(S, S[C_OFF_PBZ] + (pfn >> 9)))
+    return _nodezone(kread_a(S, mem, E[E_DATA], E[E_SLOT], desc, False))
+
+
+@njit(cache=True)
+def page_zone_e(E, pfn):
+    """Mirrors page_zone(): the global zone index (nid * NR_ZONES + zone type)."""
+    S = E[E_S]
+    op_begin(S, OP_PAGE_ZONE)
+    gz = zone_of_page(E, pfn)
+    op_end(S)
+    return gz
+
+
+@njit(cache=True)
+def page_to_nid_e(E, pfn):
+    """Mirrors page_to_nid()."""
+    S = E[E_S]
+    op_begin(S, OP_PAGE_TO_NID)
+    nid = zone_of_page(E, pfn) // NR_ZONES
+    op_end(S)
+    return nid
+
+
+@njit(cache=True)
+def page_folio_e(E, pfn):
+    """Mirrors page_folio() (memdesc.mm.folio.page_folio): the folio address or 0."""
+    S = E[E_S]
+    op_begin(S, OP_PAGE_FOLIO)
+    f = page_folio(E, pfn)
+    op_end(S)
+    return f
+
+
+@njit(cache=True)
+def folio_page_e(E, folio, n):
+    """Mirrors folio_page(folio, n): the PFN of the folio's n-th page."""
+    S = E[E_S]
+    op_begin(S, OP_FOLIO_PAGE)
+    pfn = folio_pfn(E, folio) + n
+    op_end(S)
+    return pfn
+
+
+@njit(cache=True)
+def page_flag_test_e(E, pfn, bit):
+    """Mirrors PageFoo(page) of a PF_HEAD flag (PageLRU, PageDirty ...): bit ``bit`` of the
+    folio's flags; False for a page outside any folio (page_folio() NULL from ``dynamic``)."""
+    S = E[E_S]
+    op_begin(S, OP_PAGE_FLAG)
+    f = page_folio(E, pfn)
+    r = False
+    if f != 0:
+        r = (fget(E, f, F_FLAGS) >> np.uint64(bit)) & np.uint64(1) == 1
+    op_end(S)
+    return r
+
+
+@njit(cache=True)
+def _entry(E, table, idx, level):
+    """Page-table entry ``idx`` of table page ``table``, counted (a pointer; dependent on the
+    previous level's entry); 0 when the table has no contents."""
+    S, slot = E[E_S], E[E_SLOT]
+    if table < 0 or table >= slot.shape[0] or slot[table] < 0:
+        return np.uint64(0)
+    e = E[E_DATA][np.int64(slot[table]) * 512 + idx]
+    a = _DM + (np.uint64(table) << np.uint64(12)) + np.uint64(8 * idx)
+    acc(S, a, KIND_PTR | (KIND_DEP if level > 1 else 0), NONODE, NONODE)
+    return e
+
+
+@njit(cache=True)
+def _walk_pfn(E, pgd_pfn, va):
+    """follow_page_pte()'s walk: the PFN mapped at ``va`` or -1 (counted entries)."""
+    table = pgd_pfn
+    shifts = (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT)
+    for level in range(1, 4):
+        e = _entry(E, table, np.int64((va >> np.uint64(shifts[level - 1])) & np.uint64(511)),
+                   level)
+        if e == 0:
+            return np.int64(-1)
+        base = np.int64((e & np.uint64(PTE_PFN_MASK)) >> np.uint64(12))
+        if level == 3 and e & _PSE:
+            return base + np.int64((va >> np.uint64(12)) & np.uint64(PTRS_PER_TABLE - 1))
+        table = base
+    pe = _entry(E, table, np.int64((va >> np.uint64(12)) & np.uint64(511)), 4)
+    if pe == 0:
+        return np.int64(-1)
+    return np.int64((pe & np.uint64(PTE_PFN_MASK)) >> np.uint64(12))
+
+
+@njit(cache=True)
+def pt_walk_e(E, pgd_pfn, va):
+    """Mirrors follow_page_pte(): (PFN mapped at ``va`` or -1, its folio or 0)."""
+    S = E[E_S]
+    op_begin(S, OP_PT_WALK)
+    pfn = _walk_pfn(E, pgd_pfn, va)
+    folio = np.uint64(0)
+    if pfn >= 0:
+        # pfn_to_page(pte_pfn(pte)): the struct page address comes from the PTE
+        page = _VM + np.uint64(pfn) * np.uint64(E[E_SP][SP_PAGE_BYTES])
+        acc(S, page, KIND_DEP, NONODE, NONODE)     # the PTE's level is the latest pointer
+        folio = page_folio(E, pfn)
+    op_end(S)
+    return pfn, folio
+
+
+@njit(cache=True)
+def _xa_height(size):
+    h = 0
+    while size > 1 and (size - 1) >> (XA_CHUNK_SHIFT * h):
+        h += 1
+    return h
+
+
+@njit(cache=True)
+def pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, order):
+    """Mirrors filemap_get_folio(mapping, idx) (see the module doc): the folio or 0."""
+    S = E[E_S]
+    op_begin(S, OP_PAGECACHE)
+    acc(S, mapping + np.uint64(XA_HEAD_OFF), KIND_PTR, NONODE, NONODE)
+    h = _xa_height(index_map.shape[0])
+    nn = xa_nodes.shape[0]
+    for level in range(h - 1, order // XA_CHUNK_SHIFT - 1, -1):
+        if nn == 0:
+            break
+        prefix = np.uint64(idx >> (XA_CHUNK_SHIFT * (level + 1)))
+        node = xa_nodes[np.int64((prefix * np.uint64(0x9E3779B97F4A7C15) + np.uint64(level))
+                                 % np.uint64(nn))]
+        off = (idx >> (XA_CHUNK_SHIFT * level)) & 63
+        acc(S, node + np.uint64(XA_SLOTS_OFF + 8 * off), KIND_PTR | KIND_DEP, NONODE,
+            np.int64(index_map[idx]) if level == order // XA_CHUNK_SHIFT else NONODE)
+    f = index_map[idx]
+    if f != 0:
+        fset32(E, f, F_REFCOUNT, fget32(E, f, F_REFCOUNT) + 1)     # folio_try_get()
+        fset32(E, f, F_REFCOUNT, fget32(E, f, F_REFCOUNT) - 1)     # the reader's folio_put()
+    op_end(S)
+    return f
+
+
+@njit(cache=True)
+def readback_file_e(E, index_map, xa_nodes, mapping, file_id, orders):
+    """memdesc.mm.filemap.readback_file_nb() through counted page-cache lookups: per index one
+    pagecache_lookup operation (filemap_get_folio(), then the reader's folio->index and
+    ->mapping, folio_pfn() + (index - folio->index)). ``orders[idx]`` is the order of the
+    folio caching ``idx``."""
+    E = borrow(E)
+    S = E[E_S]
+    h = np.uint64(0xCBF29CE484222325)
+    pages = right = wrong_mapping = 0
+    tags = E[E_TAGS]
+    for idx in range(index_map.shape[0]):
+        tag = np.uint64(0)
+        op_begin(S, OP_PAGECACHE)
+        f = pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, orders[idx])
+        pfn = -1
+        if f != 0:
+            first = np.int64(fget(E, f, F_INDEX))
+            if idx == first and fget(E, f, F_MAPPING) != mapping:
+                wrong_mapping += 1
+            pfn = folio_pfn(E, f) + (idx - first)
+        op_end(S)
+        if pfn >= 0:
+            tag = np.uint64(tags[pfn])
+            pages += 1
+            if tags[pfn] == content_tag(TAG_FILE, file_id, idx):
+                right += 1
+        h = (h ^ (tag + (np.uint64(idx) << np.uint64(32)))) * np.uint64(0x100000001B3)
+    return h, pages, right, wrong_mapping
+
+
+@njit(cache=True)
+def readback_anon_e(E, pgd_pfn, va0, nr_pages, owner):
+    """memdesc.mm.pgtable.readback_kernel() through counted page-table walks (one pt_walk
+    operation per virtual page). Returns (digest, mapped, correct)."""
+    E = borrow(E)
+    h = np.uint64(0xCBF29CE484222325)
+    mapped = correct = 0
+    tags = E[E_TAGS]
+    for k in range(nr_pages):
+        va = va0 + (np.uint64(k) << np.uint64(12))
+        pfn, _ = pt_walk_e(E, pgd_pfn, va)
+        tag = np.uint64(0)
+        if pfn >= 0:
+            mapped += 1
+            tag = np.uint64(tags[pfn])
+            if tags[pfn] == content_tag(TAG_ANON, owner, va >> np.uint64(12)):
+                correct += 1
+        h = (h ^ (tag + (np.uint64(k) << np.uint64(32)))) * np.uint64(0x100000001B3)
+    return h, mapped, correct
