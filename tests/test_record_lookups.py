@@ -266,3 +266,41 @@ def test_live_record_with_lookups(tracefs_ok, tmp_path):  # noqa: F811 (pytest f
     if raw.lost_total() == 0:
         assert_same_events(raw, read_text(out / "trace.txt.zst"))
     assert len(lookups_from_trace(raw)) > 0
+
+
+def test_replay_runs_the_lookups_at_every_stage(rec):
+    """A replay with access accounting runs every lookup once per stage, between the right
+    operations: per class as many operations as lookups_from_trace() made, at every stage;
+    at v6.18 page_zone() reads page->flags (1 load, chain 1) and a flag test reads
+    compound_head then the head's flags (2 loads) for every page the replay holds; the
+    lookups change nothing the replay observes."""
+    from memdesc.analysis.replay import load_replay_input, replay
+    from memdesc.cli.options import stages_option
+    from memdesc.mm import access
+    from memdesc.mm.access import CT_CHAIN_MAX, CT_LOADS, CT_OPS
+
+    stages = stages_option("all")
+    inp = load_replay_input(rec, stages=stages)
+    lk = inp.lookups.lookups
+    got: dict[str, np.ndarray] = {}
+
+    def sink(stage_id, mm):
+        got[stage_id] = access.counters(mm)
+    with_lookups = replay(inp, stages, "placement", 10, access_sink=sink)
+    plain = replay(inp, stages, "placement", 10)
+    assert set(got) == {s.id for s in stages}
+    want = lk.counts()
+    known = (lk.pfn >= 0) & (lk.pfn < inp.machine.nr_pfns)
+    for sid, c in got.items():
+        for name in ("page_zone", "page_to_nid", "page_folio", "folio_page", "page_flag_test",
+                     "pt_walk", "pagecache_lookup"):
+            assert c[OP_CLASS_ID[name], CT_OPS] == want[name], (sid, name)
+    v618 = got["v6.18"]
+    for name, loads in (("page_zone", 1), ("page_to_nid", 1), ("page_flag_test", 2)):
+        n = int((known & (lk.op_class == OP_CLASS_ID[name])).sum())
+        assert v618[OP_CLASS_ID[name], CT_LOADS] == loads * n > 0, name
+        assert v618[OP_CLASS_ID[name], CT_CHAIN_MAX] == 1
+    assert with_lookups.identical_observables()
+    for a, b in zip(with_lookups.runs, plain.runs, strict=True):
+        assert a.final_buddyinfo == b.final_buddyinfo and a.mismatches == b.mismatches
+        assert np.array_equal(a.nr_free, b.nr_free)

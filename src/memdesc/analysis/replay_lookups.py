@@ -36,9 +36,23 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numba import njit
 
+from memdesc.analysis.replay_loops import _placement_loop, _policy_loop
 from memdesc.ingest.trace_events import EVENT_CODE, Trace
-from memdesc.mm.access import OP_CLASSES, op_class_id
+from memdesc.mm.access import (
+    OP_CLASSES,
+    folio_page_e,
+    op_class_id,
+    page_flag_test_e,
+    page_folio_e,
+    page_to_nid_e,
+    page_zone_e,
+)
+from memdesc.mm.access_core import op_begin, op_end
+from memdesc.mm.folio import page_folio
+from memdesc.mm.memdesc_alloc import E_S
+from memdesc.mm.mm_types import PG_lru
 
 #: units an operation is counted per
 PER_EVENT, PER_FOLIO, PER_PAGE = 0, 1, 2
@@ -136,6 +150,10 @@ MAX_FOLIOS = {"mm_filemap_get_pages": 31, "mm_filemap_map_pages": 512, "mm_filem
 HOLES = {"mm_filemap_get_pages": "stop", "mm_filemap_map_pages": "skip",
          "mm_filemap_fault": "keep"}
 RANGE_EVENTS = tuple(MAX_FOLIOS)
+(OP_CLASS_ID_PAGE_ZONE, OP_CLASS_ID_PAGE_TO_NID, OP_CLASS_ID_PAGE_FOLIO, OP_CLASS_ID_PAGE_FLAG,
+ OP_CLASS_ID_PT_WALK, OP_CLASS_ID_PAGECACHE) = (
+    op_class_id(n) for n in ("page_zone", "page_to_nid", "page_folio", "page_flag_test",
+                             "pt_walk", "pagecache_lookup"))
 
 
 class Lookups(NamedTuple):
@@ -356,3 +374,123 @@ def schedule(lk: Lookups, op_event: np.ndarray) -> np.ndarray:
     the replay runs the lookups with ``before_op == k`` just before operation ``k`` (and those
     with ``before_op == len(op_event)`` after the last one)."""
     return np.searchsorted(op_event, lk.event, side="left").astype(np.int64)
+
+
+# ---- running the lookups inside a replay (memdesc.analysis.replay) ---------------------------
+
+def replay_env(mm) -> tuple:
+    """The environment tuple E of the lookup entry points (memdesc.mm.access ``*_e``) for a
+    replay's MemMap: its mem_map and allocator state, an empty slab/descriptor layer (the
+    replay allocates no descriptors and no slab objects: docs/replay.md "Limits"), so nothing
+    is allocated from the replayed memory."""
+    from memdesc.mm.fault_inject import FaultInjection
+    from memdesc.mm.kmem import PageContents
+    from memdesc.mm.memdesc_alloc import ST_WORDS
+    from memdesc.mm.slub import Slub
+
+    class _Unbooted(Slub):
+        def boot(self) -> None:          # no caches: they would take pages off the replay
+            pass
+
+    return _Unbooted(mm, PageContents(mm.nr_pfns, 1), FaultInjection(),
+                     np.zeros(mm.nr_pfns, np.uint32), np.zeros(ST_WORDS, np.int64)).E
+
+
+@njit(cache=True)
+def _lookup(E, cls, pfn, sub, npfn):
+    """One lookup operation of class ``cls`` on page ``pfn`` (memdesc.mm.access entry points).
+    Counted without accesses: an unknown page, and pt_walk / pagecache_lookup (the replay has
+    no page tables and no xarrays); folio_page() of a page in no folio (page_folio() NULL)."""
+    S = E[E_S]
+    if (pfn < 0 or pfn >= npfn or cls == OP_CLASS_ID_PT_WALK  # noqa: SIM109 (numba)
+            or cls == OP_CLASS_ID_PAGECACHE):
+        op_begin(S, cls)
+        op_end(S)
+    elif cls == OP_CLASS_ID_PAGE_ZONE:
+        page_zone_e(E, pfn)
+    elif cls == OP_CLASS_ID_PAGE_TO_NID:
+        page_to_nid_e(E, pfn)
+    elif cls == OP_CLASS_ID_PAGE_FOLIO:
+        page_folio_e(E, pfn)
+    elif cls == OP_CLASS_ID_PAGE_FLAG:
+        page_flag_test_e(E, pfn, PG_lru)
+    else:                                   # folio_page: the caller holds the folio already
+        folio = page_folio(E, pfn)          # (outside an operation: not counted)
+        if folio != 0:
+            folio_page_e(E, folio, sub)
+        else:
+            op_begin(S, cls)
+            op_end(S)
+
+
+@njit(cache=True)
+def _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, last):
+    """Run the lookups due before op ``i`` (all that are left once ``i`` is the last op);
+    returns the next lookup and the op where the next lookups are due (at most ``hi``)."""
+    n = len(before)
+    while k < n and (before[k] <= i or (i == hi and hi == last)):
+        _lookup(E, cls[k], pfn[k], sub[k], npfn)
+        k += 1
+    return k, (hi if k >= n else min(hi, max(before[k], i + 1)))
+
+
+# One driver per replay loop (a loop passed as an argument would not be cached by numba):
+# ops [lo, hi) with ``loop(*pre, lo, hi, *mid, nxt, *post)``, each lookup ``k`` run just
+# before op ``before[k]``. Each returns (next sample slot, next lookup).
+
+@njit(cache=True)
+def _interleave_placement(E, cls, pfn, sub, before, k, npfn, last, pre, lo, hi, mid, nxt,
+                          post):
+    i = lo
+    while True:
+        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, last)
+        if i >= hi:
+            return nxt, k
+        nxt = _placement_loop(*pre, i, j, *mid, nxt, *post)
+        i = j
+
+
+@njit(cache=True)
+def _interleave_policy(E, cls, pfn, sub, before, k, npfn, last, pre, lo, hi, mid, nxt, post):
+    i = lo
+    while True:
+        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, last)
+        if i >= hi:
+            return nxt, k
+        nxt = _policy_loop(*pre, i, j, *mid, nxt, *post)
+        i = j
+
+
+_DRIVERS = {"_placement_loop": _interleave_placement, "_policy_loop": _interleave_policy}
+
+
+class ReplayLookups:
+    """A trace's lookups scheduled on its replay operations (:func:`schedule`); ``start(mm)``
+    gives the runner of one stage's replay, whose ``run()`` replaces the call of the replay's
+    numba loop for a block of ops."""
+
+    def __init__(self, lk: Lookups, op_event: np.ndarray):
+        self.lookups = lk
+        self.before = schedule(lk, op_event)
+        self.n_ops = len(op_event)
+        self.cls = lk.op_class.astype(np.int64)
+
+    def start(self, mm) -> _StageLookups:
+        return _StageLookups(self, mm)
+
+
+class _StageLookups:
+    """The lookups of one stage's replay, run between its operations (:func:`_run_due`)."""
+
+    def __init__(self, plan: ReplayLookups, mm):
+        self.plan, self.mm, self.k = plan, mm, 0
+        self.E = replay_env(mm)
+
+    def run(self, loop, lo: int, hi: int, mid: tuple, nxt: int, post: tuple) -> int:
+        """``loop`` over ops [lo, hi) with the lookups due among them; the next sample slot."""
+        p = self.plan
+        drive = _DRIVERS[loop.__name__]
+        nxt, self.k = drive(self.E, p.cls, p.lookups.pfn, p.lookups.sub, p.before, self.k,
+                            self.mm.nr_pfns, p.n_ops, (self.mm.mem, self.mm.S), lo, hi, mid,
+                            nxt, post)
+        return nxt
