@@ -424,11 +424,12 @@ def _lookup(E, cls, pfn, sub, npfn):
 
 
 @njit(cache=True)
-def _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, last):
-    """Run the lookups due before op ``i`` (all that are left once ``i`` is the last op);
-    returns the next lookup and the op where the next lookups are due (at most ``hi``)."""
+def _run_due(E, cls, pfn, sub, before, k, npfn, i, hi):
+    """Run the lookups due before op ``i`` (``before`` is at most the number of ops: those
+    after the last op run when ``i`` reaches it); returns the next lookup and the op where
+    the next lookups are due (at most ``hi``)."""
     n = len(before)
-    while k < n and (before[k] <= i or (i == hi and hi == last)):
+    while k < n and before[k] <= i:
         _lookup(E, cls[k], pfn[k], sub[k], npfn)
         k += 1
     return k, (hi if k >= n else min(hi, max(before[k], i + 1)))
@@ -439,11 +440,10 @@ def _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, last):
 # before op ``before[k]``. Each returns (next sample slot, next lookup).
 
 @njit(cache=True)
-def _interleave_placement(E, cls, pfn, sub, before, k, npfn, last, pre, lo, hi, mid, nxt,
-                          post):
+def _interleave_placement(E, cls, pfn, sub, before, k, npfn, pre, lo, hi, mid, nxt, post):
     i = lo
     while True:
-        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, last)
+        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi)
         if i >= hi:
             return nxt, k
         nxt = _placement_loop(*pre, i, j, *mid, nxt, *post)
@@ -451,10 +451,10 @@ def _interleave_placement(E, cls, pfn, sub, before, k, npfn, last, pre, lo, hi, 
 
 
 @njit(cache=True)
-def _interleave_policy(E, cls, pfn, sub, before, k, npfn, last, pre, lo, hi, mid, nxt, post):
+def _interleave_policy(E, cls, pfn, sub, before, k, npfn, pre, lo, hi, mid, nxt, post):
     i = lo
     while True:
-        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, last)
+        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi)
         if i >= hi:
             return nxt, k
         nxt = _policy_loop(*pre, i, j, *mid, nxt, *post)
@@ -491,6 +491,5 @@ class _StageLookups:
         p = self.plan
         drive = _DRIVERS[loop.__name__]
         nxt, self.k = drive(self.E, p.cls, p.lookups.pfn, p.lookups.sub, p.before, self.k,
-                            self.mm.nr_pfns, p.n_ops, (self.mm.mem, self.mm.S), lo, hi, mid,
-                            nxt, post)
+                            self.mm.nr_pfns, (self.mm.mem, self.mm.S), lo, hi, mid, nxt, post)
         return nxt
