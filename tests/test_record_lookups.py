@@ -34,6 +34,8 @@ COUNTS = {"mm_filemap_add_to_page_cache": 132, "mm_filemap_delete_from_page_cach
           "mm_filemap_get_pages": 111, "mm_filemap_map_pages": 277, "mm_filemap_fault": 37,
           "mm_lru_insertion": 41_011, "mm_lru_activate": 9, "page_fault_user": 23_710,
           "page_fault_kernel": 17_449}
+LOOKUP_CLASSES = ("page_zone", "page_to_nid", "page_folio", "folio_page", "page_flag_test",
+                  "pt_walk", "pagecache_lookup")
 #: the workload's 2 MiB file: two order-8 folios (dev 254:0, ino 0x2d00fe)
 FILE_INO, HEADS = 0x2D00FE, (0x298500, 0x151B00)
 
@@ -292,8 +294,7 @@ def test_replay_runs_the_lookups_at_every_stage(rec):
     want = lk.counts()
     known = (lk.pfn >= 0) & (lk.pfn < inp.machine.nr_pfns)
     for sid, c in got.items():
-        for name in ("page_zone", "page_to_nid", "page_folio", "folio_page", "page_flag_test",
-                     "pt_walk", "pagecache_lookup"):
+        for name in LOOKUP_CLASSES:
             assert c[OP_CLASS_ID[name], CT_OPS] == want[name], (sid, name)
     v618 = got["v6.18"]
     for name, loads in (("page_zone", 1), ("page_to_nid", 1), ("page_flag_test", 2)):
@@ -304,3 +305,7 @@ def test_replay_runs_the_lookups_at_every_stage(rec):
     for a, b in zip(with_lookups.runs, plain.runs, strict=True):
         assert a.final_buddyinfo == b.final_buddyinfo and a.mismatches == b.mismatches
         assert np.array_equal(a.nr_free, b.nr_free)
+    got.clear()                                  # policy mode runs them too
+    replay(inp, stages[-1:], "policy", 10, access_sink=sink)
+    assert [got[stages[-1].id][OP_CLASS_ID[n], CT_OPS] for n in LOOKUP_CLASSES] == [
+        want[n] for n in LOOKUP_CLASSES]
