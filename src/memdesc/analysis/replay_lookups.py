@@ -28,7 +28,11 @@ indices of other mappings count as order-0 folios of unknown pfn (-1), cached be
 
 :func:`lookups_from_trace` builds :class:`Lookups`; :func:`schedule` places each before the
 replay operation that follows it in the trace (the replay runs ``lk[before_op == k]`` just
-before its operation ``k``).
+before its operation ``k``). :class:`ReplayLookups` runs them inside a replay with access
+accounting on, through the lookup entry points of memdesc.mm.access on the replayed mem_map
+(docs/replay.md "In the replay" for what that can and cannot count). Numba hazard: the
+drivers call the replay's loops (analysis/replay_loops.py); after editing those, delete the
+numba cache (a cached driver keeps the old loop).
 """
 
 from __future__ import annotations
