@@ -111,7 +111,7 @@ from memdesc.analysis.survey import layout_of, nr_cpus_of
 from memdesc.errors import InputError
 from memdesc.ingest import procfs
 from memdesc.ingest.snapshot import Snapshot, open_snapshot
-from memdesc.ingest.trace_events import Trace
+from memdesc.ingest.trace_events import LOOKUP_EVENTS, Trace
 from memdesc.mm import access
 from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import MIGRATE_TYPES
@@ -281,9 +281,8 @@ def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
                       ss.machine, ss.start, ss.base_census, notes, seconds, check, points)
     if ss.prefault is not None:
         inp.cache["mem_map_prefault"] = ss.prefault
-    lk = lookups_from_trace(tr)
-    if len(lk):
-        inp.lookups = ReplayLookups(lk, ops.evidx)
+    if (tr.events["event"] >= LOOKUP_EVENTS[0]).any():      # recorded with --lookups
+        inp.lookups = ReplayLookups(lookups_from_trace(tr), ops.evidx)
     return inp
 
 
