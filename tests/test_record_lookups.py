@@ -172,29 +172,30 @@ def test_read_past_the_end_stops_at_the_hole(rec, lk):
 def test_batch_cap_and_holes_hand_worked():
     """Mapping A (never added to in the trace): a read of [0, 99] looks up one folio_batch,
     31 order-0 folios of unknown pfn. Mapping B got an order-2 folio at index 4 (pfn 1000)
-    and an order-0 one at 9 (pfn 2000): a read of [4, 9] finds the first, then stops at the
-    hole at 8 (filemap_get_read_batch()); the fault-around of [0, 9] skips the holes: 2 folios,
+    and an order-0 one at 9 (pfn 2000): a read of [12, 13] finds nothing (its event still
+    tests the flags once); a read of [4, 9] finds the first, then stops at the hole at 8
+    (filemap_get_read_batch()); the fault-around of [0, 9] skips the holes: 2 folios,
     PageHWPoison() of their 5 pages; a fault at 9 finds pfn 2000, one at 8 looks up anyway."""
     names = ("mm_filemap_get_pages", "mm_filemap_add_to_page_cache",
-             "mm_filemap_add_to_page_cache", "mm_filemap_get_pages", "mm_filemap_map_pages",
-             "mm_filemap_fault", "mm_filemap_fault")
+             "mm_filemap_add_to_page_cache", "mm_filemap_get_pages", "mm_filemap_get_pages",
+             "mm_filemap_map_pages", "mm_filemap_fault", "mm_filemap_fault")
     ev = empty_columns(len(names))
     ev["event"][:] = [EVENT_CODE[n] for n in names]
     ev["dev"][:] = 1
-    ev["ino"][:] = [10] + [20] * 6
-    ev["index"][:] = [0, 4, 9, 4, 0, 9, 8]
-    ev["last_index"][:] = [99, -1, -1, 9, 9, -1, -1]
+    ev["ino"][:] = [10] + [20] * 7
+    ev["index"][:] = [0, 4, 9, 12, 4, 0, 9, 8]
+    ev["last_index"][:] = [99, -1, -1, 13, 9, 9, -1, -1]
     ev["pfn"][1:3], ev["order"][1:3] = [1000, 2000], [2, 0]
     lk = lookups_from_trace(Trace(events=ev))
     pc = lk.op_class == OP_CLASS_ID["pagecache_lookup"]
-    assert np.bincount(lk.event[pc], minlength=7).tolist() == [31, 1, 1, 1, 2, 1, 1]
+    assert np.bincount(lk.event[pc], minlength=8).tolist() == [31, 1, 1, 0, 1, 2, 1, 1]
     assert (lk.pfn[pc & (lk.event == 0)] == -1).all()
     assert lk.index[pc & (lk.event == 0)].tolist() == list(range(31))
     assert lk.pfn[pc & (lk.event >= 1)].tolist() == [1000, 2000, 1000, 1000, 2000, 2000, -1]
     flags = lk.op_class == OP_CLASS_ID["page_flag_test"]
     # read: 2 per folio + folio_mark_accessed(); fault-around: 6 per folio + 1 per page
-    assert np.bincount(lk.event[flags], minlength=7).tolist() == [63, 1, 1, 3, 17, 2, 2]
-    assert lk.pfn[flags & (lk.event == 4)].tolist() == ([1000] * 6 + [1000, 1001, 1002, 1003]
+    assert np.bincount(lk.event[flags], minlength=8).tolist() == [63, 1, 1, 1, 3, 17, 2, 2]
+    assert lk.pfn[flags & (lk.event == 5)].tolist() == ([1000] * 6 + [1000, 1001, 1002, 1003]
                                                         + [2000] * 6 + [2000])
     assert lk.mappings.tolist() == [[1, 10], [1, 20]]
 

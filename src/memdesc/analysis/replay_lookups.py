@@ -259,16 +259,27 @@ def _event_ranges(ev: dict[str, np.ndarray], mapping_of: np.ndarray, rows: np.nd
     return run, idx, page, head
 
 
+def _run_first(run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row starts a run, the first row of each row's run) for rows grouped by ``run``."""
+    new_run = np.ones(len(run), bool)
+    new_run[1:] = run[1:] != run[:-1]
+    return new_run, np.maximum.accumulate(np.where(new_run, np.arange(len(run)), 0))
+
+
+def _within_run(run: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Running count of ``flags`` within each row's run (inclusive)."""
+    _, first = _run_first(run)
+    cs = np.cumsum(flags)
+    return cs - (cs - flags)[first]
+
+
 def _folio_starts(run: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(is the first index of a folio, folio number within its event from 1): a folio is a
     run of indices with the same known head pfn; an unknown index is an order-0 folio."""
-    new_run = np.ones(len(run), bool)
-    new_run[1:] = run[1:] != run[:-1]
+    new_run, _ = _run_first(run)
     start = new_run | (head < 0)
     start[1:] |= head[1:] != head[:-1]
-    cs = np.cumsum(start)
-    base = (cs[new_run] - 1)[run] if len(run) else cs
-    return start, cs - base
+    return start, _within_run(run, start)
 
 
 def _walk_ranges(ev: dict[str, np.ndarray], mapping_of: np.ndarray, rows: np.ndarray,
@@ -309,12 +320,9 @@ def _range_units(ev: dict[str, np.ndarray], mapping_of: np.ndarray) -> list[_Uni
         run, idx, page, head = _walk_ranges(ev, mapping_of, rows, cap, max_order)
         q_ev = rows[run]
         hole = (head < 0) & (first_add[mapping_of[q_ev]] < q_ev)
-        new_run = np.r_[True, run[1:] != run[:-1]] if len(run) else hole
-        first_head = head[new_run]
+        first_head = head[_run_first(run)[0]]
         if HOLES[name] == "stop":        # keep the indices before the run's first hole
-            cs = np.cumsum(hole)
-            base = (cs - hole)[new_run][run] if len(run) else cs
-            hole = cs - base > 0
+            hole = _within_run(run, hole) > 0
         if HOLES[name] != "keep":
             run, idx, page, head, q_ev = (a[~hole] for a in (run, idx, page, head, q_ev))
         start, folio_no = _folio_starts(run, head)
