@@ -13,11 +13,23 @@ Figures, each run once:
   figures of the ``memdesc fleet survey`` command (start-up included) on the local engine,
   ``--local threads|processes --workers N`` (processes: a LocalCluster of N single-threaded
   worker processes, its start-up included);
+* ``fleet.{threads,processes}_{1,2}w.cores_used``: the CPU time of the command and its worker
+  processes over its wall time;
 * ``fleet.{threads,processes}.scaling_1_to_2``: the 2-worker rate over the 1-worker rate
-  (target >= 1.7 on 2 cores);
+  (target >= 1.7 on 2 cores), and ``.scaling_ceiling_2_cores``: what it would be if the
+  2-worker run kept both cores busy all along (2 x wall of the 1-worker run / CPU time of the
+  2-worker run): the 1-worker run already uses more than one core (the survey's read-ahead
+  thread decompresses while the kernel classifies; Dask's own threads), and the 2-worker run
+  has serial parts (start-up, the end);
+* ``fleet.{threads,processes}.cpu_per_snapshot``: with one worker, the CPU time of the
+  surveying process during a survey (the read-ahead thread included), per snapshot, and
+  ``fleet.processes_vs_threads.cpu_per_snapshot_ratio``: a survey in a worker process against
+  one on a thread of the command (1.0: a worker process costs nothing extra);
 * ``fleet.{threads,processes}.dask_overhead_per_snapshot``: with one worker, (wall time of
   ``survey_fleet`` − Σ time inside the tasks) / snapshots: scheduling, transfer, client work
-  (processes: on a LocalCluster started and warmed beforehand);
+  (processes: on a LocalCluster started and warmed beforehand), and the CPU time of every
+  process of the run outside the surveys / snapshots (processes: the command's, which holds
+  the scheduler, and the worker's);
 * ``fleet.processes.peak_rss_per_worker``: ru_maxrss of that worker after 50 snapshots, and
   ``fleet.processes_1tib.peak_rss_per_worker`` after surveying the synthetic 1 TiB snapshot of
   bench_survey.py (2 GiB of temporary disk; target < 1024 MiB).
@@ -90,37 +102,67 @@ def _memdesc() -> str:
     return shutil.which("memdesc", path=str(Path(sys.executable).parent)) or "memdesc"
 
 
-def _cli(fleet: Path, *extra: str) -> float:
-    t = time.perf_counter()
+def _cpu(who: int = resource.RUSAGE_SELF) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def _cli(fleet: Path, *extra: str) -> tuple[float, float]:
+    """Wall and CPU time (the command and the worker processes it reaps) of one command."""
+    t, cpu = time.perf_counter(), _cpu(resource.RUSAGE_CHILDREN)
     subprocess.run([_memdesc(), "fleet", "survey", str(fleet), "--no-cache", "--json",
                     os.devnull, *extra], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, _cpu(resource.RUSAGE_CHILDREN) - cpu
 
 
-def _rates(name: str, n: int, wall: float) -> float:
+def _rates(name: str, n: int, wall: float, cpu: float) -> float:
     rate = n / wall
     print(f"bench: fleet.{name}.snapshots_per_s = {rate:.2f} snapshots/s ({wall:.1f} s)",
           flush=True)
     print(f"bench: fleet.{name}.pfns_per_s = {rate * PFNS:,.0f} PFN/s", flush=True)
+    print(f"bench: fleet.{name}.cores_used = {cpu / wall:.2f} cores ({cpu:.1f} s CPU)",
+          flush=True)
     return rate
 
 
-def _overhead(name: str, fleet: Path, scheduler: str | None) -> None:
+def _warm_up(fleet: Path) -> None:
+    """Survey ``fleet`` in this process, which loads the compiled kernels once."""
+    from memdesc.analysis.descriptors import load_descriptors
+    from memdesc.analysis.fleet import survey_task
+
+    for folder in sorted(fleet.glob("*/*")):
+        survey_task(str(folder), load_descriptors())
+
+
+def _workers_cpu(client) -> float:
+    return sum(client.run(_cpu).values()) if client else 0.0
+
+
+def _overhead(name: str, fleet: Path, client=None) -> float:
+    """Dask's overhead per snapshot with one worker (a thread of this process, or the one
+    worker of ``client``'s cluster); returns the CPU time per survey."""
     from memdesc.analysis.descriptors import load_descriptors
     from memdesc.analysis.fleet_cache import ResultCache, recipe
     from memdesc.analysis.fleet_engine import survey_fleet
     from memdesc.ingest.fleet import find_snapshots
 
     inputs, _ = find_snapshots([str(fleet)])
+    n = len(inputs)
     d = load_descriptors()
-    t = time.perf_counter()
+    scheduler = client.scheduler.address if client else None
+    t, cpu, workers = time.perf_counter(), _cpu(), _workers_cpu(client)
     run = survey_fleet(inputs, d, ResultCache(None, recipe(d.path)), scheduler=scheduler,
                        workers=None if scheduler else 1, local="threads")
     wall = time.perf_counter() - t
-    per = (wall - run.task_seconds) / len(inputs)
-    print(f"bench: fleet.{name}.dask_overhead_per_snapshot = {per * 1000:.1f} ms "
-          f"(wall {wall:.1f} s, inside surveys {run.task_seconds:.1f} s, "
-          f"{len(inputs)} snapshots, 1 worker)", flush=True)
+    cpu = _cpu() - cpu + _workers_cpu(client) - workers
+    per = (wall - run.task_seconds) / n
+    print(f"bench: fleet.{name}.cpu_per_snapshot = {run.task_cpu_seconds / n * 1000:.1f} ms "
+          f"(1 worker, {n} snapshots)", flush=True)
+    print(f"bench: fleet.{name}.dask_overhead_per_snapshot = {per * 1000:.1f} ms wall, "
+          f"{(cpu - run.task_cpu_seconds) / n * 1000:.1f} ms CPU (wall {wall:.1f} s, inside "
+          f"surveys {run.task_seconds:.1f} s; CPU {cpu:.1f} s, inside surveys "
+          f"{run.task_cpu_seconds:.1f} s)", flush=True)
+    return run.task_cpu_seconds / n
 
 
 def _peak_rss_mib(client) -> float:
@@ -129,19 +171,25 @@ def _peak_rss_mib(client) -> float:
 
 
 def _cluster(n: int):
-    from distributed import Client, LocalCluster
+    """The local run's own LocalCluster (its malloc settings and configuration)."""
+    from distributed import Client
 
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None)
+    from memdesc.analysis.fleet_engine import _local_cluster
+
+    cluster = _local_cluster(n)
     return cluster, Client(cluster)
 
 
 def _scaling(kind: str, fleet: Path) -> None:
     """The command on 1 then 2 local workers of ``kind`` (threads or processes)."""
-    r1 = _rates(f"{kind}_1w", SNAPSHOTS, _cli(fleet, "--local", kind, "--workers", "1"))
-    r2 = _rates(f"{kind}_2w", SNAPSHOTS, _cli(fleet, "--local", kind, "--workers", "2"))
+    wall1, cpu1 = _cli(fleet, "--local", kind, "--workers", "1")
+    wall2, cpu2 = _cli(fleet, "--local", kind, "--workers", "2")
+    r1 = _rates(f"{kind}_1w", SNAPSHOTS, wall1, cpu1)
+    r2 = _rates(f"{kind}_2w", SNAPSHOTS, wall2, cpu2)
     print(f"bench: fleet.{kind}.scaling_1_to_2 = {r2 / r1:.2f} x (target >= 1.7 on 2 cores)",
           flush=True)
+    print(f"bench: fleet.{kind}.scaling_ceiling_2_cores = {2 * wall1 / cpu2:.2f} x "
+          "(both cores busy all along the 2-worker run)", flush=True)
 
 
 def _one_tib(tmp: Path) -> None:
@@ -153,7 +201,7 @@ def _one_tib(tmp: Path) -> None:
     pfns = bench_survey.make_snapshot(folder, FIXTURES / "snapshot-idle")
     cluster, client = _cluster(1)
     try:
-        wall = _cli(folder.parent, "--scheduler", cluster.scheduler_address)
+        wall, _ = _cli(folder.parent, "--scheduler", cluster.scheduler_address)
         print(f"bench: fleet.processes_1tib.seconds = {wall:.1f} s ({pfns:,} PFNs, "
               f"{pfns / wall:,.0f} PFN/s)", flush=True)
         print(f"bench: fleet.processes_1tib.peak_rss_per_worker = {_peak_rss_mib(client):,.0f} MiB "
@@ -180,11 +228,15 @@ def main() -> None:
         small = make_fleet(tmp / "small", 50, captures)
         _scaling("threads", fleet)
         _scaling("processes", fleet)
-        _overhead("threads", small, None)
+        _warm_up(warm)
+        on_thread = _overhead("threads", small)
         cluster, client = _cluster(1)
         try:
             _cli(warm, "--scheduler", cluster.scheduler_address)
-            _overhead("processes", small, cluster.scheduler_address)
+            in_worker = _overhead("processes", small, client)
+            print("bench: fleet.processes_vs_threads.cpu_per_snapshot_ratio = "
+                  f"{in_worker / on_thread:.2f} (a survey in a worker process / on a thread)",
+                  flush=True)
             print(f"bench: fleet.processes.peak_rss_per_worker = {_peak_rss_mib(client):,.0f} "
                   "MiB (50 snapshots of 25 GiB)", flush=True)
         finally:

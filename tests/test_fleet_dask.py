@@ -41,6 +41,12 @@ def distinct_fleet(dest: Path, copies: int) -> Path:
     return dest
 
 
+def _sigign_mask() -> int:
+    """This process's ignored-signal mask, from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+
+
 def test_worker_killed_mid_run_costs_a_retry_not_the_run(tmp_path):
     """The local engine's cluster of two worker processes; when the first result arrives, the
     worker holding a task in flight is killed (SIGKILL). Its nanny restarts it, the scheduler
@@ -55,6 +61,10 @@ def test_worker_killed_mid_run_costs_a_retry_not_the_run(tmp_path):
         # The local engine's workers ignore SIGINT: a terminal's Ctrl-C is memdesc's to handle.
         assert set(client.run(lambda: signal.getsignal(signal.SIGINT)).values()) == \
             {signal.SIG_IGN}
+        # ... as the kernel sees it (the disposition inherited from the fork server, which
+        # Python's own handler table need not show): bit SIGINT - 1 of SigIgn
+        assert all(mask >> (signal.SIGINT - 1) & 1
+                   for mask in client.run(_sigign_mask).values())
         killed: dict[str, list] = {}
 
         def kill_one(_n: int) -> None:

@@ -19,7 +19,7 @@ def test_buffer_sized_for_the_largest_struct_page():
 
 
 def test_prefault_hands_over_its_buffer_or_a_bigger_one():
-    pre = MemMapPrefault(MACHINE, [get_stage("page8")])     # 1024 x 8 B = 1,024 words
+    pre = MemMapPrefault(1024, [get_stage("page8")])        # 1024 x 8 B = 1,024 words
     small = pre.get([get_stage("page8")])
     assert small.size == 1024 and small.flags.writeable
     # stages needing more than was faulted in get a new buffer of their size

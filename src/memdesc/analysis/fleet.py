@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -71,23 +72,30 @@ def _stopper(stop: threading.Event | None) -> Callable[[int], None] | None:
     return tick
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def survey_task(path: str, descriptors, stop: threading.Event | None = None) -> dict[str, Any]:
     """Survey the snapshot folder ``path`` with the survey's own code (a Dask task).
 
-    Returns ``{"summary": ..., "seconds": time spent in this call}``, or ``{"reason": one
-    line}`` when the snapshot cannot be surveyed (corrupt, truncated, unreadable): a bad
-    snapshot is a result, not a crash of the run. ``stop`` (local runs) ends a survey in
-    flight at its next chunk.
+    Returns ``{"summary": ..., "seconds": time spent in this call, "cpu_seconds": CPU time of
+    this process meanwhile}`` (with one task at a time in the process, the survey's CPU time,
+    its read-ahead thread included), or ``{"reason": one line}`` when the snapshot cannot be
+    surveyed (corrupt, truncated, unreadable): a bad snapshot is a result, not a crash of the
+    run. ``stop`` (local runs) ends a survey in flight at its next chunk.
     """
     from memdesc.analysis.survey import run_survey
     from memdesc.ingest.snapshot import open_folder
     from memdesc.report.json_out import survey_dict
 
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), _cpu_seconds()
     try:
         result = run_survey(open_folder(path), None, descriptors, progress=_stopper(stop))
         summary = machine_summary(survey_dict(result))
-        return {"summary": summary, "seconds": time.monotonic() - t0}
+        return {"summary": summary, "seconds": time.monotonic() - t0,
+                "cpu_seconds": _cpu_seconds() - cpu0}
     except MemdescError as e:
         return {"reason": str(e)}
     except OSError as e:

@@ -10,8 +10,9 @@
     machines of the fixtures' size (25 GiB) that is about half of a survey, so threads barely
     scale (bench/bench_fleet.py). Ctrl-C stops surveys in flight at their next chunk.
   - **processes**: a dask.distributed LocalCluster on loopback with one single-threaded worker
-    process per core: it scales, and a worker that dies is replaced and its task re-run, as on
-    a cluster. Starting it costs a few seconds.
+    process per core, tuned for the survey (analysis.fleet_local: workers forked ready from a
+    fork server, malloc settings, no dashboard work): it scales, and a worker that dies is
+    replaced and its task re-run, as on a cluster. Starting it costs a second or two.
   - **auto** (the default): processes from LOCAL_PROCESSES_MIN snapshots on, threads below.
 
 * **Distributed** (``--scheduler ADDRESS``): the tasks go to an existing dask.distributed
@@ -27,10 +28,7 @@ arrive (analysis.fleet_cache), so an interrupted run keeps what it finished.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,18 +36,24 @@ from typing import Any
 
 from memdesc.analysis.fleet import Cancelled, survey_task
 from memdesc.analysis.fleet_cache import ResultCache
+from memdesc.analysis.fleet_local import (
+    LOCAL_CLUSTER_CONFIG,
+    close_idle,
+    local_cluster,
+    start_fork_server,
+    stop_now,
+    tune_malloc,
+)
+from memdesc.analysis.fleet_local import local_cluster as _local_cluster  # noqa: F401 (tests)
 from memdesc.errors import InputError, MemdescError
 from memdesc.ingest.fleet import FleetInput
 
 #: Seconds to wait for a scheduler given with --scheduler.
 CONNECT_TIMEOUT = 15
 #: Tasks from which ``--local auto`` starts worker processes rather than threads: starting
-#: them costs a few seconds (spawn, imports, numba cache loads), repaid by their scaling
-#: (bench/bench_fleet.py: threads barely scale on the survey's GIL-held Python parts).
+#: them costs a second or two (the fork server's loading, the cluster), repaid by their
+#: scaling (bench/bench_fleet.py: threads barely scale on the survey's GIL-held Python parts).
 LOCAL_PROCESSES_MIN = 32
-#: Seconds a local cluster gets to close after Ctrl-C.
-CLOSE_ON_INTERRUPT = 0.5
-
 
 @dataclass
 class FleetRun:
@@ -60,7 +64,8 @@ class FleetRun:
     cached: int = 0
     surveyed: int = 0
     engine: str = ""
-    task_seconds: float = 0.0
+    task_seconds: float = 0.0          # Σ wall time inside the surveys
+    task_cpu_seconds: float = 0.0      # Σ CPU time of the surveying processes meanwhile
 
 
 @dataclass
@@ -131,6 +136,16 @@ def local_engine(choice: str, tasks: int, workers: int) -> str:
     return "processes" if workers > 1 and tasks >= LOCAL_PROCESSES_MIN else "threads"
 
 
+def prepare_local(plan: FleetPlan, scheduler: str | None = None, workers: int | None = None,
+                  local: str = "auto") -> None:
+    """When the plan will run on local worker processes, start their fork server now, so
+    that it loads what the workers need while this process loads what it needs for the run
+    (analysis.fleet_local.start_fork_server). Optional: run_fleet starts it otherwise."""
+    n = workers or os.cpu_count() or 1
+    if plan.todo and not scheduler and local_engine(local, len(plan.todo), n) == "processes":
+        start_fork_server(n)
+
+
 def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
               workers: int | None = None,
               progress: Callable[[int], None] | None = None,
@@ -148,6 +163,7 @@ def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
                 plan.cache.put(t.digest, res["summary"])
             run.surveyed += 1
             run.task_seconds += res.get("seconds", 0.0)
+            run.task_cpu_seconds += res.get("cpu_seconds", 0.0)
         for inp in t.inputs:
             done[index[id(inp)]] = (_record(inp, t.digest, res["summary"]) if "summary" in res
                                     else {"source": inp.path, "reason": res["reason"]})
@@ -161,13 +177,16 @@ def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
         _run_distributed(plan.todo, descriptors, scheduler, finish)
     elif plan.todo and kind == "processes":
         run.engine = f"dask.distributed LocalCluster, {n} worker process{'es' * (n != 1)}"
-        cluster = _local_cluster(n)
-        try:
-            _run_distributed(plan.todo, descriptors, cluster.scheduler_address, finish)
-        except KeyboardInterrupt:
-            _stop_now(cluster)
-            raise
-        cluster.close()
+        import dask
+
+        with dask.config.set(LOCAL_CLUSTER_CONFIG):       # our client too
+            cluster = local_cluster(n)
+            try:
+                _run_distributed(plan.todo, descriptors, cluster.scheduler_address, finish)
+            except KeyboardInterrupt:
+                stop_now(cluster)
+                raise
+            close_idle(cluster)
     elif plan.todo:
         run.engine = f"dask threads, {n} worker{'s' * (n != 1)}"
         _run_local(plan.todo, descriptors, n, finish)
@@ -191,6 +210,7 @@ def _run_local(todo: list[_Todo], descriptors, workers: int,
     import dask
     from dask.callbacks import Callback
 
+    tune_malloc()
     stop = threading.Event()
     by_key = {t.key: t for t in todo}
     tasks = [dask.delayed(survey_task, pure=False)(t.path, descriptors, stop,
@@ -206,39 +226,6 @@ def _run_local(todo: list[_Todo], descriptors, workers: int,
     except (KeyboardInterrupt, Cancelled):
         stop.set()                  # surveys in flight end at their next chunk
         raise KeyboardInterrupt from None
-
-
-def _local_cluster(workers: int):
-    """A dask.distributed LocalCluster on loopback: ``workers`` processes of one thread each
-    (the survey's Python parts hold the GIL, so processes scale where threads cannot), no
-    dashboard, warnings only."""
-    # Ctrl-C in a terminal goes to the whole process group: the workers must leave it to us
-    # (else each prints a traceback). An ignored SIGINT survives fork and exec, and Python and
-    # asyncio keep it ignored, so the workers spawned now never see it. The price: Ctrl-C is
-    # ignored during the seconds the cluster takes to start.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        from distributed import LocalCluster
-
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            host="127.0.0.1", dashboard_address=None,
-                            silence_logs=logging.ERROR)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _stop_now(cluster) -> None:
-    """After Ctrl-C: kill our local worker processes (a survey in flight cannot be asked to
-    stop), then close the cluster, which no longer waits for them. Dask's own complaints
-    about the connections this breaks are silenced: the run is over."""
-    logging.disable(logging.CRITICAL)
-    for nanny in list(cluster.workers.values()):
-        pid = getattr(getattr(nanny, "process", None), "pid", None)
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(Exception):
-        cluster.close(timeout=CLOSE_ON_INTERRUPT)
 
 
 def _connect(address: str):

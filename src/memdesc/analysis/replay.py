@@ -87,7 +87,11 @@ from memdesc.analysis.replay_loops import (
     _sample,
     unit_counts_nb,
 )
-from memdesc.analysis.replay_memmap import MemMapPrefault, mem_map_buffer
+from memdesc.analysis.replay_memmap import (
+    MemMapPrefault,
+    mem_map_buffer,
+    release_in_background,
+)
 from memdesc.analysis.replay_ops import (  # noqa: F401 (the replay's public names)
     _CHUNK,
     EXPECTED,
@@ -115,7 +119,7 @@ from memdesc.ingest.trace_events import LOOKUP_EVENTS, Trace
 from memdesc.mm import access
 from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import MIGRATE_TYPES
-from memdesc.mm.mmzone import NR_PAGE_ORDERS, Machine
+from memdesc.mm.mmzone import NR_PAGE_ORDERS, PAGES_PER_SECTION, Machine
 from memdesc.mm.start_state import set_start_state
 from memdesc.mm.vmstat import STAT_INTERVAL_NS
 from memdesc.stages import Stage, variant_name
@@ -129,6 +133,26 @@ def _ranges(mask: np.ndarray, base: int = 0) -> list[tuple[int, int]]:
     m = np.concatenate(([False], mask, [False]))
     d = np.flatnonzero(m[1:] != m[:-1])
     return [(base + int(a), base + int(b)) for a, b in zip(d[::2], d[1::2], strict=True)]
+
+
+def _last_true(mask: np.ndarray) -> int:
+    """Index of the last True in ``mask``, -1 when there is none (without the int64 index
+    array np.flatnonzero() would make: 44 MB for a 24 GiB zone)."""
+    if not len(mask):
+        return -1
+    k = int(np.argmax(mask[::-1]))
+    return -1 if not mask[-1 - k] else len(mask) - 1 - k
+
+
+def _last_n(mask: np.ndarray, n: int) -> np.ndarray:
+    """bool like ``mask``: its last ``n`` True elements (all of them when it has fewer)."""
+    out = np.zeros_like(mask)
+    if mask.all():                                  # the usual case: one run to the end
+        out[max(0, len(mask) - n):] = True
+        return out
+    run = np.flatnonzero(mask)
+    out[run[-n:] if n <= len(run) else run] = True
+    return out
 
 
 def machine_for_replay(snapshot: Snapshot, layout: Layout, units: tt.SnapshotUnits,
@@ -151,12 +175,11 @@ def machine_for_replay(snapshot: Snapshot, layout: Layout, units: tt.SnapshotUni
         ram_z = in_ram[lo:hi]
         res = (pc == tt.CLASS_INDEX["reserved"]) & ram_z
         need = z.present - z.managed - int(res.sum())
-        not_zero = np.flatnonzero(ram_z & (pc != tt.FLAG0))
-        top = hi - lo if not len(not_zero) else int(not_zero[-1]) + 1
+        last = _last_true(ram_z & (pc != tt.FLAG0))
+        top = hi - lo if last < 0 else last + 1
         f0_top = np.zeros_like(res)
         if need > 0:
-            run = np.flatnonzero(ram_z[top:])        # flags==0 RAM at the top of the zone
-            f0_top[top + run[-need:] if need <= len(run) else top + run] = True
+            f0_top[top:] = _last_n(ram_z[top:], need)  # flags==0 RAM at the top of the zone
         managed_mask = ram_z & ~res & ~f0_top
         managed = int(managed_mask.sum())
         if managed != z.managed:
@@ -226,24 +249,29 @@ class SnapshotStart:
 
 def load_snapshot_start(snapshot_dir: Path,
                         progress: Callable[[int], None] | None = None,
-                        stages: list[Stage] | None = None) -> SnapshotStart:
+                        stages: list[Stage] | None = None,
+                        snapshot: Snapshot | None = None) -> SnapshotStart:
     """Snapshot, classification, census, emulated machine and start state of the folder
     ``snapshot_dir`` (nothing here depends on the trace). With ``stages``, the mem_map
-    storage for them is faulted in from the moment the machine is known (MemMapPrefault)."""
+    storage for them is faulted in from the moment the zones are known, and the first
+    stage booted in it from the moment the machine is (MemMapPrefault). ``snapshot``: the
+    one at ``snapshot_dir``, when the caller has opened it already."""
     from memdesc.analysis.classify import build_census, classify_chunks
 
     t0 = time.monotonic()
-    snapshot = open_snapshot(snapshot_dir)
+    snapshot = snapshot or open_snapshot(snapshot_dir)
     layout, zoneinfo = layout_of(snapshot)
     if not zoneinfo or not layout.zones:
         raise InputError(f"{snapshot_dir}: the snapshot has no zoneinfo; the emulated "
                          "machine is built from it")
+    prefault = MemMapPrefault(_mem_map_pfns(layout), stages) if stages else None
     units = tt.snapshot_units(snapshot, layout, progress=progress)
     tally = classify_chunks(((s, a["kpageflags"]) for s, a in
                              snapshot.chunks(("kpageflags",))), layout)
     base = build_census(tally, str(snapshot.source), snapshot.kernel, nr_cpus_of(zoneinfo))
     machine, notes = machine_for_replay(snapshot, layout, units, zoneinfo)
-    prefault = MemMapPrefault(machine, stages) if stages else None
+    if prefault is not None:
+        prefault.set_machine(machine)
     pti_text = snapshot.text("pagetypeinfo", "before") or snapshot.text("pagetypeinfo", "after")
     start = start_state(units, machine, procfs.parse_pagetypeinfo(pti_text) if pti_text
                         else None)
@@ -251,19 +279,28 @@ def load_snapshot_start(snapshot_dir: Path,
                          notes + start.notes, time.monotonic() - t0, prefault)
 
 
+def _mem_map_pfns(layout: Layout) -> int:
+    """Struct pages of the machine machine_for_replay() will build from ``layout``
+    (Machine.nr_pfns: the highest zone end, a whole section of struct pages at a time)."""
+    end = max(z.end_pfn for z in layout.zones)
+    return -(-end // PAGES_PER_SECTION) * PAGES_PER_SECTION
+
+
 def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
                       progress: Callable[[int], None] | None = None,
-                      stages: list[Stage] | None = None) -> ReplayInput:
+                      stages: list[Stage] | None = None,
+                      snapshot: Snapshot | None = None) -> ReplayInput:
     """Snapshot, type inference, gates, operations, start state and check points of a trace
     (stage independent). With ``stages`` the mem_map storage replay() will use for them is
-    faulted in meanwhile, in a background thread (MemMapPrefault)."""
+    faulted in meanwhile, in a background thread (MemMapPrefault). ``snapshot``: the one at
+    ``snapshot_dir``, when the caller has opened it already."""
     t0 = time.monotonic()
     snapshot_dir = snapshot_dir or tr.snapshot_dir
     if snapshot_dir is None:
         raise InputError(f"{tr.path}: no pre-snapshot beside this trace; the replay starts "
                          "from one (record with `memdesc record` without --no-snapshot, or "
                          "pass --snapshot DIR)")
-    ss = load_snapshot_start(snapshot_dir, progress, stages)
+    ss = load_snapshot_start(snapshot_dir, progress, stages, snapshot)
     types = tt.infer_types(tr)
     gates = snapshot_gates(tr, snapshot_dir)
     ops = prepare_ops(tr, types, gates)
@@ -357,18 +394,21 @@ def _boundaries(inp: ReplayInput, block: int) -> tuple[np.ndarray, list[int]]:
 
 
 def start_memmap(machine: Machine, s: StartState, stage: Stage,
-                 buffer: np.ndarray | None = None) -> pa.MemMap:
+                 buffer: np.ndarray | None = None,
+                 booted: pa.MemMap | None = None) -> pa.MemMap:
     """The emulated memory of ``stage`` in the start state ``s`` (memdesc.mm.start_state),
-    in ``buffer`` when given (see MemMap)."""
-    mm = pa.MemMap(machine, stage, debug=False, free_all=False, buffer=buffer)
+    in ``buffer`` when given (see MemMap), from ``booted`` (a MemMap of ``stage`` built
+    with ``free_all=False``, untouched since) when given."""
+    mm = booted or pa.MemMap(machine, stage, debug=False, free_all=False, buffer=buffer)
     set_start_state(mm, s.pageblock_mt, s.free_pfn, s.free_order, s.unit_pfn, s.unit_order)
     return mm
 
 
-def setup_stage(inp: ReplayInput, stage: Stage, buffer: np.ndarray | None = None
-                ) -> pa.MemMap:
-    """The emulated memory of ``stage`` in the snapshot's state, in ``buffer`` when given."""
-    return start_memmap(inp.machine, inp.start, stage, buffer)
+def setup_stage(inp: ReplayInput, stage: Stage, buffer: np.ndarray | None = None,
+                booted: pa.MemMap | None = None) -> pa.MemMap:
+    """The emulated memory of ``stage`` in the snapshot's state, in ``buffer`` when given
+    (from ``booted`` when given: see start_memmap())."""
+    return start_memmap(inp.machine, inp.start, stage, buffer, booted)
 
 
 def _free_mt(mm: pa.MemMap) -> np.ndarray:
@@ -385,16 +425,18 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                  samples: int = 100, block: int = BLOCK_OPS,
                  progress: Callable[[int], None] | None = None,
                  keep_memmap: bool = False, vmstat: bool = True,
-                 buffer: np.ndarray | None = None, access_sink: Callable | None = None
-                 ) -> StageRun:
+                 buffer: np.ndarray | None = None, booted: pa.MemMap | None = None,
+                 access_sink: Callable | None = None) -> StageRun:
     """Replay ``inp`` at ``stage`` in ``mode``; ``progress(n)`` after each block of ops.
     In policy mode ``vmstat`` runs the pcp->high decay each second of trace time
     (memdesc.mm.vmstat); placement follows the trace's own drains instead. ``buffer``
-    holds the emulated mem_map (reused across stages by replay())."""
+    holds the emulated mem_map (reused across stages by replay()); ``booted`` is that
+    mem_map already booted for ``stage`` (MemMapPrefault.booted())."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     t0 = time.monotonic()
-    mm = setup_stage(inp, stage, None if keep_memmap else buffer)
+    mm = setup_stage(inp, stage, None if keep_memmap else buffer,
+                     None if keep_memmap else booted)
     n = mm.nr_pfns
     s0 = inp.start
     managed = s0.managed
@@ -417,7 +459,8 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     pcp = np.zeros((ns, nz), np.int64)
     units_s = np.zeros((ns, NCLS, NR_UNIT_ORDERS), np.int64)
     mism = np.zeros((len(MISMATCHES), 3), np.int64)
-    emu = np.full(len(ops), -1, np.int64)
+    # the emulator's pfn per trace allocation: policy mode only
+    emu = np.full(len(ops) if mode == "policy" else 0, -1, np.int64)
     nxt = 0
     lookups = None
     if access_sink is not None:                  # memdesc.mm.access: counted from here on
@@ -626,9 +669,15 @@ def replay(inp: ReplayInput, stages: list[Stage], mode: str = "placement",
     pre = inp.cache.pop("mem_map_prefault", None)
     buffer = pre.get(stages) if pre is not None else mem_map_buffer(inp.machine, stages)
     for s in stages:
+        booted = pre.booted(s, buffer) if pre is not None else None
+        pre = None                            # only the first stage was booted ahead
         run = replay_stage(inp, s, mode, samples, progress=progress, buffer=buffer,
-                           access_sink=access_sink)
+                           booted=booted, access_sink=access_sink)
+        booted = None
         runs.append(run)
         series.append(stage_series(inp, run, table))
         checks.append(check_rows(inp, run))
+    box = [buffer]
+    del buffer                                # the box holds the last reference
+    release_in_background(box)
     return ReplayResult(inp, mode, runs, series, checks)

@@ -79,15 +79,19 @@ def managed_map(machine: Machine) -> np.ndarray:
     return m
 
 
+@njit(cache=True, nogil=True)
+def _cover_nb(heads, orders, busy):
+    """Set ``busy`` on the pages of every allocation (head, order) below len(busy)."""
+    n = busy.shape[0]
+    for i in range(heads.shape[0]):
+        for p in range(heads[i], min(heads[i] + (np.int64(1) << orders[i]), n)):
+            busy[p] = True
+
+
 def _coverage(heads: np.ndarray, orders: np.ndarray, n: int) -> np.ndarray:
     """bool[n]: pages covered by the allocations (head, order)."""
     busy = np.zeros(n, bool)
-    lens = np.int64(1) << orders.astype(np.int64)
-    total = int(lens.sum())
-    if total:
-        starts = np.repeat(heads - np.cumsum(lens) + lens, lens)
-        idx = starts + np.arange(total)
-        busy[idx[idx < n]] = True
+    _cover_nb(np.asarray(heads, np.int64), np.asarray(orders, np.int64), busy)
     return busy
 
 
@@ -251,11 +255,25 @@ def _cost(typ: np.ndarray, Fi: np.ndarray, kfree: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True)
+def _run_ends(ctyp, out):
+    """out[j]: the first position after j whose type differs from ctyp[j] (len at the end)."""
+    n = ctyp.shape[0]
+    for j in range(n - 1, -1, -1):
+        if j == n - 1:
+            out[j] = n
+        elif ctyp[j + 1] != ctyp[j]:
+            out[j] = j + 1
+        else:
+            out[j] = out[j + 1]
+
+
+@njit(cache=True, nogil=True)
 def _repair_nb(typ, Fi, weight, kfree):
     """Swap items of equal weight between types while it lowers Σ |S - K| * 2^order
     (S: free blocks per type and order of the items of that type). Only items holding free
-    blocks can change the sum; each is tried against the other types' items. Returns the
-    passes made."""
+    blocks can change the sum; each is tried, in order, against the other types' items.
+    Returns the passes made. Candidates of the tried item's own type are passed over a
+    run of equal types at a time (``run_end``): most candidates share one type."""
     nt, no = kfree.shape
     S = np.zeros((nt, no), np.int64)
     for i in range(typ.shape[0]):
@@ -264,6 +282,12 @@ def _repair_nb(typ, Fi, weight, kfree):
     for o in range(no):
         size[o] = np.int64(1) << o
     cand = np.flatnonzero(Fi.sum(axis=1) > 0)
+    nc = cand.shape[0]
+    ctyp = np.empty(nc, np.int64)             # the type of each candidate, kept up to date
+    for j in range(nc):
+        ctyp[j] = typ[cand[j]]
+    run_end = np.empty(nc, np.int64)
+    _run_ends(ctyp, run_end)
     # items without free blocks are interchangeable here: a pool of them per (type, weight)
     ni = typ.shape[0]
     pool = np.empty((nt, 3, ni), np.int64)
@@ -276,19 +300,26 @@ def _repair_nb(typ, Fi, weight, kfree):
     for _ in range(20):
         passes += 1
         improved = False
-        for a in cand:
-            for j in range(cand.shape[0] + nt):
+        for ia in range(nc):
+            a = cand[ia]
+            j = 0
+            while j < nc + nt:
                 ta = typ[a]
                 w = weight[a]
-                if j < cand.shape[0]:
+                if j < nc:
+                    if ctyp[j] == ta:
+                        j = run_end[j]
+                        continue
                     b = cand[j]
                 else:
-                    tb = j - cand.shape[0]
+                    tb = j - nc
                     if w > 2 or tb == ta or npool[tb, w] == 0:
+                        j += 1
                         continue
                     b = pool[tb, w, npool[tb, w] - 1]
                 tb = typ[b]
                 if tb == ta or weight[b] != w:
+                    j += 1
                     continue
                 delta = 0
                 for o in range(no):
@@ -303,11 +334,16 @@ def _repair_nb(typ, Fi, weight, kfree):
                     S[tb] += Fi[a] - Fi[b]
                     typ[a] = tb
                     typ[b] = ta
-                    if j >= cand.shape[0]:         # the empty item moves to a's old type
+                    ctyp[ia] = tb
+                    if j >= nc:                    # the empty item moves to a's old type
                         npool[tb, w] -= 1
                         pool[ta, w, npool[ta, w]] = b
                         npool[ta, w] += 1
+                    else:
+                        ctyp[j] = ta
+                    _run_ends(ctyp, run_end)
                     improved = True
+                j += 1
         if not improved:
             break
     return passes

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "memdesc.cli.trace",       # record, trace-info, replay
     "memdesc.cli.fleet",       # fleet survey
     "memdesc.cli.path_status",  # path-status
+    "memdesc.cli.timing",      # timing
 )
 #: The module that registers each sub-command, so a command imports only its own module
 #: (tests/test_cli_lazy.py checks this against what the modules register).
@@ -35,6 +36,7 @@ COMMANDS = {
     "replay": "memdesc.cli.trace",
     "fleet": "memdesc.cli.fleet",
     "path-status": "memdesc.cli.path_status",
+    "timing": "memdesc.cli.timing",
 }
 
 

@@ -5,6 +5,7 @@ through the emulator at every stage of the Path)."""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import re
 import sys
@@ -198,6 +199,22 @@ def run_trace_info(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    # Importing numba and loading its cached kernels allocate ~10^6 long-lived objects, and
+    # the cyclic collector's passes over them cost 0.3 s, 10 % of a whole replay (perf:
+    # gc_collect_main): collect nothing meanwhile. The replay itself leaves ~1,000 cyclic
+    # objects (no arrays): everything is frozen (kept, never scanned) rather than collected
+    # in one 0.1 s pass when the collector is switched back on.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run_replay(args)
+    finally:
+        if enabled:
+            gc.freeze()
+            gc.enable()
+
+
+def _run_replay(args: argparse.Namespace) -> int:
     from memdesc.analysis.replay import load_replay_input, replay
     from memdesc.cli.progress import LazyProgress
     from memdesc.report import replay_out
@@ -220,9 +237,9 @@ def run_replay(args: argparse.Namespace) -> int:
                          "from one: pass --snapshot DIR (a `memdesc snapshot save` folder of "
                          "the same machine)")
     from memdesc.ingest.snapshot import open_snapshot
-    pfns = open_snapshot(snap_dir).pfn_count
-    with LazyProgress("reading the snapshot", pfns) as tick:
-        inp = load_replay_input(tr, snap_dir, progress=tick, stages=stages)
+    snapshot = open_snapshot(snap_dir)
+    with LazyProgress("reading the snapshot", snapshot.pfn_count) as tick:
+        inp = load_replay_input(tr, snap_dir, progress=tick, stages=stages, snapshot=snapshot)
     if args.snapshot and tr.snapshot_dir is None:
         inp.notes.append(f"the snapshot {args.snapshot} was not taken inside this recording: "
                          "expect the replay to disagree with the trace where the machine "

@@ -50,6 +50,8 @@ pfn)``, ``free_area_counts(mm)``, ``free_lists(mm)``, ``zone_free_pages(mm)``, `
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import njit
 
@@ -1052,7 +1054,7 @@ def _page_init_clean(mem, S, pfn, gz, reserved):
     page_init(mem, S, pfn, gz, reserved)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def init_range_nb(mem, S, lo, hi, gz, reserved):
     """memmap_init_range() over [lo, hi): struct pages of zone ``gz`` (page_init() each,
     every word written, so the storage need not be zeroed first).
@@ -1302,6 +1304,25 @@ def _zonelists(machine: Machine, zs: np.ndarray) -> np.ndarray:
     return zl
 
 
+#: mem_maps of at least this many struct pages are initialised by two threads (MemMap._boot)
+PARALLEL_INIT_PFNS = 1 << 20
+
+
+def _split_pages(ranges: list[tuple[int, int, int, bool]]
+                 ) -> list[list[tuple[int, int, int, bool]]]:
+    """``ranges`` (lo, hi, ...) cut into two lists of about the same number of pages."""
+    half = sum(hi - lo for lo, hi, *_ in ranges) // 2
+    first, second, done = [], [], 0
+    for lo, hi, *rest in ranges:
+        cut = min(hi, max(lo, lo + half - done))
+        if cut > lo:
+            first.append((lo, cut, *rest))
+        if hi > cut:
+            second.append((cut, hi, *rest))
+        done += cut - lo
+    return [first, second]
+
+
 class MemMap:
     """One emulated kernel's physical memory: mem_map, zones, pageblocks, pcp lists.
 
@@ -1387,29 +1408,47 @@ class MemMap:
         buddy never gets, holes and the tail of the last section as PG_reserved / Misc
         reserved, like init_unavailable_range()), then the managed ranges freed in max-aligned
         chunks to the tail of the free lists (__free_pages_core(FPI_TO_TAIL)). Without
-        ``free_all`` the free lists stay empty (memdesc.mm.start_state fills them)."""
+        ``free_all`` the free lists stay empty (memdesc.mm.start_state fills them).
+
+        A big mem_map is initialised by two threads, each on half of the pages (page_init()
+        writes only the struct page it initialises and reads only S's configuration, and
+        init_range_nb() releases the GIL): the kernel too initialises struct pages in
+        parallel (deferred_init_memmap() per node, padata threads per section range)."""
         m = self.machine
         spans = sorted((z.start_pfn, z.end_pfn, gz) for gz, z in enumerate(m.zones) if z.spanned)
+        ranges = []                          # (lo, hi, gz, reserved) of memmap_init_range()
         pos = 0
         for s0, e0, gz in spans:
             if s0 > pos:                    # a hole between zones: reserved, next zone's ids
-                init_range_nb(self.mem, self.S, pos, s0, gz, True)
+                ranges.append((pos, s0, gz, True))
             for s, e in m.managed_ranges(m.zones[gz]):
                 if s > s0:
-                    init_range_nb(self.mem, self.S, s0, s, gz, True)
-                init_range_nb(self.mem, self.S, s, e, gz, False)
+                    ranges.append((s0, s, gz, True))
+                ranges.append((s, e, gz, False))
                 s0 = e
             if s0 < e0:
-                init_range_nb(self.mem, self.S, s0, e0, gz, True)
+                ranges.append((s0, e0, gz, True))
             pos = e0
         if pos < self.nr_pfns:
-            init_range_nb(self.mem, self.S, pos, self.nr_pfns, spans[-1][2], True)
+            ranges.append((pos, self.nr_pfns, spans[-1][2], True))
+        halves = _split_pages(ranges) if self.nr_pfns >= PARALLEL_INIT_PFNS else [ranges]
+        helper = None
+        if len(halves) > 1:
+            helper = threading.Thread(target=self._init_ranges, args=(halves[1],), daemon=True)
+            helper.start()
+        self._init_ranges(halves[0])
+        if helper is not None:
+            helper.join()
         if not free_all:
             return
         for gz, z in enumerate(m.zones):
             for s, e in m.managed_ranges(z):
                 free_range_boot_nb(self.mem, self.S, s, e, gz)
         self.zs[:, Z_PGALLOC:Z_FAILED + 1] = 0
+
+    def _init_ranges(self, ranges: list[tuple[int, int, int, bool]]) -> None:
+        for lo, hi, gz, reserved in ranges:
+            init_range_nb(self.mem, self.S, lo, hi, gz, reserved)
 
     # ---- conveniences (same as the module functions) -------------------------------------------
     def alloc(self, gfp: int, order: int = 0, nid: int = 0, cpu: int = 0) -> int:
