@@ -306,7 +306,13 @@ def test_replay_runs_the_lookups_at_every_stage(rec):
     for a, b in zip(with_lookups.runs, plain.runs, strict=True):
         assert a.final_buddyinfo == b.final_buddyinfo and a.mismatches == b.mismatches
         assert np.array_equal(a.nr_free, b.nr_free)
-    got.clear()                                  # policy mode runs them too
+    # policy mode runs them too, on the pages where the emulator put the trace's allocations
+    # (the trace's pfns are mostly free there: page_zone() would take the free-page path,
+    # 2 loads, for about half of them)
+    got.clear()
     replay(inp, stages[-1:], "policy", 10, access_sink=sink)
-    assert [got[stages[-1].id][OP_CLASS_ID[n], CT_OPS] for n in LOOKUP_CLASSES] == [
+    c = got[stages[-1].id]
+    assert [c[OP_CLASS_ID[n], CT_OPS] for n in LOOKUP_CLASSES] == [
         want[n] for n in LOOKUP_CLASSES]
+    n = int((known & (lk.op_class == OP_CLASS_ID["page_zone"])).sum())
+    assert n <= c[OP_CLASS_ID["page_zone"], CT_LOADS] <= 1.01 * n

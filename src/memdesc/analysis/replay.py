@@ -319,7 +319,7 @@ def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
     if ss.prefault is not None:
         inp.cache["mem_map_prefault"] = ss.prefault
     if (tr.events["event"] >= LOOKUP_EVENTS[0]).any():      # recorded with --lookups
-        inp.lookups = ReplayLookups(lookups_from_trace(tr), ops.evidx)
+        inp.lookups = ReplayLookups(lookups_from_trace(tr), ops)
     return inp
 
 
@@ -494,7 +494,7 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
         if lookups is None:
             nxt = loop(mm.mem, mm.S, lo, hi, *mid, nxt, *post)
         else:                                     # the trace's lookups between the ops
-            nxt = lookups.run(loop, lo, hi, mid, nxt, post)
+            nxt = lookups.run(loop, lo, hi, mid, nxt, post, emu if mode == "policy" else None)
         if progress:
             progress(hi - lo)
         if access_sink is not None:

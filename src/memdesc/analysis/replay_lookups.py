@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit
 
 from memdesc.analysis.replay_loops import _placement_loop, _policy_loop
+from memdesc.analysis.replay_ops import OP_ALLOC, OP_FREE
 from memdesc.ingest.trace_events import EVENT_CODE, Trace
 from memdesc.mm.access import (
     OP_CLASSES,
@@ -436,13 +437,41 @@ def _lookup(E, cls, pfn, sub, npfn):
 
 
 @njit(cache=True)
-def _run_due(E, cls, pfn, sub, before, k, npfn, i, hi):
+def _owners(kind, pfn, order, before, lpfn, npfn):
+    """Per lookup, the trace allocation op holding its page then (-1: none, a page the
+    snapshot holds), walking the ops and the lookups in trace order."""
+    owner = np.full(npfn, -1, np.int64)
+    out = np.full(len(before), -1, np.int64)
+    k = 0
+    for i in range(len(kind) + 1):
+        while k < len(before) and before[k] <= i:
+            if 0 <= lpfn[k] < npfn:
+                out[k] = owner[lpfn[k]]
+            k += 1
+        if i == len(kind) or pfn[i] < 0 or pfn[i] >= npfn:
+            continue
+        end = min(npfn, pfn[i] + (np.int64(1) << np.int64(order[i])))
+        if kind[i] == OP_ALLOC:
+            owner[pfn[i]:end] = i
+        elif kind[i] == OP_FREE:
+            owner[pfn[i]:end] = -1
+    return out
+
+
+@njit(cache=True)
+def _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, owner, op_pfn, emu):
     """Run the lookups due before op ``i`` (``before`` is at most the number of ops: those
     after the last op run when ``i`` reaches it); returns the next lookup and the op where
-    the next lookups are due (at most ``hi``)."""
+    the next lookups are due (at most ``hi``). With ``emu`` (policy mode: the emulator's pfn
+    of each allocation op) a page of a trace allocation is looked up where the emulator put
+    that allocation (-1 when it failed or is freed); other pages are the snapshot's own."""
     n = len(before)
     while k < n and before[k] <= i:
-        _lookup(E, cls[k], pfn[k], sub[k], npfn)
+        p = pfn[k]
+        if len(emu) and owner[k] >= 0:
+            q = emu[owner[k]]
+            p = q + p - op_pfn[owner[k]] if q >= 0 else np.int64(-1)
+        _lookup(E, cls[k], p, sub[k], npfn)
         k += 1
     return k, (hi if k >= n else min(hi, max(before[k], i + 1)))
 
@@ -452,10 +481,11 @@ def _run_due(E, cls, pfn, sub, before, k, npfn, i, hi):
 # before op ``before[k]``. Each returns (next sample slot, next lookup).
 
 @njit(cache=True)
-def _interleave_placement(E, cls, pfn, sub, before, k, npfn, pre, lo, hi, mid, nxt, post):
+def _interleave_placement(E, cls, pfn, sub, before, k, npfn, owner, op_pfn, emu, pre, lo, hi,
+                          mid, nxt, post):
     i = lo
     while True:
-        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi)
+        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, owner, op_pfn, emu)
         if i >= hi:
             return nxt, k
         nxt = _placement_loop(*pre, i, j, *mid, nxt, *post)
@@ -463,10 +493,11 @@ def _interleave_placement(E, cls, pfn, sub, before, k, npfn, pre, lo, hi, mid, n
 
 
 @njit(cache=True)
-def _interleave_policy(E, cls, pfn, sub, before, k, npfn, pre, lo, hi, mid, nxt, post):
+def _interleave_policy(E, cls, pfn, sub, before, k, npfn, owner, op_pfn, emu, pre, lo, hi, mid,
+                       nxt, post):
     i = lo
     while True:
-        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi)
+        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, owner, op_pfn, emu)
         if i >= hi:
             return nxt, k
         nxt = _policy_loop(*pre, i, j, *mid, nxt, *post)
@@ -481,11 +512,17 @@ class ReplayLookups:
     gives the runner of one stage's replay, whose ``run()`` replaces the call of the replay's
     numba loop for a block of ops."""
 
-    def __init__(self, lk: Lookups, op_event: np.ndarray):
+    def __init__(self, lk: Lookups, ops):
         self.lookups = lk
-        self.before = schedule(lk, op_event)
-        self.n_ops = len(op_event)
+        self.before = schedule(lk, ops.evidx)
+        self.n_ops = len(ops.evidx)
         self.cls = lk.op_class.astype(np.int64)
+        self.op_pfn = np.asarray(ops.pfn, np.int64)
+        npfn = int(max(self.op_pfn.max(initial=-1), lk.pfn.max(initial=-1))) + 1
+        owner = _owners(np.asarray(ops.kind, np.int64), self.op_pfn,
+                        np.asarray(ops.order, np.int64), self.before, lk.pfn, npfn)
+        # an allocation before the snapshot read its pfn is the snapshot's, at that pfn
+        self.owner = np.where((owner >= 0) & ~np.asarray(ops.applies, bool)[owner], -1, owner)
 
     def start(self, mm) -> _StageLookups:
         return _StageLookups(self, mm)
@@ -498,10 +535,14 @@ class _StageLookups:
         self.plan, self.mm, self.k = plan, mm, 0
         self.E = replay_env(mm)
 
-    def run(self, loop, lo: int, hi: int, mid: tuple, nxt: int, post: tuple) -> int:
-        """``loop`` over ops [lo, hi) with the lookups due among them; the next sample slot."""
+    def run(self, loop, lo: int, hi: int, mid: tuple, nxt: int, post: tuple,
+            emu: np.ndarray | None = None) -> int:
+        """``loop`` over ops [lo, hi) with the lookups due among them; the next sample slot.
+        ``emu``: policy mode's pfn of each allocation op (see _run_due())."""
         p = self.plan
         drive = _DRIVERS[loop.__name__]
+        emu = np.zeros(0, np.int64) if emu is None else emu
         nxt, self.k = drive(self.E, p.cls, p.lookups.pfn, p.lookups.sub, p.before, self.k,
-                            self.mm.nr_pfns, (self.mm.mem, self.mm.S), lo, hi, mid, nxt, post)
+                            self.mm.nr_pfns, p.owner, p.op_pfn, emu,
+                            (self.mm.mem, self.mm.S), lo, hi, mid, nxt, post)
         return nxt
