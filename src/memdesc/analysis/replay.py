@@ -79,6 +79,7 @@ from memdesc.analysis.cost import stage_cost
 from memdesc.analysis.descriptors import DescriptorTable, load_descriptors
 from memdesc.analysis.machine_from_snapshot import zone_specs
 from memdesc.analysis.replay_checks import MT_NAMES, CheckPoint, check_points, compare
+from memdesc.analysis.replay_lookups import ReplayLookups, lookups_from_trace
 from memdesc.analysis.replay_loops import (
     _placement_loop,
     _policy_loop,
@@ -114,7 +115,7 @@ from memdesc.analysis.survey import layout_of, nr_cpus_of
 from memdesc.errors import InputError
 from memdesc.ingest import procfs
 from memdesc.ingest.snapshot import Snapshot, open_snapshot
-from memdesc.ingest.trace_events import Trace
+from memdesc.ingest.trace_events import LOOKUP_EVENTS, Trace
 from memdesc.mm import access
 from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import MIGRATE_TYPES
@@ -220,6 +221,8 @@ class ReplayInput:
     checkpoints: list[CheckPoint] = field(default_factory=list)
     #: stage-independent results computed once (unit counts)
     cache: dict = field(default_factory=dict)
+    #: the trace's lookups (record --lookups), run when accounting is on (access_sink)
+    lookups: ReplayLookups | None = None
 
     @property
     def pageblock_mt(self) -> np.ndarray:
@@ -315,6 +318,8 @@ def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
                       ss.machine, ss.start, ss.base_census, notes, seconds, check, points)
     if ss.prefault is not None:
         inp.cache["mem_map_prefault"] = ss.prefault
+    if (tr.events["event"] >= LOOKUP_EVENTS[0]).any():      # recorded with --lookups
+        inp.lookups = ReplayLookups(lookups_from_trace(tr), ops)
     return inp
 
 
@@ -457,8 +462,10 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     # the emulator's pfn per trace allocation: policy mode only
     emu = np.full(len(ops) if mode == "policy" else 0, -1, np.int64)
     nxt = 0
+    lookups = None
     if access_sink is not None:                  # memdesc.mm.access: counted from here on
         block = access.attach_sink(mm, access_sink, block)
+        lookups = inp.lookups.start(mm) if inp.lookups is not None else None
     bounds, check_at = _boundaries(inp, block)
     t_ops = ops.time if ops.time is not None else np.zeros(len(ops), np.int64)
     first_t = int(t_ops[0]) if len(t_ops) else 0
@@ -475,15 +482,19 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
         if hi <= lo:
             continue
         if mode == "placement":
-            nxt = _placement_loop(mm.mem, mm.S, lo, hi, ops.kind, ops.pfn, ops.order, ops.mt,
-                                  ops.cpu, ops.cls, ops.evidx, ops.applies, ops.first, managed,
-                                  st, blk, pcpu, ucls, uord, units, mism, spos, nxt, nr_free,
-                                  pcp, units_s)
+            loop, mid, post = _placement_loop, (
+                ops.kind, ops.pfn, ops.order, ops.mt, ops.cpu, ops.cls, ops.evidx,
+                ops.applies, ops.first, managed, st, blk, pcpu, ucls, uord, units, mism,
+                spos), (nr_free, pcp, units_s)
         else:
-            nxt = _policy_loop(mm.mem, mm.S, lo, hi, ops.kind, ops.pfn, ops.order, ops.cpu,
-                               ops.gfp, ops.cls, ops.evidx, ops.applies, ops.pair, managed, st,
-                               blk, ucls, uord, units, emu, mism, spos, nxt, nr_free, pcp,
-                               units_s, t_ops, vm)
+            loop, mid, post = _policy_loop, (
+                ops.kind, ops.pfn, ops.order, ops.cpu, ops.gfp, ops.cls, ops.evidx,
+                ops.applies, ops.pair, managed, st, blk, ucls, uord, units, emu, mism,
+                spos), (nr_free, pcp, units_s, t_ops, vm)
+        if lookups is None:
+            nxt = loop(mm.mem, mm.S, lo, hi, *mid, nxt, *post)
+        else:                                     # the trace's lookups between the ops
+            nxt = lookups.run(loop, lo, hi, mid, nxt, post, emu if mode == "policy" else None)
         if progress:
             progress(hi - lo)
         if access_sink is not None:

@@ -39,13 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "instance while COMMAND runs (or for --duration), with a snapshot at the "
                     "start tied to the trace by markers. Writes DIR atomically; the instance "
                     "is removed and tracefs left as found on exit, error, Ctrl-C or SIGTERM.",
-        usage="memdesc record -o DIR [--slab] [--buffer-kb N] [--state-every TIME] "
+        usage="memdesc record -o DIR [--slab] [--lookups] [--buffer-kb N] [--state-every TIME] "
               "[--no-snapshot] "
               "(--duration 30s | -- COMMAND ...)")
     r.add_argument("-o", "--output", required=True, metavar="DIR", type=Path,
                    help="new folder to create (never overwritten)")
     r.add_argument("--slab", action="store_true",
                    help="also record kmem_cache_alloc/kmem_cache_free/kmalloc/kfree")
+    r.add_argument("--lookups", action="store_true",
+                   help="also record the events of page lookups (page-cache add/delete/read/"
+                        "fault/map, LRU insertion/activation, page faults) that the replay "
+                        "turns into page_folio/page_zone/flag tests/page-table walks/"
+                        "page-cache lookups (docs/replay.md)")
     r.add_argument("--duration", type=parse_duration, metavar="TIME",
                    help="record for this long (30s, 2m, ...) instead of running a command")
     r.add_argument("--buffer-kb", type=int, metavar="N",
@@ -112,7 +117,8 @@ def run_record(args: argparse.Namespace) -> int:
         raise InputError(f"--buffer-kb must be positive, not {args.buffer_kb}")
     opts = RecordOptions(out=args.output, slab=args.slab, duration_s=args.duration,
                          command=command, buffer_kb=args.buffer_kb,
-                         snapshot=not args.no_snapshot, state_every_s=args.state_every)
+                         snapshot=not args.no_snapshot, state_every_s=args.state_every,
+                         lookups=args.lookups)
     path = record(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"memdesc: saved {path}", file=sys.stderr)
     return 0
@@ -164,11 +170,11 @@ def run_trace_info(args: argparse.Namespace) -> int:
            + (f" (t={s['first_ns'] / 1e9:.6f} .. {s['last_ns'] / 1e9:.6f} s)"
               if s["first_ns"] is not None else ""),
            "",
-           f"{'event':<28}{'total':>12}" + "".join(f"{'cpu' + str(c):>11}" for c in cpus)]
+           f"{'event':<34}{'total':>12}" + "".join(f"{'cpu' + str(c):>11}" for c in cpus)]
     for name, total in s["counts"].items():
-        out.append(f"{name:<28}{total:>12,}"
+        out.append(f"{name:<34}{total:>12,}"
                    + "".join(f"{s['per_cpu'][name][str(c)]:>11,}" for c in cpus))
-    out.append(f"{'markers (trace_marker)':<28}{s['markers']:>12,}")
+    out.append(f"{'markers (trace_marker)':<34}{s['markers']:>12,}")
     out.append("")
     out.append("quirks: " + ", ".join(f"{k}={v:,}" for k, v in s["quirks"].items()))
     if s["other_events"]:

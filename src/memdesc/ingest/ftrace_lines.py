@@ -27,17 +27,29 @@ def fnv1a(data: bytes) -> int:
 # Row layout of the kernel's output (one int64 row per meaningful line).
 (R_KIND, R_LINE, R_CPU, R_TIME, R_EV, R_PFN, R_ORDER, R_MT, R_GFP_H, R_GFP_S, R_GFP_E, R_PTR,
  R_NAME_H, R_NAME_S, R_NAME_E, R_CS_H, R_CS_S, R_CS_E, R_BREQ, R_BALLOC, R_REFILL, R_COUNT,
- R_TXT_S, R_TXT_E, R_PAGE, R_HAVE, R_ERR, R_SYS) = range(28)
-NROW = 28
+ R_TXT_S, R_TXT_E, R_PAGE, R_HAVE, R_ERR, R_SYS, R_DEV, R_INO, R_INDEX, R_LAST, R_LRU,
+ R_LRU_FLAGS, R_ADDR, R_ERRCODE) = range(36)
+NROW = 36
 K_EVENT, K_MARKER, K_LOST, K_OTHER, K_BAD = 1, 2, 3, 4, 5
 # Bits of R_HAVE: which key=value fields the line carried.
-H_PFN, H_PAGE, H_ORDER, H_MT, H_GFP, H_PTR, H_NAME, H_CS, H_BREQ, H_BALLOC, H_REFILL = (
-    1 << i for i in range(11))
-H_PAGE_NULL = 1 << 11
+(H_PFN, H_PAGE, H_ORDER, H_MT, H_GFP, H_PTR, H_NAME, H_CS, H_BREQ, H_BALLOC, H_REFILL, H_DEV,
+ H_INO, H_OFS, H_LRU, H_FLAGS, H_ADDR, H_ERRCODE) = (1 << i for i in range(18))
+H_PAGE_NULL = 1 << 40
 _KEYS = (b"pfn", b"page", b"order", b"migratetype", b"gfp_flags", b"ptr", b"name", b"call_site",
-         b"bytes_req", b"bytes_alloc", b"percpu_refill")
+         b"bytes_req", b"bytes_alloc", b"percpu_refill", b"dev", b"ino", b"ofs", b"lru",
+         b"flags", b"address", b"error_code")
 KEY_HASHES = np.array([fnv1a(k) for k in _KEYS], dtype=np.int64)
+_K_DEV, _K_INO, _K_OFS, _K_LRU, _K_FLAGS, _K_ADDR, _K_ERRCODE = range(11, 18)
 _PAGE = H_PFN | H_PAGE
+#: [M] the filemap events' print fmt (6.18): ``ofs`` is ``index << 12`` (PAGE_SHIFT)
+OFS_SHIFT = 12
+#: [S] include/trace/events/pagemap.h, 6.18: mm_lru_insertion prints trace_pagemap_flags()
+#: as six characters, "flags=%s%s%s%s%s%s": per position (character, bit) pairs
+#: (PAGEMAP_MAPPED 'M', PAGEMAP_ANONYMOUS 'a' -- else 'f', PAGEMAP_FILE --, PAGEMAP_SWAPCACHE
+#: 's', PAGEMAP_SWAPBACKED 'b', PAGEMAP_MAPPEDDISK 'd', PAGEMAP_BUFFERS 'B'; else a space).
+LRU_FLAG_CHARS = np.array([[ord("M"), 0x1, 0, 0], [ord("a"), 0x2, ord("f"), 0x4],
+                           [ord("s"), 0x8, 0, 0], [ord("b"), 0x10, 0, 0],
+                           [ord("d"), 0x20, 0, 0], [ord("B"), 0x40, 0, 0]], dtype=np.int64)
 #: Fields an event line must carry (any of the _PAGE pair) -- from the 6.18 print fmts.
 REQUIRED = np.array([
     _PAGE | H_ORDER | H_MT | H_GFP,      # mm_page_alloc
@@ -49,6 +61,15 @@ REQUIRED = np.array([
     H_PTR | H_CS,                        # kmem_cache_free
     H_PTR | H_CS | H_BREQ | H_BALLOC | H_GFP,   # kmalloc
     H_PTR | H_CS,                        # kfree
+    H_DEV | H_INO | H_PFN | H_OFS | H_ORDER,    # mm_filemap_add_to_page_cache
+    H_DEV | H_INO | H_PFN | H_OFS | H_ORDER,    # mm_filemap_delete_from_page_cache
+    H_DEV | H_INO | H_OFS,               # mm_filemap_get_pages (ofs=START-END)
+    H_DEV | H_INO | H_OFS,               # mm_filemap_map_pages (ofs=START-END)
+    H_DEV | H_INO | H_OFS,               # mm_filemap_fault
+    H_PFN | H_LRU | H_FLAGS,             # mm_lru_insertion
+    H_PFN,                               # mm_lru_activate
+    H_ADDR | H_ERRCODE,                  # page_fault_user
+    H_ADDR | H_ERRCODE,                  # page_fault_kernel
 ], dtype=np.int64)
 EVENT_HASHES = np.array([fnv1a(n.encode()) for n in EVENT_NAMES]
                         + [fnv1a(b"tracing_mark_write"), fnv1a(b"print")], dtype=np.int64)
@@ -223,24 +244,39 @@ def _parse_line(buf, p, e, row, ev_hashes, key_hashes, required):
         ks = q
         while q < e and buf[q] != 32 and buf[q] != 61:
             q += 1
-        if q >= e or buf[q] == 32:                      # a token without '=': skip it
-            continue
         ke = q
-        vs = q + 1
-        ve = vs
-        while ve < e and buf[ve] != 32:
-            ve += 1
-        q = ve
+        if q >= e or buf[q] == 32:                      # a token without '='
+            # "dev MAJ:MIN ino HEX" (filemap add/delete): the next token is the value
+            if not (ke - ks == 3 and (_starts(buf, ks, e, b"dev")
+                                      or _starts(buf, ks, e, b"ino"))):
+                continue
+            while q < e and buf[q] == 32:
+                q += 1
+            vs = q
+        else:
+            vs = q + 1
         kh = _fnv(buf, ks, ke)
         k = -1
         for i in range(len(key_hashes)):
             if key_hashes[i] == kh:
                 k = i
                 break
+        ve = vs
+        if k == _K_FLAGS:                               # six characters, spaces included
+            ve = min(vs + len(LRU_FLAG_CHARS), e)
+        else:
+            while ve < e and buf[ve] != 32:
+                ve += 1
+        q = ve
         if k < 0:
             continue
         bit = 1 << k
-        if k == 4 or k == 6 or k == 7:                  # gfp_flags, name, call_site: strings
+        if k >= _K_DEV:
+            if not _lookup_field(buf, vs, ve, k, row):
+                row[R_ERR] = 4
+                row[R_TXT_S], row[R_TXT_E] = ks, ve
+                return K_BAD
+        elif k == 4 or k == 6 or k == 7:                # gfp_flags, name, call_site: strings
             col = R_GFP_H if k == 4 else (R_NAME_H if k == 6 else R_CS_H)
             row[col], row[col + 1], row[col + 2] = _fnv(buf, vs, ve), vs, ve
         else:
@@ -274,6 +310,55 @@ def _parse_line(buf, p, e, row, ev_hashes, key_hashes, required):
         row[R_ERR] = 5
         return K_BAD
     return K_EVENT
+
+
+@njit(cache=True)
+def _lookup_field(buf, vs, ve, k, row):
+    """One field of a lookup event (memdesc record --lookups) into ``row``; False when bad.
+    dev "MAJOR:MINOR" -> the kernel's dev_t (MAJOR << 20 | MINOR, [S] MKDEV()); ino hex;
+    ofs "BYTES" or "FIRST-LAST" bytes -> index (and last_index, the page holding LAST);
+    flags: the six characters of LRU_FLAG_CHARS."""
+    if k == _K_DEV:
+        c = vs
+        while c < ve and buf[c] != 58:
+            c += 1
+        major, ok1 = _num(buf, vs, c, False)
+        minor, ok2 = _num(buf, c + 1, ve, False)
+        row[R_DEV] = (major << 20) | minor
+        return ok1 and ok2 and c < ve
+    if k == _K_OFS:
+        c = vs + 1                                      # a '-' after the first digit
+        while c < ve and buf[c] != 45:
+            c += 1
+        first, ok = _num(buf, vs, c, False)
+        row[R_INDEX] = first >> OFS_SHIFT
+        if c < ve:
+            last, ok2 = _num(buf, c + 1, ve, False)
+            row[R_LAST] = last >> OFS_SHIFT
+            ok = ok and ok2
+        return ok
+    if k == _K_FLAGS:
+        f = 0
+        for i in range(ve - vs):
+            ch = buf[vs + i]
+            if ch == LRU_FLAG_CHARS[i, 0]:
+                f |= LRU_FLAG_CHARS[i, 1]
+            elif ch == LRU_FLAG_CHARS[i, 2] and ch != 0:
+                f |= LRU_FLAG_CHARS[i, 3]
+            elif ch != 32:
+                return False
+        row[R_LRU_FLAGS] = f
+        return True
+    v, ok = _num(buf, vs, ve, k == _K_INO)
+    if k == _K_INO:
+        row[R_INO] = v
+    elif k == _K_LRU:
+        row[R_LRU] = v
+    elif k == _K_ADDR:
+        row[R_ADDR] = v
+    else:
+        row[R_ERRCODE] = v
+    return ok
 
 
 @njit(cache=True)
@@ -343,7 +428,8 @@ def parse_block(buf, n, out, defaults, ev_hashes, key_hashes, required):
 
 
 ROW_DEFAULTS = np.zeros(NROW, dtype=np.int64)
-for _c in (R_CPU, R_EV, R_PFN, R_ORDER, R_MT, R_REFILL, R_BREQ, R_BALLOC, R_TIME, R_COUNT):
+for _c in (R_CPU, R_EV, R_PFN, R_ORDER, R_MT, R_REFILL, R_BREQ, R_BALLOC, R_TIME, R_COUNT,
+           R_INDEX, R_LAST, R_LRU, R_LRU_FLAGS, R_ERRCODE):
     ROW_DEFAULTS[_c] = -1
 
 

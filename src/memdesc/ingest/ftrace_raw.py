@@ -31,6 +31,7 @@ from memdesc.ingest.trace_events import (
     EVENT_CODE,
     EVENT_NAMES,
     GFP_NAMES_6_18,
+    LOOKUP_EVENTS,
     MARKER,
     LostEvents,
     StringTable,
@@ -42,11 +43,20 @@ from memdesc.ingest.trace_format import Formats, load_formats, print_flags_table
 
 # Field slots decoded from each record (index into the per-event offset tables).
 FIELDS = ("pfn", "order", "gfp_flags", "migratetype", "percpu_refill", "ptr", "call_site",
-          "bytes_req", "bytes_alloc", "name", "buf")
-F_PFN, F_ORDER, F_GFP, F_MT, F_REFILL, F_PTR, F_CS, F_BREQ, F_BALLOC, F_NAME, F_BUF = range(11)
+          "bytes_req", "bytes_alloc", "i_ino", "s_dev", "index", "last_index", "address", "lru",
+          "flags", "error_code", "name", "buf")
+(F_PFN, F_ORDER, F_GFP, F_MT, F_REFILL, F_PTR, F_CS, F_BREQ, F_BALLOC, F_INO, F_DEV, F_INDEX,
+ F_LAST, F_ADDR, F_LRU, F_FLAGS, F_ERR, F_NAME, F_BUF) = range(19)
 #: Value when an event has no such field (mm_page_free_batched's missing order is printed 0,
 #: set in RawTables).
-ABSENT = (-1, -1, 0, -1, -1, 0, 0, -1, -1, 0, 0)
+ABSENT = (-1, -1, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, -1, -1, -1, 0, 0)
+#: The fields kept in the int64 rows of ``o_val`` (rows beyond ``o_val.shape[0]`` are not
+#: written: a trace without lookup events gets the first 5 rows only), and their columns.
+VAL_FIELDS = (F_PFN, F_PTR, F_CS, F_BREQ, F_BALLOC, F_INO, F_DEV, F_INDEX, F_LAST, F_ADDR,
+              F_LRU, F_FLAGS, F_ERR)
+VAL_COLUMNS = ("pfn", "ptr", "call_site", "bytes_req", "bytes_alloc", "ino", "dev", "index",
+               "last_index", "address", "lru", "lru_flags", "error_code")
+NVAL_KMEM = 5
 RB_MISSED_EVENTS = 1 << 31   # [S] kernel/trace/ring_buffer.c
 RB_MISSED_STORED = 1 << 30
 TS_MSB_SHIFT = 59            # [S] ring_buffer.c: absolute time stamps keep 59 bits (TS_MSB)
@@ -107,7 +117,7 @@ def _walk(data, page_size, hp, eh, id2code, foff, fsize, fsign, need, absent, ct
     Pass 1 (``fill`` False) stores each known record's time and event code. Pass 2 writes
     record n's fields at row ``dest[n]`` of the output columns (markers: ``-1 - dest[n]`` in
     the marker table), so the CPUs are merged without an intermediate copy. ``o_val`` holds
-    pfn, ptr, call_site, bytes_req, bytes_alloc; ``o_key`` the hash of the cache name, whose
+    the VAL_FIELDS (its first rows); ``o_key`` the hash of the cache name, whose
     text goes to ``pool`` once per hash (:func:`_keep_text`); ``m_span`` the marker texts'
     spans in ``pool``. ``absent`` is the per-event value of fields an event lacks. ``data``
     may be any run of whole pages of the file. Returns (records, lost pages, errors).
@@ -227,11 +237,8 @@ def _walk(data, page_size, hp, eh, id2code, foff, fsize, fsign, need, absent, ct
             o_time[d] = ts
             o_cpu[d] = cpu
             o_event[d] = code
-            o_val[0, d] = v[F_PFN]
-            o_val[1, d] = v[F_PTR]
-            o_val[2, d] = v[F_CS]
-            o_val[3, d] = v[F_BREQ]
-            o_val[4, d] = v[F_BALLOC]
+            for r in range(o_val.shape[0]):
+                o_val[r, d] = v[VAL_FIELDS[r]]
             o_order[d] = v[F_ORDER]
             o_gfp[d] = v[F_GFP] & 0xFFFFFFFF
             o_mt[d] = v[F_MT]
@@ -496,7 +503,8 @@ def read_raw(folder: str | Path, formats: Formats | str | Path, *, lenient: bool
     n_ev = len(dest) - len(mrows)
     ev = {k: (np.zeros if k in ("dup_of_prev_free", "is_null") else np.empty)(n_ev, dtype=dt)
           for k, (dt, _) in COLUMNS.items()}
-    val = np.empty((5, n_ev), np.int64)
+    lookups = any(name in formats.events for name in EVENT_NAMES[LOOKUP_EVENTS[0]:])
+    val = np.empty((len(VAL_FIELDS) if lookups else NVAL_KMEM, n_ev), np.int64)
     key = np.empty(n_ev, np.int64)
     lost_rows = {c: np.empty((nlost[c], 3), np.int64) for c in cpus}
     cols = (ev["time"], ev["cpu"], ev["event"], val, ev["order"], ev["gfp"], ev["migratetype"],
@@ -532,8 +540,12 @@ def read_raw(folder: str | Path, formats: Formats | str | Path, *, lenient: bool
     kept = dest = None                             # free them before the string tables
     lost = [LostEvents(cpu, int(t), int(c), f"cpu{cpu}+{hex(int(o))}")
             for cpu in cpus for t, c, o in lost_rows[cpu]]
-    ev["pfn"], ev["ptr"], ev["bytes_req"], ev["bytes_alloc"] = \
-        val[0], val[1].view(np.uint64), val[3], val[4]
+    for r, name in enumerate(VAL_COLUMNS):
+        if name == "call_site":
+            continue                               # mapped to strings below
+        dt, fill = COLUMNS[name]
+        ev[name] = (val[r].view(dt) if dt.itemsize == 8 else val[r].astype(dt)
+                    ) if r < len(val) else np.full(n_ev, fill, dt)
 
     mcpu = [cpus[i] for i in (np.searchsorted(bounds, mrows, "right") - 1).tolist()]
     mtext = [next((t for tx in texts if (t := tx.marker(j)) is not None), "")

@@ -30,9 +30,16 @@ from memdesc.errors import InputError
 from memdesc.ingest.ftrace_lines import (
     ERRORS,
     EVENT_HASHES,
+    H_ADDR,
     H_BALLOC,
     H_BREQ,
+    H_DEV,
+    H_ERRCODE,
+    H_FLAGS,
+    H_INO,
+    H_LRU,
     H_MT,
+    H_OFS,
     H_ORDER,
     H_PAGE,
     H_PAGE_NULL,
@@ -46,17 +53,25 @@ from memdesc.ingest.ftrace_lines import (
     K_OTHER,
     KEY_HASHES,
     NROW,
+    R_ADDR,
     R_BALLOC,
     R_BREQ,
     R_COUNT,
     R_CPU,
     R_CS_H,
+    R_DEV,
     R_ERR,
+    R_ERRCODE,
     R_EV,
     R_GFP_H,
     R_HAVE,
+    R_INDEX,
+    R_INO,
     R_KIND,
+    R_LAST,
     R_LINE,
+    R_LRU,
+    R_LRU_FLAGS,
     R_MT,
     R_NAME_H,
     R_ORDER,
@@ -73,6 +88,8 @@ from memdesc.ingest.ftrace_lines import (
     parse_block,
 )
 from memdesc.ingest.trace_events import (
+    COLUMNS,
+    PFN_EVENTS,
     STRUCT_PAGE_SIZE,
     VMEMMAP_BASE,
     GfpTable,
@@ -85,7 +102,11 @@ from memdesc.ingest.trace_events import (
 )
 
 BLOCK_BYTES = 8 << 20
-BLOCK_BYTES = 8 << 20
+#: lookup-event columns: (column, row slot, R_HAVE bit)
+_LOOKUP_COLUMNS = (("dev", R_DEV, H_DEV), ("ino", R_INO, H_INO), ("index", R_INDEX, H_OFS),
+                   ("last_index", R_LAST, H_OFS), ("lru", R_LRU, H_LRU),
+                   ("lru_flags", R_LRU_FLAGS, H_FLAGS), ("address", R_ADDR, H_ADDR),
+                   ("error_code", R_ERRCODE, H_ERRCODE))
 
 
 def open_text(path: Path) -> io.BufferedReader:
@@ -183,13 +204,17 @@ def _columns(rows: np.ndarray, buf: np.ndarray, dec: _Decoder, line_of: Callable
                    ((page - np.uint64(vmemmap_base)) // np.uint64(STRUCT_PAGE_SIZE)).view(np.int64),
                    np.where(from_page, rows[:, R_PAGE], pfn))
     pfn = np.where((have & H_PAGE_NULL) != 0, -1, pfn)       # failed allocation: page NULL
-    ev["pfn"][:] = np.where(code <= 4, pfn, -1)
+    ev["pfn"][:] = np.where(np.isin(code, PFN_EVENTS), pfn, -1)
     ev["order"][:] = np.where(have & H_ORDER, rows[:, R_ORDER], -1)
     ev["migratetype"][:] = np.where(have & H_MT, rows[:, R_MT], -1)
     ev["percpu_refill"][:] = np.where(have & H_REFILL, rows[:, R_REFILL], -1)
     ev["ptr"][:] = np.where(have & H_PTR, rows[:, R_PTR], 0).view(np.uint64)
     ev["bytes_req"][:] = np.where(have & H_BREQ, rows[:, R_BREQ], -1)
     ev["bytes_alloc"][:] = np.where(have & H_BALLOC, rows[:, R_BALLOC], -1)
+    for name, col, bit in _LOOKUP_COLUMNS:
+        dt, fill = COLUMNS[name]
+        val = np.where(have & bit, rows[:, col], fill)
+        ev[name][:] = val.view(dt) if dt.itemsize == 8 else val.astype(dt)
     gfp = dec.map(rows, R_GFP_H, buf, 0, line_of)
     ev["cache"][:] = dec.map(rows, R_NAME_H, buf, -1, line_of)
     ev["call_site"][:] = dec.map(rows, R_CS_H, buf, -1, line_of)

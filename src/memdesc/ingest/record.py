@@ -7,7 +7,8 @@ its events, options and sizes are never touched):
 2. create the instance: tracing off, ``buffer_size_kb`` sized for the run, ``trace_clock``
    mono (= CLOCK_MONOTONIC, so snapshot timestamps line up with trace timestamps),
    ``options/overwrite`` 0 (a full buffer drops *new* events and counts them), ``hash-ptr`` 0
-   (real pointers), the kmem page events (+ slab events with ``--slab``);
+   (real pointers), the kmem page events (+ slab events with ``--slab``, + the lookup
+   events of LOOKUP_EVENTS with ``--lookups``: page cache, LRU, page faults);
 2b. the event rate measured for half a second with those events (memdesc.ingest.record_state)
    and the buffer sized from it (see default_buffer_kb());
 3. tracing on, marker ``memdesc record start``, the pre-snapshot (memdesc.ingest.save) with
@@ -18,7 +19,8 @@ its events, options and sizes are never touched):
    quick; after the marker ``memdesc state end``), tracing off;
 4. per_cpu/cpuN/stats (overrun, commit overrun, dropped events) checked and saved; the text
    (``trace``, non-consuming) then the raw pages (``per_cpu/cpuN/trace_pipe_raw``) copied,
-   zstd-compressed, plus ``formats/`` (header_page, header_event, event format files);
+   zstd-compressed, plus ``formats/`` (header_page, header_event, event format files,
+   ``SYSTEM.NAME.format``);
 5. the instance removed and tracefs unmounted if we mounted it -- also on error, Ctrl-C or
    SIGTERM/SIGHUP. Output goes to a temporary folder renamed to DIR only when complete.
 
@@ -57,6 +59,15 @@ from memdesc.ingest.tracefs import Instance, Tracefs
 PAGE_EVENTS = ("mm_page_alloc", "mm_page_free", "mm_page_free_batched",
                "mm_page_alloc_zone_locked", "mm_page_pcpu_drain")
 SLAB_EVENTS = ("kmem_cache_alloc", "kmem_cache_free", "kmalloc", "kfree")
+#: --lookups: events of kernel paths that look pages up (docs/replay.md "Lookups"), as
+#: (tracefs system, event); each carries a pfn, a mapping + index range or a virtual address.
+LOOKUP_EVENTS = (
+    ("filemap", "mm_filemap_add_to_page_cache"), ("filemap", "mm_filemap_delete_from_page_cache"),
+    ("filemap", "mm_filemap_get_pages"), ("filemap", "mm_filemap_map_pages"),
+    ("filemap", "mm_filemap_fault"), ("pagemap", "mm_lru_insertion"),
+    ("pagemap", "mm_lru_activate"), ("exceptions", "page_fault_user"),
+    ("exceptions", "page_fault_kernel"),
+)
 FORMAT = "memdesc-trace 1"
 ZSTD_LEVEL = 3
 SNAPSHOT_CHUNK_PFNS = 1 << 16        # one marker per 65,536 PFNs, as in the fixtures
@@ -79,6 +90,8 @@ class RecordOptions:
     snapshot: bool = True
     #: save an inner state (state-N/, no kpageflags) every this many seconds of the workload
     state_every_s: float | None = None
+    #: also record the lookup events (LOOKUP_EVENTS)
+    lookups: bool = False
 
 
 class Terminated(KeyboardInterrupt):
@@ -169,8 +182,10 @@ class _Markers:
         os.close(self.fd)
 
 
-def _configure(inst: Instance, events: tuple[str, ...], buffer_kb: int) -> list[str]:
-    """Set up the instance; returns the events that exist on this kernel."""
+def _configure(inst: Instance, events: tuple[tuple[str, str], ...], buffer_kb: int
+               ) -> list[str]:
+    """Set up the instance with ``events`` ((system, name) pairs); returns the names of those
+    that exist on this kernel (the kmem ones are required, at least one of them)."""
     inst.write("tracing_on", "0")
     try:
         inst.write("buffer_size_kb", str(buffer_kb))
@@ -182,21 +197,27 @@ def _configure(inst: Instance, events: tuple[str, ...], buffer_kb: int) -> list[
                      ("record-tgid", "0")):
         if inst.file(f"options/{opt}").exists():
             inst.write(f"options/{opt}", val)
-    have = [e for e in events if inst.file(f"events/kmem/{e}/enable").exists()]
-    if not have:
+    have = [(s, e) for s, e in events if inst.file(f"events/{s}/{e}/enable").exists()]
+    if not any(s == "kmem" for s, _ in have):
         raise InputError("this kernel has none of the kmem tracepoints (CONFIG_TRACEPOINTS?)")
-    for e in have:
-        inst.write(f"events/kmem/{e}/enable", "1")
-    return have
+    for s, e in have:
+        inst.write(f"events/{s}/{e}/enable", "1")
+    return [e for _, e in have]
 
 
-def _save_formats(inst: Instance, dest: Path) -> None:
+def _save_formats(inst: Instance, dest: Path, others: tuple[tuple[str, str], ...] = ()
+                  ) -> None:
+    """header_page, header_event, every kmem event's format, ftrace/print and the formats of
+    ``others`` ((system, name) pairs this kernel has) as ``SYSTEM.NAME.format``."""
     dest.mkdir()
     events = inst.file("events")
     for name in ("header_page", "header_event"):
         shutil.copyfile(events / name, dest / name)
     for fmt in sorted((events / "kmem").glob("*/format")):
         shutil.copyfile(fmt, dest / f"kmem.{fmt.parent.name}.format")
+    for system, name in others:
+        if (events / system / name / "format").is_file():
+            shutil.copyfile(events / system / name / "format", dest / f"{system}.{name}.format")
     shutil.copyfile(events / "ftrace" / "print" / "format", dest / "ftrace.print.format")
 
 
@@ -336,7 +357,9 @@ def _record(opts: RecordOptions, log: Callable[[str], None]) -> Path:
         raise InputError("give either --duration or a command, not both")
     if not opts.command and opts.duration_s is None:
         raise InputError("nothing to record: give --duration 30s or -- COMMAND ...")
-    events = PAGE_EVENTS + (SLAB_EVENTS if opts.slab else ())
+    lookups = LOOKUP_EVENTS if opts.lookups else ()
+    events = tuple(("kmem", e) for e in PAGE_EVENTS + (SLAB_EVENTS if opts.slab else ())
+                   ) + lookups
     ncpu = os.cpu_count() or 1
     buffer_kb = opts.buffer_kb or MIN_BUFFER_KB           # sized below from the event rate
     meta: dict = {"format": FORMAT, "memdesc_version": __version__,
@@ -353,12 +376,16 @@ def _record(opts: RecordOptions, log: Callable[[str], None]) -> Path:
         root = stack.enter_context(_CleanExit(Tracefs()))
         inst = stack.enter_context(_CleanExit(Instance(root, f"memdesc-{os.getpid()}")))
         meta["events"] = _configure(inst, events, buffer_kb)
+        missing = [e for _, e in lookups if e not in meta["events"]]
+        if missing:
+            log(f"memdesc: warning: this kernel has no {', '.join(missing)} tracepoint(s); "
+                "recording the other lookup events")
         if opts.buffer_kb is None:
             buffer_kb = _size_buffer(inst, opts, ncpu, meta, log)
             meta["buffer_size_kb"] = buffer_kb
         log(f"memdesc: recording in {inst.path} ({buffer_kb:,} KB per CPU)")
         meta["instance"] = str(inst.path)
-        _save_formats(inst, tmp / "formats")
+        _save_formats(inst, tmp / "formats", lookups)
         mark = _Markers(inst)
         stack.callback(mark.close)
         t0 = (time.clock_gettime_ns(time.CLOCK_REALTIME), time.monotonic_ns())

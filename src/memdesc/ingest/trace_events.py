@@ -17,7 +17,8 @@ from numba import njit
 
 from memdesc.errors import InputError
 
-#: Event codes: index into EVENT_NAMES (the kernel's tracepoint names, all in system kmem).
+#: Event codes: index into EVENT_NAMES (the kernel's tracepoint names: system kmem, then the
+#: lookup events `memdesc record --lookups` adds, systems filemap, pagemap and exceptions).
 EVENT_NAMES = (
     "mm_page_alloc",              # 0  page allocator: successful (or failed: pfn -1) alloc
     "mm_page_free",               # 1  free_pages_prepare(): a 2^order block freed
@@ -28,10 +29,23 @@ EVENT_NAMES = (
     "kmem_cache_free",            # 6  slab object freed to a named cache
     "kmalloc",                    # 7  kmalloc()/kmalloc_node() object
     "kfree",                      # 8  kfree() (kfree(NULL) is traced too)
+    "mm_filemap_add_to_page_cache",       # 9  __filemap_add_folio(): folio into the xarray
+    "mm_filemap_delete_from_page_cache",  # 10 __filemap_remove_folio() / delete_from_page_
+    #                                          cache_batch(): folio out of the xarray
+    "mm_filemap_get_pages",       # 11 filemap_get_pages(): read() batch of [index, last_index]
+    "mm_filemap_map_pages",       # 12 filemap_map_pages(): fault-around of [index, last_index]
+    "mm_filemap_fault",           # 13 filemap_fault(): a file page fault at index
+    "mm_lru_insertion",           # 14 lru_add(): a folio onto an LRU list
+    "mm_lru_activate",            # 15 lru_activate(): a folio to the active list
+    "page_fault_user",            # 16 x86 handle_page_fault(): a fault in user mode
+    "page_fault_kernel",          # 17 x86 handle_page_fault(): a fault in kernel mode
 )
 EVENT_CODE = {n: i for i, n in enumerate(EVENT_NAMES)}
 PAGE_EVENTS = (0, 1, 2, 3, 4)
 SLAB_EVENTS = (5, 6, 7, 8)
+LOOKUP_EVENTS = tuple(range(9, 18))
+#: events whose ``pfn`` column is set (page events, page-cache add/delete, LRU events)
+PFN_EVENTS = PAGE_EVENTS + (9, 10, 14, 15)
 MM_PAGE_ALLOC, MM_PAGE_FREE, MM_PAGE_FREE_BATCHED = 0, 1, 2
 KMEM_CACHE_FREE, KFREE = 6, 8
 #: Pseudo-code used inside readers for trace_marker writes (ftrace:print); never in .events.
@@ -54,6 +68,15 @@ COLUMNS: dict[str, tuple[np.dtype, int]] = {
     "bytes_alloc": (np.dtype(np.int64), -1),
     "dup_of_prev_free": (np.dtype(np.bool_), 0),
     "is_null": (np.dtype(np.bool_), 0),
+    # lookup events (memdesc record --lookups)
+    "ino": (np.dtype(np.uint64), 0),
+    "dev": (np.dtype(np.uint32), 0),
+    "index": (np.dtype(np.int64), -1),
+    "last_index": (np.dtype(np.int64), -1),
+    "address": (np.dtype(np.uint64), 0),
+    "lru": (np.dtype(np.int8), -1),
+    "lru_flags": (np.dtype(np.int8), -1),
+    "error_code": (np.dtype(np.int32), -1),
 }
 
 # [S] Documentation/arch/x86/x86_64/mm.rst (4-level paging) and [M] fixtures README item 12:
@@ -184,7 +207,7 @@ class Trace:
         if self.header_entries and self.header_entries[0] != self.header_entries[1]:
             out.append(f"trace header: {self.header_entries[0]:,} entries in buffer but "
                        f"{self.header_entries[1]:,} written (older events overwritten)")
-        ptr = self.events["ptr"][self.events["event"] >= 5]
+        ptr = self.events["ptr"][np.isin(self.events["event"], SLAB_EVENTS)]
         ptr = ptr[ptr != 0]
         if len(ptr) and int(ptr.max()) < 1 << 32:
             out.append("slab pointers all fit in 32 bits: they look hashed (tracefs "
@@ -304,7 +327,7 @@ def mark_null(ev: dict[str, np.ndarray]) -> dict[str, int]:
     kfree(NULL) appears in traces; __alloc_pages_noprof() traces failures with pfn -1.
     """
     event = ev["event"]
-    slab = (event >= 5) & (ev["ptr"] == 0)
+    slab = np.isin(event, SLAB_EVENTS) & (ev["ptr"] == 0)
     page_fail = (event == MM_PAGE_ALLOC) & (ev["pfn"] < 0)
     ev["is_null"] |= slab | page_fail
     return {"kfree_null": int(np.count_nonzero(slab & (event == KFREE))),
