@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_access import check_against_stream, check_regions
 
 from memdesc.analysis.scenario import load_scenario, run_stage
 from memdesc.mm import access
@@ -16,6 +15,7 @@ from memdesc.mm.access import CT_OPS, OP_CLASS_ID
 from memdesc.mm.gfp import GFP_ATOMIC, GFP_HIGHUSER_MOVABLE, GFP_KERNEL
 from memdesc.mm.mmzone import Machine
 from memdesc.stages import STAGE_IDS, get_stage, tracking_variants
+from test_access import check_against_stream, check_regions
 
 _DEFAULTS = [get_stage(s) for s in STAGE_IDS]
 ALL = list(STAGE_IDS) + [v for v in tracking_variants() if get_stage(v) not in _DEFAULTS]
