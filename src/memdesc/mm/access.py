@@ -302,4 +302,6 @@ from memdesc.mm.lookups import (  # noqa: E402, F401 -- re-exported: part of thi
     page_zone_e,
     pagecache_lookup_e,
     pt_walk_e,
+    readback_anon_e,
+    readback_file_e,
 )

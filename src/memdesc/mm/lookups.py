@@ -175,36 +175,44 @@ def page_flag_test_e(E, pfn, bit):
 
 
 @njit(cache=True)
-def _entry(E, table, idx, level):
-    """Page-table entry ``idx`` of table page ``table``, counted (a pointer; dependent on the
-    previous level's entry); 0 when the table has no contents."""
-    S, slot = E[E_S], E[E_SLOT]
+def _entry(E, table, idx):
+    """Page-table entry ``idx`` of table page ``table`` (0 when it has no contents)."""
+    slot = E[E_SLOT]
     if table < 0 or table >= slot.shape[0] or slot[table] < 0:
         return np.uint64(0)
-    e = E[E_DATA][np.int64(slot[table]) * 512 + idx]
+    return E[E_DATA][np.int64(slot[table]) * 512 + idx]
+
+
+@njit(cache=True)
+def _count_entry(E, table, idx, level, page):
+    """Count the load of entry ``idx`` of ``table``: a pointer, dependent on the previous
+    level's entry; the last one names the struct page ``page`` (pfn_to_page(pte_pfn()))."""
     a = _DM + (np.uint64(table) << np.uint64(12)) + np.uint64(8 * idx)
-    acc(S, a, KIND_PTR | (KIND_DEP if level > 1 else 0), NONODE, NONODE)
-    return e
+    acc(E[E_S], a, KIND_PTR | (KIND_DEP if level > 1 else 0), NONODE, page)
 
 
 @njit(cache=True)
 def _walk_pfn(E, pgd_pfn, va):
     """follow_page_pte()'s walk: the PFN mapped at ``va`` or -1 (counted entries)."""
     table = pgd_pfn
-    shifts = (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT)
-    for level in range(1, 4):
-        e = _entry(E, table, np.int64((va >> np.uint64(shifts[level - 1])) & np.uint64(511)),
-                   level)
+    shifts = (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT, 12)
+    size = np.uint64(E[E_SP][SP_PAGE_BYTES])
+    for level in range(1, 5):
+        idx = np.int64((va >> np.uint64(shifts[level - 1])) & np.uint64(511))
+        e = _entry(E, table, idx)
+        base = np.int64((e & np.uint64(PTE_PFN_MASK)) >> np.uint64(12))
+        last = level == 4 or (level == 3 and e & _PSE != 0)
+        pfn = base
+        if level == 3 and last:
+            pfn = base + np.int64((va >> np.uint64(12)) & np.uint64(PTRS_PER_TABLE - 1))
+        page = np.int64(_VM + np.uint64(pfn) * size) if last and e != 0 else NONODE
+        _count_entry(E, table, idx, level, page)
         if e == 0:
             return np.int64(-1)
-        base = np.int64((e & np.uint64(PTE_PFN_MASK)) >> np.uint64(12))
-        if level == 3 and e & _PSE:
-            return base + np.int64((va >> np.uint64(12)) & np.uint64(PTRS_PER_TABLE - 1))
+        if last:
+            return pfn
         table = base
-    pe = _entry(E, table, np.int64((va >> np.uint64(12)) & np.uint64(511)), 4)
-    if pe == 0:
-        return np.int64(-1)
-    return np.int64((pe & np.uint64(PTE_PFN_MASK)) >> np.uint64(12))
+    return np.int64(-1)
 
 
 @njit(cache=True)
@@ -215,10 +223,7 @@ def pt_walk_e(E, pgd_pfn, va):
     pfn = _walk_pfn(E, pgd_pfn, va)
     folio = np.uint64(0)
     if pfn >= 0:
-        # pfn_to_page(pte_pfn(pte)): the struct page address comes from the PTE
-        page = _VM + np.uint64(pfn) * np.uint64(E[E_SP][SP_PAGE_BYTES])
-        acc(S, page, KIND_DEP, NONODE, NONODE)     # the PTE's level is the latest pointer
-        folio = page_folio(E, pfn)
+        folio = page_folio(E, pfn)       # its struct page's address came from the PTE
     op_end(S)
     return pfn, folio
 
