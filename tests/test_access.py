@@ -117,6 +117,10 @@ def test_page_folio_of_a_tail_page(machine, stage):
     assert access.page_folio_e(k.E, pfn + 1) == folio
     assert access.page_folio_e(k.E, pfn) == folio
     got = _ops(access.drain(k), "page_folio")
+    # the same on a bare (mem, S), as the trace replay has it
+    assert access.page_folio_ms(k.mm.mem, k.mm.S, pfn + 1) == folio
+    assert access.page_folio_ms(k.mm.mem, k.mm.S, pfn) == folio
+    assert _ops(access.drain(k), "page_folio") == got
     if stage == "v6.18":
         assert got == [[(_page(k.mm, pfn + 1, 1), P)], [(_page(k.mm, pfn, 1), LD)]]
     else:

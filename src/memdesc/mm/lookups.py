@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm.access_core import (
+    ADDRNODE,
     KIND_DEP,
     KIND_PTR,
     NONODE,
@@ -71,7 +72,6 @@ from memdesc.mm.kmem import (
     TAG_FILE,
     VMEMMAP_START,
     content_tag,
-    kread_a,
 )
 from memdesc.mm.memdesc_alloc import (
     E_DATA,
@@ -102,9 +102,12 @@ def _nodezone(f):
 
 
 @njit(cache=True)
-def zone_of_page(E, pfn):
-    """The global zone index the stage's page_zone() finds (see the module doc)."""
-    mem, S = E[E_MEM], E[E_S]
+def zone_of_page(mem, S, pfn):
+    """The global zone index the stage's page_zone() finds, counted as the kernel reads it
+    (see the module doc). The descriptor load is counted at its address; the value returned
+    is the same zone either way (the PFN table of free pages, which the allocator keeps for
+    every page, read uncounted), so a bare MemMap without kernel memory (the trace replay)
+    counts page_zone() as a kernel with descriptors would."""
     fl = S[C_F_FLAGS]
     if fl >= 0:
         return _nodezone(ldm(mem, S, pfn * S[C_W] + fl))
@@ -117,27 +120,61 @@ def zone_of_page(E, pfn):
         return _nodezone(w)
     if t == S[C_BUDDY]:
         return np.int64(lds(S, S[C_OFF_PBZ] + (pfn >> 9)))
-    return _nodezone(kread_a(S, mem, E[E_DATA], E[E_SLOT], desc, False))
+    acc(S, desc, 0, ADDRNODE, NONODE)                  # the descriptor's memdesc_flags_t
+    return np.int64(S[S[C_OFF_PBZ] + (pfn >> 9)])
 
 
 @njit(cache=True)
-def page_zone_e(E, pfn):
-    """Mirrors page_zone(): the global zone index (nid * NR_ZONES + zone type)."""
-    S = E[E_S]
+def page_zone_ms(mem, S, pfn):
+    """Mirrors page_zone() on (mem, S): the global zone index (nid * NR_ZONES + type)."""
     op_begin(S, OP_PAGE_ZONE)
-    gz = zone_of_page(E, pfn)
+    gz = zone_of_page(mem, S, pfn)
     op_end(S)
     return gz
 
 
 @njit(cache=True)
-def page_to_nid_e(E, pfn):
-    """Mirrors page_to_nid()."""
-    S = E[E_S]
+def page_to_nid_ms(mem, S, pfn):
+    """Mirrors page_to_nid() on (mem, S)."""
     op_begin(S, OP_PAGE_TO_NID)
-    nid = zone_of_page(E, pfn) // NR_ZONES
+    nid = zone_of_page(mem, S, pfn) // NR_ZONES
     op_end(S)
     return nid
+
+
+@njit(cache=True)
+def page_zone_e(E, pfn):
+    """page_zone_ms() on the environment tuple."""
+    return page_zone_ms(E[E_MEM], E[E_S], pfn)
+
+
+@njit(cache=True)
+def page_to_nid_e(E, pfn):
+    """page_to_nid_ms() on the environment tuple."""
+    return page_to_nid_ms(E[E_MEM], E[E_S], pfn)
+
+
+@njit(cache=True)
+def page_folio_ms(mem, S, pfn):
+    """Mirrors page_folio() on (mem, S), counted as memdesc.mm.folio.page_folio() counts it:
+    compound_head (a pointer on a tail page) at the overlay stages, the memdesc word after.
+    Returns the head page's or the descriptor's address (no type check: see
+    folio.page_folio() for NULL on non-folio pages)."""
+    op_begin(S, OP_PAGE_FOLIO)
+    i = pfn * S[C_W]
+    page = _VM + (np.uint64(i) << np.uint64(3))
+    md = S[C_F_MD]
+    if md >= 0:
+        w = mem[i + md]
+        f = w & ~np.uint64(15)
+        acc(S, page + np.uint64(8 * md), KIND_PTR, NONODE, np.int64(f))
+    else:
+        head = mem[i + 1]
+        f = head - np.uint64(1) if head & np.uint64(1) else page
+        acc(S, page + np.uint64(8), KIND_PTR if head & np.uint64(1) else 0, ADDRNODE,
+            np.int64(f))
+    op_end(S)
+    return f
 
 
 @njit(cache=True)
