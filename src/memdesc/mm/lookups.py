@@ -301,9 +301,9 @@ def pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, order):
 @njit(cache=True)
 def readback_file_e(E, index_map, xa_nodes, mapping, file_id, orders):
     """memdesc.mm.filemap.readback_file_nb() through counted page-cache lookups: per index one
-    pagecache_lookup operation (filemap_get_folio(), then the reader's folio->index and
-    ->mapping, folio_pfn() + (index - folio->index)). ``orders[idx]`` is the order of the
-    folio caching ``idx``."""
+    pagecache_lookup operation (filemap_get_folio(), then the reader's folio_test_uptodate(),
+    folio->index and ->mapping, folio_pfn() + (index - folio->index)). ``orders[idx]`` is the
+    order of the folio caching ``idx``."""
     E = borrow(E)
     S = E[E_S]
     h = np.uint64(0xCBF29CE484222325)
@@ -315,6 +315,7 @@ def readback_file_e(E, index_map, xa_nodes, mapping, file_id, orders):
         f = pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, orders[idx])
         pfn = -1
         if f != 0:
+            fget(E, f, F_FLAGS)                 # filemap_read(): folio_test_uptodate()
             first = np.int64(fget(E, f, F_INDEX))
             if idx == first and fget(E, f, F_MAPPING) != mapping:
                 wrong_mapping += 1
