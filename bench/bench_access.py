@@ -1,9 +1,10 @@
 """Access accounting cost (issue 9): the policy-mode replay of the real trace-slab fixture with
 accounting off, on (counters only) and on with the access log drained after every block, side
 by side in one process at v6.18, page16 and page8 (interleaved repeats, medians; target: on <=
-2x off); and, with accounting off, this tree against ``main`` (git archive of the ref in
-MEMDESC_BENCH_BASE, default main, run in a subprocess with its own numba cache; target: off
-costs < 3 %, issue 13's replay speed is measured with it off).
+2x off); and, with accounting off, this tree against the tree before accounting (git archive
+of the ref in MEMDESC_BENCH_BASE, default 993afa0: main when the accounting work began, the
+commit of the mm/access contract; ``none`` skips it), run in a subprocess with its own numba
+cache (target: off costs < 3 %, issue 13's replay speed is measured with it off).
 
 Prints ``bench: access.FIGURE = VALUE UNIT`` lines.
 """
@@ -28,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MEMDESC_FIXTURES", REPO.parent / "shared" / "fixtures"))
 STAGE_IDS = ("v6.18", "page16", "page8")
 REPEATS = 3
+#: the tree before access accounting (main at 993afa0 had only the mm/access contract)
+BASE = "993afa0"
 #: interleaved subprocess runs per tree against the base (the machine is shared: noisy)
 BASE_REPEATS = 5
 #: the replay seconds of each stage in both modes, off: the snippet both trees run
@@ -103,7 +106,7 @@ def _tree_seconds(src: Path, cache: Path, trace: Path) -> dict[tuple[str, str], 
 def against_base(trace: Path) -> None:
     """Accounting off: this tree vs the base ref, interleaved subprocess runs (the first of
     each compiles its numba cache and is not counted)."""
-    ref = os.environ.get("MEMDESC_BENCH_BASE", "main")
+    ref = os.environ.get("MEMDESC_BENCH_BASE", BASE)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
         base.mkdir()
@@ -137,7 +140,7 @@ def main() -> None:
     _line("slab.prepare_seconds", time.perf_counter() - t0, "s")
     _line("slab.ops", len(inp.ops), "ops")
     side_by_side(inp)
-    if os.environ.get("MEMDESC_BENCH_BASE", "main") != "none":
+    if os.environ.get("MEMDESC_BENCH_BASE", BASE) != "none":
         against_base(src)
     _line("load_average_1min", os.getloadavg()[0], "")
 
