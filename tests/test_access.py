@@ -117,6 +117,10 @@ def test_page_folio_of_a_tail_page(machine, stage):
     assert access.page_folio_e(k.E, pfn + 1) == folio
     assert access.page_folio_e(k.E, pfn) == folio
     got = _ops(access.drain(k), "page_folio")
+    # the same on a bare (mem, S), as the trace replay has it
+    assert access.page_folio_ms(k.mm.mem, k.mm.S, pfn + 1) == folio
+    assert access.page_folio_ms(k.mm.mem, k.mm.S, pfn) == folio
+    assert _ops(access.drain(k), "page_folio") == got
     if stage == "v6.18":
         assert got == [[(_page(k.mm, pfn + 1, 1), P)], [(_page(k.mm, pfn, 1), LD)]]
     else:
@@ -270,3 +274,44 @@ def test_stage_zone_lookup_rule_matches_the_layout():
     for sid in ("v6.18", "folio", "dynamic", "page32", "page16", "page8"):
         st = get_stage(sid)
         assert (st.page.field("flags") is not None) == (st.zone_lookup == "page_flags")
+
+
+# ---- the page-table walk and the page-cache lookup ---------------------------------------------
+
+@pytest.mark.parametrize("stage", ["v6.18", "page16"])
+def test_pt_walk_and_pagecache_lookup(stage):
+    """follow_page_pte() of a mapped anon page: PGD, PUD, PMD and PTE entries in the page
+    table pages (direct map), each computed from the previous one, then page_folio() of the
+    struct page the PTE names: chain 5. The counted readbacks give the scenario's digests
+    (pgtable.readback_kernel / filemap.readback_file_nb, uncounted)."""
+    from memdesc.analysis.scenario import World, parse_scenario
+    from memdesc.mm.filemap import readback_file_nb
+    from memdesc.mm.memdesc_alloc import E_DATA, E_SLOT
+    from memdesc.mm.memory import MMAP_BASE
+    from memdesc.mm.pgtable import readback_kernel
+
+    sc = parse_scenario("machine 256M\nanon 1M proc=a order=0\npagecache 1M file=f order=2\n")
+    w = World(sc, stage)
+    for step in sc.steps:
+        w.run(step)
+    k, p = w.k, w.anon.procs["a"]
+    access.enable(k, 1 << 16)
+    pfn, folio = access.pt_walk_e(k.E, p.pgd, np.uint64(MMAP_BASE))
+    assert folio == p.folios[0] and pfn == int(fo.folio_pfn(k.E, np.uint64(folio)))
+    (walk,) = _ops(access.drain(k), "pt_walk")
+    assert [kind for _, kind in walk] == [P, P | D, P | D, P | D, D | (P if stage != "v6.18"
+                                                                       else LD)]
+    assert all(PAGE_OFFSET <= a < VMEMMAP_START for a, _ in walk[:4])
+    assert walk[4][0] == _page(k.mm, pfn, 1) or stage != "v6.18"
+    nr = (p.end - MMAP_BASE) >> 12
+    assert access.readback_anon_e(k.E, p.pgd, np.uint64(MMAP_BASE), nr, p.pid) == \
+        readback_kernel(k.E[E_SLOT], k.E[E_DATA], k.tags, p.pgd, np.uint64(MMAP_BASE), nr,
+                        p.pid)
+    a = w.pc.files["f"]
+    got = w.pc.observe(a)
+    ref = readback_file_nb(k.E, a.index_map, np.uint64(a.mapping), a.file_id)
+    assert got["digest"] == f"{int(ref[0]):016x}" and got["pages"] == ref[1] == 256
+    c = access.counters(k)
+    assert c[OP_CLASS_ID["pt_walk"], CT_OPS] == 1 + nr
+    assert c[OP_CLASS_ID["pt_walk"], CT_CHAIN_MAX] == 5
+    assert c[OP_CLASS_ID["pagecache_lookup"], CT_OPS] == 256

@@ -95,3 +95,30 @@ def test_mixed_scenario_with_accounting(stage):
                  "free_pages.pcp", "folio_alloc", "folio_put", "folio_put.ref",
                  "kmem_cache_alloc", "kmem_cache_free", "pt_walk", "pagecache_lookup"):
         assert c[OP_CLASS_ID[name], CT_OPS] > 0, name
+
+
+def test_trace_slab_policy_replay_with_an_access_sink():
+    """The real trace-slab replay (policy mode) with accounting on: the same allocations
+    (digest of the emulated PFNs), the sink drained after every block (small blocks: the log
+    holds log_capacity // 64 operations' worth), counters == the streams, regions."""
+    from conftest import fixture_dir
+    from memdesc.analysis import replay as rp
+    from memdesc.ingest.ftrace import read_trace
+
+    inp = rp.load_replay_input(read_trace(fixture_dir("trace-slab")))
+    st = get_stage("page8")
+    plain = rp.replay_stage(inp, st, "policy", samples=2, keep_memmap=True)
+
+    class Small(Sink):
+        log_capacity = 1 << 21
+
+    sink = Small()
+    run = rp.replay_stage(inp, st, "policy", samples=2, keep_memmap=True, access_sink=sink)
+    assert run.alloc_pfn_digest == plain.alloc_pfn_digest != ""
+    assert run.mismatches == plain.mismatches and run.final_buddyinfo == plain.final_buddyinfo
+    assert len(sink.streams) >= len(inp.ops) // (Small.log_capacity // 64)
+    s = access.concat(sink.streams)
+    c = access.counters(run.memmap)
+    check_against_stream(c, s)
+    check_regions(run.memmap, s)
+    assert c[:6, CT_OPS].sum() == s.nr_ops > 100_000      # alloc_pages.* and free_pages.*

@@ -39,7 +39,23 @@ than 8 bytes are logged as their aligned 8-byte word (the log packs the kind in 
 
 Dependence: struct page / free page / list head accesses name their node (a PFN or a head);
 an access is DEP when its node is the one the latest PTR load named (see access_core for the
-list_del() ordering that keeps the "latest PTR" rule exact there). Counters per class:
+list_del() ordering that keeps the "latest PTR" rule exact there). Accesses of kernel memory
+by address (descriptors, slab objects and struct slab, through kmem.kread_a/kwrite_a) are DEP
+when they lie within [-128, +256) bytes of the latest PTR load's value (a member of the object
+it points to); page-table entries and the lookups' first loads carry explicit kinds
+(memdesc.mm.lookups). A single "latest pointer" cannot say that two accesses depend on two
+different earlier pointers: such an access is marked by the latest one, or not at all (an
+under-count of the chain, never an over-count, except by the address window heuristic).
+
+Operations (who opens them): alloc_pages_nb() and free_pages_nb() (memdesc.mm.page_alloc,
+refined by path: pcp hit / refill / buddy, pcp / drain / buddy), folio_alloc_nb() and
+folio_put_refs() (memdesc.mm.folio; folio_put.ref when a reference is dropped without
+freeing), slab_alloc_node() and the kmem_cache_free()/kfree() of one object (memdesc.mm.slub;
+kmalloc counts as kmem_cache_alloc), and the lookups of memdesc.mm.lookups, which the
+scenarios' readbacks call (pt_walk per mapped virtual page, pagecache_lookup per cached index).
+Not counted (no class, or outside every operation): boot, the start state, drain_all_pages()
+called from Python, vmstat's decay_pcp_high(), and the zsmalloc/page_pool/vmalloc/page-table
+descriptor writes made outside the allocations they call. Counters per class:
 operations, loads, stores, distinct 64-byte lines per operation (summed; exact up to
 access_core.LT_FILL distinct lines in one operation), the sum and max of the dependent-load
 chain. The log keeps whole operations; when it is full further operations are counted but not
@@ -282,8 +298,13 @@ from memdesc.mm.lookups import (  # noqa: E402, F401 -- re-exported: part of thi
     folio_page_e,
     page_flag_test_e,
     page_folio_e,
+    page_folio_ms,
     page_to_nid_e,
+    page_to_nid_ms,
     page_zone_e,
+    page_zone_ms,
     pagecache_lookup_e,
     pt_walk_e,
+    readback_anon_e,
+    readback_file_e,
 )

@@ -26,7 +26,9 @@ that every further access counts as a new line (an over-count, flagged in ``A_LT
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import carray, njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 #: config slot of S holding the accounting block's address (0: off); ft_common's slot 31
@@ -72,6 +74,27 @@ def _as_ptr(typingctx, addr):
         return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.int64)))
 
     return sig, codegen
+
+
+@intrinsic
+def unlikely(typingctx, cond):
+    """``cond`` with llvm.expect(cond, false): the accounting branch is cold, so LLVM keeps
+    the recording out of line and the hot path as it was (one load and a compare)."""
+    sig = types.boolean(types.boolean)
+
+    def codegen(context, builder, signature, args):
+        i1 = ir.IntType(1)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i1, [i1, i1]),
+                                            "llvm.expect.i1")
+        return builder.call(fn, [args[0], ir.Constant(i1, 0)])
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def acc_on(S):
+    """Accounting is on for this state array (a cold branch)."""
+    return unlikely(S[C_ACC] != 0)
 
 
 @njit(cache=True)
@@ -142,7 +165,7 @@ def acc(S, addr, kind, node, val_node):
     """Count one access of ``kind`` (KIND_STORE / KIND_PTR; DEP is derived from ``node``) at
     emulated address ``addr``; a PTR load's value names ``val_node``."""
     p = S[C_ACC]
-    if p != 0:
+    if unlikely(p != 0):
         _record(p, addr, kind, node, val_node)
 
 
@@ -150,7 +173,7 @@ def acc(S, addr, kind, node, val_node):
 def acc_k(S, addr, kind):
     """Count one access whose KIND_* bits the caller knows (no node logic)."""
     p = S[C_ACC]
-    if p != 0:
+    if unlikely(p != 0):
         _record(p, addr, kind, NONODE, NONODE)
 
 
@@ -158,7 +181,7 @@ def acc_k(S, addr, kind):
 def acc_noptr(S, on):
     """While ``on``, PTR loads count as plain (DEP-able) loads (see the module doc)."""
     p = S[C_ACC]
-    if p != 0:
+    if unlikely(p != 0):
         block(p)[A_NOPTR] = 1 if on else 0
 
 
@@ -186,7 +209,7 @@ def _begin(p, cls):
 def op_begin(S, cls):
     """Open an operation of class ``cls`` (nested operations belong to the outermost)."""
     p = S[C_ACC]
-    if p != 0:
+    if unlikely(p != 0):
         _begin(p, cls)
 
 
@@ -220,7 +243,7 @@ def _end(p):
 def op_end(S):
     """Close the operation opened by the matching op_begin()."""
     p = S[C_ACC]
-    if p != 0:
+    if unlikely(p != 0):
         _end(p)
 
 
@@ -236,5 +259,5 @@ def op_refine(S, lo, hi, cls):
     """The open operation becomes class ``cls`` if its class is in ``[lo, hi]`` (the path an
     alloc_pages()/free_pages() took; an enclosing folio_alloc() keeps its class)."""
     p = S[C_ACC]
-    if p != 0:
+    if unlikely(p != 0):
         _refine(p, lo, hi, cls)

@@ -19,6 +19,7 @@ from memdesc.mm.access_core import (  # noqa: F401 -- acc_noptr re-exported
     NONODE,
     acc,
     acc_noptr,
+    acc_on,
 )
 from memdesc.mm.kmem import PAGE_OFFSET, VMEMMAP_START
 from memdesc.mm.memdesc import (
@@ -119,7 +120,7 @@ _PAGE_OFFSET = np.uint64(PAGE_OFFSET)
 def ldm(mem, S, i):
     """mem[i], counted as a load of that struct page word in the vmemmap."""
     v = mem[i]
-    if S[C_ACC] != 0:
+    if acc_on(S):
         acc(S, VMEMMAP + (np.uint64(i) << np.uint64(3)), 0, i // S[C_W], NONODE)
     return v
 
@@ -128,14 +129,14 @@ def ldm(mem, S, i):
 def stm(mem, S, i, v):
     """mem[i] = v, counted as a store to that struct page word."""
     mem[i] = v
-    if S[C_ACC] != 0:
+    if acc_on(S):
         acc(S, VMEMMAP + (np.uint64(i) << np.uint64(3)), KIND_STORE, i // S[C_W], NONODE)
 
 
 @njit(cache=True)
 def acc_link(S, i, to):
     """Count the load of link word mem[i]: a pointer naming node ``to``."""
-    if S[C_ACC] != 0:
+    if acc_on(S):
         acc(S, VMEMMAP + (np.uint64(i) << np.uint64(3)), KIND_PTR, i // S[C_W], to)
 
 
@@ -143,7 +144,7 @@ def acc_link(S, i, to):
 def acc_inpage(S, pfn, which, to, store):
     """Count a load (naming ``to``) or store of word ``which`` of free page ``pfn`` itself
     (the direct map: links kept inside free memory)."""
-    if S[C_ACC] != 0:
+    if acc_on(S):
         a = _PAGE_OFFSET + (np.uint64(pfn) << np.uint64(12)) + np.uint64(8 * which)
         acc(S, a, KIND_STORE if store else KIND_PTR, pfn, to)
 
@@ -159,7 +160,7 @@ def s_addr(S, i):
 def lds(S, i):
     """S[i] counted as a load of a zone / per_cpu_pages / pageblock word."""
     v = S[i]
-    if S[C_ACC] != 0:
+    if acc_on(S):
         acc(S, s_addr(S, i), 0, NONODE, NONODE)
     return v
 
@@ -168,7 +169,7 @@ def lds(S, i):
 def sts(S, i, v):
     """S[i] = v counted as a store."""
     S[i] = v
-    if S[C_ACC] != 0:
+    if acc_on(S):
         acc(S, s_addr(S, i), KIND_STORE, NONODE, NONODE)
 
 
@@ -176,7 +177,7 @@ def sts(S, i, v):
 def sadd(S, i, d):
     """S[i] += d counted as a load and a store (zone and pcp counters)."""
     S[i] += d
-    if S[C_ACC] != 0:
+    if acc_on(S):
         a = s_addr(S, i)
         acc(S, a, 0, NONODE, NONODE)
         acc(S, a, KIND_STORE, NONODE, NONODE)
@@ -185,7 +186,7 @@ def sadd(S, i, d):
 @njit(cache=True)
 def acc_head(S, h, which, store, to):
     """Count a load (a pointer naming ``to``) or store of list head ``h``'s next/prev."""
-    if S[C_ACC] != 0:
+    if acc_on(S):
         a = HEADS + (np.uint64(h) << np.uint64(4)) + np.uint64(8 * which)
         acc(S, a, KIND_STORE if store else KIND_PTR, -1 - h, to)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from memdesc.mm.access_core import ADDRNODE, C_ACC, KIND_PTR, KIND_STORE, NONODE, acc
+from memdesc.mm.access_core import ADDRNODE, KIND_PTR, KIND_STORE, NONODE, acc, acc_on
 from memdesc.stages import PAGE_SHIFT, PAGE_SIZE
 
 #: page_offset_base and vmemmap_base of the fixture machine (default KASLR bases) [M].
@@ -230,7 +230,7 @@ def kread_a(S, memmap64, data, slot_of_pfn, addr, ptr):
     """kread() counted as a load (a pointer load when ``ptr``: later accesses near the value,
     its low 4 tag bits cleared, depend on it)."""
     v = kread(memmap64, data, slot_of_pfn, addr)
-    if S[C_ACC] != 0:
+    if acc_on(S):
         acc(S, addr, KIND_PTR if ptr else 0, ADDRNODE, np.int64(v & ~np.uint64(15)))
     return v
 
@@ -238,7 +238,7 @@ def kread_a(S, memmap64, data, slot_of_pfn, addr, ptr):
 @njit(cache=True)
 def kwrite_a(S, memmap64, data, slot_of_pfn, addr, value):
     """kwrite() counted as a store."""
-    if S[C_ACC] != 0:
+    if acc_on(S):
         acc(S, addr, KIND_STORE, ADDRNODE, NONODE)
     return kwrite(memmap64, data, slot_of_pfn, addr, value)
 
@@ -246,7 +246,7 @@ def kwrite_a(S, memmap64, data, slot_of_pfn, addr, value):
 @njit(cache=True)
 def kread32_a(S, memmap64, data, slot_of_pfn, addr):
     """kread32() counted as a load."""
-    if S[C_ACC] != 0:
+    if acc_on(S):
         acc(S, addr & ~np.uint64(7), 0, ADDRNODE, NONODE)
     return kread32(memmap64, data, slot_of_pfn, addr)
 
@@ -254,7 +254,7 @@ def kread32_a(S, memmap64, data, slot_of_pfn, addr):
 @njit(cache=True)
 def kwrite32_a(S, memmap64, data, slot_of_pfn, addr, value):
     """kwrite32() counted as a store (a 32-bit store: no load of the other half)."""
-    if S[C_ACC] != 0:
+    if acc_on(S):
         acc(S, addr & ~np.uint64(7), KIND_STORE, ADDRNODE, NONODE)
     return kwrite32(memmap64, data, slot_of_pfn, addr, value)
 
@@ -262,7 +262,7 @@ def kwrite32_a(S, memmap64, data, slot_of_pfn, addr, value):
 @njit(cache=True)
 def acc_stores(S, addr, n):
     """Count stores to the ``n`` words from ``addr`` (an object initialised in place)."""
-    if S[C_ACC] != 0:
+    if acc_on(S):
         for k in range(n):
             acc(S, addr + np.uint64(8 * k), KIND_STORE, ADDRNODE, NONODE)
 

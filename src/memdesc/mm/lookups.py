@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm.access_core import (
+    ADDRNODE,
     KIND_DEP,
     KIND_PTR,
     NONODE,
@@ -71,7 +72,6 @@ from memdesc.mm.kmem import (
     TAG_FILE,
     VMEMMAP_START,
     content_tag,
-    kread_a,
 )
 from memdesc.mm.memdesc_alloc import (
     E_DATA,
@@ -102,9 +102,12 @@ def _nodezone(f):
 
 
 @njit(cache=True)
-def zone_of_page(E, pfn):
-    """The global zone index the stage's page_zone() finds (see the module doc)."""
-    mem, S = E[E_MEM], E[E_S]
+def zone_of_page(mem, S, pfn):
+    """The global zone index the stage's page_zone() finds, counted as the kernel reads it
+    (see the module doc). The descriptor load is counted at its address; the value returned
+    is the same zone either way (the PFN table of free pages, which the allocator keeps for
+    every page, read uncounted), so a bare MemMap without kernel memory (the trace replay)
+    counts page_zone() as a kernel with descriptors would."""
     fl = S[C_F_FLAGS]
     if fl >= 0:
         return _nodezone(ldm(mem, S, pfn * S[C_W] + fl))
@@ -117,27 +120,61 @@ def zone_of_page(E, pfn):
         return _nodezone(w)
     if t == S[C_BUDDY]:
         return np.int64(lds(S, S[C_OFF_PBZ] + (pfn >> 9)))
-    return _nodezone(kread_a(S, mem, E[E_DATA], E[E_SLOT], desc, False))
+    acc(S, desc, 0, ADDRNODE, NONODE)                  # the descriptor's memdesc_flags_t
+    return np.int64(S[S[C_OFF_PBZ] + (pfn >> 9)])
 
 
 @njit(cache=True)
-def page_zone_e(E, pfn):
-    """Mirrors page_zone(): the global zone index (nid * NR_ZONES + zone type)."""
-    S = E[E_S]
+def page_zone_ms(mem, S, pfn):
+    """Mirrors page_zone() on (mem, S): the global zone index (nid * NR_ZONES + type)."""
     op_begin(S, OP_PAGE_ZONE)
-    gz = zone_of_page(E, pfn)
+    gz = zone_of_page(mem, S, pfn)
     op_end(S)
     return gz
 
 
 @njit(cache=True)
-def page_to_nid_e(E, pfn):
-    """Mirrors page_to_nid()."""
-    S = E[E_S]
+def page_to_nid_ms(mem, S, pfn):
+    """Mirrors page_to_nid() on (mem, S)."""
     op_begin(S, OP_PAGE_TO_NID)
-    nid = zone_of_page(E, pfn) // NR_ZONES
+    nid = zone_of_page(mem, S, pfn) // NR_ZONES
     op_end(S)
     return nid
+
+
+@njit(cache=True)
+def page_zone_e(E, pfn):
+    """page_zone_ms() on the environment tuple."""
+    return page_zone_ms(E[E_MEM], E[E_S], pfn)
+
+
+@njit(cache=True)
+def page_to_nid_e(E, pfn):
+    """page_to_nid_ms() on the environment tuple."""
+    return page_to_nid_ms(E[E_MEM], E[E_S], pfn)
+
+
+@njit(cache=True)
+def page_folio_ms(mem, S, pfn):
+    """Mirrors page_folio() on (mem, S), counted as memdesc.mm.folio.page_folio() counts it:
+    compound_head (a pointer on a tail page) at the overlay stages, the memdesc word after.
+    Returns the head page's or the descriptor's address (no type check: see
+    folio.page_folio() for NULL on non-folio pages)."""
+    op_begin(S, OP_PAGE_FOLIO)
+    i = pfn * S[C_W]
+    page = _VM + (np.uint64(i) << np.uint64(3))
+    md = S[C_F_MD]
+    if md >= 0:
+        w = mem[i + md]
+        f = w & ~np.uint64(15)
+        acc(S, page + np.uint64(8 * md), KIND_PTR, NONODE, np.int64(f))
+    else:
+        head = mem[i + 1]
+        f = head - np.uint64(1) if head & np.uint64(1) else page
+        acc(S, page + np.uint64(8), KIND_PTR if head & np.uint64(1) else 0, ADDRNODE,
+            np.int64(f))
+    op_end(S)
+    return f
 
 
 @njit(cache=True)
@@ -175,36 +212,44 @@ def page_flag_test_e(E, pfn, bit):
 
 
 @njit(cache=True)
-def _entry(E, table, idx, level):
-    """Page-table entry ``idx`` of table page ``table``, counted (a pointer; dependent on the
-    previous level's entry); 0 when the table has no contents."""
-    S, slot = E[E_S], E[E_SLOT]
+def _entry(E, table, idx):
+    """Page-table entry ``idx`` of table page ``table`` (0 when it has no contents)."""
+    slot = E[E_SLOT]
     if table < 0 or table >= slot.shape[0] or slot[table] < 0:
         return np.uint64(0)
-    e = E[E_DATA][np.int64(slot[table]) * 512 + idx]
+    return E[E_DATA][np.int64(slot[table]) * 512 + idx]
+
+
+@njit(cache=True)
+def _count_entry(E, table, idx, level, page):
+    """Count the load of entry ``idx`` of ``table``: a pointer, dependent on the previous
+    level's entry; the last one names the struct page ``page`` (pfn_to_page(pte_pfn()))."""
     a = _DM + (np.uint64(table) << np.uint64(12)) + np.uint64(8 * idx)
-    acc(S, a, KIND_PTR | (KIND_DEP if level > 1 else 0), NONODE, NONODE)
-    return e
+    acc(E[E_S], a, KIND_PTR | (KIND_DEP if level > 1 else 0), NONODE, page)
 
 
 @njit(cache=True)
 def _walk_pfn(E, pgd_pfn, va):
     """follow_page_pte()'s walk: the PFN mapped at ``va`` or -1 (counted entries)."""
     table = pgd_pfn
-    shifts = (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT)
-    for level in range(1, 4):
-        e = _entry(E, table, np.int64((va >> np.uint64(shifts[level - 1])) & np.uint64(511)),
-                   level)
+    shifts = (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT, 12)
+    size = np.uint64(E[E_SP][SP_PAGE_BYTES])
+    for level in range(1, 5):
+        idx = np.int64((va >> np.uint64(shifts[level - 1])) & np.uint64(511))
+        e = _entry(E, table, idx)
+        base = np.int64((e & np.uint64(PTE_PFN_MASK)) >> np.uint64(12))
+        last = level == 4 or (level == 3 and e & _PSE != 0)
+        pfn = base
+        if level == 3 and last:
+            pfn = base + np.int64((va >> np.uint64(12)) & np.uint64(PTRS_PER_TABLE - 1))
+        page = np.int64(_VM + np.uint64(pfn) * size) if last and e != 0 else NONODE
+        _count_entry(E, table, idx, level, page)
         if e == 0:
             return np.int64(-1)
-        base = np.int64((e & np.uint64(PTE_PFN_MASK)) >> np.uint64(12))
-        if level == 3 and e & _PSE:
-            return base + np.int64((va >> np.uint64(12)) & np.uint64(PTRS_PER_TABLE - 1))
+        if last:
+            return pfn
         table = base
-    pe = _entry(E, table, np.int64((va >> np.uint64(12)) & np.uint64(511)), 4)
-    if pe == 0:
-        return np.int64(-1)
-    return np.int64((pe & np.uint64(PTE_PFN_MASK)) >> np.uint64(12))
+    return np.int64(-1)
 
 
 @njit(cache=True)
@@ -215,10 +260,7 @@ def pt_walk_e(E, pgd_pfn, va):
     pfn = _walk_pfn(E, pgd_pfn, va)
     folio = np.uint64(0)
     if pfn >= 0:
-        # pfn_to_page(pte_pfn(pte)): the struct page address comes from the PTE
-        page = _VM + np.uint64(pfn) * np.uint64(E[E_SP][SP_PAGE_BYTES])
-        acc(S, page, KIND_DEP, NONODE, NONODE)     # the PTE's level is the latest pointer
-        folio = page_folio(E, pfn)
+        folio = page_folio(E, pfn)       # its struct page's address came from the PTE
     op_end(S)
     return pfn, folio
 
@@ -259,9 +301,9 @@ def pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, order):
 @njit(cache=True)
 def readback_file_e(E, index_map, xa_nodes, mapping, file_id, orders):
     """memdesc.mm.filemap.readback_file_nb() through counted page-cache lookups: per index one
-    pagecache_lookup operation (filemap_get_folio(), then the reader's folio->index and
-    ->mapping, folio_pfn() + (index - folio->index)). ``orders[idx]`` is the order of the
-    folio caching ``idx``."""
+    pagecache_lookup operation (filemap_get_folio(), then the reader's folio_test_uptodate(),
+    folio->index and ->mapping, folio_pfn() + (index - folio->index)). ``orders[idx]`` is the
+    order of the folio caching ``idx``."""
     E = borrow(E)
     S = E[E_S]
     h = np.uint64(0xCBF29CE484222325)
@@ -273,6 +315,7 @@ def readback_file_e(E, index_map, xa_nodes, mapping, file_id, orders):
         f = pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, orders[idx])
         pfn = -1
         if f != 0:
+            fget(E, f, F_FLAGS)                 # filemap_read(): folio_test_uptodate()
             first = np.int64(fget(E, f, F_INDEX))
             if idx == first and fget(E, f, F_MAPPING) != mapping:
                 wrong_mapping += 1
