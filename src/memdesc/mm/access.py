@@ -200,6 +200,9 @@ def enable(k, log_capacity: int = 0) -> None:
     A = np.zeros(n, np.int64)
     A[core.A_SIZE] = n
     A[core.A_NCLASS] = len(OP_CLASSES)
+    fn = core.callbacks()
+    A[core.A_FN_RECORD], A[core.A_FN_BEGIN], A[core.A_FN_END] = (
+        fn["record"], fn["begin"], fn["end"])
     A[core.A_OFF_CT] = core.NHDR
     A[core.A_OFF_LT] = core.NHDR + len(OP_CLASSES) * NCOUNT
     A[core.A_OFF_LOG] = A[core.A_OFF_LT] + 2 * core.LT_SIZE
