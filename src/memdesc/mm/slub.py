@@ -587,13 +587,10 @@ def kmem_cache_free_one_nb(E, obj):
 
 
 @njit(cache=True)
-def _kmem_cache_free_one(E, obj):
-    slab = virt_to_slab(E, obj)
-    if slab == 0:
-        return False
-    cc = _cache_of_slab(E, slab)
-    if cc < 0:
-        return False
+def _slab_free(E, cc, slab, obj):
+    """Mirrors slab_free() -> __slab_free(): ``obj`` back to its slab of cache ``cc``; a slab
+    left empty goes back to the page allocator (discard_slab(); a self-hosted descriptor
+    cache's slab releases its own pages)."""
     dead = _put_obj(E, cc, slab, obj)
     if dead != 0:
         if E[E_GEO][cc, G_SELF]:
@@ -601,6 +598,17 @@ def _kmem_cache_free_one(E, obj):
         else:
             _discard_slab(E, cc, dead)
     return True
+
+
+@njit(cache=True)
+def _kmem_cache_free_one(E, obj):
+    slab = virt_to_slab(E, obj)
+    if slab == 0:
+        return False
+    cc = _cache_of_slab(E, slab)
+    if cc < 0:
+        return False
+    return _slab_free(E, cc, slab, obj)
 
 
 @njit(cache=True)
@@ -703,13 +711,7 @@ def _kfree_one(E, c, obj):
     cc = _cache_of_slab(E, slab)
     if cc < 0 or (c >= 0 and cc != c):
         return False
-    dead = _put_obj(E, cc, slab, obj)
-    if dead != 0:
-        if E[E_GEO][cc, G_SELF]:
-            _release_slab_pages(E, cc, dead)
-        else:
-            _discard_slab(E, cc, dead)
-    return True
+    return _slab_free(E, cc, slab, obj)
 
 
 # ---- kmalloc --------------------------------------------------------------------------------
