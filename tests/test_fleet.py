@@ -284,6 +284,13 @@ def test_cache_rerun_redoes_only_what_is_missing(fleet_dir, tmp_path, capsys):
         "by_type"]["folio"] > json.loads(first)["machines"][0]["stages"][2]["by_type"]["folio"]
 
 
+def _terminal_sigint() -> None:
+    """The child's SIGINT as a terminal's foreground command has it: a test run that was
+    itself started in the background of a shell (which ignores SIGINT there, and children
+    inherit an ignored signal) must still see Ctrl-C reach the command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("local", ["threads", "processes"])
 def test_ctrl_c_stops_soon_and_leaves_no_half_written_output(fleet_dir, tmp_path, local):
     """Ctrl-C in a terminal (SIGINT to the whole process group) during the surveys: exit 130
@@ -306,7 +313,7 @@ def test_ctrl_c_stops_soon_and_leaves_no_half_written_output(fleet_dir, tmp_path
                              "--json", str(out / "f.json"), "--csv", str(out / "m.csv"),
                              "--cache", str(tmp_path / "cache"), "--local", local],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_terminal_sigint)
     deadline = time.monotonic() + 60
     cache = tmp_path / "cache" / "results"
     while time.monotonic() < deadline and not (cache.exists() and any(cache.rglob("*.json"))):

@@ -170,11 +170,18 @@ def _warm_replay(tmp: Path) -> None:
               "--mode", mode, "--samples", "4"])
 
 
+def _warm_fleet(tmp: Path) -> None:
+    # what a local run's fork server loads before forking its worker processes (its one
+    # kernel compiles here, not in front of a user's first `fleet survey`)
+    import memdesc.analysis.fleet_preload  # noqa: F401
+
+
 #: (command, what it runs, warm-up function)
 PARTS: tuple[tuple[str, str, Callable[[Path], None]], ...] = (
     ("survey", "the bundled snapshot", _warm_survey),
     ("simulate", "every step kind at every stage, with fault injection", _warm_simulate),
     ("replay", "tests/data/trace-small, both modes, every stage", _warm_replay),
+    ("fleet", "the local worker processes' preload", _warm_fleet),
 )
 
 _HASH_DIR = re.compile(r"^[0-9a-f]{16}$")
