@@ -86,7 +86,7 @@ def whole_process(label: str, path: Path, events: int, stages: int = 6, runs: in
     after/before median 0.92 (0.85-1.14); this function after: median 2.39 s, min 2.28 s
     (4.26 M/s, load 1.0). The 5 M/s target needs <= 2.04 s. Second round (no garbage
     collection during the run, mem_map booted in the background and by two threads, start
-    state cuts; docs/replay.md), 10 paired farm-bench runs against main 993afa0 at load
+    state cuts; docs/replay.md), 10 paired whole-process runs against main 993afa0 at load
     1.7-2.3: median 2.79 -> 2.12 s, min 2.52 -> 1.83 s (4.81 M/s at the median), paired
     wall ratio 0.75 (0.63-0.87); at load 0.4-1.2: median 2.54 -> 1.77 s (5.74 M/s), ratio
     0.72 (0.68-0.77); this function at load 1.1: median 1.85 s, min 1.84 s (5.49 M/s)."""
