@@ -20,10 +20,13 @@ __version__ = "0.1.0"
 #: mm/analysis -> report -> cli), so editing them keeps the compiled kernels.
 NO_KERNELS = ("cli", "report")
 #: Where the keyed cache folders live when neither NUMBA_CACHE_DIR nor
-#: MEMDESC_NUMBA_CACHE_BASE is set (memdesc.sh sets the latter to .venv/numba-cache).
-DEFAULT_CACHE_BASE = os.path.join(
-    os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-    "memdesc", "numba")
+#: MEMDESC_NUMBA_CACHE_BASE is set: inside a virtual environment its ``numba-cache`` folder,
+#: the one memdesc.sh names (so ``memdesc`` run from an activated .venv finds the kernels the
+#: set-up compiled), else the user's cache folder.
+DEFAULT_CACHE_BASE = (
+    os.path.join(sys.prefix, "numba-cache") if sys.prefix != sys.base_prefix
+    else os.path.join(os.environ.get("XDG_CACHE_HOME")
+                      or os.path.join(os.path.expanduser("~"), ".cache"), "memdesc", "numba"))
 
 
 def source_hash(root: str | None = None) -> str:
