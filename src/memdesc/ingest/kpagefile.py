@@ -20,6 +20,7 @@ cannot size a multi-member or > 4 GiB file).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import zlib
 from collections.abc import Iterator
@@ -258,7 +259,8 @@ def zst_content_size(path: Path) -> int | None:
     record it. Walks every frame and block header (RFC 8878 §3.1) so truncation is caught
     without decompressing; raises InputError on anything that is not zstd."""
     total: int | None = 0
-    with open_file(path) as fh:
+    # Buffered: the headers of a file's few hundred blocks are then read with a few syscalls.
+    with open_file(path) as raw, io.BufferedReader(raw, _READ) as fh:
         size = os.fstat(fh.fileno()).st_size
         pos = 0
         try:
