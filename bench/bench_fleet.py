@@ -246,11 +246,11 @@ def _inflate(captures: list[Path], reps: int = 3) -> None:
         return
     ng = kpagefile.inflate
     try:
-        for name, mod in (("zlib_ng", ng), ("zlib", zlib)):
+        for mod in dict.fromkeys((ng, zlib)):       # ng is zlib where zlib-ng is absent
             kpagefile.inflate = mod
             ms = min(_thread_cpu(lambda: [_read_all(c) for c in gz])[1] for _ in range(reps))
-            print(f"bench: fleet.gzip_snapshot.open_and_read_{name} = "
-                  f"{ms / len(gz) * 1000:.1f} ms ({mod.__name__})", flush=True)
+            print(f"bench: fleet.gzip_snapshot.open_and_read_{mod.__name__.split('.')[-1]} = "
+                  f"{ms / len(gz) * 1000:.1f} ms", flush=True)
     finally:
         kpagefile.inflate = ng
 
