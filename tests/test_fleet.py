@@ -375,3 +375,27 @@ def test_batches_keep_every_worker_busy_to_the_end():
         got = batches(todo(n), workers)
         assert [len(b) for b in got] == sizes
         assert [t.key for b in got for t in b] == [f"memdesc-survey-{i}" for i in range(n)]
+
+
+def test_gzip_inflates_the_same_with_zlib_ng_as_with_zlib(monkeypatch):
+    """The study layout's kpageflags.gz reads (size and every PFN) the same through zlib-ng,
+    the reader's inflater, as through the standard zlib, its fallback."""
+    import zlib
+
+    import numpy as np
+
+    pytest.importorskip("zlib_ng", reason="zlib-ng is not installed (zlib is then the inflater)")
+    from memdesc.ingest import kpagefile
+    from memdesc.ingest.snapshot import open_folder
+
+    folder = next((fixture_dir("fleet") / "mansi" / "host-v1").iterdir())
+
+    def read() -> tuple[int, np.ndarray]:
+        snap = open_folder(folder)
+        return snap.pfn_count, np.concatenate([a["kpageflags"] for _, a in snap.chunks()])
+
+    assert kpagefile.inflate.__name__ == "zlib_ng.zlib_ng"
+    pfns, flags = read()
+    monkeypatch.setattr(kpagefile, "inflate", zlib)
+    pfns_zlib, flags_zlib = read()
+    assert pfns == pfns_zlib == 6_553_600 and np.array_equal(flags, flags_zlib)
