@@ -167,6 +167,20 @@ def test_fallback_order_for_movable(stage):
     assert pb_type(mm, 5632) == MIGRATE_MOVABLE and pb_type(mm, 4608) == MIGRATE_UNMOVABLE
 
 
+def test_fallback_order_for_unmovable(stage):
+    """fallbacks[UNMOVABLE] = {RECLAIMABLE, MOVABLE} (mm/page_alloc.c): with an order-9
+    block free on each of those lists, none UNMOVABLE and nothing bigger, __rmqueue_claim()
+    takes the RECLAIMABLE one whole and converts its pageblock."""
+    mm = pa.MemMap(tiny(), stage)
+    # RECLAIMABLE claims the whole order-10 block at 4096 (fallbacks[RECLAIMABLE] reaches
+    # MOVABLE) and keeps 4608; MOVABLE then splits 5120 and keeps 5632
+    assert pa.alloc_pages(mm, GFP_KERNEL | GFP.RECLAIMABLE, 9) == 4096
+    assert pa.alloc_pages(mm, MOVABLE, 9) == 5120
+    assert lists(mm) == {(9, MIGRATE_RECLAIMABLE): [4608], (9, MIGRATE_MOVABLE): [5632]}
+    assert pa.alloc_pages(mm, GFP_KERNEL, 9) == 4608
+    assert pb_type(mm, 4608) == MIGRATE_UNMOVABLE and pb_type(mm, 5632) == MIGRATE_MOVABLE
+
+
 def test_steal_without_claim_for_small_movable(stage):
     """A small MOVABLE allocation does not claim (should_try_claim_block() is false below
     order 4): __rmqueue_steal() takes the smallest fallback block, the pageblock stays."""

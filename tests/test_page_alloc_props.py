@@ -20,6 +20,7 @@ from memdesc.mm.gfp import (
     GFP_NOWAIT,
     GFP_TRANSHUGE_LIGHT,
 )
+from memdesc.mm.mm_types import PG_reserved
 from memdesc.mm.mmzone import Machine
 from memdesc.stages import FREE_TRACKING_OPTIONS, tracking_variants
 
@@ -29,6 +30,12 @@ VARIANTS = ["v6.18"] + tracking_variants()[1:] + ["page16@rev-a", "page8@path-20
 GFPS = [GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_KERNEL | GFP.RECLAIMABLE, GFP_DMA, GFP_DMA32,
         GFP_ATOMIC, GFP_NOWAIT, GFP_KERNEL | GFP.COMP, GFP_TRANSHUGE_LIGHT]
 MACHINE = Machine.from_spec("64M", hole_start="32M", dma32_end="40M")   # 3 zones + a hole
+#: Isolation targets: every pageblock of DMA32 and Normal whose pages are all RAM the buddy
+#: manages (start_isolate_page_range() is only ever called on such ranges); derived from the
+#: machine's managed ranges, so the 8192..10239 hole inside DMA32's span is not a target.
+ISOLATE_PFNS = [pfn for z in MACHINE.zones if z.name in ("DMA32", "Normal")
+                for s, e in MACHINE.managed_ranges(z)
+                for pfn in range(-(-s // 512) * 512, e - 511, 512)]
 
 _order = st.one_of(st.integers(0, 3), st.integers(0, 3), st.integers(0, 10))
 _op = st.one_of(
@@ -36,7 +43,7 @@ _op = st.one_of(
     st.tuples(st.just("alloc"), st.sampled_from(range(len(GFPS))), _order, st.integers(0, 1)),
     st.tuples(st.just("free"), st.integers(0, 1 << 16), st.just(0), st.integers(0, 1)),
     st.tuples(st.just("drain"), st.just(0), st.just(0), st.just(0)),
-    st.tuples(st.just("isolate"), st.integers(0, 27), st.just(0), st.just(0)),
+    st.tuples(st.just("isolate"), st.integers(0, len(ISOLATE_PFNS) - 1), st.just(0), st.just(0)),
 )
 
 
@@ -59,7 +66,7 @@ def _replay(stage: str, ops) -> tuple[list, pa.MemMap]:
         elif kind == "drain":
             pa.drain_all_pages(mm)
         elif kind == "isolate":
-            pfn = 4096 + a * 512          # DMA32 and Normal pageblocks, all inside RAM
+            pfn = ISOLATE_PFNS[a]
             if pfn >> 9 in isolated:
                 trace.append(pa.clear_pageblock_isolate(mm, pfn))
                 isolated.discard(pfn >> 9)
@@ -70,6 +77,16 @@ def _replay(stage: str, ops) -> tuple[list, pa.MemMap]:
                     isolated.add(pfn >> 9)
         trace.append(mm.S[ft.NCFG:mm.cfg[ft.C_OFF_SIDE]].copy())   # zones, pcp, heads, pbs
     return trace, mm
+
+
+def test_isolation_targets_stay_inside_ram():
+    """Hand-worked: DMA32 manages 4096..8191 (8 pageblocks) and Normal 10240..18431 (16);
+    8192..10239 is the hole below 40M that DMA32 spans but no RAM backs."""
+    assert list(range(4096, 8192, 512)) + list(range(10240, 18432, 512)) == ISOLATE_PFNS
+    mm = pa.MemMap(MACHINE, "v6.18", debug=False)
+    for pfn in ISOLATE_PFNS:
+        assert all(not mm.pages["flags"][pfn + i] & (1 << PG_reserved) for i in range(512))
+    assert mm.pages["flags"][8192] & (1 << PG_reserved)      # the hole: reserved struct pages
 
 
 def test_every_registered_option_is_exercised():

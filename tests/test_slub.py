@@ -112,6 +112,9 @@ def test_struct_slab_and_kmem_cache_node_offsets_match_pahole():
         line = next(ln for ln in text.splitlines() if f" {name};" in ln)
         assert f"/*    {off:>2} " in line or f"/* {off:>5} " in line, (name, line)
     assert "slab_list; /*    16" in text
+    # struct page (6.18, 64 B): compound_head at 8, page_type at 48; the folio order sits
+    # in the low byte of the second struct page's first word (folio->_flags_1)
+    assert (mslab.PAGE_COMPOUND_HEAD, mslab.PAGE_TYPE_OFF, mslab.FOLIO_FLAGS_1) == (8, 48, 64)
     kcn = (fixture_dir("btf") / "pahole" / "extra.kmem_cache_node.txt").read_text()
     assert "nr_partial;           /*     8" in kcn and "partial;              /*    16" in kcn
     assert "size: 72" in kcn

@@ -35,6 +35,7 @@ from memdesc.mm.slab import (
     DONE,
     MISC_KMALLOC_LARGE,
     NEED_GROW,
+    PAGE_TYPE_OFF,
     PGTY_LARGE_KMALLOC,
     _kw32,
     _page_addr,
@@ -83,7 +84,7 @@ def kmalloc_nb(E, kmc, size_index, sizes, gfpflags, nid, out, start):
                 set_memdesc_nb(E[E_MEM], E[E_S], pfn, order,
                                misc_word(E[E_S], MISC_KMALLOC_LARGE, order, gz))
             else:
-                _kw32(E, _page_addr(E, pfn) + np.uint64(48),
+                _kw32(E, _page_addr(E, pfn) + np.uint64(PAGE_TYPE_OFF),
                          np.uint32(PGTY_LARGE_KMALLOC << 24))
             out[i] = np.uint64(PAGE_OFFSET) + (np.uint64(pfn) << np.uint64(12))
             continue

@@ -9,8 +9,15 @@ has_unmovable_pages() check).
 Invariants: an isolated pageblock's free pages sit on the MIGRATE_ISOLATE lists, are not
 counted in NR_FREE_PAGES, and do not merge with a buddy of another pageblock type; a free
 block larger than a pageblock is split when one of its pageblocks is isolated and merges
-again when isolation ends. Isolation targets stay inside RAM: a PFN whose pageblock no zone
-spans is refused with ValueError (the numba kernels index the pageblock tables unchecked).
+again when isolation ends. A PFN whose pageblock no zone spans (past the memory map, or a
+hole between zones) is refused with ValueError (the numba kernels index the pageblock tables
+unchecked).
+
+Departure: a pageblock a zone spans that holds no RAM (a hole inside the zone, its struct
+pages PG_reserved) is isolated without complaint; the kernel's set_migratetype_isolate()
+refuses it with -EBUSY (has_unmovable_pages() finds PageReserved). Callers isolate only
+pageblocks inside RAM (tests/test_page_alloc_props.py derives its targets from the machine's
+managed ranges).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from memdesc.mm.memdesc_alloc import (
     SP_T_SLAB,
 )
 from memdesc.mm.mmzone import NR_ZONES
+from memdesc.stages import PAGE_V6_18
 
 # ---- the allocator's hot paths: numba over emulated memory ---------------------------------
 #
@@ -80,6 +81,14 @@ KMEM_CACHE_INDEX_OFF = 0
 PGTY_SLAB = 0xF5
 PGTY_LARGE_KMALLOC = 0xF8
 PAGE_TYPE_NONE = 0xFFFFFFFF
+
+#: struct page offsets the SLUB paths read at the overlay stages (v6.18 and folio share
+#: PAGE_V6_18's bytes), derived from that layout: compound_head (a tail page: head | 1),
+#: page_type (PGTY_* << 24), and folio->_flags_1, the second struct page's flags word, whose
+#: low byte is the folio order.
+PAGE_COMPOUND_HEAD = PAGE_V6_18.field("compound_head").offset
+PAGE_TYPE_OFF = PAGE_V6_18.field("page_type").offset
+FOLIO_FLAGS_1 = PAGE_V6_18.size + PAGE_V6_18.field("flags").offset
 
 # Cache state words (uint64 caches[c, :]).
 CS_CPU_SLAB = 0         # struct slab of the (single modelled) CPU's slab, 0 if none
@@ -202,7 +211,7 @@ def virt_to_slab(E, addr):
         if np.int64(word & np.uint64(15)) != sp[SP_T_SLAB]:
             return _U64_0
         return word & ~np.uint64(15)
-    head = _krp(E, page + np.uint64(8))
+    head = _krp(E, page + np.uint64(PAGE_COMPOUND_HEAD))
     if head & np.uint64(1):
         page = head - np.uint64(1)
     pt = _kr32(E, page + np.uint64(SLAB_PAGE_TYPE))

@@ -86,6 +86,7 @@ from memdesc.mm.slab import (
     CS_NODE,
     CS_NR_NODES,
     DONE,
+    FOLIO_FLAGS_1,
     G_ALLOC_FAILS,
     G_ALLOCFLAGS,
     G_DESC,
@@ -104,7 +105,9 @@ from memdesc.mm.slab import (
     KMEM_CACHE_INDEX_OFF,
     MISC_KMALLOC_LARGE,
     NEED_GROW,
+    PAGE_COMPOUND_HEAD,
     PAGE_TYPE_NONE,
+    PAGE_TYPE_OFF,
     PGTY_LARGE_KMALLOC,
     PGTY_SLAB,
     SLAB_CACHE,
@@ -506,13 +509,13 @@ def _large_kmalloc_order(E, pfn):
         if np.int64((w >> np.uint64(MISC_SUBTYPE_SHIFT)) & np.uint64(0x7F)) != MISC_KMALLOC_LARGE:
             return -1
         return np.int64((w >> np.uint64(MISC_ORDER_SHIFT)) & np.uint64(0x3F))
-    if _krp(E, page + np.uint64(8)) & np.uint64(1):       # a tail page: not the object start
+    if _krp(E, page + np.uint64(PAGE_COMPOUND_HEAD)) & np.uint64(1):   # a tail: not the start
         return -1
-    pt = _kr32(E, page + np.uint64(48))
+    pt = _kr32(E, page + np.uint64(PAGE_TYPE_OFF))
     if (pt >> np.uint32(24)) != np.uint32(PGTY_LARGE_KMALLOC):
         return -1
     if _kr(E, page) & np.uint64(1 << PG_head):
-        return np.int64(_kr(E, page + np.uint64(64)) & np.uint64(0xFF))
+        return np.int64(_kr(E, page + np.uint64(FOLIO_FLAGS_1)) & np.uint64(0xFF))
     return 0
 
 
@@ -526,7 +529,7 @@ def _free_large_kmalloc(E, obj):
     if order < 0:
         return False
     if not E[E_SP][SP_DYNAMIC]:
-        _kw32(E, _page_addr(E, pfn) + np.uint64(48),
+        _kw32(E, _page_addr(E, pfn) + np.uint64(PAGE_TYPE_OFF),
                  np.uint32(PAGE_TYPE_NONE))
     free_pages_e(E, pfn, order)
     return True

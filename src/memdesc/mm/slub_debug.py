@@ -57,6 +57,7 @@ from memdesc.mm.slab import (
     G_TOTAL_OBJS,
     KCN_NR_PARTIAL,
     KCN_PARTIAL,
+    PAGE_COMPOUND_HEAD,
     PGTY_SLAB,
     SLAB_COUNTERS,
     SLAB_FREELIST,
@@ -147,7 +148,7 @@ def check_slabs_nb(E, nr_caches):
                 if not first <= pfn < first + (np.int64(1) << order):
                     return 12, pfn, first
         else:
-            if _krp(E, page + np.uint64(8)) & np.uint64(1) == 0:
+            if _krp(E, page + np.uint64(PAGE_COMPOUND_HEAD)) & np.uint64(1) == 0:
                 pt = _kr32(E, page + np.uint64(SLAB_PAGE_TYPE))
                 if (pt >> np.uint32(24)) == np.uint32(PGTY_SLAB):
                     slab = page
