@@ -89,6 +89,17 @@ def memdesc_alloc_node_nb(E, slot, type_code, gfpflags, order, nid):
             return _U0, np.int64(-1)
         return page_address_of(E, pfn), pfn
     c = sp[slot]
+    desc, pfn = desc_then_pages_nb(E, c, type_code, gfpflags, order, nid)
+    if pfn >= 0:
+        _init_standalone(E, c, desc, type_code, pfn, order)
+    return desc, pfn
+
+
+@njit(cache=True)
+def desc_then_pages_nb(E, c, type_code, gfpflags, order, nid):
+    """FolioAlloc's order: a descriptor from cache ``c``, then the pages with ``desc | type``;
+    the descriptor is freed again (ST_DESC_FAIL_UNWIND) when the pages cannot be had.
+    Returns (desc, pfn), (0, -1) or (_GROW, -1)."""
     desc = _alloc_obj(E, c, gfpflags, nid)
     if desc <= _GROW:
         return desc, np.int64(-1)
@@ -100,7 +111,6 @@ def memdesc_alloc_node_nb(E, slot, type_code, gfpflags, order, nid):
         kmem_cache_free_one_nb(E, desc)
         stats[ST_IN_FREE] -= 1
         return _U0, np.int64(-1)
-    _init_standalone(E, c, desc, type_code, pfn, order)
     return desc, pfn
 
 

@@ -35,6 +35,7 @@ from memdesc.mm.access_core import (
     op_end,
     op_refine,
 )
+from memdesc.mm.desc_alloc import desc_then_pages_nb
 from memdesc.mm.free_tracking import page_zone_index
 from memdesc.mm.kmem import (
     VMEMMAP_START,
@@ -60,9 +61,7 @@ from memdesc.mm.memdesc_alloc import (
     SP_PAGE_BYTES,
     SP_T_ANON,
     SP_T_FILE,
-    ST_DESC_FAIL_UNWIND,
     ST_IN_FREE,
-    alloc_page_desc_nb,
     alloc_pages_e,
     borrow,
     desc_separate,
@@ -70,7 +69,7 @@ from memdesc.mm.memdesc_alloc import (
 )
 from memdesc.mm.mm_types import FOLIO_PATH_2025, FOLIO_V6_18, PG_head, PG_lru
 from memdesc.mm.mmzone import NR_ZONES
-from memdesc.mm.slub import _GROW, _alloc_obj, kmem_cache_free_one_nb, nodezone_bits
+from memdesc.mm.slub import _GROW, kmem_cache_free_one_nb, nodezone_bits
 from memdesc.stages import _layout
 
 #: Large-folio part of the dynamic folio: the 6.18 members of __page_1/__page_2 a large folio
@@ -251,17 +250,9 @@ def _folio_alloc(E, gfpflags, order, type_code, nid):
     sp = E[E_SP]
     if _lay(E):
         c = sp[SP_C_FOLIO] if order == 0 else sp[SP_C_FOLIO_LARGE]
-        desc = _alloc_obj(E, c, gfpflags, nid)
-        if desc <= _GROW:
-            return desc
-        pfn = alloc_page_desc_nb(E, gfpflags, order, desc, type_code, nid)
+        desc, pfn = desc_then_pages_nb(E, c, type_code, gfpflags, order, nid)
         if pfn < 0:
-            stats = E[E_STATS]
-            stats[ST_DESC_FAIL_UNWIND] += 1
-            stats[ST_IN_FREE] += 1
-            kmem_cache_free_one_nb(E, desc)
-            stats[ST_IN_FREE] -= 1
-            return np.uint64(0)
+            return desc
         _init_desc(E, desc, pfn, order)
         return desc
     pfn = alloc_pages_e(E, gfpflags | _gfp.__GFP_COMP, order, nid)

@@ -13,7 +13,14 @@ This module holds the pieces every descriptor user shares:
   content tags and counters) and its index constants;
 * page allocation as the descriptor layer calls it: :func:`alloc_pages_e` (fail_page_alloc,
   then alloc_pages_nb()), :func:`free_pages_e`, and :func:`alloc_page_desc_nb`, which writes
-  ``desc | type`` into every page of the allocation at the dynamic stages;
+  ``desc | type`` into every page of the allocation when that type is separate;
+* the per-type rule: :func:`stage_params` derives sp[SP_SEPARATE + t] from the stage's
+  ``separate_types`` row (stages.py), so v6.18 (all overlay), the 2026 transition
+  (``ptdesc-first``: page tables alone separate; ``ptdesc-slab``: slab too; LWN 1073425,
+  Wilcox on linux-mm 2025-11-17 and 2026-01-09) and ``dynamic`` on (all separate) run the
+  same code. Departure [I]: at the transition stages the memdesc word sits at byte 16
+  (beside compound_head, PAGE_TRANSITION) and the page keeps its page_type (PGTY_table,
+  PGTY_slab), which the posted series may place differently;
 * :func:`descriptor_caches`: one cache per descriptor type of stages.DESCRIPTOR_TYPES, from
   ``dynamic`` on (mm/slub.py
   creates them at boot). Sizes come from data/descriptors.toml rounded up to 16 bytes; every
