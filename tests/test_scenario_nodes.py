@@ -65,7 +65,7 @@ def test_machine_has_two_nodes_where_the_docstring_says():
     assert min(s for nid, s, _ in spans if nid == 1) == 32768
 
 
-@pytest.mark.parametrize("stage", ["v6.18", "dynamic"])
+@pytest.mark.parametrize("stage", ["v6.18", "ptdesc-first", "dynamic"])
 def test_node1_task_gets_node1_folios_and_page_tables(stage):
     """anon 8M on node 1: 2048 order-0 folios, every one of them in node 1's zones; the
     process's page tables (PGD, PUD, PMD, PTE tables) too."""

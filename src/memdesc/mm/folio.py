@@ -35,7 +35,6 @@ from memdesc.mm.access_core import (
     op_end,
     op_refine,
 )
-from memdesc.mm.desc_alloc import desc_then_pages_nb
 from memdesc.mm.free_tracking import nodezone_bits, page_zone_index
 from memdesc.mm.kmem import (
     VMEMMAP_START,
@@ -69,6 +68,7 @@ from memdesc.mm.memdesc_alloc import (
 )
 from memdesc.mm.mm_types import FOLIO_PATH_2025, FOLIO_V6_18, PG_head, PG_lru
 from memdesc.mm.mmzone import NR_ZONES
+from memdesc.mm.page_desc import desc_then_pages_nb
 from memdesc.mm.slab import _GROW
 from memdesc.mm.slub import kmem_cache_free_one_nb
 from memdesc.stages import _layout

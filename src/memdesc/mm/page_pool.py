@@ -16,7 +16,6 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm import gfp as _gfp
-from memdesc.mm.desc_alloc import memdesc_alloc_node_nb, memdesc_free_nb
 from memdesc.mm.kmem import (
     BATCH,
     TAG_NETMEM,
@@ -41,6 +40,7 @@ from memdesc.mm.memdesc_alloc import (
     page_desc,
 )
 from memdesc.mm.mm_types import POISON_POINTER_DELTA
+from memdesc.mm.page_desc import memdesc_alloc_node_nb, memdesc_free_nb
 
 #: struct netmem_desc [M: fixtures/btf/pahole/netmem_desc.txt]: _flags @0, pp_magic @8, pp @16,
 #: _pp_mapping_pad @24 (the dynamic descriptor's PFN [I]), dma_addr @32, pp_ref_count @40.

@@ -2,7 +2,7 @@
 
 Page-table pages are real emulated pages: allocated through ``pagetable_alloc()`` (a ptdesc,
 overlaying struct page at v6.18/folio and a dynamically allocated descriptor of memdesc type
-PageTable from ``dynamic`` on; see memdesc_alloc.py) and given backing contents
+PageTable once ptdesc is separate, ``ptdesc-first`` on; see page_desc.py) and given backing contents
 (kmem.PageContents), so every entry a walk reads is a 64-bit word in that page, as on the
 real machine. The walks are numba kernels over those words; when a level is missing the
 kernel returns to Python, which allocates the table (``__pte_alloc()``/``__pmd_alloc()``/
@@ -18,7 +18,6 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm import gfp as _gfp
-from memdesc.mm.desc_alloc import memdesc_alloc_node_nb, memdesc_free_nb, page_address_of
 from memdesc.mm.kmem import (
     M_TOP,
     M_USED,
@@ -50,6 +49,7 @@ from memdesc.mm.memdesc_alloc import (
     page_desc,
 )
 from memdesc.mm.mm_types import PG_head
+from memdesc.mm.page_desc import memdesc_alloc_node_nb, memdesc_free_nb, page_address_of
 from memdesc.mm.slub import _GROW
 from memdesc.stages import PAGE_SHIFT
 
@@ -309,7 +309,7 @@ def ptdesc_of(E, pfn):
 @njit(cache=True)
 def pagetable_alloc_nb(E, gfpflags, order, nid):
     """pagetable_alloc() + pagetable_ctor(): a zeroed page-table page through
-    memdesc_alloc_node() (desc_alloc.py: a ptdesc from its cache first once ptdesc is
+    memdesc_alloc_node() (page_desc.py: a ptdesc from its cache first once ptdesc is
     separate, freed again if the page cannot be had). Separate: the ptdesc keeps
     __page_type = PGTY_table and pmd_huge_pte = NULL (zeroed); overlaying: the struct page
     does (__pagetable_ctor(), pmd_ptlock_init()). While struct page is 64 bytes

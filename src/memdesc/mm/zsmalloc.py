@@ -20,7 +20,6 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm import gfp as _gfp
-from memdesc.mm.desc_alloc import memdesc_alloc_node_nb, memdesc_free_nb
 from memdesc.mm.kmem import (
     TAG_ZSMALLOC,
     VMEMMAP_START,
@@ -47,6 +46,7 @@ from memdesc.mm.memdesc_alloc import (
     page_desc,
 )
 from memdesc.mm.mm_types import PG_movable_ops
+from memdesc.mm.page_desc import memdesc_alloc_node_nb, memdesc_free_nb
 from memdesc.stages import PAGE_SIZE
 
 ZS_ALIGN = 8
