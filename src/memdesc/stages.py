@@ -144,8 +144,10 @@ MISC_SUBTYPES: dict[int, str] = {
 class Stage:
     """One step of the Path.
 
-    ``descriptor_policy``: "overlay" (descriptors are struct pages reinterpreted) or "dynamic"
-    (each descriptor type has its own 16-byte-aligned slab cache).
+    ``descriptor_policy``: "overlay" (descriptors are struct pages reinterpreted), "dynamic"
+    (each descriptor type has its own 16-byte-aligned slab cache and every page carries a
+    memdesc word) or "partial" (the 2026 transition: the types in ``separate`` have their
+    caches, the others still overlay struct page; see :attr:`separate_types`).
     ``zone_lookup``: "page_flags" (page->flags high bits) or "descriptor" (memdesc_flags_t of the
     descriptor, the Misc inline word, or a PFN-indexed table for free pages).
     ``free_tracking``: how a free block is marked and linked: "page_type" (PGTY_buddy in
@@ -541,7 +543,9 @@ FREE_TRACKING_OPTIONS.update({"ptdesc-first": ("page_type",), "ptdesc-slab": ("p
 #: 2026 32-byte page beside ``page32``).
 PATH_ORDER: tuple[str, ...] = ("v6.18", "folio", "ptdesc-first", "ptdesc-slab", "dynamic",
                                "page32", "page32-2026", "page16", "page8")
-#: Stages the emulator runs (a partial separation is modelled by the survey only).
+#: Descriptor policies the emulator runs: a partial separation is decided per descriptor type
+#: from the stage's ``separate`` row (memdesc.mm.memdesc_alloc.stage_params()).
+EMULATED_POLICIES: tuple[str, ...] = ("overlay", "partial", "dynamic")
+#: Stages the emulator runs, derived from their policy (every stage of the Path today).
 EMULATED_STAGE_IDS: tuple[str, ...] = tuple(
-    sid for sid in PATH_ORDER
-    if get_stage(sid).descriptor_policy in ("overlay", "dynamic"))
+    sid for sid in PATH_ORDER if get_stage(sid).descriptor_policy in EMULATED_POLICIES)

@@ -111,10 +111,10 @@ class World:
         self.counters: dict[str, int] = {}
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _gfp(self, context: str) -> int:
+    def _gfp(self, context: str, thisnode: bool = False) -> int:
         from memdesc.mm import gfp
 
-        return getattr(gfp, _GFP_OF[context])
+        return getattr(gfp, _GFP_OF[context]) | (gfp.GFP.THISNODE if thisnode else 0)
 
     def _rng(self, step: Step) -> np.random.Generator:
         return np.random.default_rng([self.scenario.seed, step.lineno])
@@ -129,8 +129,13 @@ class World:
 
     # ---- steps -------------------------------------------------------------------------------
     def run(self, step: Step) -> dict[str, Any]:
-        """Run one step; the observable result of the step itself."""
+        """Run one step; the observable result of the step itself. ``node=N`` runs the step's
+        task on node N (numa_node_id(): every allocation of the step prefers node N and falls
+        back along node N's zonelist, as alloc_pages_node() does); without it, node 0."""
+        from memdesc.mm.memdesc_alloc import set_numa_node
+
         a = step.args
+        set_numa_node(self.k.slub.sp, a.get("node", 0))
         fn = getattr(self, f"_step_{step.verb}")
         result = fn(step, a)
         if self.check:
@@ -177,7 +182,8 @@ class World:
     def _step_kmalloc(self, step, a):
         lo, hi = a["size"]
         sizes = self._rng(step).integers(lo, hi + 1, a["count"])
-        addrs = self.k.slub.kmalloc(sizes, self._gfp(a["gfp"]))
+        # kmalloc_node(size, gfp, node); `thisnode` adds __GFP_THISNODE (no fallback)
+        addrs = self.k.slub.kmalloc(sizes, self._gfp(a["gfp"], a["thisnode"]), a["node"])
         self.kmalloc.setdefault(a["tag"], []).append((addrs, sizes))
         return {"ok": int((addrs != 0).sum()), "failed": int((addrs == 0).sum())}
 
@@ -187,7 +193,8 @@ class World:
         n = a["count"]
         sizes = rng.integers(lo, hi + 1, n)
         kinds, arg, slots, keep = churn_ops(sizes, rng.random(n), a["live"])
-        slot_addr, failed = self.k.slub.kmalloc_ops(kinds, arg, slots, n, self._gfp(a["gfp"]))
+        slot_addr, failed = self.k.slub.kmalloc_ops(kinds, arg, slots, n, self._gfp(a["gfp"]),
+                                                    a["node"])
         addrs = slot_addr[keep]
         self.kmalloc.setdefault(a["tag"], []).append((addrs, sizes[keep]))
         return {"ok": int(n) - failed, "failed": failed, "live": int((addrs != 0).sum()),

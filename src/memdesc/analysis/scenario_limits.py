@@ -159,9 +159,13 @@ def ram_bytes(machine: Machine) -> int:
 
 
 def check_requests(sc: Scenario, machine: Machine) -> None:
-    """No single step asks for more memory than the machine has."""
+    """No single step asks for more memory than the machine has, nor for a node it lacks."""
     ram = ram_bytes(machine)
     for step in sc.steps:
+        if step.args.get("node", 0) >= machine.nr_nodes:
+            raise InputError(f"{_where(sc, step.lineno)}: {step.text}: node="
+                             f"{step.args['node']} but the machine has {machine.nr_nodes} "
+                             "node(s) (write e.g. `machine 2x8G`)")
         want = REQUEST.get(step.verb, lambda a: 0)(step.args)
         if want > ram:
             raise InputError(f"{_where(sc, step.lineno)}: {step.text}: asks for "

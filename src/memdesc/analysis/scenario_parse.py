@@ -115,6 +115,16 @@ def parse_fraction(text: str) -> float:
 
 
 GFP_CONTEXTS = ("kernel", "atomic", "nowait")
+#: Most NUMA nodes a scenario machine may have (MAX_NODES of the slab model).
+MAX_SCENARIO_NODES = 64
+
+
+def parse_node(text: str) -> int:
+    """``node=N``: the NUMA node the step's task runs on (0 <= N; the machine's node count is
+    checked by scenario_limits.check_requests)."""
+    if not text.isdigit() or int(text) >= MAX_SCENARIO_NODES:
+        raise _Bad(f"node={text!r} is not a node number (0, 1, ...)")
+    return int(text)
 
 
 def parse_gfp(text: str) -> str:
@@ -155,17 +165,18 @@ def _free_kind(text: str) -> str:
 
 VERBS: dict[str, Verb] = {v.name: v for v in (
     Verb("pagecache", (("size", parse_pages),),
-         {"file": parse_name, "order": parse_order},
+         {"file": parse_name, "order": parse_order, "node": parse_node},
          defaults={"file": "file0", "order": 0},
          help="read SIZE more of FILE into the page cache in folios of ORDER (falls back "
               "to order 0 when a large folio cannot be allocated, as readahead does)"),
     Verb("anon", (("size", parse_pages),),
-         {"proc": parse_name, "order": parse_order}, flags=("thp",),
+         {"proc": parse_name, "order": parse_order, "node": parse_node}, flags=("thp",),
          defaults={"proc": "proc0", "order": 0},
          help="process PROC faults in SIZE of anonymous memory (thp = order 9, falling back "
               "to order 0); its page tables are allocated as the walk needs them"),
     Verb("fork", (("count", parse_count),),
-         {"touch": parse_pages, "proc": parse_name, "order": parse_order}, flags=("thp",),
+         {"touch": parse_pages, "proc": parse_name, "order": parse_order, "node": parse_node},
+         flags=("thp",),
          defaults={"proc": "task", "order": 0}, required=("touch",),
          help="COUNT new processes PROC.0, PROC.1, ... each fault in TOUCH of anon memory"),
     Verb("exit", (("amount", parse_fraction),), {"proc": parse_name},
@@ -173,26 +184,27 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
          help="ALL/HALF/N% of the processes whose name starts with PROC exit (oldest first): "
               "their memory and page tables are freed"),
     Verb("kmalloc", (("count", parse_count),),
-         {"size": parse_byte_range, "tag": parse_name, "gfp": parse_gfp},
-         defaults={"tag": "kmalloc", "gfp": "kernel"}, required=("size",),
+         {"size": parse_byte_range, "tag": parse_name, "gfp": parse_gfp, "node": parse_node},
+         flags=("thisnode",), defaults={"tag": "kmalloc", "gfp": "kernel"},
+         required=("size",),
          help="COUNT kmalloc() calls of SIZE bytes (or a random size in A-B), kept under TAG"),
     Verb("churn", (),
          {"count": parse_count, "sizes": parse_byte_range, "live": parse_count,
-          "tag": parse_name, "gfp": parse_gfp},
+          "tag": parse_name, "gfp": parse_gfp, "node": parse_node},
          defaults={"live": 1000, "tag": "churn", "gfp": "kernel"}, required=("count", "sizes"),
          help="(written `kmalloc churn ...`) COUNT kmalloc() calls of random sizes in A-B; "
               "whenever more than LIVE are held a random one is kfree()d; LIVE stay at the end"),
-    Verb("zsmalloc", (("size", parse_pages),), {"pool": parse_name},
+    Verb("zsmalloc", (("size", parse_pages),), {"pool": parse_name, "node": parse_node},
          defaults={"pool": "zram0"},
          help="store SIZE of compressed data in zsmalloc POOL (zspages of zpdesc pages)"),
     Verb("netpool", (("size", parse_pages),),
-         {"order": parse_order, "gfp": parse_gfp, "pool": parse_name},
+         {"order": parse_order, "gfp": parse_gfp, "pool": parse_name, "node": parse_node},
          defaults={"order": 0, "gfp": "atomic", "pool": "rx0"},
          help="a page_pool takes SIZE of receive buffers (netmem_desc); softirq, so atomic"),
-    Verb("vmalloc", (("size", parse_pages),), {"tag": parse_name},
+    Verb("vmalloc", (("size", parse_pages),), {"tag": parse_name, "node": parse_node},
          defaults={"tag": "vmalloc"},
          help="vmalloc(SIZE): order-0 Misc pages, no descriptor"),
-    Verb("reserve", (("size", parse_pages),), {},
+    Verb("reserve", (("size", parse_pages),), {"node": parse_node},
          help="SIZE of PageReserved (Misc) memory, as a driver's reservation would take"),
     Verb("free", (("amount", parse_fraction), ("kind", _free_kind)),
          {"file": parse_name, "proc": parse_name, "tag": parse_name, "pool": parse_name},
@@ -271,10 +283,15 @@ def _parse_step(tokens: list[str], lineno: int, where: str) -> Step:
         raise InputError(f"{where}:{lineno}: {e}") from None
     for f in verb.flags:
         args.setdefault(f, False)
+    if "node" in verb.options:
+        args.setdefault("node", 0)
     for key in verb.required:
         if key not in args:
             raise InputError(f"{where}:{lineno}: {verb.name} needs {key}=...; "
                              f"usage: {verb.usage()}")
+    if args.get("thisnode") and "node" not in given:
+        raise InputError(f"{where}:{lineno}: thisnode needs node=N (the node it may not "
+                         "leave)")
     if args.get("thp"):
         if "order" in given:
             raise InputError(f"{where}:{lineno}: give either thp or order=, not both")

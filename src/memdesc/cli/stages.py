@@ -4,8 +4,9 @@ marks free pages, and what its mem_map costs.
 
 It opens with the answer: one row per stage in Path order (the 2026 transition stages
 included) with its struct page size, mem_map per TiB, descriptor policy, free-page tracking
-options and which commands run it (a partial separation, ``ptdesc-first`` and
-``ptdesc-slab``, is modelled by the survey only)."""
+options and which commands run it (every stage whose descriptor policy
+stages.EMULATED_POLICIES holds: the partial separations ``ptdesc-first`` and ``ptdesc-slab``
+too)."""
 
 from __future__ import annotations
 

@@ -54,9 +54,10 @@ def account(kernel) -> Accounting:
     caches: dict[str, dict[str, int]] = {}
     desc_pages = 0
     slub = kernel.slub
-    if stage.dynamic:
+    if stage.separate_types:                 # the descriptor caches this stage has
         desc_slabs = 0
         described = 0
+        self_slabs = slab_size = slab_live = 0
         for kc in slub.cache_list:
             if kc.descriptor is None:
                 continue
@@ -74,8 +75,9 @@ def account(kernel) -> Accounting:
                 desc_slabs += slabs
                 described += live * size
         # struct slab objects: for descriptor-cache slabs (overhead) and everything else
-        by_type["slab"] = (slab_live - desc_slabs) * slab_size
-        by_type["slab_overhead"] = (desc_slabs + self_slabs) * slab_size
+        if slab_size:
+            by_type["slab"] = (slab_live - desc_slabs) * slab_size
+            by_type["slab_overhead"] = (desc_slabs + self_slabs) * slab_size
         by_type["slack"] = desc_pages * PAGE_SIZE - described - (slab_live + self_slabs) * \
             slab_size
     descriptor = desc_pages * PAGE_SIZE

@@ -36,7 +36,15 @@ from memdesc.mm.folio import (
 )
 from memdesc.mm.kmem import BATCH, M_TOP, M_USED, TAG_FILE, WORDS_PER_PAGE, content_tag, fill_tags
 from memdesc.mm.lookups import readback_file_e
-from memdesc.mm.memdesc_alloc import E_DATA, E_KMETA, E_SP, E_TAGS, SP_T_FILE, borrow
+from memdesc.mm.memdesc_alloc import (
+    E_DATA,
+    E_KMETA,
+    E_SP,
+    E_TAGS,
+    SP_T_FILE,
+    borrow,
+    numa_node_id,
+)
 from memdesc.mm.slab import _GROW
 from memdesc.mm.slub_sizing import SLAB_RECLAIM_ACCOUNT
 
@@ -66,7 +74,7 @@ def filemap_read_nb(E, mapping, file_id, first_index, order, gfpflags, out, star
         meta = E[E_KMETA]
         if meta[M_TOP] + E[E_DATA].shape[0] // WORDS_PER_PAGE - meta[M_USED] < 16:
             return i, R_GROW
-        folio = folio_alloc_nb(E, gfpflags, order, t_file, 0)
+        folio = folio_alloc_nb(E, gfpflags, order, t_file, numa_node_id(E))
         if folio == _GROW:
             return i, R_GROW
         if folio == 0:

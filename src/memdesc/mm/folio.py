@@ -60,17 +60,17 @@ from memdesc.mm.memdesc_alloc import (
     SP_PAGE_BYTES,
     SP_T_ANON,
     SP_T_FILE,
-    ST_DESC_FAIL_UNWIND,
     ST_IN_FREE,
-    alloc_page_desc_nb,
     alloc_pages_e,
     borrow,
+    desc_separate,
     free_pages_e,
 )
 from memdesc.mm.mm_types import FOLIO_PATH_2025, FOLIO_V6_18, PG_head, PG_lru
 from memdesc.mm.mmzone import NR_ZONES
+from memdesc.mm.page_desc import desc_then_pages_nb
 from memdesc.mm.slab import _GROW
-from memdesc.mm.slub import _alloc_obj, kmem_cache_free_one_nb
+from memdesc.mm.slub import kmem_cache_free_one_nb
 from memdesc.stages import _layout
 
 #: Large-folio part of the dynamic folio: the 6.18 members of __page_1/__page_2 a large folio
@@ -121,7 +121,10 @@ _PG_LRU = np.uint64(1 << PG_lru)
 
 @njit(cache=True)
 def _lay(E):
-    return E[E_SP][SP_DYNAMIC]
+    """1 when the folio is a separate descriptor at this stage (its type's ``separate`` row:
+    ``dynamic`` on; folios go last in the 2026 order), 0 while it overlays struct page: the
+    row of FO to read members from."""
+    return np.int64(desc_separate(E, E[E_SP][SP_T_FILE]))
 
 
 @njit(cache=True)
@@ -166,7 +169,7 @@ def folio_order(E, folio):
 def folio_pfn(E, folio):
     """Mirrors folio_pfn(): vmemmap arithmetic at the overlay stages, folio->pfn after."""
     sp = E[E_SP]
-    if sp[SP_DYNAMIC]:
+    if _lay(E):
         return np.int64(fget(E, folio, F_PFN))
     return np.int64((folio - np.uint64(VMEMMAP_START)) // np.uint64(sp[SP_PAGE_BYTES]))
 
@@ -178,7 +181,7 @@ def page_folio(E, pfn):
     [S: Path: "page_folio() on a non-folio page returns NULL"]."""
     sp = E[E_SP]
     page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
-    if sp[SP_DYNAMIC]:
+    if _lay(E):
         w = kread_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT], page + np.uint64(sp[SP_MEMDESC_OFF]),
                     True)
         t = np.int64(w & np.uint64(15))
@@ -246,19 +249,11 @@ def folio_alloc_nb(E, gfpflags, order, type_code, nid):
 @njit(cache=True)
 def _folio_alloc(E, gfpflags, order, type_code, nid):
     sp = E[E_SP]
-    if sp[SP_DYNAMIC]:
+    if _lay(E):
         c = sp[SP_C_FOLIO] if order == 0 else sp[SP_C_FOLIO_LARGE]
-        desc = _alloc_obj(E, c, gfpflags, nid)
-        if desc <= _GROW:
-            return desc
-        pfn = alloc_page_desc_nb(E, gfpflags, order, desc, type_code, nid)
+        desc, pfn = desc_then_pages_nb(E, c, type_code, gfpflags, order, nid)
         if pfn < 0:
-            stats = E[E_STATS]
-            stats[ST_DESC_FAIL_UNWIND] += 1
-            stats[ST_IN_FREE] += 1
-            kmem_cache_free_one_nb(E, desc)
-            stats[ST_IN_FREE] -= 1
-            return np.uint64(0)
+            return desc
         _init_desc(E, desc, pfn, order)
         return desc
     pfn = alloc_pages_e(E, gfpflags | _gfp.__GFP_COMP, order, nid)
@@ -326,7 +321,7 @@ def __folio_put(E, folio):
     if not E[E_SP][SP_DYNAMIC]:
         fset(E, folio, F_MAPPING, 0)           # free_pages_prepare() wants no mapping
     free_pages_e(E, pfn, order)
-    if E[E_SP][SP_DYNAMIC]:
+    if _lay(E):
         kmem_cache_free_one_nb(E, folio)
     stats[ST_IN_FREE] -= 1
 

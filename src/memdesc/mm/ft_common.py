@@ -77,12 +77,17 @@ def word_of(layout: StructLayout, name: str) -> int:
 
 
 def layout_cfg(cfg: np.ndarray, layout: StructLayout, dynamic: bool) -> None:
-    """Fill the C_F_* slots, C_W, C_SHIFT and C_LINKOFF of ``cfg`` from ``layout``."""
+    """Fill the C_F_* slots, C_W, C_SHIFT and C_LINKOFF of ``cfg`` from ``layout``.
+    C_F_MD names a memdesc word on *every* page (``dynamic`` and later): at a partial stage
+    of the 2026 transition only a separated descriptor's pages carry one, which the
+    allocator never reads, so it sees an overlay page (-1)."""
     size = layout.size
     cfg[C_W] = size // 8
     cfg[C_SHIFT] = size.bit_length() - 1
     for name, slot in LAYOUT_SLOTS.items():
         cfg[slot] = word_of(layout, name)
+    if not dynamic:
+        cfg[C_F_MD] = -1
     mapping = layout.field("mapping") or layout.field("__folio_mapping")
     cfg[C_F_MAPPING] = -1 if mapping is None else mapping.offset // 8
     link = layout.field("buddy_list")

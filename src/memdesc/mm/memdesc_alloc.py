@@ -13,7 +13,14 @@ This module holds the pieces every descriptor user shares:
   content tags and counters) and its index constants;
 * page allocation as the descriptor layer calls it: :func:`alloc_pages_e` (fail_page_alloc,
   then alloc_pages_nb()), :func:`free_pages_e`, and :func:`alloc_page_desc_nb`, which writes
-  ``desc | type`` into every page of the allocation at the dynamic stages;
+  ``desc | type`` into every page of the allocation when that type is separate;
+* the per-type rule: :func:`stage_params` derives sp[SP_SEPARATE + t] from the stage's
+  ``separate_types`` row (stages.py), so v6.18 (all overlay), the 2026 transition
+  (``ptdesc-first``: page tables alone separate; ``ptdesc-slab``: slab too; LWN 1073425,
+  Wilcox on linux-mm 2025-11-17 and 2026-01-09) and ``dynamic`` on (all separate) run the
+  same code. Departure [I]: at the transition stages the memdesc word sits at byte 16
+  (beside compound_head, PAGE_TRANSITION) and the page keeps its page_type (PGTY_table,
+  PGTY_slab), which the posted series may place differently;
 * :func:`descriptor_caches`: one cache per descriptor type of stages.DESCRIPTOR_TYPES, from
   ``dynamic`` on (mm/slub.py
   creates them at boot). Sizes come from data/descriptors.toml rounded up to 16 bytes; every
@@ -37,9 +44,10 @@ from numba import njit
 
 from memdesc.mm.fault_inject import FA_PAGE, should_fail_nb
 from memdesc.mm.free_tracking import unmanaged
+from memdesc.mm.ft_common import C_W, stm
 from memdesc.mm.kmem import VMEMMAP_START, kread_a
-from memdesc.mm.page_alloc import alloc_pages_nb, free_pages_nb, set_memdesc_nb
-from memdesc.stages import DESCRIPTOR_TYPES, DescriptorType, descriptor_type
+from memdesc.mm.page_alloc import alloc_pages_nb, free_pages_nb
+from memdesc.stages import DESCRIPTOR_TYPES, DescriptorType, Stage, descriptor_type, type_code
 
 # ---- the environment tuple ------------------------------------------------------------------
 # E[0:2] = MemMap.st (mem, S): mem_map words and the allocator's state array
@@ -56,6 +64,7 @@ SP_DEBUG = 10           # keep the MemMap's allocation record (E[E_REC]) in step
 SP_SLABDESC = 11        # cache index of the struct slab descriptor cache (-1 at overlay stages)
 SP_NR_NODES = 12
 SP_CPU = 13
+SP_NID = 14             # numa_node_id(): the node of the CPU the current task runs on
 # cache indices of the descriptor caches (-1 at the overlay stages): sp[SP_C_BASE + i] for
 # the i-th cached type of stages.DESCRIPTOR_TYPES (derived below, never numbered by hand)
 SP_C_BASE, SP_C_MAX = 16, 16
@@ -65,7 +74,14 @@ SP_C_BASE, SP_C_MAX = 16, 16
 SP_PFN_OFF = 32
 SP_ORDER_OFF = 48
 SP_TYPE_CACHES = 64
-SP_WORDS = 80
+# per memdesc type code t: 1 when descriptors of that type are slab objects at this stage
+# (sp[SP_SEPARATE + t]; derived from the stage's ``separate_types`` row by stage_params())
+SP_SEPARATE = 80
+SP_WORDS = 96
+#: sp words holding each stage-table type code (what the hot paths compare a word's type with)
+SP_TYPE_NAMES = ((SP_T_SLAB, "Slab"), (SP_T_FILE, "File"), (SP_T_ANON, "Anon"),
+                 (SP_T_PGTABLE, "PageTable"), (SP_T_NETPOOL, "NetPool"),
+                 (SP_T_MOVABLE, "Movable"), (SP_T_MISC, "Misc"))
 
 
 def descriptor_cache_slot(key: str) -> int:
@@ -90,6 +106,60 @@ def desc_pfn_order() -> dict[str, tuple[int, int]]:
             for n in t.memdesc_types}
 
 
+def separate_type_codes(stage: Stage) -> list[int]:
+    """Memdesc type codes (in the stage's table) whose descriptors are separately allocated
+    at ``stage``: the memdesc types of every stages.DESCRIPTOR_TYPES row the stage's
+    ``separate_types`` names (all of them from ``dynamic`` on; ptdesc alone at
+    ``ptdesc-first``, ptdesc and slab at ``ptdesc-slab``; none at the overlay stages)."""
+    names = {n for t in DESCRIPTOR_TYPES if t.key in stage.separate_types
+             for n in t.memdesc_types}
+    return sorted({type_code(stage, n) for n in names if n in stage.types.values()})
+
+
+def memdesc_offset(stage: Stage) -> int:
+    """Byte offset of the memdesc word in the stage's struct page (0 when it has none: no
+    page carries one). From ``dynamic`` on every page has it; at a partial stage of the 2026
+    transition only a separated descriptor's pages do (PAGE_TRANSITION: beside
+    compound_head)."""
+    f = stage.page.field("memdesc")
+    return 0 if f is None or not separate_type_codes(stage) else f.offset
+
+
+def separation_params(sp: np.ndarray, stage: Stage) -> None:
+    """The per-type separation words of sp (SP_SEPARATE + t) and the memdesc word's offset,
+    from the stage's ``separate_types`` row. new_env() applies them too, so every
+    environment the hot paths see carries its stage's rule."""
+    sp[SP_SEPARATE:SP_SEPARATE + 16] = 0
+    for t in separate_type_codes(stage):
+        sp[SP_SEPARATE + t] = 1
+    sp[SP_MEMDESC_OFF] = memdesc_offset(stage)
+
+
+def stage_params(stage: Stage, nr_nodes: int, debug: bool) -> np.ndarray:
+    """The int64 stage parameters sp (E[E_SP]) the descriptor paths read, derived from the
+    stage's table rows: the memdesc word's place, the type codes, the per-type separation and
+    the standalone descriptors' pfn/order members. The cache slots (SP_C_*, SP_SLABDESC,
+    SP_TYPE_CACHES) are filled when mm/slub.py creates the caches."""
+    sp = np.zeros(SP_WORDS, np.int64)
+    sp[SP_DYNAMIC] = int(stage.dynamic)
+    sp[SP_PAGE_BYTES] = stage.struct_page_bytes
+    separation_params(sp, stage)
+    for idx, name in SP_TYPE_NAMES:
+        sp[idx] = type_code(stage, name)
+    sp[SP_PFN_OFF:SP_PFN_OFF + 16] = -1
+    sp[SP_ORDER_OFF:SP_ORDER_OFF + 16] = -1
+    for name, (pfn_off, order_off) in desc_pfn_order().items():
+        if name in stage.types.values():
+            t = type_code(stage, name)
+            sp[SP_PFN_OFF + t], sp[SP_ORDER_OFF + t] = pfn_off, order_off
+    sp[SP_DEBUG] = int(debug)
+    sp[SP_SLABDESC] = -1
+    sp[SP_C_BASE:SP_C_BASE + SP_C_MAX] = -1
+    sp[SP_NR_NODES] = nr_nodes
+    sp[SP_CPU] = 0
+    return sp
+
+
 # counters, E[E_STATS] (int64)
 ST_PAGE_ALLOCS, ST_PAGE_FREES, ST_PAGE_FAILS = 0, 1, 2
 ST_DESC_FAIL_UNWIND = 3     # descriptor allocated, memory failed, descriptor freed again
@@ -109,16 +179,55 @@ def borrow(E):
 
 
 @njit(cache=True)
-def page_desc(E, pfn):
-    """The descriptor of page ``pfn``: the struct page itself at the overlay stages, where
-    page_slab()/page_ptdesc()/page_zpdesc()/pp_page_to_nmdesc() are casts, and the address the
-    memdesc word points to (type bits cleared) from ``dynamic`` on."""
+def numa_node_id(E):
+    """Mirrors numa_node_id(): the node whose memory alloc_pages()/folio_alloc()/
+    kmem_cache_alloc() prefer (alloc_pages_node(numa_node_id(), ...)); fallback follows that
+    node's zonelist. set_numa_node() moves the task."""
+    return E[E_SP][SP_NID]
+
+
+def set_numa_node(sp: np.ndarray, nid: int) -> None:
+    """Run the current task on node ``nid`` (as a CPU of that node would: numa_node_id()).
+    Departure [I]: the task keeps the same CPU number (its per-CPU lists of that node's
+    zones); the kernel would migrate it to a CPU of node ``nid``. ValueError for a node the
+    machine lacks."""
+    if not 0 <= nid < sp[SP_NR_NODES]:
+        raise ValueError(f"node {nid}: the machine has {sp[SP_NR_NODES]} node(s)")
+    sp[SP_NID] = nid
+
+
+@njit(cache=True)
+def desc_separate(E, type_code):
+    """Whether descriptors of memdesc type ``type_code`` are slab objects at this stage
+    (sp[SP_SEPARATE + t], from the stage's table row): the one test every descriptor user
+    makes instead of asking which stage it runs at."""
+    return E[E_SP][SP_SEPARATE + type_code] != 0
+
+
+@njit(cache=True)
+def page_desc(E, pfn, type_code):
+    """The descriptor of page ``pfn``, a page of memdesc type ``type_code``: the struct page
+    itself while that type overlays struct page, where page_slab()/page_ptdesc()/
+    page_zpdesc()/pp_page_to_nmdesc() are casts, and the address the memdesc word points to
+    (type bits cleared) once the type is separate (``dynamic`` on; ptdesc from
+    ``ptdesc-first``)."""
     sp = E[E_SP]
     page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
-    if sp[SP_DYNAMIC]:
+    if sp[SP_SEPARATE + type_code]:
         return kread_a(E[E_S], E[E_MEM], E[E_DATA], E[E_SLOT],
                        page + np.uint64(sp[SP_MEMDESC_OFF]), True) & ~np.uint64(15)
     return page
+
+
+@njit(cache=True)
+def set_page_memdesc(E, pfn, order, word):
+    """alloc_page_desc()'s last step: ``word`` into the memdesc word of every page of the
+    allocation, at the stage's memdesc offset (sp[SP_MEMDESC_OFF])."""
+    mem, S = E[E_MEM], E[E_S]
+    w = S[C_W]
+    md = E[E_SP][SP_MEMDESC_OFF] // 8
+    for i in range(np.int64(1) << order):
+        stm(mem, S, (pfn + i) * w + md, word)
 
 
 @njit(cache=True)
@@ -162,12 +271,12 @@ def free_pages_e(E, pfn, order):
 @njit(cache=True)
 def alloc_page_desc_nb(E, gfp, order, desc, type_code, nid):
     """alloc_page_desc(gfp, order, type, desc): the pages, then ``desc | type`` into the
-    memdesc word of every one of them (dynamic stages; at the overlay stages the descriptor
-    *is* the struct page and nothing is written here). Returns the PFN or -1; the caller
-    still owns ``desc`` on failure and must free it."""
+    memdesc word of every one of them when the type is separate at this stage (while it
+    overlays struct page the descriptor *is* the struct page and nothing is written here).
+    Returns the PFN or -1; the caller still owns ``desc`` on failure and must free it."""
     pfn = alloc_pages_e(E, gfp, order, nid)
-    if pfn >= 0 and E[E_SP][SP_DYNAMIC]:
-        set_memdesc_nb(E[E_MEM], E[E_S], pfn, order, np.uint64(desc) | np.uint64(type_code))
+    if pfn >= 0 and E[E_SP][SP_SEPARATE + type_code]:
+        set_page_memdesc(E, pfn, order, np.uint64(desc) | np.uint64(type_code))
     return pfn
 
 
@@ -210,6 +319,8 @@ def descriptor_slot_bytes(key: str) -> int:
 
 
 def new_env(mm, contents, sp, caches, geo, fault_state, tags, stats) -> tuple:
-    """Assemble the environment tuple from its parts (rebuild it when an array is replaced)."""
+    """Assemble the environment tuple from its parts (rebuild it when an array is replaced);
+    ``sp`` gets the stage's per-type separation (separation_params())."""
+    separation_params(sp, mm.stage)
     rec = mm._order if mm._order is not None else np.full(1, -1, np.int8)
     return (*mm.st, *contents.arrays, sp, caches, geo, fault_state, rec, tags, stats)

@@ -38,8 +38,10 @@ from memdesc.mm.memdesc_alloc import (
     E_SLOT,
     E_SP,
     E_TAGS,
+    SP_NID,
     SP_T_ANON,
     borrow,
+    numa_node_id,
 )
 from memdesc.mm.pgtable import (
     _PAGE_PSE,
@@ -101,13 +103,14 @@ def anon_fault_nb(E, pgd, va0, order, pmd_mapped, anon_vma, owner, gfpflags, out
         if meta[M_TOP] + E[E_DATA].shape[0] // WORDS_PER_PAGE - meta[M_USED] < _RESERVE_SLOTS:
             return i, F_GROW
         va = va0 + (np.uint64(i) << np.uint64(order + PAGE_SHIFT))
-        table = ensure_tables(E, pgd, va, LEVEL_PMD if pmd_mapped else LEVEL_PTE, 0)
+        table = ensure_tables(E, pgd, va, LEVEL_PMD if pmd_mapped else LEVEL_PTE,
+                              numa_node_id(E))
         if table == PT_GROW:
             return i, F_GROW
         if table < 0:
             out[i] = 0
             continue
-        folio = folio_alloc_nb(E, gfpflags, order, t_anon, 0)
+        folio = folio_alloc_nb(E, gfpflags, order, t_anon, numa_node_id(E))
         if folio == _GROW:
             return i, F_GROW
         if folio == 0:
@@ -120,7 +123,7 @@ def anon_fault_nb(E, pgd, va0, order, pmd_mapped, anon_vma, owner, gfpflags, out
         vpn = np.int64(va >> np.uint64(PAGE_SHIFT))
         slot, data = E[E_SLOT], E[E_DATA]
         if pmd_mapped:
-            dep = pagetable_alloc_nb(E, GFP_PGTABLE_USER, 0, 0)
+            dep = pagetable_alloc_nb(E, GFP_PGTABLE_USER, 0, numa_node_id(E))
             if dep < 0:
                 folio_put_refs(E, folio, 1)
                 out[i] = 0
@@ -273,7 +276,8 @@ class AnonMemory:
             self._undo(got, None, -1)
             return None
         while True:
-            pgd = int(pagetable_alloc_nb(self.k.E, GFP_PGTABLE_USER, PGD_ALLOCATION_ORDER, 0))
+            pgd = int(pagetable_alloc_nb(self.k.E, GFP_PGTABLE_USER, PGD_ALLOCATION_ORDER,
+                                         int(self.k.E[E_SP][SP_NID])))
             if pgd != PT_GROW:
                 break
             self.k.grow()

@@ -16,7 +16,6 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm import gfp as _gfp
-from memdesc.mm.free_tracking import nodezone_bits, page_zone_index
 from memdesc.mm.kmem import (
     BATCH,
     TAG_NETMEM,
@@ -28,25 +27,20 @@ from memdesc.mm.kmem import (
 from memdesc.mm.memdesc_alloc import (
     E_DATA,
     E_MEM,
-    E_S,
     E_SLOT,
     E_SP,
     E_STATS,
     E_TAGS,
     SP_C_NETMEM,
-    SP_DYNAMIC,
     SP_T_NETPOOL,
-    ST_DESC_FAIL_UNWIND,
     ST_IN_FREE,
-    alloc_page_desc_nb,
-    alloc_pages_e,
     borrow,
-    free_pages_e,
+    desc_separate,
+    numa_node_id,
     page_desc,
 )
 from memdesc.mm.mm_types import POISON_POINTER_DELTA
-from memdesc.mm.mmzone import NR_ZONES
-from memdesc.mm.slub import _GROW, _alloc_obj, kmem_cache_free_one_nb
+from memdesc.mm.page_desc import memdesc_alloc_node_nb, memdesc_free_nb
 
 #: struct netmem_desc [M: fixtures/btf/pahole/netmem_desc.txt]: _flags @0, pp_magic @8, pp @16,
 #: _pp_mapping_pad @24 (the dynamic descriptor's PFN [I]), dma_addr @32, pp_ref_count @40.
@@ -60,7 +54,7 @@ GFP_NAPI = _gfp.GFP_ATOMIC | _gfp.__GFP_NOWARN
 
 @njit(cache=True)
 def _netmem_of(E, pfn):
-    return page_desc(E, pfn)
+    return page_desc(E, pfn, E[E_SP][SP_T_NETPOOL])
 
 
 @njit(cache=True)
@@ -69,37 +63,16 @@ def page_pool_alloc_nb(E, pool, pool_id, order, gfpflags, seq0, out):
     Returns the number allocated."""
     E = borrow(E)
     sp = E[E_SP]
-    stats = E[E_STATS]
     ok = 0
     nr = np.int64(1) << order
+    t = sp[SP_T_NETPOOL]
     for i in range(out.shape[0]):
-        desc = np.uint64(0)
-        if sp[SP_DYNAMIC]:
-            desc = _alloc_obj(E, sp[SP_C_NETMEM], gfpflags, 0)
-            if desc <= _GROW:
-                out[i] = -1
-                continue
-            pfn = alloc_page_desc_nb(E, gfpflags | _gfp.__GFP_COMP, order, desc,
-                                     sp[SP_T_NETPOOL], 0)
-            if pfn < 0:
-                stats[ST_DESC_FAIL_UNWIND] += 1
-                stats[ST_IN_FREE] += 1
-                kmem_cache_free_one_nb(E, desc)
-                stats[ST_IN_FREE] -= 1
-                out[i] = -1
-                continue
-        else:
-            pfn = alloc_pages_e(E, gfpflags | _gfp.__GFP_COMP, order, 0)
-            if pfn < 0:
-                out[i] = -1
-                continue
-        nm = _netmem_of(E, pfn)
+        nm, pfn = memdesc_alloc_node_nb(E, SP_C_NETMEM, t, gfpflags | _gfp.__GFP_COMP, order,
+                                        numa_node_id(E))
+        if pfn < 0:
+            out[i] = -1
+            continue
         m, d, s = E[E_MEM], E[E_DATA], E[E_SLOT]
-        if sp[SP_DYNAMIC]:
-            zi = page_zone_index(E[E_MEM], E[E_S], pfn)
-            kwrite(m, d, s, nm + np.uint64(NM_FLAGS),
-                   nodezone_bits(zi // NR_ZONES, zi % NR_ZONES) | np.uint64(order))
-            kwrite(m, d, s, nm + np.uint64(NM_PFN), np.uint64(pfn))
         kwrite(m, d, s, nm + np.uint64(NM_MAGIC), np.uint64(PP_SIGNATURE))
         kwrite(m, d, s, nm + np.uint64(NM_PP), np.uint64(pool))
         kwrite(m, d, s, nm + np.uint64(NM_DMA), np.uint64(pfn) << np.uint64(12))
@@ -115,7 +88,7 @@ def page_pool_return_nb(E, pfns, order):
     """page_pool_return_page(): clear the pp fields (page_pool_clear_pp_info()), free the
     pages, then the netmem_desc. Frees only."""
     E = borrow(E)
-    sp = E[E_SP]
+    t = E[E_SP][SP_T_NETPOOL]
     E[E_STATS][ST_IN_FREE] += 1
     for i in range(pfns.shape[0]):
         pfn = pfns[i]
@@ -123,12 +96,10 @@ def page_pool_return_nb(E, pfns, order):
         m, d, s = E[E_MEM], E[E_DATA], E[E_SLOT]
         if kread(m, d, s, nm + np.uint64(NM_MAGIC)) != np.uint64(PP_SIGNATURE):
             raise AssertionError("page_pool: returning a page that is not a pp page")
-        if not sp[SP_DYNAMIC]:
+        if not desc_separate(E, t):
             for off in (NM_MAGIC, NM_PP, NM_DMA, NM_REF):
                 kwrite(m, d, s, nm + np.uint64(off), np.uint64(0))
-        free_pages_e(E, pfn, order)
-        if sp[SP_DYNAMIC]:
-            kmem_cache_free_one_nb(E, nm)
+        memdesc_free_nb(E, nm, t, pfn, order)
     E[E_STATS][ST_IN_FREE] -= 1
 
 

@@ -2,7 +2,7 @@
 
 Page-table pages are real emulated pages: allocated through ``pagetable_alloc()`` (a ptdesc,
 overlaying struct page at v6.18/folio and a dynamically allocated descriptor of memdesc type
-PageTable from ``dynamic`` on; see memdesc_alloc.py) and given backing contents
+PageTable once ptdesc is separate, ``ptdesc-first`` on; see page_desc.py) and given backing contents
 (kmem.PageContents), so every entry a walk reads is a 64-bit word in that page, as on the
 real machine. The walks are numba kernels over those words; when a level is missing the
 kernel returns to Python, which allocates the table (``__pte_alloc()``/``__pmd_alloc()``/
@@ -18,7 +18,6 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm import gfp as _gfp
-from memdesc.mm.free_tracking import nodezone_bits, page_zone_index
 from memdesc.mm.kmem import (
     M_TOP,
     M_USED,
@@ -38,7 +37,6 @@ from memdesc.mm.memdesc_alloc import (
     E_FSTACK,
     E_KMETA,
     E_MEM,
-    E_S,
     E_SLOT,
     E_SP,
     E_STATS,
@@ -46,16 +44,13 @@ from memdesc.mm.memdesc_alloc import (
     SP_DYNAMIC,
     SP_PAGE_BYTES,
     SP_T_PGTABLE,
-    ST_DESC_FAIL_UNWIND,
     ST_IN_FREE,
-    alloc_page_desc_nb,
-    alloc_pages_e,
-    free_pages_e,
+    desc_separate,
     page_desc,
 )
 from memdesc.mm.mm_types import PG_head
-from memdesc.mm.mmzone import NR_ZONES
-from memdesc.mm.slub import _GROW, _alloc_obj, kmem_cache_free_one_nb
+from memdesc.mm.page_desc import memdesc_alloc_node_nb, memdesc_free_nb, page_address_of
+from memdesc.mm.slub import _GROW
 from memdesc.stages import PAGE_SHIFT
 
 PTRS_PER_TABLE = 512
@@ -305,55 +300,39 @@ PT_GROW = -2
 
 @njit(cache=True)
 def ptdesc_of(E, pfn):
-    """page_ptdesc(pfn_to_page(pfn)): the struct page itself at the overlay stages, the
-    descriptor the memdesc word points to from ``dynamic`` on."""
-    return page_desc(E, pfn)
+    """page_ptdesc(pfn_to_page(pfn)): the struct page itself while ptdesc overlays struct
+    page (v6.18, folio), the descriptor the memdesc word points to once it is separate
+    (``ptdesc-first`` on)."""
+    return page_desc(E, pfn, E[E_SP][SP_T_PGTABLE])
 
 
 @njit(cache=True)
 def pagetable_alloc_nb(E, gfpflags, order, nid):
-    """pagetable_alloc() + pagetable_ctor(): a zeroed page-table page. Dynamic stages: a
-    ptdesc from its cache first, then alloc_page_desc(type PageTable); the ptdesc is freed if
-    the page cannot be had. Overlay stages: __GFP_COMP pages marked PGTY_table
-    (__pagetable_ctor()). Returns the PFN, PT_FAIL or PT_GROW (the content store is full)."""
+    """pagetable_alloc() + pagetable_ctor(): a zeroed page-table page through
+    memdesc_alloc_node() (page_desc.py: a ptdesc from its cache first once ptdesc is
+    separate, freed again if the page cannot be had). Separate: the ptdesc keeps
+    __page_type = PGTY_table and pmd_huge_pte = NULL (zeroed); overlaying: the struct page
+    does (__pagetable_ctor(), pmd_ptlock_init()). While struct page is 64 bytes
+    (``ptdesc-first``, ``ptdesc-slab``) the page keeps PGTY_table too, so PageTable() still
+    answers from the page [I: the transition series keep page_type until the page shrinks].
+    Returns the PFN, PT_FAIL or PT_GROW (the content store is full)."""
     sp = E[E_SP]
     n = np.int64(1) << order
     meta = E[E_KMETA]
     if meta[M_TOP] + E[E_DATA].shape[0] // WORDS_PER_PAGE - meta[M_USED] < n + 2:
         return PT_GROW
-    if sp[SP_DYNAMIC]:
-        desc = _alloc_obj(E, sp[SP_C_PTDESC], gfpflags, nid)
-        if desc == _GROW:
-            return PT_GROW
-        if desc == 0:
-            return PT_FAIL
-        pfn = alloc_page_desc_nb(E, gfpflags | _gfp.__GFP_COMP, order, desc, sp[SP_T_PGTABLE], nid)
-        if pfn < 0:
-            stats = E[E_STATS]
-            stats[ST_DESC_FAIL_UNWIND] += 1
-            stats[ST_IN_FREE] += 1
-            kmem_cache_free_one_nb(E, desc)
-            stats[ST_IN_FREE] -= 1
-            return PT_FAIL
-        zi = page_zone_index(E[E_MEM], E[E_S], pfn)
-        for off in range(0, 64, 8):
-            kwrite(E[E_MEM], E[E_DATA], E[E_SLOT], desc + np.uint64(off), np.uint64(0))
-        # pt_list is a union with {_pt_pad_1; pmd_huge_pte}: left zeroed, so a PMD table
-        # starts with pmd_huge_pte = NULL (pmd_ptlock_init())
-        kwrite(E[E_MEM], E[E_DATA], E[E_SLOT], desc, nodezone_bits(zi // NR_ZONES, zi % NR_ZONES))
-        kwrite(E[E_MEM], E[E_DATA], E[E_SLOT], desc + np.uint64(PT_PFN), np.uint64(pfn))
-        kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], desc + np.uint64(PT_ORDER), np.uint32(order))
-        kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], desc + np.uint64(PT_PAGE_TYPE),
-                 np.uint32(PGTY_TABLE << 24))
-    else:
-        pfn = alloc_pages_e(E, gfpflags | _gfp.__GFP_COMP, order, nid)
-        if pfn < 0:
-            return PT_FAIL
-        page = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
+    pt, pfn = memdesc_alloc_node_nb(E, SP_C_PTDESC, sp[SP_T_PGTABLE],
+                                    gfpflags | _gfp.__GFP_COMP, order, nid)
+    if pfn < 0:
+        return PT_GROW if pt == _GROW else PT_FAIL
+    m, d, s = E[E_MEM], E[E_DATA], E[E_SLOT]
+    if not desc_separate(E, sp[SP_T_PGTABLE]):
         # pmd_ptlock_init(): pmd_huge_pte = NULL; pt_index and the split ptl cleared
         for off in (PMD_HUGE_PTE, 32, 40):
-            kwrite(E[E_MEM], E[E_DATA], E[E_SLOT], page + np.uint64(off), np.uint64(0))
-        kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], page + np.uint64(PT_PAGE_TYPE),
+            kwrite(m, d, s, pt + np.uint64(off), np.uint64(0))
+    kwrite32(m, d, s, pt + np.uint64(PT_PAGE_TYPE), np.uint32(PGTY_TABLE << 24))
+    if not sp[SP_DYNAMIC]:
+        kwrite32(m, d, s, page_address_of(E, pfn) + np.uint64(PT_PAGE_TYPE),
                  np.uint32(PGTY_TABLE << 24))
     attach_nb(E[E_SLOT], E[E_DATA], E[E_FSTACK], E[E_KMETA], pfn, n)
     return pfn
@@ -362,24 +341,24 @@ def pagetable_alloc_nb(E, gfpflags, order, nid):
 @njit(cache=True)
 def pagetable_free_nb(E, pfn):
     """pagetable_dtor() + pagetable_free(): the page (its entries dropped) back to the
-    allocator, then, from ``dynamic`` on, the ptdesc to its cache. Frees only."""
+    allocator, then, once ptdesc is separate, the ptdesc to its cache. Frees only."""
     sp = E[E_SP]
     stats = E[E_STATS]
     stats[ST_IN_FREE] += 1
+    t = sp[SP_T_PGTABLE]
     pt = ptdesc_of(E, pfn)
-    if sp[SP_DYNAMIC]:
-        order = np.int64(kread32(E[E_MEM], E[E_DATA], E[E_SLOT], pt + np.uint64(PT_ORDER)))
+    m, d, s = E[E_MEM], E[E_DATA], E[E_SLOT]
+    if desc_separate(E, t):
+        order = np.int64(kread32(m, d, s, pt + np.uint64(PT_ORDER)))
     else:
         order = 0
-        if kread(E[E_MEM], E[E_DATA], E[E_SLOT], pt) & np.uint64(1 << PG_head):
-            order = np.int64(kread(E[E_MEM], E[E_DATA], E[E_SLOT], pt + np.uint64(64))
-                             & np.uint64(0xFF))
-        kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], pt + np.uint64(PT_PAGE_TYPE),
+        if kread(m, d, s, pt) & np.uint64(1 << PG_head):
+            order = np.int64(kread(m, d, s, pt + np.uint64(64)) & np.uint64(0xFF))
+    if not sp[SP_DYNAMIC]:                       # __ClearPageTable() on the struct page
+        kwrite32(m, d, s, page_address_of(E, pfn) + np.uint64(PT_PAGE_TYPE),
                  np.uint32(0xFFFFFFFF))
     detach_nb(E[E_SLOT], E[E_DATA], E[E_FSTACK], E[E_KMETA], pfn, np.int64(1) << order)
-    free_pages_e(E, pfn, order)
-    if sp[SP_DYNAMIC]:
-        kmem_cache_free_one_nb(E, pt)
+    memdesc_free_nb(E, pt, t, pfn, order)
     stats[ST_IN_FREE] -= 1
 
 
@@ -422,7 +401,7 @@ def pgtable_trans_huge_withdraw(E, pmd_table_pfn):
         kwrite(m, d, s, prev, nxt)
         kwrite(m, d, s, nxt + np.uint64(8), prev)
     sp = E[E_SP]
-    if sp[SP_DYNAMIC]:
+    if desc_separate(E, sp[SP_T_PGTABLE]):
         return np.int64(kread(m, d, s, pg + np.uint64(PT_PFN)))
     return np.int64((pg - np.uint64(VMEMMAP_START)) // np.uint64(sp[SP_PAGE_BYTES]))
 

@@ -46,6 +46,7 @@ from memdesc.mm.memdesc_alloc import (
     SP_MEMDESC_OFF,
     SP_PAGE_BYTES,
     SP_T_SLAB,
+    desc_separate,
 )
 from memdesc.mm.mmzone import NR_ZONES
 from memdesc.stages import PAGE_V6_18
@@ -197,6 +198,12 @@ def _page_addr(E, pfn):
 
 
 @njit(cache=True)
+def _slab_sep(E):
+    """struct slab is a slab object at this stage (``ptdesc-slab`` and ``dynamic`` on)."""
+    return desc_separate(E, E[E_SP][SP_T_SLAB])
+
+
+@njit(cache=True)
 def virt_to_slab(E, addr):
     """struct slab of the slab holding direct-map address ``addr``, 0 if the page is not a
     slab page. Mirrors virt_to_slab(): page_folio() + folio_slab() through compound_head and
@@ -217,6 +224,8 @@ def virt_to_slab(E, addr):
     pt = _kr32(E, page + np.uint64(SLAB_PAGE_TYPE))
     if (pt >> np.uint32(24)) != np.uint32(PGTY_SLAB):
         return _U64_0
+    if _slab_sep(E):            # ptdesc-slab: PageSlab on the head, struct slab apart
+        return _krp(E, page + np.uint64(sp[SP_MEMDESC_OFF])) & ~np.uint64(15)
     return page
 
 
@@ -225,7 +234,7 @@ def _slab_pfn_order(E, c, slab):
     """(first PFN, order) of a slab: slab_address() and slab_order()."""
     sp = E[E_SP]
     geo = E[E_GEO]
-    if sp[SP_DYNAMIC]:
+    if _slab_sep(E):
         pfn = np.int64(_kr(E, slab + np.uint64(SLAB_PFN)))
     else:
         pfn = np.int64((slab - np.uint64(VMEMMAP_START)) // np.uint64(sp[SP_PAGE_BYTES]))

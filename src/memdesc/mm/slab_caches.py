@@ -30,20 +30,7 @@ from memdesc.mm.kmem import (
 from memdesc.mm.memdesc_alloc import (
     SP_C_BASE,
     SP_C_MAX,
-    SP_DEBUG,
-    SP_DYNAMIC,
-    SP_MEMDESC_OFF,
-    SP_ORDER_OFF,
-    SP_PAGE_BYTES,
-    SP_PFN_OFF,
     SP_SLABDESC,
-    SP_T_ANON,
-    SP_T_FILE,
-    SP_T_MISC,
-    SP_T_MOVABLE,
-    SP_T_NETPOOL,
-    SP_T_PGTABLE,
-    SP_T_SLAB,
     SP_TYPE_CACHES,
 )
 from memdesc.mm.page_alloc import VMBug
@@ -146,41 +133,15 @@ class Slub:
     """
 
     def __init__(self, mm, contents, fault, tags: np.ndarray, stats: np.ndarray):
-        from memdesc.mm.free_tracking import memdesc_slot
-        from memdesc.mm.memdesc_alloc import SP_CPU, SP_NR_NODES, SP_WORDS, desc_pfn_order
+        from memdesc.mm.memdesc_alloc import stage_params
 
         self.mm, self.contents, self.fault = mm, contents, fault
         self.stage = mm.stage
-        if self.stage.descriptor_policy not in ("overlay", "dynamic"):
-            from memdesc.errors import InputError
-
-            raise InputError(f"stage {self.stage.id}: the emulator does not model a partial "
-                             "separation of descriptors yet (the survey does); emulated "
-                             "stages: v6.18, folio, dynamic and later")
         self.nr_nodes = mm.machine.nr_nodes
         if self.nr_nodes > MAX_NODES:
             raise ValueError(f"the slab model keeps at most {MAX_NODES} nodes")
         self.nr_cpus = mm.machine.nr_cpus
-        sp = np.zeros(SP_WORDS, np.int64)
-        sp[SP_DYNAMIC] = int(self.stage.dynamic)
-        sp[SP_PAGE_BYTES] = self.stage.struct_page_bytes
-        slot = int(memdesc_slot(mm.S))
-        sp[SP_MEMDESC_OFF] = max(slot, 0) * 8
-        for idx, name in ((SP_T_SLAB, "Slab"), (SP_T_FILE, "File"), (SP_T_ANON, "Anon"),
-                          (SP_T_PGTABLE, "PageTable"), (SP_T_NETPOOL, "NetPool"),
-                          (SP_T_MOVABLE, "Movable"), (SP_T_MISC, "Misc")):
-            sp[idx] = type_code(self.stage, name)
-        sp[SP_PFN_OFF:SP_PFN_OFF + 16] = -1
-        sp[SP_ORDER_OFF:SP_ORDER_OFF + 16] = -1
-        for name, (pfn_off, order_off) in desc_pfn_order().items():
-            if name in self.stage.types.values():
-                t = type_code(self.stage, name)
-                sp[SP_PFN_OFF + t], sp[SP_ORDER_OFF + t] = pfn_off, order_off
-        sp[SP_DEBUG] = int(mm._order is not None)
-        sp[SP_SLABDESC] = -1
-        sp[SP_NR_NODES] = self.nr_nodes
-        sp[SP_CPU] = 0
-        self.sp = sp
+        self.sp = stage_params(self.stage, self.nr_nodes, mm._order is not None)
         self.tags, self.stats = tags, stats
         self.caches = np.zeros((16, CS_WORDS), np.uint64)
         self.geo = np.zeros((16, G_WORDS), np.int64)
@@ -284,7 +245,8 @@ class Slub:
 
         inside = use_freeptr_offset()
         boot = []
-        if self.stage.dynamic:
+        separate = self.stage.separate_types
+        if SLAB_DESC.key in separate:
             sd = self._new_cache(SLAB_DESC.cache_name, descriptor_slot_bytes("slab"),
                                  SLAB_TYPESAFE_BY_RCU, 16,
                                  SLAB_DESC.freeptr_offset if inside else None,
@@ -311,9 +273,10 @@ class Slub:
             self.kmalloc_caches[index] = kc.index
         self.sp[SP_C_BASE:SP_C_BASE + SP_C_MAX] = -1
         self.sp[SP_TYPE_CACHES:SP_TYPE_CACHES + 16] = 0
-        if self.stage.dynamic:
+        if SLAB_DESC.key in separate:
             self._type_cache(SLAB_DESC, int(self.sp[SP_SLABDESC]))
-            for d in descriptor_caches():
+        for d in descriptor_caches():
+            if d.key in separate:
                 kc = self.kmem_cache_create(d.cache_name, descriptor_slot_bytes(d.key),
                                             align=16, flags=SLAB_TYPESAFE_BY_RCU,
                                             freeptr_offset=d.freeptr_offset if inside else None,

@@ -59,10 +59,10 @@ from memdesc.mm.memdesc_alloc import (
     alloc_pages_e,
     borrow,
     free_pages_e,
+    set_page_memdesc,
 )
 from memdesc.mm.mm_types import PG_head
 from memdesc.mm.mmzone import NR_ZONES
-from memdesc.mm.page_alloc import set_memdesc_nb
 from memdesc.mm.slab import (
     _FROZEN,
     _GDIRECT_RECLAIM,
@@ -129,6 +129,7 @@ from memdesc.mm.slab import (
     _nodezone_of,
     _page_addr,
     _slab_pfn_order,
+    _slab_sep,
     virt_to_slab,
 )
 
@@ -141,12 +142,12 @@ def _setup_slab(E, c, pfn, order, objects, slab, first):
     sp = E[E_SP]
     geo = E[E_GEO]
     attach_nb(E[E_SLOT], E[E_DATA], E[E_FSTACK], E[E_KMETA], pfn, np.int64(1) << order)
-    if sp[SP_DYNAMIC]:
+    if _slab_sep(E):
         _kw(E, slab + np.uint64(SLAB_FLAGS), _nodezone_of(E, pfn))
         _kw(E, slab + np.uint64(SLAB_PFN), np.uint64(pfn))
         _kw(E, slab + np.uint64(SLAB_OBJ_EXTS), _U64_0)
-    else:
-        _kw32(E, slab + np.uint64(SLAB_PAGE_TYPE),
+    if not sp[SP_DYNAMIC]:      # PageSlab on the head page while struct page is 64 bytes
+        _kw32(E, _page_addr(E, pfn) + np.uint64(SLAB_PAGE_TYPE),
                  np.uint32(PGTY_SLAB << 24))
     _kw(E, slab + np.uint64(SLAB_CACHE), E[E_CACHES][c, CS_CACHE])
     base = np.uint64(PAGE_OFFSET) + (np.uint64(pfn) << np.uint64(12))
@@ -235,8 +236,7 @@ def _new_slab_self(E, c, gfpflags, nid):
         geo[c, G_ALLOC_FAILS] += 1
         return _U64_0
     slab = np.uint64(PAGE_OFFSET) + (np.uint64(pfn) << np.uint64(12))
-    set_memdesc_nb(E[E_MEM], E[E_S], pfn, order,
-                   slab | np.uint64(sp[SP_T_SLAB]))
+    set_page_memdesc(E, pfn, order, slab | np.uint64(sp[SP_T_SLAB]))
     _setup_slab(E, c, pfn, order, objects, slab, 1)
     return slab
 
@@ -267,7 +267,7 @@ def _new_slab(E, c, gfpflags, nid):
         return _GROW
     first_gfp, flags = _slab_gfps(E, c, gfpflags)
     desc = _U64_0
-    if sp[SP_DYNAMIC]:
+    if _slab_sep(E):
         d = sp[SP_SLABDESC]
         if should_fail_nb(E[E_FA], FA_FAILSLAB, flags, 0) or should_fail_nb(
                 E[E_FA], FA_DESC, flags, 0):
@@ -287,7 +287,7 @@ def _new_slab(E, c, gfpflags, nid):
             E[E_STATS][ST_DESC_FAIL_UNWIND] += 1
             _free_obj_self(E, sp[SP_SLABDESC], desc)
         return _U64_0
-    slab = desc if sp[SP_DYNAMIC] else _page_addr(E, pfn)
+    slab = desc if _slab_sep(E) else _page_addr(E, pfn)
     _setup_slab(E, c, pfn, order, objects, slab, 0)
     return slab
 
@@ -362,7 +362,7 @@ def _release_slab_pages(E, c, slab):
     objects = np.int64((_kr(E, slab + np.uint64(SLAB_COUNTERS)) >> np.uint64(16))
                        & np.uint64(0x7FFF))
     if not sp[SP_DYNAMIC]:
-        _kw32(E, slab + np.uint64(SLAB_PAGE_TYPE),
+        _kw32(E, _page_addr(E, pfn) + np.uint64(SLAB_PAGE_TYPE),
                  np.uint32(PAGE_TYPE_NONE))
     detach_nb(E[E_SLOT], E[E_DATA], E[E_FSTACK], E[E_KMETA], pfn, np.int64(1) << order)
     free_pages_e(E, pfn, order)
@@ -389,7 +389,7 @@ def _discard_slab(E, c, slab):
     wait a grace period here; the emulator has no concurrent readers, so it is immediate."""
     sp = E[E_SP]
     _release_slab_pages(E, c, slab)
-    if sp[SP_DYNAMIC] and E[E_GEO][c, G_SELF] == 0:
+    if _slab_sep(E) and E[E_GEO][c, G_SELF] == 0:
         _free_obj_self(E, sp[SP_SLABDESC], slab)
 
 

@@ -151,7 +151,8 @@ def check_slabs_nb(E, nr_caches):
             if _krp(E, page + np.uint64(PAGE_COMPOUND_HEAD)) & np.uint64(1) == 0:
                 pt = _kr32(E, page + np.uint64(SLAB_PAGE_TYPE))
                 if (pt >> np.uint32(24)) == np.uint32(PGTY_SLAB):
-                    slab = page
+                    slab = virt_to_slab(E, np.uint64(PAGE_OFFSET) + (np.uint64(pfn)
+                                                                    << np.uint64(12)))
         if slab == 0:
             continue
         c = _cache_of_slab(E, slab)

@@ -43,6 +43,7 @@ from memdesc.mm.memdesc_alloc import (
     alloc_pages_e,
     borrow,
     free_pages_e,
+    numa_node_id,
 )
 from memdesc.mm.mm_types import PG_reserved
 from memdesc.mm.page_alloc import set_memdesc_nb
@@ -64,7 +65,7 @@ def misc_pages_nb(E, n, gfpflags, subtype, tag_kind, owner, seq0, out):
     E = borrow(E)
     sp = E[E_SP]
     for i in range(n):
-        pfn = alloc_pages_e(E, gfpflags, 0, 0)
+        pfn = alloc_pages_e(E, gfpflags, 0, numa_node_id(E))
         if pfn < 0:
             for j in range(i):
                 _unmark(E, out[j], subtype)

@@ -20,7 +20,6 @@ import numpy as np
 from numba import njit
 
 from memdesc.mm import gfp as _gfp
-from memdesc.mm.free_tracking import nodezone_bits, page_zone_index
 from memdesc.mm.kmem import (
     TAG_ZSMALLOC,
     VMEMMAP_START,
@@ -33,26 +32,21 @@ from memdesc.mm.kmem import (
 from memdesc.mm.memdesc_alloc import (
     E_DATA,
     E_MEM,
-    E_S,
     E_SLOT,
     E_SP,
     E_STATS,
     E_TAGS,
     SP_C_ZPDESC,
-    SP_DYNAMIC,
     SP_PAGE_BYTES,
     SP_T_MOVABLE,
-    ST_DESC_FAIL_UNWIND,
     ST_IN_FREE,
-    alloc_page_desc_nb,
-    alloc_pages_e,
     borrow,
-    free_pages_e,
+    desc_separate,
+    numa_node_id,
     page_desc,
 )
 from memdesc.mm.mm_types import PG_movable_ops
-from memdesc.mm.mmzone import NR_ZONES
-from memdesc.mm.slub import _GROW, _alloc_obj, kmem_cache_free_one_nb
+from memdesc.mm.page_desc import memdesc_alloc_node_nb, memdesc_free_nb
 from memdesc.stages import PAGE_SIZE
 
 ZS_ALIGN = 8
@@ -143,45 +137,35 @@ GFP_ZSMALLOC = _gfp.GFP_NOIO | _gfp.__GFP_HIGHMEM | _gfp.__GFP_MOVABLE
 
 @njit(cache=True)
 def _zpdesc_of(E, pfn):
-    return page_desc(E, pfn)
+    return page_desc(E, pfn, E[E_SP][SP_T_MOVABLE])
 
 
 @njit(cache=True)
 def _free_zpdesc_page(E, pfn):
     sp = E[E_SP]
+    t = sp[SP_T_MOVABLE]
     zp = _zpdesc_of(E, pfn)
-    if not sp[SP_DYNAMIC]:
+    if not desc_separate(E, t):
         kwrite32(E[E_MEM], E[E_DATA], E[E_SLOT], zp + np.uint64(ZP_FIRST_OBJ),
                  np.uint32(0xFFFFFFFF))
         kwrite(E[E_MEM], E[E_DATA], E[E_SLOT], zp + np.uint64(ZP_ZSPAGE), np.uint64(0))
         kwrite(E[E_MEM], E[E_DATA], E[E_SLOT], zp + np.uint64(ZP_NEXT), np.uint64(0))
-    free_pages_e(E, pfn, 0)
-    if sp[SP_DYNAMIC]:
-        kmem_cache_free_one_nb(E, zp)
+    memdesc_free_nb(E, zp, t, pfn, 0)
 
 
 @njit(cache=True)
 def alloc_zspage_nb(E, nr_pages, gfpflags, zspage, class_size, pool, seq, out):
-    """alloc_zspage(): ``nr_pages`` order-0 pages, each a zpdesc (descriptor first, page
-    second from ``dynamic`` on; PGTY_zsmalloc at the overlay stages), chained through
+    """alloc_zspage(): ``nr_pages`` order-0 pages, each a zpdesc through
+    memdesc_alloc_node() (descriptor first, page second once zpdesc is separate, from
+    ``dynamic`` on; PGTY_zsmalloc while it overlays struct page), chained through
     zpdesc->next and pointing at ``zspage``, with first_obj_offset as create_page_chain()/
     init_zspage() compute it. All or nothing. Returns True on success."""
     E = borrow(E)
     sp = E[E_SP]
     stats = E[E_STATS]
+    t = sp[SP_T_MOVABLE]
     for k in range(nr_pages):
-        if sp[SP_DYNAMIC]:
-            desc = _alloc_obj(E, sp[SP_C_ZPDESC], gfpflags, 0)
-            pfn = -1
-            if desc > _GROW:
-                pfn = alloc_page_desc_nb(E, gfpflags, 0, desc, sp[SP_T_MOVABLE], 0)
-                if pfn < 0:
-                    stats[ST_DESC_FAIL_UNWIND] += 1
-                    stats[ST_IN_FREE] += 1
-                    kmem_cache_free_one_nb(E, desc)
-                    stats[ST_IN_FREE] -= 1
-        else:
-            pfn = alloc_pages_e(E, gfpflags, 0, 0)
+        zp, pfn = memdesc_alloc_node_nb(E, SP_C_ZPDESC, t, gfpflags, 0, numa_node_id(E))
         if pfn < 0:
             stats[ST_IN_FREE] += 1
             for j in range(k):
@@ -189,15 +173,9 @@ def alloc_zspage_nb(E, nr_pages, gfpflags, zspage, class_size, pool, seq, out):
             stats[ST_IN_FREE] -= 1
             return False
         out[k] = pfn
-        zp = _zpdesc_of(E, pfn)
         m, d, s = E[E_MEM], E[E_DATA], E[E_SLOT]
         first_obj = (k * PAGE_SIZE + class_size - 1) // class_size * class_size - k * PAGE_SIZE
-        if sp[SP_DYNAMIC]:
-            zi = page_zone_index(E[E_MEM], E[E_S], pfn)
-            for off in range(0, 64, 8):
-                kwrite(m, d, s, zp + np.uint64(off), np.uint64(0))
-            kwrite(m, d, s, zp, nodezone_bits(zi // NR_ZONES, zi % NR_ZONES))
-            kwrite(m, d, s, zp + np.uint64(ZP_PFN), np.uint64(pfn))
+        if desc_separate(E, t):
             kwrite32(m, d, s, zp + np.uint64(ZP_FIRST_OBJ), np.uint32(first_obj))
         else:
             kwrite32(m, d, s, zp + np.uint64(ZP_FIRST_OBJ),
@@ -250,7 +228,7 @@ def readback_zspages_nb(E, pfns, nrs, zspages, seqs, pool):
         for k in range(nrs[z]):
             if kread(m, d, s, zp + np.uint64(ZP_ZSPAGE)) != zspages[z]:
                 break
-            if sp[SP_DYNAMIC]:
+            if desc_separate(E, sp[SP_T_MOVABLE]):
                 pfn = np.int64(kread(m, d, s, zp + np.uint64(ZP_PFN)))
             else:
                 pfn = np.int64((zp - np.uint64(VMEMMAP_START)) // np.uint64(sp[SP_PAGE_BYTES]))
