@@ -37,7 +37,6 @@ from memdesc.mm.ft_common import (
     Z_END,
     Z_START,
     bit_assign,
-    bit_test,
     head_set,
     hx,
     ldm,
