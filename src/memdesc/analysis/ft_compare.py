@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memdesc.analysis.replay import ReplayResult, StageRun
-from memdesc.stages import TRACKING, variant_name
+from memdesc.stages import TRACKING, Stage, variant_name
 
 #: the option the others are compared with, when it ran
 REFERENCE = "packed"
@@ -76,19 +76,25 @@ def _main_zone(result: ReplayResult) -> tuple[int, str]:
     return i, f"{zones[i].node}/{zones[i].name}"
 
 
-def groups(result: ReplayResult) -> dict[str, list[int]]:
-    """Stage id -> indices of the runs that replayed two or more tracking options of it."""
+def groups(stages: list[Stage]) -> dict[str, list[int]]:
+    """Stage id -> indices (in ``stages``) of its variants, for the stages present with two
+    or more free-page tracking options."""
     by: dict[str, list[int]] = {}
-    for i, run in enumerate(result.runs):
-        by.setdefault(run.stage.id, []).append(i)
+    for i, st in enumerate(stages):
+        by.setdefault(st.id, []).append(i)
     return {sid: ix for sid, ix in by.items()
-            if len({result.runs[i].stage.free_tracking for i in ix}) > 1}
+            if len({stages[i].free_tracking for i in ix}) > 1}
+
+
+def groups_of(stages: list[Stage]) -> str | None:
+    """The first stage id of ``stages`` present with two or more tracking options."""
+    return next(iter(groups(stages)), None)
 
 
 def compare(result: ReplayResult, stage_id: str | None = None) -> FtComparison | None:
     """The comparison of the tracking options of ``stage_id`` (default: the first stage
     replayed at two or more options); None when no stage was."""
-    g = groups(result)
+    g = groups([r.stage for r in result.runs])
     if not g or (stage_id is not None and stage_id not in g):
         return None
     sid = stage_id or next(iter(g))
