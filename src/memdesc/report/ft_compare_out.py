@@ -93,6 +93,10 @@ def table(cmp: FtComparison, width: int | None = None, brief: bool = False) -> s
     return buf.getvalue().rstrip("\n").replace("\u00a0", " ")
 
 
+def _bar_label(v: float) -> str:
+    return "0" if v == 0 else f"{v:,.0f}" if v >= 10 else f"{v:,.2f}"
+
+
 def render_png(cmp: FtComparison) -> bytes:
     """Four bar panels, one bar per option: side memory, replay speed, the longest walk and
     the free 2 MiB blocks at the end (the reference option's level dashed)."""
@@ -111,8 +115,7 @@ def render_png(cmp: FtComparison) -> bytes:
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.6), dpi=110)
     for ax, (ys, label) in zip(axes, panels, strict=True):
         bars = ax.bar(names, ys, color=colors)
-        ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 10 else f"{v:,.2f}" for v in ys],
-                     fontsize=7)
+        ax.bar_label(bars, labels=[_bar_label(v) for v in ys], fontsize=7)
         ax.axhline(ys[ref], color="#555555", linestyle="--", linewidth=0.8)
         ax.set_title(label, fontsize=9)
         ax.tick_params(axis="x", labelsize=8, rotation=30)
