@@ -155,3 +155,24 @@ def test_side_region_fits_the_bitmaps():
         mm, _ = _empty(stage)
         assert mm.S.shape[0] - mm.cfg[ft.C_OFF_SIDE] == ft.side_words(mm.stage, mm.nr_pfns)
     assert np.all(mm.S[mm.cfg[ft.C_OFF_SIDE]:] == 0)
+
+
+@pytest.mark.parametrize("stage", NEW)
+def test_side_memory_accesses_are_counted(stage):
+    """A buddy allocation and free (order 4: no pcp list) read and write the option's side
+    memory (bitmaps, counters): addresses of the side region, from HEADS_BASE in S order
+    (memdesc.mm.access)."""
+    from memdesc.mm import access
+    from memdesc.mm.ft_common import HEADS_BASE
+
+    mm = pa.MemMap(MACHINE, stage, debug=False)
+    access.enable(mm, 100_000)
+    pfn = pa.alloc_pages(mm, GFP_KERNEL, 4)
+    pa.free_pages(mm, pfn, 4)
+    s = access.drain(mm)
+    side = HEADS_BASE + 8 * (int(mm.cfg[ft.C_OFF_SIDE]) - int(mm.cfg[ft.C_OFF_HEADS]))
+    top = HEADS_BASE + 8 * (len(mm.S) - int(mm.cfg[ft.C_OFF_HEADS]))
+    inside = (s.addr >= np.uint64(side)) & (s.addr < np.uint64(top))
+    assert s.nr_ops == 2 and inside.sum() > 0
+    stores = inside & ((s.kind & access.KIND_STORE) != 0)
+    assert stores.sum() > 0
