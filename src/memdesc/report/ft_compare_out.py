@@ -43,7 +43,8 @@ def answer_lines(cmp: FtComparison) -> list[str]:
                        f"{UNUSABLE_ORDER} {r.unusable:.3f} ({r.unusable - ref.unusable:+.3f})")
     for r in cmp.rows:
         if r.walks is not None:
-            out.append(f"{r.option}: {r.walks[0]:,} walks in {r.walks[3]:,} list operations, "
+            what = "removals" if r.keeps_list_order else "searches for a block"
+            out.append(f"{r.option}: {r.walks[3]:,} {what} counted, {r.walks[0]:,} walked; "
                        f"longest {r.walks[2]:,} steps, {r.walks[1]:,} in all")
     return out
 
