@@ -80,18 +80,11 @@ def order_table(cmp: FtComparison, width: int):
 
 def table(cmp: FtComparison, width: int | None = None, brief: bool = False) -> str:
     """The comparison as text fitted to ``width`` columns (the answer alone with ``brief``)."""
-    import io
-
-    from memdesc.report.console import make_console, print_lines, terminal_width
+    from memdesc.report.console import render_text, terminal_width
 
     width = width or terminal_width()
-    buf = io.StringIO()
-    con = make_console(buf, width)
-    print_lines(answer_lines(cmp), con)
-    if not brief:
-        con.print(option_table(cmp, width))
-        con.print(order_table(cmp, width))
-    return buf.getvalue().rstrip("\n").replace("\u00a0", " ")
+    tables = [] if brief else [option_table(cmp, width), order_table(cmp, width)]
+    return render_text(answer_lines(cmp), tables, width)
 
 
 def _bar_label(v: float) -> str:
