@@ -44,7 +44,9 @@ class OptionResult:
     free_2m_blocks: int
     unusable: float                # unusable free space index at UNUSABLE_ORDER, main zone
     identical: bool                # observables equal to the reference option's
-    first_difference: int | None   # trace event index of the first differing sample
+    same_pfns: bool                # policy mode: every allocation got the same PFN
+    first_difference: int | None   # trace event index of the first sample whose free
+    #                                lists, pcp counts or unit census differ (None: none)
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,10 @@ class FtComparison:
 
 
 def _same(a: StageRun, b: StageRun) -> np.ndarray:
-    """Per sample: the observables of ``a`` and ``b`` agree (the allocation digest, in
-    policy mode, covers the whole trace and counts at the last sample)."""
-    same = ((a.nr_free == b.nr_free).all(axis=(1, 2)) & (a.pcp == b.pcp).all(axis=1)
+    """Per sample: the free lists per zone and order, pcp counts and unit census of ``a``
+    and ``b`` agree."""
+    return ((a.nr_free == b.nr_free).all(axis=(1, 2)) & (a.pcp == b.pcp).all(axis=1)
             & (a.units == b.units).all(axis=(1, 2)))
-    if a.alloc_pfn_digest != b.alloc_pfn_digest and len(same):
-        same[-1] = False
-    return same
 
 
 def _main_zone(result: ReplayResult) -> tuple[int, str]:
@@ -117,7 +116,9 @@ def compare(result: ReplayResult, stage_id: str | None = None) -> FtComparison |
             nops / run.seconds if run.seconds > 0 else float("inf"), run.seconds,
             getattr(run, "walks", None), run.nr_free[-1].sum(axis=0),
             int(ser.free_2m_blocks[-1]), float(ser.unusable[-1, zi, UNUSABLE_ORDER]) / 1000,
-            not len(bad), int(run.samples_pos[bad[0]]) if len(bad) else None))
+            not len(bad) and run.alloc_pfn_digest == ref.alloc_pfn_digest,
+            run.alloc_pfn_digest == ref.alloc_pfn_digest,
+            int(run.samples_pos[bad[0]]) if len(bad) else None))
     tr = result.inp.trace
     return FtComparison(str(tr.path), result.mode, sid, len(tr), len(result.inp.ops), zname,
                         variant_name(ref.stage), rows)

@@ -20,10 +20,21 @@ def _walk(r: OptionResult) -> tuple[str, str]:
 
 def _same(r: OptionResult, cmp: FtComparison) -> str:
     if r.name == cmp.reference:
-        return "(reference)"
+        return "reference"
     if r.identical:
         return "identical"
-    return f"DIFFER from event {r.first_difference:,}"
+    if r.first_difference is None:
+        return "other PFNs"
+    return f"DIFFER @{r.first_difference:,}"
+
+
+def _difference(r: OptionResult) -> str:
+    """What differs, in words."""
+    if r.first_difference is None:
+        return ("other PFNs handed out; free blocks per zone and order, pcp counts and the "
+                "unit census equal at every sample")
+    return (f"free lists / pcp / census differ from event {r.first_difference:,} on"
+            + ("" if r.same_pfns else "; other PFNs handed out"))
 
 
 def answer_lines(cmp: FtComparison) -> list[str]:
@@ -38,7 +49,8 @@ def answer_lines(cmp: FtComparison) -> list[str]:
         if not r.identical:
             why = ("keeps list order, yet DIFFERS (a bug)" if r.keeps_list_order
                    else "chooses blocks by address, not list order")
-            out.append(f"{r.option}: {why}; at the end free 2M blocks {r.free_2m_blocks:,} "
+            out.append(f"{r.option}: {why}: {_difference(r)}; at the end free 2M blocks "
+                       f"{r.free_2m_blocks:,} "
                        f"({r.free_2m_blocks - ref.free_2m_blocks:+,}), unusable@"
                        f"{UNUSABLE_ORDER} {r.unusable:.3f} ({r.unusable - ref.unusable:+.3f})")
     for r in cmp.rows:
@@ -60,7 +72,7 @@ def option_table(cmp: FtComparison, width: int):
                                                          priority=4),
             Column("free 2M blocks", short="free 2M"),
             Column(f"unusable@{UNUSABLE_ORDER} {cmp.zone}", short=f"unus@{UNUSABLE_ORDER}"),
-            Column("observables", "left", wrap=True, min_wrap=9, priority=1)]
+            Column("observables", "left", priority=1)]
     rows = [[r.name, f"{r.side_bytes:,}", f"{r.total_bytes / 2**20:,.1f}",
              f"{r.ops_per_s / 1e6:.2f}", *_walk(r), f"{r.free_2m_blocks:,}",
              f"{r.unusable:.3f}", _same(r, cmp)] for r in cmp.rows]
