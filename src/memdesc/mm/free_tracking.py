@@ -94,6 +94,9 @@ from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's
     Z_BASE,
     acc_head,
     acc_noptr,
+    head_empty,
+    head_first,
+    head_last,
     head_set,
     hx,
     layout_cfg,
@@ -360,19 +363,7 @@ def dlist_del(mem, S, node, gz, order):
 
 # ---- the shared doubly linked free list (every list option; bitmap's pcp lists) -----------
 
-@njit(cache=True)
-def dl_empty(mem, S, h, gz, order):
-    return list_empty(S, h)
-
-
-@njit(cache=True)
-def dl_first(mem, S, h, gz, order):
-    return list_first(S, h)
-
-
-@njit(cache=True)
-def dl_last(mem, S, h, gz, order):
-    return list_last(S, h)
+dl_empty, dl_first, dl_last = head_empty, head_first, head_last
 
 
 @njit(cache=True)

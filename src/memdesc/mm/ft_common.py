@@ -251,6 +251,24 @@ def list_last(S, h):
 
 
 @njit(cache=True)
+def head_empty(mem, S, h, gz, order):
+    """fl_empty() of lists whose head keeps (first, last) as the kernel's list_head."""
+    return list_empty(S, h)
+
+
+@njit(cache=True)
+def head_first(mem, S, h, gz, order):
+    """fl_first() of lists whose head keeps (first, last)."""
+    return list_first(S, h)
+
+
+@njit(cache=True)
+def head_last(mem, S, h, gz, order):
+    """fl_last() of lists whose head keeps (first, last): O(1)."""
+    return list_last(S, h)
+
+
+@njit(cache=True)
 def head_set(S, h, which, to):
     """Set list head ``h``'s next (which=0) or prev (1) to ``to``, counted as a store."""
     S[hx(S, h) + which] = to

@@ -38,9 +38,11 @@ from memdesc.mm.ft_common import (
     acc_link,
     bit_assign,
     bit_test,
+    head_empty,
+    head_first,
+    head_last,
     head_set,
     ldm,
-    list_empty,
     list_first,
     list_last,
     local_head,
@@ -49,14 +51,24 @@ from memdesc.mm.ft_common import (
     record_walk,
     stm,
 )
-from memdesc.mm.ft_packed import prep_new_page  # noqa: F401 -- the allocated word is packed's
+
+# kind sits where packed's order nibble does: the tail, pcp and allocated words are packed's
+from memdesc.mm.ft_packed import (  # noqa: F401
+    NIB_PCP,
+    NIB_TAIL,
+    free_range,
+    free_state,
+    is_pcp_page,
+    mark_pcp,
+    prep_new_page,
+)
 from memdesc.mm.mmzone import NR_PAGE_ORDERS
 
 NAME = "slist"
 #: counts its walks in the side region (memdesc.mm.free_tracking.walk_stats)
 WALKS = True
 
-KIND_HEAD, KIND_PCP, KIND_TAIL = 0x0, 0xE, 0xF
+KIND_HEAD, KIND_PCP, KIND_TAIL = 0x0, NIB_PCP, NIB_TAIL
 _LIST_SH, _NEXT_SH = np.uint64(8), np.uint64(20)
 _M12 = np.uint64(0xFFF)
 _LOW20 = np.uint64((1 << 20) - 1)
@@ -176,30 +188,6 @@ def clear_buddy(mem, S, pfn):
     free_state(mem, S, pfn)
 
 
-@njit(cache=True)
-def mark_pcp(mem, S, pfn):
-    i = _wi(S, pfn)
-    stm(mem, S, i, (ldm(mem, S, i) & ~np.uint64(0xF0)) | np.uint64(KIND_PCP << 4))
-
-
-@njit(cache=True)
-def is_pcp_page(mem, S, pfn):
-    w = ldm(mem, S, _wi(S, pfn))
-    return 1 if np.int64(w & U4) == S[C_BUDDY] and _kind(w) == KIND_PCP else 0
-
-
-@njit(cache=True)
-def free_state(mem, S, pfn):
-    free_range(mem, S, pfn, 1)
-
-
-@njit(cache=True)
-def free_range(mem, S, pfn, n):
-    """free_state() of pages [pfn, pfn + n) (S read once: mem stores may alias it)."""
-    w, md = S[C_W], S[C_F_MD]
-    v = np.uint64(S[C_BUDDY]) | np.uint64(KIND_TAIL << 4)
-    for i in range(pfn * w + md, (pfn + n) * w + md, w):
-        stm(mem, S, i, v)
 
 
 # ---- the free lists --------------------------------------------------------------------------
@@ -210,20 +198,8 @@ def fl_owns(mem, S, node, h, gz):
     return True
 
 
-@njit(cache=True)
-def fl_empty(mem, S, h, gz, order):
-    return list_empty(S, h)
-
-
-@njit(cache=True)
-def fl_first(mem, S, h, gz, order):
-    return list_first(S, h)
-
-
-@njit(cache=True)
-def fl_last(mem, S, h, gz, order):
-    """O(1): the head keeps the last element (list_add_tail() needs it)."""
-    return list_last(S, h)
+# the head keeps first and last (the kernel's list_head pair): O(1) first, last, empty
+fl_empty, fl_first, fl_last = head_empty, head_first, head_last
 
 
 @njit(cache=True)
