@@ -100,12 +100,13 @@ def table(cmp: FtComparison, width: int | None = None, brief: bool = False) -> s
 
 
 def _bar_label(v: float) -> str:
-    return "0" if v == 0 else f"{v:,.0f}" if v >= 10 else f"{v:,.2f}"
+    return "0" if v == 0 else f"{v:,.0f}" if v >= 10 else f"{v:,.3g}"
 
 
 def render_png(cmp: FtComparison) -> bytes:
-    """Four bar panels, one bar per option: side memory, replay speed, the longest walk and
-    the free 2 MiB blocks at the end (the reference option's level dashed)."""
+    """Five bar panels, one bar per option: side memory, replay speed, the longest walk, the
+    steps per counted operation and the unusable free space index at the end (the reference
+    option's level dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,8 +118,11 @@ def render_png(cmp: FtComparison) -> bytes:
     panels = [([r.side_bytes / 2**10 for r in cmp.rows], "side memory (KiB)"),
               ([r.ops_per_s / 1e6 for r in cmp.rows], "replay speed (M page ops/s)"),
               ([r.walks[2] if r.walks else 0 for r in cmp.rows], "longest walk (steps)"),
-              ([r.free_2m_blocks for r in cmp.rows], "free 2 MiB blocks at the end")]
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.6), dpi=110)
+              ([r.walks[1] / max(r.walks[3], 1) if r.walks else 0 for r in cmp.rows],
+               "walk steps per counted operation"),
+              ([r.unusable for r in cmp.rows],
+               f"unusable index @{UNUSABLE_ORDER} at the end\n({cmp.zone})")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.8), dpi=110)
     for ax, (ys, label) in zip(axes, panels, strict=True):
         bars = ax.bar(names, ys, color=colors)
         ax.bar_label(bars, labels=[_bar_label(v) for v in ys], fontsize=7)
