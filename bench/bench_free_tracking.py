@@ -57,9 +57,10 @@ def main() -> None:
         stage = get_stage(name)
         side = TRACKING[stage.free_tracking].side_bytes_per_page * machine.nr_pfns
         print(f"bench: free_tracking.side_bytes[{name}] = {side / 2**20:.1f} MiB", flush=True)
-        mm = pa.MemMap(machine, stage, debug=False)
+        mm = pa.MemMap(machine, stage, debug=False)               # compiled, pages touched
         pa.run_ops(mm, kinds[:10_000], gfp[:10_000], order[:10_000], slot[:10_000],
-                   bpa.CHURN_SLOTS)                          # compiled, pages touched
+                   bpa.CHURN_SLOTS)
+        pa.free_pages_bulk(mm, pa.alloc_pages_bulk(mm, GFP_KERNEL, fours[:100]), 4)
         mm = pa.MemMap(machine, stage, debug=False)
         (out, _), dt = _timed(pa.run_ops, mm, kinds, gfp, order, slot, bpa.CHURN_SLOTS)
         print(f"bench: free_tracking.mixed_churn[{name}] = {_rate(out.size, dt)}", flush=True)
