@@ -4,9 +4,10 @@ On a 64 GiB machine, per option of ``page8`` (every registered one: ``--stages '
 
 * the mixed-order churn of bench_page_alloc (4 M ops, the fixture traces' order mix; mostly
   pcp hits, as in the kernel);
-* buddy allocations and frees: 200,000 order-4 blocks (above PAGE_ALLOC_COSTLY_ORDER, so no
+* buddy allocations and frees: 50,000 order-4 blocks (above PAGE_ALLOC_COSTLY_ORDER, so no
   pcp list hides the free_area structure), allocated in one call and freed in another, in a
-  shuffled order (frees merge with buddies in the middle of the lists);
+  shuffled order (frees merge with buddies in the middle of the lists: slist walks to each
+  buddy's predecessor, so its frees cost grows with the list length, quadratic in all);
 * the walks the option counts over both (slist: predecessor walks; bitmap: its searches),
   and its side memory for the machine.
 
@@ -31,7 +32,7 @@ from memdesc.stages import TRACKING, get_stage, tracking_variants
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_page_alloc as bpa  # noqa: E402 -- the churn sequence and order mix
 
-N_BUDDY = 200_000
+N_BUDDY = 50_000
 
 
 def _rate(n: int, seconds: float) -> str:
