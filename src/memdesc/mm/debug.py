@@ -68,7 +68,7 @@ from memdesc.mm.zone_state import (
 )
 
 if TYPE_CHECKING:
-    from memdesc.mm.page_alloc import MemMap
+    from memdesc.mm.memmap_init import MemMap
 
 _VMEMMAP = np.uint64(VMEMMAP_START)
 _MESSAGES = {

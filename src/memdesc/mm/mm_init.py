@@ -13,8 +13,8 @@ import numpy as np
 from memdesc.mm.fault_inject import FaultInjection
 from memdesc.mm.kmem import PageContents
 from memdesc.mm.memdesc_alloc import ST_WORDS
+from memdesc.mm.memmap_init import MemMap
 from memdesc.mm.mmzone import Machine
-from memdesc.mm.page_alloc import MemMap
 from memdesc.mm.slub import Slub
 from memdesc.stages import Stage, get_stage
 
