@@ -165,6 +165,96 @@ def _overhead(name: str, fleet: Path, client=None) -> float:
     return run.task_cpu_seconds / n
 
 
+def _thread_cpu(fn) -> tuple[float, float, float]:
+    """Wall time, CPU time of this process (every thread) and of this thread, of ``fn()``."""
+    t, cpu, mine = time.perf_counter(), _cpu(), time.thread_time()
+    fn()
+    return time.perf_counter() - t, _cpu() - cpu, time.thread_time() - mine
+
+
+def _read_all(folder: Path) -> list[tuple]:
+    """The kpage chunks a survey of ``folder`` classifies, read and decompressed."""
+    from memdesc.ingest.snapshot import open_folder
+
+    snap = open_folder(folder)
+    names = [n for n in ("kpageflags", "kpagecgroup") if snap.has(n)]
+    return [(s, *(a[n] for n in names)) for s, a in snap.chunks(names)]
+
+
+def _breakdown(captures: list[Path], reps: int = 3) -> None:
+    """Where one survey's CPU goes, per capture, in this process (malloc tuned as a worker's):
+    the whole task, its main thread, its read-ahead thread (the rest), the kpage files'
+    opening and decompression, and the classification kernel alone. The main thread runs the
+    parsing, the kernel and the cost model; the read-ahead thread decompresses the next chunk
+    meanwhile, so one survey alone takes about ``main - kernel + max(kernel, read-ahead)`` and
+    keeps ``cpu / that`` cores busy: two workers on two cores can give at most
+    ``2 x that / cpu`` times one (before Dask's own work), whatever the engine does."""
+    from memdesc.analysis.classify import classify_chunks
+    from memdesc.analysis.descriptors import load_descriptors
+    from memdesc.analysis.fleet import survey_task
+    from memdesc.analysis.fleet_local import tune_malloc
+    from memdesc.analysis.survey import layout_of
+    from memdesc.ingest import kpagefile
+    from memdesc.ingest.snapshot import open_folder
+
+    tune_malloc()
+    d = load_descriptors()
+    rows, crit, total = [], 0.0, 0.0
+    for folder in captures:
+        survey_task(str(folder), d)                                   # warm
+        task = [_thread_cpu(lambda f=folder: survey_task(str(f), d)) for _ in range(reps)]
+        read = min(_thread_cpu(lambda f=folder: _read_all(f))[1] for _ in range(reps))
+        chunks, layout = _read_all(folder), layout_of(open_folder(folder))[0]
+        kernel = min(_thread_cpu(lambda c=chunks, x=layout: classify_chunks(c, x))[1]
+                     for _ in range(reps))
+        cpu = sum(t[1] for t in task) / reps
+        main = sum(t[2] for t in task) / reps
+        ahead = cpu - main
+        path = main - kernel + max(kernel, ahead)
+        crit, total = crit + path, total + cpu
+        codec = kpagefile.kpage_file(*_flags_file(folder)).codec
+        rows.append((folder.name, codec, cpu, main, ahead, read, kernel, path))
+    for name, codec, cpu, main, ahead, read, kernel, path in rows:
+        print(f"bench: fleet.survey.{name}.cpu = {cpu * 1000:.1f} ms ({codec}; main thread "
+              f"{main * 1000:.1f}, read-ahead {ahead * 1000:.1f}; open+read+decompress "
+              f"{read * 1000:.1f}, kernel {kernel * 1000:.1f}; alone ~{path * 1000:.1f} ms)",
+              flush=True)
+    n = len(rows)
+    print(f"bench: fleet.survey.cpu_per_snapshot = {total / n * 1000:.1f} ms (mean of the "
+          f"captures; one survey alone ~{crit / n * 1000:.1f} ms, {total / crit:.2f} cores)",
+          flush=True)
+    print(f"bench: fleet.survey.scaling_ceiling_2_cores = {2 * crit / total:.2f} x (2 workers "
+          "over 1, from the read-ahead overlap alone, before Dask's work)", flush=True)
+
+
+def _flags_file(folder: Path) -> tuple[Path, str]:
+    from memdesc.ingest.kpagefile import KPAGE_FORMS
+
+    return next((folder / f"kpageflags{end}", codec) for end, codec in KPAGE_FORMS
+                if (folder / f"kpageflags{end}").exists())
+
+
+def _inflate(captures: list[Path], reps: int = 3) -> None:
+    """Opening and reading the study layout's kpageflags.gz (sized by a first inflate, then
+    streamed), with zlib-ng (the reader's) and with the standard zlib."""
+    import zlib
+
+    from memdesc.ingest import kpagefile
+
+    gz = [c for c in captures if (c / "kpageflags.gz").exists()]
+    if not gz:
+        return
+    ng = kpagefile.inflate
+    try:
+        for mod in dict.fromkeys((ng, zlib)):       # ng is zlib where zlib-ng is absent
+            kpagefile.inflate = mod
+            ms = min(_thread_cpu(lambda: [_read_all(c) for c in gz])[1] for _ in range(reps))
+            print(f"bench: fleet.gzip_snapshot.open_and_read_{mod.__name__.split('.')[-1]} = "
+                  f"{ms / len(gz) * 1000:.1f} ms", flush=True)
+    finally:
+        kpagefile.inflate = ng
+
+
 def _peak_rss_mib(client) -> float:
     peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return max(peaks.values()) / 1024
@@ -226,9 +316,11 @@ def main() -> None:
         fleet = make_fleet(tmp / "fleet", SNAPSHOTS, captures)
         warm = make_fleet(tmp / "warm", 4, captures)
         small = make_fleet(tmp / "small", 50, captures)
+        _warm_up(warm)
+        _breakdown(captures)
+        _inflate(captures)
         _scaling("threads", fleet)
         _scaling("processes", fleet)
-        _warm_up(warm)
         on_thread = _overhead("threads", small)
         cluster, client = _cluster(1)
         try:

@@ -13,8 +13,13 @@ from hypothesis import strategies as st
 from conftest import fixture_dir
 from memdesc.analysis.census import CLASSES, NR_UNIT_ORDERS
 from memdesc.analysis.classify import (
+    ANOMALIES,
+    NCLS,
+    NR_PAGE_ORDERS,
+    SECTION_SHIFT,
     Layout,
     Zone,
+    _classify_chunk,
     build_census,
     choose_cell_pfns,
     classify_chunks,
@@ -165,6 +170,29 @@ def test_chunk_size_does_not_change_the_census():
     for k in CLASSES:
         assert (a.units_by_class[k] == b.units_by_class[k]).all()
     assert (a.cells == b.cells).all()
+
+
+def test_per_pfn_class_map_is_the_one_pfn_count_map():
+    """The replay asks the survey's kernel for one class per PFN by giving it a 1-D map
+    (classify._add_cells picks the body by rank): on a real snapshot that map must be what
+    one-PFN count cells give (cells.argmax(axis=1), first class on a tie), PFN for PFN."""
+    snap = open_snapshot(fixture_dir("trace-slab/pre-snapshot"))
+    layout, _ = layout_of(snap)
+    nr = layout.nregions
+    for start, arrays in snap.chunks(("kpageflags",), chunk_pfns=1 << 18):
+        flags = arrays["kpageflags"]
+        k = len(flags)
+        maps = (np.zeros((k, NCLS), np.int32), np.zeros(k, np.int8))
+        for cells in maps:
+            _classify_chunk(flags, 0, layout.bounds - start, layout.seg_region,
+                            layout.seg_ram, np.zeros((nr, NCLS), np.int64),
+                            np.zeros(nr, np.int64), np.zeros((NCLS, NR_UNIT_ORDERS), np.int64),
+                            np.zeros((nr, NR_PAGE_ORDERS), np.int64), cells, 0,
+                            np.full(nr, -1, np.int64),
+                            np.zeros((k >> SECTION_SHIFT) + 2, np.uint8),
+                            np.zeros(len(ANOMALIES), np.int64))
+        assert (maps[0].sum(axis=1) == 1).all()          # every PFN counted exactly once
+        assert (maps[0].argmax(axis=1) == maps[1]).all()
 
 
 # --- hand-built traps ------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from memdesc.mm.free_tracking import C_MOVMASK, make_cfg
 from memdesc.mm.memdesc_alloc import descriptor_cache_slot
 from memdesc.mm.mm_init import Kernel
 from memdesc.mm.mmzone import Machine
-from memdesc.mm.slub import _GROW, desc_alloc_nb, desc_free_nb
+from memdesc.mm.page_desc import desc_alloc_nb, desc_free_nb
+from memdesc.mm.slab import _GROW
 from memdesc.stages import (
     DESCRIPTOR_TYPES,
     STAGES,

@@ -359,3 +359,43 @@ def test_totals_merge_in_any_grouping_equals_adding_one_by_one(specs, cut):
     assert merged["pages_by_class"] == expect["pages_by_class"]
     assert merged["folio_orders"] == expect["folio_orders"]
     assert (merged["machines"], merged["hosts"]) == (len(machines), len({h for h, *_ in specs}))
+
+
+def test_batches_keep_every_worker_busy_to_the_end():
+    """Snapshots go to dask.distributed up to BATCH_MAX (4) per task, as long as every worker
+    still gets TASKS_PER_WORKER (8) tasks: 200 on 2 workers -> 50 tasks of 4; 40 -> 20 of 2;
+    10 -> one each; in input order, every snapshot once."""
+    from memdesc.analysis.fleet_engine import _Todo, batches
+
+    def todo(n: int) -> list[_Todo]:
+        return [_Todo(f"memdesc-survey-{i}", None, []) for i in range(n)]
+
+    for n, workers, sizes in ((200, 2, [4] * 50), (40, 2, [2] * 20), (10, 2, [1] * 10),
+                              (33, 1, [4] * 8 + [1]), (5, 0, [1] * 5)):
+        got = batches(todo(n), workers)
+        assert [len(b) for b in got] == sizes
+        assert [t.key for b in got for t in b] == [f"memdesc-survey-{i}" for i in range(n)]
+
+
+def test_gzip_inflates_the_same_with_zlib_ng_as_with_zlib(monkeypatch):
+    """The study layout's kpageflags.gz reads (size and every PFN) the same through zlib-ng,
+    the reader's inflater, as through the standard zlib, its fallback."""
+    import zlib
+
+    import numpy as np
+
+    pytest.importorskip("zlib_ng", reason="zlib-ng is not installed (zlib is then the inflater)")
+    from memdesc.ingest import kpagefile
+    from memdesc.ingest.snapshot import open_folder
+
+    folder = next((fixture_dir("fleet") / "mansi" / "host-v1").iterdir())
+
+    def read() -> tuple[int, np.ndarray]:
+        snap = open_folder(folder)
+        return snap.pfn_count, np.concatenate([a["kpageflags"] for _, a in snap.chunks()])
+
+    assert kpagefile.inflate.__name__ == "zlib_ng.zlib_ng"
+    pfns, flags = read()
+    monkeypatch.setattr(kpagefile, "inflate", zlib)
+    pfns_zlib, flags_zlib = read()
+    assert pfns == pfns_zlib == 6_553_600 and np.array_equal(flags, flags_zlib)

@@ -47,11 +47,14 @@ def _sigign_mask() -> int:
         return next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
 
 
-def test_worker_killed_mid_run_costs_a_retry_not_the_run(tmp_path):
-    """The local engine's cluster of two worker processes; when the first result arrives, the
-    worker holding a task in flight is killed (SIGKILL). Its nanny restarts it, the scheduler
-    runs the lost tasks again, and every machine comes out exactly as in a threaded run."""
+def test_worker_killed_mid_run_costs_a_retry_not_the_run(tmp_path, monkeypatch):
+    """The local engine's cluster of two worker processes, fed tasks of up to 4 snapshots
+    (4, 4, 2); when the first result arrives, the worker holding a task in flight is killed
+    (SIGKILL). Its nanny restarts it, the scheduler runs the lost task again, and every
+    machine comes out exactly as in a threaded run (one snapshot per task)."""
     from distributed import Client
+
+    monkeypatch.setattr("memdesc.analysis.fleet_engine.TASKS_PER_WORKER", 1)
 
     inputs, _ = find_snapshots([str(distinct_fleet(tmp_path / "fleet", 10))])
     descriptors = load_descriptors()

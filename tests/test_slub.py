@@ -6,8 +6,9 @@ import pytest
 
 from conftest import fixture_dir
 from memdesc.ingest.procfs import parse_slabinfo
+from memdesc.mm import slab as mslab
 from memdesc.mm import slab_common as sc
-from memdesc.mm import slub
+from memdesc.mm import slub, slub_sizing
 
 
 def _slabinfo():
@@ -29,7 +30,7 @@ def test_kmalloc_rows_match_calculate_order():
             name = sc.kmalloc_cache_name(index, kind)
             assert name in rows, f"{name} missing from the real slabinfo"
             row = rows[name]
-            geo = slub.calculate_sizes(size, slub.SLAB_KMALLOC, nr_cpus=nr_cpus)
+            geo = slub_sizing.calculate_sizes(size, slub_sizing.SLAB_KMALLOC, nr_cpus=nr_cpus)
             assert (row.objsize, row.objperslab, row.pagesperslab) == (
                 geo.size, geo.objects, 1 << geo.order), name
             seen += 1
@@ -42,8 +43,8 @@ def test_every_slabinfo_row_matches_calculate_order():
     rows = _slabinfo()
     assert len(rows) > 200
     for r in rows:
-        order = slub.calculate_order(r.objsize, nr_cpus)
-        assert (1 << order, slub.order_objects(order, r.objsize)) == (
+        order = slub_sizing.calculate_order(r.objsize, nr_cpus)
+        assert (1 << order, slub_sizing.order_objects(order, r.objsize)) == (
             r.pagesperslab, r.objperslab), r.name
 
 
@@ -59,18 +60,19 @@ def test_kmalloc_index_table():
 
 
 def test_min_objects_and_rcu_free_pointer():
-    assert slub.default_min_objects(2) == 12
-    assert slub.default_min_objects(64) == 32
+    assert slub_sizing.default_min_objects(2) == 12
+    assert slub_sizing.default_min_objects(64) == 32
     # A TYPESAFE_BY_RCU cache keeps its free pointer outside the object unless it names a
     # word inside it (kmem_cache_args.freeptr_offset): 80 -> 96 vs 80 with 16-byte alignment.
-    outside = slub.calculate_sizes(80, slub.SLAB_TYPESAFE_BY_RCU, 16)
-    inside = slub.calculate_sizes(80, slub.SLAB_TYPESAFE_BY_RCU, 16, freeptr_offset=8)
+    outside = slub_sizing.calculate_sizes(80, slub_sizing.SLAB_TYPESAFE_BY_RCU, 16)
+    inside = slub_sizing.calculate_sizes(80, slub_sizing.SLAB_TYPESAFE_BY_RCU, 16, freeptr_offset=8)
     assert (outside.size, outside.offset) == (96, 80)
     assert (inside.size, inside.offset) == (80, 8)
     assert inside.objects == 51 and inside.order == 0
     # kmalloc-8k: 4 objects in an order-3 slab, min (fallback) order 1 holds one object.
-    k8 = slub.calculate_sizes(8192)
-    assert (k8.order, k8.objects, slub.oo_order(k8.min), slub.oo_objects(k8.min)) == (3, 4, 1, 1)
+    k8 = slub_sizing.calculate_sizes(8192)
+    assert (k8.order, k8.objects) == (3, 4)
+    assert (slub_sizing.oo_order(k8.min), slub_sizing.oo_objects(k8.min)) == (1, 1)
 
 
 # ---- the allocator ----------------------------------------------------------------------------
@@ -104,9 +106,9 @@ def _slab_pages(k: Kernel) -> int:
 
 def test_struct_slab_and_kmem_cache_node_offsets_match_pahole():
     text = (fixture_dir("btf") / "pahole" / "slab.txt").read_text()
-    for name, off in (("slab_cache", slub.SLAB_CACHE), ("freelist", slub.SLAB_FREELIST),
-                      ("counters", slub.SLAB_COUNTERS), ("__page_type", slub.SLAB_PAGE_TYPE),
-                      ("obj_exts", slub.SLAB_OBJ_EXTS)):
+    for name, off in (("slab_cache", mslab.SLAB_CACHE), ("freelist", mslab.SLAB_FREELIST),
+                      ("counters", mslab.SLAB_COUNTERS), ("__page_type", mslab.SLAB_PAGE_TYPE),
+                      ("obj_exts", mslab.SLAB_OBJ_EXTS)):
         line = next(ln for ln in text.splitlines() if f" {name};" in ln)
         assert f"/*    {off:>2} " in line or f"/* {off:>5} " in line, (name, line)
     assert "slab_list; /*    16" in text
@@ -125,7 +127,7 @@ def test_alloc_free_every_stage(stage):
     assert k.slub.live(kc) == 3000 and k.slub.slabs(kc) == -(-3000 // 64)
     k.check()
     # every object maps back to its slab through the stage's struct page / memdesc word
-    slabs = {int(slub.virt_to_slab(k.E, o)) for o in objs[::97]}
+    slabs = {int(mslab.virt_to_slab(k.E, o)) for o in objs[::97]}
     assert 0 not in slabs
     k.slub.kmem_cache_free(kc, objs[::2])
     k.check()
@@ -133,7 +135,7 @@ def test_alloc_free_every_stage(stage):
     k.check()
     assert k.slub.live(kc) == 0
     # emptied slabs went back to the page allocator except min_partial (5) and the cpu slab
-    assert k.slub.slabs(kc) <= slub.MIN_PARTIAL + 1
+    assert k.slub.slabs(kc) <= slub_sizing.MIN_PARTIAL + 1
     assert _allocated_pages(k) == _slab_pages(k)
 
 
@@ -145,7 +147,7 @@ def test_kmalloc_classes_and_large(stage):
     assert (addrs != 0).all()
     names = {}
     for s, a in zip(sizes, addrs, strict=True):
-        slab = int(slub.virt_to_slab(k.E, a))
+        slab = int(mslab.virt_to_slab(k.E, a))
         if s > 8192:
             assert slab == 0 and int(a) % 4096 == 0        # kmalloc_large: whole pages
         else:
@@ -169,11 +171,11 @@ def test_slab_descriptors_are_self_hosted_at_dynamic():
     # one struct slab per kmalloc-4k slab (plus the other caches' slabs) lives in memdesc_slab
     assert k.slub.live(sd) >= k.slub.slabs(kc)
     for o in objs[::8]:
-        slab = int(slub.virt_to_slab(k.E, o))
-        assert slub.virt_to_slab(k.E, np.uint64(slab)) != 0          # a slab object itself
-        owner = int(slub.virt_to_slab(k.E, np.uint64(slab)))
+        slab = int(mslab.virt_to_slab(k.E, o))
+        assert mslab.virt_to_slab(k.E, np.uint64(slab)) != 0          # a slab object itself
+        owner = int(mslab.virt_to_slab(k.E, np.uint64(slab)))
         # the descriptor's own slab describes itself: object 0 at the page start
-        assert owner % 4096 == 0 and int(slub.virt_to_slab(k.E, np.uint64(owner))) == owner
+        assert owner % 4096 == 0 and int(mslab.virt_to_slab(k.E, np.uint64(owner))) == owner
     geo = {r[0]: r[3] for r in k.slub.slabinfo()}
     assert (geo["folio"], geo["folio_large"], geo["memdesc_slab"], geo["ptdesc"],
             geo["zpdesc"], geo["netmem_desc"]) == (80, 128, 64, 64, 64, 48)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from memdesc.analysis.census import (
     CLASS_INDEX,
@@ -94,9 +95,24 @@ B_FILE_HINTS = np.uint64(sum(1 << b for b in (
 
 # --- the per-chunk kernel ---------------------------------------------------------------------
 
-@njit(cache=True, nogil=True)
 def _add_cells(cells, shift, cls, a, b):
-    """Count PFNs [a, b) as ``cls`` in the map cells they fall in."""
+    """Count PFNs [a, b) as ``cls`` in the map cells they fall in (int32[ncells, NCLS]); or,
+    given a 1-D array of one cell per PFN (``shift`` 0), write ``cls`` as each PFN's class:
+    what the replay needs from the survey's kernel (trace_types.snapshot_units), without a
+    (PFNs x classes) count array to clear and scan. Numba picks the body by the rank."""
+    raise NotImplementedError("numba only")
+
+
+@overload(_add_cells, jit_options={"cache": True, "nogil": True})
+def _add_cells_nb(cells, shift, cls, a, b):
+    return _pfn_classes if cells.ndim == 1 else _count_cells
+
+
+def _pfn_classes(cells, shift, cls, a, b):
+    cells[a:b] = cls
+
+
+def _count_cells(cells, shift, cls, a, b):
     c = a >> shift
     ce = (b - 1) >> shift
     if c == ce:

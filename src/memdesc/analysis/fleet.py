@@ -107,6 +107,12 @@ def survey_task(path: str, descriptors, stop: threading.Event | None = None) -> 
                           "please report it with this snapshot)"}
 
 
+def survey_batch(paths: list[str], descriptors) -> list[dict[str, Any]]:
+    """:func:`survey_task` on each of ``paths`` in turn (a Dask task of a few snapshots: a
+    task costs dask.distributed a few milliseconds of CPU, bench/bench_fleet.py)."""
+    return [survey_task(path, descriptors) for path in paths]
+
+
 # --- the fleet ------------------------------------------------------------------------------------
 
 def percentiles(values: list[float]) -> dict[str, float] | None:

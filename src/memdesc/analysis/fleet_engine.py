@@ -21,9 +21,10 @@
   worker (the scheduler's own rescheduling, up to ``distributed.scheduler.allowed-failures``
   deaths per task); the result is the same because a survey is a pure function of its files.
 
-Either way one task surveys one snapshot (analysis.fleet.survey_task) and returns a summary of a
-few KiB; identical snapshots (same content hash) are one task. Results are cached as they
-arrive (analysis.fleet_cache), so an interrupted run keeps what it finished.
+Either way a survey of one snapshot (analysis.fleet.survey_task) returns a summary of a few KiB;
+identical snapshots (same content hash) are surveyed once. On dask.distributed a task surveys up
+to BATCH_MAX of them (:func:`batches`): each task costs a few ms of CPU to schedule. Results are
+cached as they arrive (analysis.fleet_cache), so an interrupted run keeps what it finished.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from memdesc.analysis.fleet import Cancelled, survey_task
+from memdesc.analysis.fleet import Cancelled, survey_batch, survey_task
 from memdesc.analysis.fleet_cache import ResultCache
 from memdesc.analysis.fleet_local import (
     LOCAL_CLUSTER_CONFIG,
@@ -54,6 +55,13 @@ CONNECT_TIMEOUT = 15
 #: them costs a second or two (the fork server's loading, the cluster), repaid by their
 #: scaling (bench/bench_fleet.py: threads barely scale on the survey's GIL-held Python parts).
 LOCAL_PROCESSES_MIN = 32
+#: Snapshots per dask.distributed task at most. A task costs the scheduler, the client and
+#: the worker about 5 ms of CPU together, a tenth of a 25 GiB snapshot's survey; 4 per task
+#: cut that to 2 ms (bench/bench_fleet.py ``dask_overhead_per_snapshot``).
+BATCH_MAX = 4
+#: Tasks per worker at least before snapshots are batched, so that the run's end stays
+#: balanced (the last tasks are short).
+TASKS_PER_WORKER = 8
 
 @dataclass
 class FleetRun:
@@ -174,7 +182,7 @@ def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
     kind = local_engine(local, len(plan.todo), n)
     if plan.todo and scheduler:
         run.engine = f"dask.distributed at {scheduler}"
-        _run_distributed(plan.todo, descriptors, scheduler, finish)
+        _run_distributed(plan.todo, descriptors, scheduler, finish, None)
     elif plan.todo and kind == "processes":
         run.engine = f"dask.distributed LocalCluster, {n} worker process{'es' * (n != 1)}"
         import dask
@@ -182,7 +190,7 @@ def run_fleet(plan: FleetPlan, descriptors, scheduler: str | None = None,
         with dask.config.set(LOCAL_CLUSTER_CONFIG):       # our client too
             cluster = local_cluster(n)
             try:
-                _run_distributed(plan.todo, descriptors, cluster.scheduler_address, finish)
+                _run_distributed(plan.todo, descriptors, cluster.scheduler_address, finish, n)
             except KeyboardInterrupt:
                 stop_now(cluster)
                 raise
@@ -239,23 +247,35 @@ def _connect(address: str):
                          "ADDRESS` (docs/fleet.md)") from None
 
 
+def batches(todo: list[_Todo], workers: int) -> list[list[_Todo]]:
+    """``todo`` in order, cut into tasks of up to BATCH_MAX snapshots, as long as every one
+    of ``workers`` still gets TASKS_PER_WORKER tasks (small runs: one snapshot per task)."""
+    size = max(1, min(BATCH_MAX, len(todo) // (max(1, workers) * TASKS_PER_WORKER)))
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
 def _run_distributed(todo: list[_Todo], descriptors, address: str,
-                     finish: Callable[[_Todo, dict], None]) -> None:
+                     finish: Callable[[_Todo, dict], None], workers: int | None) -> None:
     from distributed import as_completed
 
     client = _connect(address)
     futures = []
     try:
-        by_key = {t.key: t for t in todo}
-        futures = client.map(survey_task, [t.path for t in todo],
-                             descriptors=descriptors, key=[t.key for t in todo], retries=1)
+        if workers is None:
+            workers = sum(client.nthreads().values())
+        tasks = {f"memdesc-batch-{b[0].key.removeprefix('memdesc-survey-')}-{len(b)}": b
+                 for b in batches(todo, workers)}
+        futures = client.map(survey_batch, [[t.path for t in b] for b in tasks.values()],
+                             descriptors=descriptors, key=list(tasks), retries=1)
         for fut in as_completed(futures, loop=client.loop):
+            batch = tasks[fut.key]
             try:
-                res = fut.result()
+                results = fut.result()
             except Exception as e:      # KilledWorker (died too often), lost scheduler, ...
-                res = {"reason": f"{by_key[fut.key].inputs[0].path}: the Dask task failed "
-                                 f"({type(e).__name__}: {e})"}
-            finish(by_key[fut.key], res)
+                results = [{"reason": f"{t.inputs[0].path}: the Dask task failed "
+                                      f"({type(e).__name__}: {e})"} for t in batch]
+            for t, res in zip(batch, results, strict=True):
+                finish(t, res)
     finally:
         if futures:
             client.cancel(futures)

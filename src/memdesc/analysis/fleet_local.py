@@ -21,10 +21,13 @@ client are all ours. What makes n workers on n cores do n times the work of one
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import multiprocessing
 import os
 import signal
+import sys
+from pathlib import Path
 
 #: glibc malloc settings of the processes that survey (the local run's; a cluster's workers
 #: take them from their environment, docs/fleet.md). A survey streams its kpage files in 8 MiB
@@ -42,6 +45,7 @@ _MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}   # M_* 
 #: (spawn) spends about a second of CPU each on the same loads.
 FORK_SERVER_PRELOAD = ["memdesc.analysis.fleet_preload"]
 START_METHOD = "distributed.worker.multiprocessing-method"
+PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
 FORK_SERVER = "forkserver" in multiprocessing.get_all_start_methods()      # not on Windows
 #: dask.distributed settings of the local run, whose scheduler, nannies, workers and client
 #: are all ours and serve one client with no dashboard. Dask's defaults keep about 6 % of a
@@ -92,13 +96,27 @@ def numba_threads(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // workers)
 
 
+def _pre_spawn_environ() -> dict:
+    """dask's ``distributed.nanny.pre-spawn-environ``, without importing distributed when it
+    is not loaded yet (about half a second the fork server can start earlier): its defaults
+    (distributed.yaml, as distributed/config.py reads them) under the user's dask settings."""
+    import dask
+
+    if "distributed" in sys.modules:
+        return dask.config.get(PRE_SPAWN)
+    import yaml
+
+    spec = importlib.util.find_spec("distributed")
+    with open(Path(spec.origin).parent / "distributed.yaml") as f:
+        defaults = yaml.safe_load(f)["distributed"]["nanny"]["pre-spawn-environ"]
+    return {**defaults, **dask.config.get(PRE_SPAWN, default={})}
+
+
 def worker_environ(workers: int) -> dict[str, str]:
     """The environment the worker processes start with: dask's pre-spawn settings and
     MALLOC_ENV (where this process's environment does not set them: an explicit setting
     wins, as in dask), and numba_threads()."""
-    import dask
-
-    wanted = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **MALLOC_ENV}
+    wanted = {**_pre_spawn_environ(), **MALLOC_ENV}
     env = {k: os.environ.get(k, str(v)) for k, v in wanted.items() if v is not None}
     return {**env, "NUMBA_NUM_THREADS": str(numba_threads(workers))}
 
@@ -129,11 +147,10 @@ def start_fork_server(workers: int) -> bool:
         return True
     from multiprocessing import forkserver
 
-    import dask
-    from distributed.utils import get_mp_context
-
-    with dask.config.set({START_METHOD: "forkserver"}):
-        ctx = get_mp_context()         # sets dask's own preload list, once: ours replaces it
+    # Not distributed's get_mp_context(), which would import distributed (and pandas, where
+    # installed) here first: the server loads them itself, meanwhile. (When the nannies call
+    # it, it sets its own preload list, which the running server no longer reads.)
+    ctx = multiprocessing.get_context("forkserver")
     stop_fork_server()
     ctx.set_forkserver_preload(FORK_SERVER_PRELOAD)
     env = worker_environ(workers)
@@ -174,7 +191,7 @@ def local_cluster(workers: int):
 
     forked = start_fork_server(workers)
     config = {**LOCAL_CLUSTER_CONFIG,
-              "distributed.nanny.pre-spawn-environ": worker_environ(workers)}
+              PRE_SPAWN: worker_environ(workers)}
     with dask.config.set(config), (contextlib.nullcontext() if forked else _sigint_ignored()):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                             host="127.0.0.1", dashboard_address=None,

@@ -399,7 +399,7 @@ def replay_env(mm) -> tuple:
     from memdesc.mm.fault_inject import FaultInjection
     from memdesc.mm.kmem import PageContents
     from memdesc.mm.memdesc_alloc import ST_WORDS
-    from memdesc.mm.slub import Slub
+    from memdesc.mm.slab_caches import Slub
 
     class _Unbooted(Slub):
         def boot(self) -> None:          # no caches: they would take pages off the replay

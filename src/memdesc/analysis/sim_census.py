@@ -27,7 +27,7 @@ def census_of_world(world) -> Census:
     """The Census of a scenario World (memdesc.analysis.scenario.World) now."""
     from memdesc.mm import page_alloc as pa
     from memdesc.mm.memory import count_tables_nb
-    from memdesc.mm.slub import G_MIN_ORDER, G_ORDER, G_PAGES, G_SLABS
+    from memdesc.mm.slab import G_MIN_ORDER, G_ORDER, G_PAGES, G_SLABS
 
     k = world.k
     m = k.machine

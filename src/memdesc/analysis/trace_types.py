@@ -229,25 +229,18 @@ def snapshot_units(snapshot: Snapshot, layout: Layout,
     ucls = np.full(n, NO_UNIT, np.int8)
     uord = np.full(n, NO_UNIT, np.int8)
     nr = layout.nregions
-    # one cells buffer for every chunk: a fresh (chunk x classes) array per chunk is 25 x
-    # 16 MB of first-touch page faults on a 25 GiB machine
-    cells_buf = np.empty((chunk_pfns, classify.NCLS), np.int32)
     for start, arrays in snapshot.chunks(("kpageflags",), chunk_pfns=chunk_pfns):
         flags = arrays["kpageflags"]
         k = len(flags)
-        if k > len(cells_buf):
-            cells_buf = np.empty((k, classify.NCLS), np.int32)
-        cells = cells_buf[:k]
-        cells.fill(0)
+        pc = pclass[start:start + k]          # the kernel's map, one cell (class) per PFN
+        pc.fill(0)
         classify._classify_chunk(
             flags, 0, layout.bounds - start, layout.seg_region, layout.seg_ram,
             np.zeros((nr, classify.NCLS), np.int64), np.zeros(nr, np.int64),
             np.zeros((classify.NCLS, NR_UNIT_ORDERS), np.int64),
-            np.zeros((nr, classify.NR_PAGE_ORDERS), np.int64), cells, 0,
+            np.zeros((nr, classify.NR_PAGE_ORDERS), np.int64), pc, 0,
             np.full(nr, -1, np.int64), np.zeros((k >> classify.SECTION_SHIFT) + 2, np.uint8),
             np.zeros(len(classify.ANOMALIES), np.int64))
-        pc = cells.argmax(axis=1).astype(np.int8)
-        pclass[start:start + k] = pc
         _unit_heads(flags, pc, ucls[start:start + k], uord[start:start + k])
         if progress:
             progress(k)

@@ -79,6 +79,8 @@ from memdesc.mm.access_core import (  # noqa: F401 -- the counter columns are pa
     CT_STORES,
     NCOUNT,
 )
+from memdesc.mm.ft_common import C_W
+from memdesc.mm.kmem import VMEMMAP_START
 
 #: access kind bits (AccessStream.kind)
 KIND_STORE = 1          # a store (else a load)
@@ -204,6 +206,10 @@ def enable(k, log_capacity: int = 0) -> None:
     fn = core.callbacks()
     A[core.A_FN_RECORD], A[core.A_FN_BEGIN], A[core.A_FN_END] = (
         fn["record"], fn["begin"], fn["end"])
+    A[core.A_FN_NOPTR], A[core.A_FN_REFINE] = fn["noptr"], fn["refine"]
+    # KIND_MEMWORD sites: mem index -> vmemmap address and PFN
+    A[core.A_MEMBASE] = np.uint64(VMEMMAP_START).astype(np.int64)
+    A[core.A_W] = mm.S[C_W]
     A[core.A_OFF_CT] = core.NHDR
     A[core.A_OFF_LT] = core.NHDR + len(OP_CLASSES) * NCOUNT
     A[core.A_OFF_LOG] = A[core.A_OFF_LT] + 2 * core.LT_SIZE

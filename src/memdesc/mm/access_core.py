@@ -3,7 +3,8 @@
 Every numba function that has the allocator's state array S can count: ``S[C_ACC]`` holds the
 address of the accounting block (an int64 array Python keeps alive, see access.enable()), 0
 when accounting is off. An access site is then one load of S[C_ACC] and one predictable
-branch when off; the recording (:func:`_record`) runs only when on.
+branch when off (one load per kernel call where LLVM can merge them: :func:`acc_word`);
+the recording (:func:`_record`) runs only when on.
 
 The block (``A``): a header (``A_*`` words), the counters (one row of ``NCOUNT`` per op class),
 the line table (distinct 64-byte lines of the current operation) and the optional log
@@ -35,6 +36,9 @@ from numba.extending import intrinsic
 C_ACC = 31
 
 KIND_STORE, KIND_DEP, KIND_PTR = 1, 2, 4
+#: (call-site only) ``addr`` is an index into mem: the recording turns it into the struct page
+#: word's vmemmap address and its PFN node (A_MEMBASE, A_W), so the site stays a bare call
+KIND_MEMWORD = 8
 #: class ids of memdesc.mm.access.OP_CLASSES the numba code opens (checked there)
 (OP_ALLOC_PCP, OP_ALLOC_REFILL, OP_ALLOC_BUDDY, OP_FREE_PCP, OP_FREE_DRAIN, OP_FREE_BUDDY,
  OP_FOLIO_ALLOC, OP_FOLIO_PUT, OP_KMEM_ALLOC, OP_KMEM_FREE, OP_PAGE_FOLIO, OP_FOLIO_PAGE,
@@ -50,7 +54,8 @@ ADDR_BEFORE, ADDR_AFTER = 128, 256
 # header words of the block
 (A_SIZE, A_DEPTH, A_CLASS, A_PTRLVL, A_CHAIN, A_SEQ, A_PTRNODE, A_NOPTR, A_LOADS, A_STORES,
  A_LINES, A_LTFILL, A_LT_OVER, A_OFF_CT, A_OFF_LT, A_OFF_LOG, A_LOGCAP, A_LOGN, A_OFF_OPS,
- A_OPCAP, A_OPN, A_DROPPED, A_OPFIRST, A_NCLASS, A_FN_RECORD, A_FN_BEGIN, A_FN_END) = range(27)
+ A_OPCAP, A_OPN, A_DROPPED, A_OPFIRST, A_NCLASS, A_FN_RECORD, A_FN_BEGIN, A_FN_END, A_FN_NOPTR,
+ A_FN_REFINE, A_MEMBASE, A_W) = range(31)
 NHDR = 32
 #: counter columns (access.CT_*)
 CT_OPS, CT_LOADS, CT_STORES, CT_LINES, CT_CHAIN_SUM, CT_CHAIN_MAX = range(6)
@@ -96,15 +101,44 @@ def _call_out(typingctx, fn, a, b, c, d, e):
     """Call the C function at address ``fn`` with five int64 arguments. An indirect call is
     one LLVM cannot inline: the access sites of the hot paths stay a load, a compare and a
     call, so accounting off costs what the branch costs (with the recording inlined at ~60
-    sites the hot kernels grew enough to lose their own inlining: +20 % on a replay)."""
+    sites the hot kernels grew enough to lose their own inlining: +20 % on a replay).
+
+    The call is marked ``inaccessiblememonly nounwind``: the callees (the cfuncs of
+    :func:`callbacks`) touch only the accounting block, which no kernel reads or writes inline
+    (except the A_FN_* words, written by Python before the block is attached and by no callee).
+    Without it LLVM must assume every site, taken or not, may write ``mem`` and ``S``: values
+    it kept in registers are reloaded after each of the ~60 sites, and the sites cost the hot
+    loops ~40 % (trace-slab replay loops 0.31 -> 0.52 s, accounting off)."""
     sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64,
                      types.int64)
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
         fnty = ir.FunctionType(ir.VoidType(), [i64] * 5)
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), list(args[1:]))
+        call = builder.call(builder.inttoptr(args[0], fnty.as_pointer()), list(args[1:]),
+                            attrs=("nounwind",))
+        # llvmlite's call-site attribute list lacks it; LLVM's parser takes the name as is
+        set.add(call.attributes, "inaccessiblememonly")
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def acc_word(typingctx, S):
+    """``S[C_ACC]`` loaded with ``!invariant.load``: the word changes only from Python between
+    kernel calls (access.enable()/disable()), never inside one, so LLVM may merge every site's
+    load into the first one that dominates it, across the kernel's stores to ``mem`` and ``S``
+    (which it must otherwise assume alias the word). The ~60 sites of a hot path then share one
+    load, and their branches one condition."""
+    sig = types.int64(S)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, value=args[0])
+        ptr = builder.gep(arr.data, [ir.Constant(ir.IntType(64), C_ACC)], inbounds=True)
+        word = builder.load(ptr)
+        word.set_metadata("invariant.load", builder.module.add_metadata([]))
+        return word
 
     return sig, codegen
 
@@ -112,7 +146,7 @@ def _call_out(typingctx, fn, a, b, c, d, e):
 @njit(cache=True)
 def acc_on(S):
     """Accounting is on for this state array (a cold branch)."""
-    return unlikely(S[C_ACC] != 0)
+    return unlikely(acc_word(S) != 0)
 
 
 @njit(cache=True)
@@ -149,6 +183,10 @@ def _record(p, addr, kind, node, val_node):
     A = block(p)
     if A[A_DEPTH] == 0:
         return                                  # outside every counted operation
+    if kind & KIND_MEMWORD:                     # mem[addr]: struct page word of PFN addr // W
+        kind &= ~KIND_MEMWORD
+        node = np.int64(addr) // A[A_W]
+        addr = np.uint64(A[A_MEMBASE]) + (addr << np.uint64(3))
     if node == ADDRNODE:
         d = np.int64(np.uint64(addr) - np.uint64(A[A_PTRNODE]))
         if -ADDR_BEFORE <= d < ADDR_AFTER and A[A_PTRNODE] != NONODE:
@@ -182,16 +220,28 @@ def _record(p, addr, kind, node, val_node):
 def acc(S, addr, kind, node, val_node):
     """Count one access of ``kind`` (KIND_STORE / KIND_PTR; DEP is derived from ``node``) at
     emulated address ``addr``; a PTR load's value names ``val_node``."""
-    p = S[C_ACC]
+    p = acc_word(S)
     if unlikely(p != 0):
         _call_out(carray(_as_ptr(p), NHDR)[A_FN_RECORD], p, np.int64(addr), np.int64(kind),
                   np.int64(node), np.int64(val_node))
 
 
 @njit(cache=True)
+def acc_mw(S, i, kind, val_node):
+    """Count one access of ``kind`` to struct page word ``mem[i]`` (a PTR load's value names
+    ``val_node``). The address and the PFN node are derived by the recording, out of line: a
+    site is a load, a branch and a call, with no division (and its ZeroDivisionError path)
+    inlined into the hot loops."""
+    p = acc_word(S)
+    if unlikely(p != 0):
+        _call_out(carray(_as_ptr(p), NHDR)[A_FN_RECORD], p, np.int64(i),
+                  np.int64(kind | KIND_MEMWORD), np.int64(NONODE), np.int64(val_node))
+
+
+@njit(cache=True)
 def acc_k(S, addr, kind):
     """Count one access whose KIND_* bits the caller knows (no node logic)."""
-    p = S[C_ACC]
+    p = acc_word(S)
     if unlikely(p != 0):
         _call_out(carray(_as_ptr(p), NHDR)[A_FN_RECORD], p, np.int64(addr), np.int64(kind),
                   np.int64(NONODE), np.int64(NONODE))
@@ -200,9 +250,9 @@ def acc_k(S, addr, kind):
 @njit(cache=True)
 def acc_noptr(S, on):
     """While ``on``, PTR loads count as plain (DEP-able) loads (see the module doc)."""
-    p = S[C_ACC]
+    p = acc_word(S)
     if unlikely(p != 0):
-        block(p)[A_NOPTR] = 1 if on else 0
+        _call_out(carray(_as_ptr(p), NHDR)[A_FN_NOPTR], p, np.int64(1 if on else 0), 0, 0, 0)
 
 
 @njit(cache=True)
@@ -228,7 +278,7 @@ def _begin(p, cls):
 @njit(cache=True)
 def op_begin(S, cls):
     """Open an operation of class ``cls`` (nested operations belong to the outermost)."""
-    p = S[C_ACC]
+    p = acc_word(S)
     if unlikely(p != 0):
         _call_out(carray(_as_ptr(p), NHDR)[A_FN_BEGIN], p, np.int64(cls), 0, 0, 0)
 
@@ -262,7 +312,7 @@ def _end(p):
 @njit(cache=True)
 def op_end(S):
     """Close the operation opened by the matching op_begin()."""
-    p = S[C_ACC]
+    p = acc_word(S)
     if unlikely(p != 0):
         _call_out(carray(_as_ptr(p), NHDR)[A_FN_END], p, 0, 0, 0, 0)
 
@@ -278,9 +328,10 @@ def _refine(p, lo, hi, cls):
 def op_refine(S, lo, hi, cls):
     """The open operation becomes class ``cls`` if its class is in ``[lo, hi]`` (the path an
     alloc_pages()/free_pages() took; an enclosing folio_alloc() keeps its class)."""
-    p = S[C_ACC]
+    p = acc_word(S)
     if unlikely(p != 0):
-        _refine(p, lo, hi, cls)
+        _call_out(carray(_as_ptr(p), NHDR)[A_FN_REFINE], p, np.int64(lo), np.int64(hi),
+                  np.int64(cls), 0)
 
 
 # ---- the out-of-line recording entry points (C ABI), built when accounting is first enabled --
@@ -308,6 +359,15 @@ def callbacks() -> dict[str, object]:
         def end_c(p, _a, _b, _c, _d):
             _end(p)
 
+        @cfunc(sig, cache=True)
+        def noptr_c(p, on, _b, _c, _d):
+            block(p)[A_NOPTR] = on
+
+        @cfunc(sig, cache=True)
+        def refine_c(p, lo, hi, cls, _d):
+            _refine(p, lo, hi, cls)
+
         _CALLBACKS.update(record=record_c.address, begin=begin_c.address, end=end_c.address,
-                          _keep=(record_c, begin_c, end_c))
+                          noptr=noptr_c.address, refine=refine_c.address,
+                          _keep=(record_c, begin_c, end_c, noptr_c, refine_c))
     return _CALLBACKS

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memdesc.mm.mmzone import PAGES_PER_SECTION
-from memdesc.mm.slub import CS_LIVE, G_PAGES, G_SIZE, G_SLABS
+from memdesc.mm.slab import CS_LIVE, G_PAGES, G_SIZE, G_SLABS
 from memdesc.stages import PAGE_SIZE
 
 

@@ -37,7 +37,8 @@ from memdesc.mm.folio import (
 from memdesc.mm.kmem import BATCH, M_TOP, M_USED, TAG_FILE, WORDS_PER_PAGE, content_tag, fill_tags
 from memdesc.mm.lookups import readback_file_e
 from memdesc.mm.memdesc_alloc import E_DATA, E_KMETA, E_SP, E_TAGS, SP_T_FILE, borrow
-from memdesc.mm.slub import _GROW, SLAB_RECLAIM_ACCOUNT
+from memdesc.mm.slab import _GROW
+from memdesc.mm.slub_sizing import SLAB_RECLAIM_ACCOUNT
 
 #: struct xa_node is 576 bytes; XA_CHUNK_SHIFT 6 (64 slots per node) [S: include/linux/xarray.h].
 XA_NODE_BYTES = 576

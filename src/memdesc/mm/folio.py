@@ -35,7 +35,7 @@ from memdesc.mm.access_core import (
     op_end,
     op_refine,
 )
-from memdesc.mm.free_tracking import page_zone_index
+from memdesc.mm.free_tracking import nodezone_bits, page_zone_index
 from memdesc.mm.kmem import (
     VMEMMAP_START,
     acc_stores,
@@ -69,7 +69,8 @@ from memdesc.mm.memdesc_alloc import (
 )
 from memdesc.mm.mm_types import FOLIO_PATH_2025, FOLIO_V6_18, PG_head, PG_lru
 from memdesc.mm.mmzone import NR_ZONES
-from memdesc.mm.slub import _GROW, _alloc_obj, kmem_cache_free_one_nb, nodezone_bits
+from memdesc.mm.slab import _GROW
+from memdesc.mm.slub import _alloc_obj, kmem_cache_free_one_nb
 from memdesc.stages import _layout
 
 #: Large-folio part of the dynamic folio: the 6.18 members of __page_1/__page_2 a large folio

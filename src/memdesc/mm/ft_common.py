@@ -18,6 +18,7 @@ from memdesc.mm.access_core import (  # noqa: F401 -- acc_noptr re-exported
     KIND_STORE,
     NONODE,
     acc,
+    acc_mw,
     acc_noptr,
     acc_on,
 )
@@ -126,8 +127,7 @@ _PAGE_OFFSET = np.uint64(PAGE_OFFSET)
 def ldm(mem, S, i):
     """mem[i], counted as a load of that struct page word in the vmemmap."""
     v = mem[i]
-    if acc_on(S):
-        acc(S, VMEMMAP + (np.uint64(i) << np.uint64(3)), 0, i // S[C_W], NONODE)
+    acc_mw(S, i, 0, NONODE)
     return v
 
 
@@ -135,15 +135,13 @@ def ldm(mem, S, i):
 def stm(mem, S, i, v):
     """mem[i] = v, counted as a store to that struct page word."""
     mem[i] = v
-    if acc_on(S):
-        acc(S, VMEMMAP + (np.uint64(i) << np.uint64(3)), KIND_STORE, i // S[C_W], NONODE)
+    acc_mw(S, i, KIND_STORE, NONODE)
 
 
 @njit(cache=True)
 def acc_link(S, i, to):
     """Count the load of link word mem[i]: a pointer naming node ``to``."""
-    if acc_on(S):
-        acc(S, VMEMMAP + (np.uint64(i) << np.uint64(3)), KIND_PTR, i // S[C_W], to)
+    acc_mw(S, i, KIND_PTR, to)
 
 
 @njit(cache=True)

@@ -63,7 +63,7 @@ from memdesc.mm.pgtable import (
     pgtable_trans_huge_withdraw,
     zap_kernel,
 )
-from memdesc.mm.slub import _GROW
+from memdesc.mm.slab import _GROW
 from memdesc.stages import PAGE_SHIFT
 
 #: Where each process's anonymous VMA starts: below the x86-64 mmap_base, 1 GiB aligned [I].

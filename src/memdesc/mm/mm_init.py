@@ -15,7 +15,7 @@ from memdesc.mm.kmem import PageContents
 from memdesc.mm.memdesc_alloc import ST_WORDS
 from memdesc.mm.memmap_init import MemMap
 from memdesc.mm.mmzone import Machine
-from memdesc.mm.slub import Slub
+from memdesc.mm.slab_caches import Slub
 from memdesc.stages import Stage, get_stage
 
 
@@ -62,7 +62,7 @@ class Kernel:
     def check(self) -> None:
         """All invariants: the page allocator's (memdesc.mm.debug) and the slab/descriptor
         layer's (slub.check_slabs)."""
-        from memdesc.mm.slub import check_slabs
+        from memdesc.mm.slub_debug import check_slabs
 
         self.mm.check()
         check_slabs(self)
