@@ -1,6 +1,9 @@
 """Random alloc/free sequences at every stage of the Path: the invariants hold after every step
-(memdesc.mm.debug runs after each call), and every stage hands out the same PFNs and ends with
-the same free lists - the allocator's policy does not depend on the layout of struct page."""
+(memdesc.mm.debug runs after each call), and every stage whose free-page tracking keeps the
+kernel's list order hands out the same PFNs and ends with the same free lists - the
+allocator's policy does not depend on the layout of struct page. Options that choose blocks
+otherwise (``bitmap``: by address) run the same sequences under the invariant checks and the
+drain-to-boot check."""
 
 from __future__ import annotations
 
@@ -22,11 +25,14 @@ from memdesc.mm.gfp import (
 )
 from memdesc.mm.mm_types import PG_reserved
 from memdesc.mm.mmzone import Machine
-from memdesc.stages import FREE_TRACKING_OPTIONS, tracking_variants
+from memdesc.stages import FREE_TRACKING_OPTIONS, TRACKING, get_stage, tracking_variants
 
 #: every stage with every registered free-page tracking option (derived from the registry),
 #: plus type-table cases whose Buddy/Misc codes differ from the defaults
 VARIANTS = ["v6.18"] + tracking_variants()[1:] + ["page16@rev-a", "page8@path-2025"]
+#: the variants whose observables must equal v6.18's (their option keeps the list order)
+IN_ORDER = [v for v in VARIANTS if TRACKING[get_stage(v).free_tracking].keeps_list_order]
+BY_ADDRESS = [v for v in VARIANTS if v not in IN_ORDER]
 GFPS = [GFP_KERNEL, GFP_HIGHUSER_MOVABLE, GFP_KERNEL | GFP.RECLAIMABLE, GFP_DMA, GFP_DMA32,
         GFP_ATOMIC, GFP_NOWAIT, GFP_KERNEL | GFP.COMP, GFP_TRANSHUGE_LIGHT]
 MACHINE = Machine.from_spec("64M", hole_start="32M", dma32_end="40M")   # 3 zones + a hole
@@ -100,9 +106,9 @@ def test_every_registered_option_is_exercised():
 @settings(max_examples=40)
 @given(st.lists(_op, min_size=1, max_size=40))
 def test_same_sequence_same_result_at_every_stage(ops):
-    ref_trace, ref = _replay(VARIANTS[0], ops)
+    ref_trace, ref = _replay(IN_ORDER[0], ops)
     ref_lists = pa.free_lists(ref)
-    for stage in VARIANTS[1:]:
+    for stage in IN_ORDER[1:]:
         trace, mm = _replay(stage, ops)
         assert len(trace) == len(ref_trace)
         for a, b in zip(trace, ref_trace, strict=True):
@@ -111,6 +117,21 @@ def test_same_sequence_same_result_at_every_stage(ops):
             else:
                 assert a == b, stage
         assert pa.free_lists(mm) == ref_lists, stage
+
+
+@settings(max_examples=20)
+@given(st.lists(_op, min_size=1, max_size=40))
+def test_options_not_in_list_order_keep_the_invariants(ops):
+    """The same sequences at bitmap & co: every invariant (memdesc.mm.debug) holds after each
+    call, and while every allocation succeeds as many pages are allocated as at the
+    reference (the same requests hold memory, wherever it was placed)."""
+    _, ref = _replay(IN_ORDER[0], ops)
+    for stage in BY_ADDRESS:
+        _, mm = _replay(stage, ops)
+        mm.check()
+        if ref.zs[:, pa.Z_FAILED].sum() == 0 and mm.zs[:, pa.Z_FAILED].sum() == 0:
+            held = lambda m: int((np.int64(1) << m._order[m._order >= 0]).sum())  # noqa: E731
+            assert held(mm) == held(ref), stage
 
 
 @settings(max_examples=15)

@@ -52,7 +52,7 @@ def test_variants():
     assert variant_name(get_stage("page8/packed")) == "page8"
     assert stage_variant("page16", type_table="rev-a") == get_stage("page16@rev-a")
     with pytest.raises(ValueError, match="no free-page tracking 'bitmap'"):
-        get_stage("page8/bitmap")
+        get_stage("page16/bitmap")
     with pytest.raises(ValueError, match="type_alias free tracking needs"):
         get_stage("page32/type_alias")
     with pytest.raises(ValueError, match="unknown type table"):
@@ -103,7 +103,8 @@ def test_memdesc_stages_fits_80_columns(capsys, monkeypatch):
 def test_stage_globs_over_free_tracking_options():
     """``page8/*`` names every page8 option (default first), ``page32/*`` both page32 ones
     (type_alias with the only table it accepts); a glob matching nothing is an error."""
-    assert [variant_name(s) for s in parse_stages("page8/*")] == ["page8", "page8/inpage"]
+    assert [variant_name(s) for s in parse_stages("page8/*")] == [
+        "page8", "page8/inpage", "page8/bitmap", "page8/slist"]
     assert [variant_name(s) for s in parse_stages("page32/*")] == ["page32",
                                                                    "page32@path-2025"]
     assert [variant_name(s) for s in parse_stages("v6.18,page8/inp*")] == ["v6.18",
@@ -127,7 +128,10 @@ def test_memdesc_stages_states_side_memory_and_blockers(capsys):
 
     assert main(["stages", "--stages", "page8/*"]) == 0
     out = capsys.readouterr().out
-    assert "== page8/inpage" in out and "free-tracking options: packed, inpage" in out
+    assert "== page8/inpage" in out
+    assert "free-tracking options: packed, inpage, bitmap, slist" in out
     assert "blocker: HIGHMEM" in out and "blocker: debug_pagealloc" in out
     assert "free page reporting" in out and "our own encoding" in out
-    assert out.count("free-tracking side memory:") == 2
+    assert out.count("free-tracking side memory:") == 4
+    assert "== page8/bitmap" in out and "free-list order: NOT the kernel's" in out
+    assert "0.25 B per 4 KiB page" in out

@@ -252,6 +252,17 @@ TRACKING: dict[str, TrackingOption] = {o.name: o for o in (
                     "debug_pagealloc: free pages are unmapped from the direct map",
                     "free page reporting: a reported page's contents are discarded",
                     "init_on_free / page poisoning overwrite free pages")),
+    TrackingOption("bitmap", "LLFree-style: PageBuddy and order in the word; no free_area "
+                   "lists but a bit per page, a free-page counter per pageblock and per "
+                   "list a head outside struct page (blocks, lowest PFN); takes the "
+                   "lowest-addressed block; pcp lists stay linked through the word",
+                   1 / 8 + 2 / 512, "a bit per page + a 16-bit counter per 512-page block",
+                   False, ("no public kernel code: LLFree replaces the buddy allocator (and "
+                           "the pcp lists) whole",)),
+    TrackingOption("slist", "a singly linked list in the word (type:4 | kind:4 | list:12 | "
+                   "next:44), the order in per-order bitmaps; removal from the middle walks "
+                   "from the list head (walks counted)", 2 / 8,
+                   "one bitmap per order: 2 bits per page", True),
 )}
 #: How each ``free_tracking`` value marks and links a free block (``memdesc stages`` prints it).
 FREE_TRACKING: dict[str, str] = {n: o.description for n, o in TRACKING.items()}
@@ -259,7 +270,7 @@ FREE_TRACKING: dict[str, str] = {n: o.description for n, o in TRACKING.items()}
 FREE_TRACKING_OPTIONS: dict[str, tuple[str, ...]] = {
     "v6.18": ("page_type",), "folio": ("page_type",), "dynamic": ("page_type",),
     "page32": ("flags_bit", "type_alias"), "page16": ("option1",),
-    "page8": ("packed", "inpage"),
+    "page8": ("packed", "inpage", "bitmap", "slist"),
 }
 
 

@@ -117,6 +117,7 @@ from memdesc.ingest import procfs
 from memdesc.ingest.snapshot import Snapshot, open_snapshot
 from memdesc.ingest.trace_events import LOOKUP_EVENTS, Trace
 from memdesc.mm import access
+from memdesc.mm import free_tracking as ft
 from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import MIGRATE_TYPES
 from memdesc.mm.mmzone import NR_PAGE_ORDERS, PAGES_PER_SECTION, Machine
@@ -347,6 +348,8 @@ class StageRun:
     #: per check point (inp.checkpoints): free_mt int64[zones, MIGRATE_TYPES, orders],
     #: nr_free, pcp and the counters up to it
     at_checks: list[dict] = field(default_factory=list)
+    #: the walks the free-page tracking option counted (free_tracking.walk_stats) or None
+    walks: tuple[int, int, int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -512,7 +515,7 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     return StageRun(stage, mode, seconds, setup, spos, nr_free, pcp, units_s,
                     {name: int(v) for name, v in zip(MISMATCHES, mism[:, 0], strict=True)},
                     start, pa.buddyinfo(mm), digest, where, mm if keep_memmap else None,
-                    [c or {} for c in at_checks])
+                    [c or {} for c in at_checks], ft.walk_stats(mm.S))
 
 
 def _start_units(inp: ReplayInput, n: int) -> tuple[np.ndarray, ...]:

@@ -85,13 +85,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "emulator places them. Prints metadata bytes and fragmentation per stage "
                     "(docs/replay.md).",
         usage="memdesc replay DIR|FILE [--stages all] [--mode placement|policy] [--plot PNG] "
-              "[--json [FILE]] [--lenient] [--snapshot DIR] [--samples N] [--brief]")
+              "[--ft-plot PNG] [--json [FILE]] [--lenient] [--snapshot DIR] [--samples N] "
+              "[--brief]")
     p.add_argument("path", metavar="DIR|FILE", type=Path)
     p.add_argument("--stages", default="all", metavar="all|a,b",
                    help="stages (or variants such as page8/packed) to replay (default all)")
     p.add_argument("--mode", choices=("placement", "policy"), default="placement",
                    help="placement: the trace's PFNs (default); policy: the emulator places")
     p.add_argument("--plot", metavar="PNG", help="metadata and fragmentation over time")
+    p.add_argument("--ft-plot", metavar="PNG",
+                   help="with two or more free-page tracking options of a stage (--stages "
+                        "'page8/*'): their side-by-side comparison as a plot")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="write the results as JSON to FILE, or to stdout without FILE (then no "
                         "table is printed)")
@@ -215,9 +219,10 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def _run_replay(args: argparse.Namespace) -> int:
+    from memdesc.analysis import ft_compare
     from memdesc.analysis.replay import load_replay_input, replay
     from memdesc.cli.progress import LazyProgress
-    from memdesc.report import replay_out
+    from memdesc.report import ft_compare_out, replay_out
 
     stages = stages_option(args.stages)
     if args.samples < 2:
@@ -227,7 +232,11 @@ def _run_replay(args: argparse.Namespace) -> int:
                          "adds about 50 KB of JSON per stage; 10,000 points already exceed "
                          "what a plot or table shows)")
     check_output(args.plot, "plot")
+    check_output(args.ft_plot, "ft-plot")
     check_output(args.json, "json")
+    if args.ft_plot and ft_compare.groups_of(stages) is None:
+        raise InputError("--ft-plot needs two or more free-page tracking options of one "
+                         "stage in --stages (e.g. 'page8/*')")
     tr = _read(args)
     if not len(tr):
         raise InputError(f"{args.path}: the trace holds no kmem events to replay")
@@ -249,12 +258,19 @@ def _run_replay(args: argparse.Namespace) -> int:
         result = replay(inp, stages, args.mode, args.samples, progress=tick)
     if args.plot:
         replay_out.write_plot(result, args.plot)
+    cmp = ft_compare.compare(result)
+    if args.ft_plot and cmp is not None:
+        ft_compare_out.write_plot(cmp, args.ft_plot)
     if args.json:
         replay_out.write_json(result, args.json)
     if args.json != "-":
         print(replay_out.table(result, brief=args.brief))
+        if cmp is not None:
+            print(ft_compare_out.table(cmp, brief=args.brief))
         if args.plot:
             print(f"plot: {args.plot}")
+        if args.ft_plot:
+            print(f"free-tracking plot: {args.ft_plot}")
         if args.json:
             print(f"json: {args.json}")
     return 0

@@ -9,7 +9,8 @@ and stores at the stage's real emulated kernel addresses:
 * descriptors and other slab objects, page-table pages: the direct map,
   ``PAGE_OFFSET + (pfn << PAGE_SHIFT)`` + offset (memdesc.mm.kmem);
 * struct zone, free_area[] list heads and per_cpu_pages: emulated addresses from
-  ``HEADS_BASE`` up (memdesc.mm.ft_common), in the unused hole below the vmemmap.
+  ``HEADS_BASE`` up (memdesc.mm.ft_common), in the unused hole below the vmemmap; so is a
+  free-page tracking option's side memory (bitmaps, counters: the last region of S).
 
 An operation is one call of a kernel entry point of one :data:`OP_CLASSES` row (nested calls
 are part of the outermost operation: the pages folio_alloc() takes from the buddy allocator

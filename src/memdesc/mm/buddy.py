@@ -32,12 +32,12 @@ from memdesc.mm.free_tracking import (
     C_NZL,
     buddy_order_of,
     clear_buddy,
+    fl_add,
+    fl_del,
+    fl_empty,
+    fl_first,
+    fl_move,
     lds,
-    list_add,
-    list_add_tail,
-    list_del,
-    list_empty,
-    list_first,
     page_is_movable,
     page_zone_index,
     sadd,
@@ -117,10 +117,7 @@ def add_to_free_list(mem, S, pfn, gz, order, mt, tail):
     """Mirrors __add_to_free_list()."""
     z = zx(S, gz)
     h = free_head(S, gz, order, mt)
-    if tail:
-        list_add_tail(mem, S, pfn, h, gz, order)
-    else:
-        list_add(mem, S, pfn, h, gz, order)
+    fl_add(mem, S, pfn, h, gz, order, tail)
     sadd(S, z + Z_NRFREE + order, 1)
     if order >= pageblock_order and mt != MIGRATE_ISOLATE:
         sadd(S, z + Z_FREE_BLOCKS, np.int64(1) << order)
@@ -130,7 +127,7 @@ def add_to_free_list(mem, S, pfn, gz, order, mt, tail):
 def del_from_free_list(mem, S, pfn, gz, order, mt):
     """Mirrors __del_page_from_free_list(): list_del, __ClearPageBuddy, private = 0."""
     z = zx(S, gz)
-    list_del(mem, S, pfn, gz, order)
+    fl_del(mem, S, pfn, free_head(S, gz, order, mt), gz, order)
     clear_buddy(mem, S, pfn)
     sadd(S, z + Z_NRFREE + order, -(1))
     if order >= pageblock_order and mt != MIGRATE_ISOLATE:
@@ -148,8 +145,8 @@ def del_page_from_free_list(mem, S, pfn, gz, order, mt):
 def move_to_free_list(mem, S, pfn, gz, order, old_mt, new_mt):
     """Mirrors move_to_free_list(): list_move_tail() to the new type, accounting both."""
     nr = np.int64(1) << order
-    list_del(mem, S, pfn, gz, order)
-    list_add_tail(mem, S, pfn, free_head(S, gz, order, new_mt), gz, order)
+    fl_move(mem, S, pfn, free_head(S, gz, order, old_mt), free_head(S, gz, order, new_mt), gz,
+            order)
     account_freepages(S, gz, -nr, old_mt)
     account_freepages(S, gz, nr, new_mt)
     if order >= pageblock_order and (old_mt == MIGRATE_ISOLATE) != (new_mt == MIGRATE_ISOLATE):
@@ -246,9 +243,9 @@ def __rmqueue_smallest(mem, S, gz, order, mt):
     free_list[mt], split down."""
     for co in range(order, NR_PAGE_ORDERS):
         h = free_head(S, gz, co, mt)
-        if list_empty(S, h):
+        if fl_empty(mem, S, h, gz, co):
             continue
-        pfn = list_first(S, h)
+        pfn = fl_first(mem, S, h, gz, co)
         page_del_and_expand(mem, S, pfn, gz, order, co, mt)
         return pfn
     return -1
@@ -284,7 +281,7 @@ def find_suitable_fallback(mem, S, gz, order, mt, claimable):
         return -1
     for i in range(MIGRATE_PCPTYPES - 1):
         fmt = fallback_of(mt, i)
-        if not list_empty(S, free_head(S, gz, order, fmt)):
+        if not fl_empty(mem, S, free_head(S, gz, order, fmt), gz, order):
             return fmt
     return -1
 
@@ -396,7 +393,7 @@ def __rmqueue_claim(mem, S, gz, order, start_mt, alloc_flags):
             continue
         if fmt == -2:
             break
-        pfn = list_first(S, free_head(S, gz, co, fmt))
+        pfn = fl_first(mem, S, free_head(S, gz, co, fmt), gz, co)
         page = try_to_claim_block(mem, S, gz, pfn, co, order, start_mt, fmt, alloc_flags)
         if page >= 0:
             S[zx(S, gz) + Z_EXTFRAG] += 1
@@ -411,7 +408,7 @@ def __rmqueue_steal(mem, S, gz, order, start_mt):
         fmt = find_suitable_fallback(mem, S, gz, co, start_mt, False)
         if fmt == -1:
             continue
-        pfn = list_first(S, free_head(S, gz, co, fmt))
+        pfn = fl_first(mem, S, free_head(S, gz, co, fmt), gz, co)
         page_del_and_expand(mem, S, pfn, gz, order, co, fmt)
         S[zx(S, gz) + Z_EXTFRAG] += 1
         return pfn
@@ -469,10 +466,10 @@ def __zone_watermark_ok(mem, S, gz, order, mark, highest, alloc_flags, free_page
         if lds(S, z + Z_NRFREE + o) == 0:
             continue
         for mt in range(MIGRATE_PCPTYPES):
-            if not list_empty(S, free_head(S, gz, o, mt)):
+            if not fl_empty(mem, S, free_head(S, gz, o, mt), gz, o):
                 return True
-        if (alloc_flags & (ALLOC_HIGHATOMIC | ALLOC_OOM)) and not list_empty(
-                S, free_head(S, gz, o, MIGRATE_HIGHATOMIC)):
+        if (alloc_flags & (ALLOC_HIGHATOMIC | ALLOC_OOM)) and not fl_empty(
+                mem, S, free_head(S, gz, o, MIGRATE_HIGHATOMIC), gz, o):
             return True
     return False
 
@@ -533,9 +530,9 @@ def unreserve_highatomic_pageblock(mem, S, zlb, highest, mt, force):
             continue
         for order in range(NR_PAGE_ORDERS):
             h = free_head(S, gz, order, MIGRATE_HIGHATOMIC)
-            if list_empty(S, h):
+            if fl_empty(mem, S, h, gz, order):
                 continue
-            page = list_first(S, h)
+            page = fl_first(mem, S, h, gz, order)
             size = max(pageblock_nr_pages, np.int64(1) << order)
             size = min(size, S[zx(S, gz) + Z_RES_HA])
             S[zx(S, gz) + Z_RES_HA] -= size

@@ -1,8 +1,9 @@
 """Invariant checks of the emulated page allocator, in the spirit of CONFIG_DEBUG_VM
 (VM_BUG_ON_PAGE) and check_free_page()/bad_page() in mm/page_alloc.c.
 
-:func:`check_memmap` walks every free list and pcp list through the struct page bytes of the
-stage and checks that:
+:func:`check_memmap` walks every free list and pcp list through the stage's own list
+operations (memdesc.mm.free_tracking.LIST_OPS: fl_next, fl_linked_ok, fl_last) and checks
+that:
 
 * links are consistent both ways and every list element is a block of the list's order,
   aligned, inside its zone, with the zone the stage's page_zone() gives;
@@ -35,10 +36,10 @@ from memdesc.mm.free_tracking import (
     C_W,
     NR_PCP_LISTS,
     buddy_order_of,
+    fl_last,
+    fl_linked_ok,
+    fl_next,
     is_pcp_page,
-    link_get,
-    list_first,
-    list_last,
     memdesc_slot,
     page_zone_index,
     px,
@@ -158,13 +159,13 @@ def check_nb(mem, S, managed_map, alloc_order, have_record):
             for mt in range(MIGRATE_TYPES):
                 h = free_head(S, gz, order, mt)
                 prev = -1 - h
-                node = list_first(S, h)
+                node = fl_next(mem, S, prev, h, gz, order)
                 steps = 0
                 while node != -1 - h:
                     steps += 1
                     if steps > zend - zstart:
                         return 19, node, gz, order
-                    if node < 0 or link_get(mem, S, node, 1, gz, order) != prev:
+                    if node < 0 or not fl_linked_ok(mem, S, node, prev, h, gz, order):
                         return 1, node, gz, order
                     if buddy_order_of(mem, S, node) != order:
                         return 2, node, order, buddy_order_of(mem, S, node)
@@ -187,8 +188,8 @@ def check_nb(mem, S, managed_map, alloc_order, have_record):
                     if mt == MIGRATE_HIGHATOMIC:
                         free_ha += size
                     prev = node
-                    node = link_get(mem, S, node, 0, gz, order)
-                if list_last(S, h) != prev:
+                    node = fl_next(mem, S, node, h, gz, order)
+                if fl_last(mem, S, h, gz, order) != prev:
                     return 1, prev, gz, order
             if nblocks != S[zx(S, gz) + Z_NRFREE + order]:
                 return 8, gz, order, nblocks
@@ -205,13 +206,13 @@ def check_nb(mem, S, managed_map, alloc_order, have_record):
                 size = np.int64(1) << order
                 h = pcp_head(S, gz, cpu, pindex)
                 prev = -1 - h
-                node = list_first(S, h)
+                node = fl_next(mem, S, prev, h, gz, order)
                 steps = 0
                 while node != -1 - h:
                     steps += 1
                     if steps > zend - zstart:
                         return 19, node, gz, order
-                    if node < 0 or link_get(mem, S, node, 1, gz, order) != prev:
+                    if node < 0 or not fl_linked_ok(mem, S, node, prev, h, gz, order):
                         return 1, node, gz, order
                     if buddy_order_of(mem, S, node) >= 0 or is_pcp_page(mem, S, node) == 0:
                         return 13, node, cpu, pindex
@@ -223,8 +224,8 @@ def check_nb(mem, S, managed_map, alloc_order, have_record):
                         return r
                     count += size
                     prev = node
-                    node = link_get(mem, S, node, 0, gz, order)
-                if list_last(S, h) != prev:
+                    node = fl_next(mem, S, node, h, gz, order)
+                if fl_last(mem, S, h, gz, order) != prev:
                     return 1, prev, gz, order
             if count != S[px(S, gz, cpu) + P_COUNT]:
                 return 12, gz, cpu, count

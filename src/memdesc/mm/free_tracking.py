@@ -14,7 +14,16 @@ encoding             module
 ``option1``          memdesc.mm.ft_option1: page16, BuddyAllocator Option 1
 ``packed``           memdesc.mm.ft_packed: page8, one word (research §8.3 a, ours)
 ``inpage``           memdesc.mm.ft_inpage: page8, links inside the free page (64-bit only)
+``bitmap``           memdesc.mm.ft_bitmap: page8, LLFree-style bit per page + per-block counters
+``slist``            memdesc.mm.ft_slist: page8, singly linked list + per-order bitmaps
 ===================  =========================================================================
+
+The free-list operations the allocator uses (:data:`LIST_OPS`: add at the head or tail,
+delete from the middle, first/last, move to another list, the next element and a link check
+for walkers) are per option too. An option that implements none of them keeps its lists
+doubly linked through ``link_get``/``link_set`` (the ``dl_*`` functions below, shared by every
+list option); one that implements them says which lists it owns with ``fl_owns`` (``bitmap``
+owns the buddy free_area lists and leaves the pcp lists doubly linked).
 
 The dispatchers (``link_get``, ``buddy_order_of`` ...) are generated from the registry: an
 if/elif over the registered ids whose last branch raises (an unknown id is an error, never a
@@ -40,11 +49,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from memdesc.mm import (
+    ft_bitmap,
     ft_flags_bit,
     ft_inpage,
     ft_option1,
     ft_packed,
     ft_page_type,
+    ft_slist,
     ft_type_alias,
 )
 from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's S layout
@@ -78,14 +89,22 @@ from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's
     NPCOL,
     NR_PCP_LISTS,
     NZCOL,
+    SIDE_STATS,
     VMEMMAP,
     Z_BASE,
     acc_head,
     acc_noptr,
+    head_empty,
+    head_first,
+    head_last,
+    head_set,
     hx,
     layout_cfg,
     ldm,
     lds,
+    list_empty,
+    list_first,
+    list_last,
     misc_word,
     nodezone_bits,
     px,
@@ -122,6 +141,17 @@ OPS: dict[str, str] = {
     "free_range": "mem, S, pfn, n",
     "prep_new_page": "mem, S, pfn, order, comp, gz",
 }
+#: the free-list operations, per option (``h`` is the list head; -1 in fl_del: find it)
+LIST_OPS: dict[str, str] = {
+    "fl_empty": "mem, S, h, gz, order",
+    "fl_first": "mem, S, h, gz, order",
+    "fl_last": "mem, S, h, gz, order",
+    "fl_next": "mem, S, node, h, gz, order",
+    "fl_linked_ok": "mem, S, node, prev, h, gz, order",
+    "fl_add": "mem, S, node, h, gz, order, tail",
+    "fl_del": "mem, S, node, h, gz, order",
+    "fl_move": "mem, S, node, h, nh, gz, order",
+}
 #: the Python attributes every encoding module has
 ATTRS = ("NAME", "configure")
 
@@ -133,21 +163,33 @@ ENCODINGS: dict[str, int] = {}
 
 def _generate(op: str, name: str) -> object:
     """An njit if/elif over the registered encodings calling each one's ``op``; the last
-    branch raises (an unknown encoding id is an error)."""
-    args = OPS[op]
+    branch raises (an unknown encoding id is an error). A list op an encoding does not
+    implement, or whose list it does not own (``fl_owns``), runs the shared doubly linked
+    list (``dl_*``)."""
+    args = OPS.get(op) or LIST_OPS[op]
     ns: dict[str, object] = {"C_ENC": C_ENC, "__name__": __name__}
     lines = [f"def {name}({args}):", "    enc = S[C_ENC]"]
     for i, mod in enumerate(REGISTRY):
-        ns[f"_e{i}"] = getattr(mod, op)
-        lines += [f"    {'if' if i == 0 else 'elif'} enc == {i}:", f"        return _e{i}({args})"]
+        lines.append(f"    {'if' if i == 0 else 'elif'} enc == {i}:")
+        own = getattr(mod, op, None) if op in LIST_OPS else getattr(mod, op)
+        if own is None:
+            ns[f"_e{i}"] = globals()["dl_" + op[3:]]
+        else:
+            ns[f"_e{i}"] = own
+            if op in LIST_OPS:
+                ns[f"_o{i}"], ns[f"_d{i}"] = mod.fl_owns, globals()["dl_" + op[3:]]
+                node = "node" if "node" in args.split(", ") else "-1"
+                lines += [f"        if not _o{i}(mem, S, {node}, h, gz):",
+                          f"            return _d{i}({args})"]
+        lines.append(f"        return _e{i}({args})")
     lines.append("    raise ValueError('unknown free-page tracking encoding id')")
     exec("\n".join(lines), ns)  # noqa: S102 -- code generated from the registry above
     return njit(inline="always")(ns[name])
 
 
 #: public name of each generated dispatcher (link_get/link_set add the list heads below)
-_DISPATCH_NAMES = {op: op for op in OPS} | {"link_get": "_enc_link_get",
-                                            "link_set": "_enc_link_set"}
+_DISPATCH_NAMES = ({op: op for op in OPS} | {op: op for op in LIST_OPS}
+                   | {"link_get": "_enc_link_get", "link_set": "_enc_link_set"})
 
 
 def _bind_dispatchers() -> None:
@@ -163,6 +205,8 @@ def register(mod: ModuleType, option: TrackingOption | None = None,
     ValueError when ``mod`` lacks an attribute or numba function of the interface or its
     NAME is taken; RuntimeError once a dispatcher has compiled (callers bound the old one)."""
     missing = [a for a in (*ATTRS, *OPS) if not hasattr(mod, a)]
+    if any(hasattr(mod, op) for op in LIST_OPS):
+        missing += [a for a in ("fl_owns", *LIST_OPS) if not hasattr(mod, a)]
     if missing:
         raise ValueError(f"free-page tracking module {mod.__name__} lacks {', '.join(missing)}")
     if mod.NAME in ENCODINGS:
@@ -186,10 +230,14 @@ def encoding(name: str) -> ModuleType:
     return REGISTRY[ENCODINGS[name]]
 
 
-for _m in (ft_page_type, ft_flags_bit, ft_type_alias, ft_option1, ft_packed, ft_inpage):
-    ENCODINGS[_m.NAME] = len(REGISTRY)
-    REGISTRY.append(_m)
-_bind_dispatchers()
+def walk_stats(S: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(walks, total steps, longest walk, operations) an option counted in its side region
+    (``slist``: predecessor walks of removals; ``bitmap``: the searches of a first block),
+    None for options that never walk."""
+    if not getattr(REGISTRY[int(S[C_ENC])], "WALKS", False):
+        return None
+    b = int(S[C_OFF_SIDE])
+    return tuple(int(v) for v in S[b:b + SIDE_STATS])
 
 
 def heads_per_zone(nr_cpus: int) -> int:
@@ -274,35 +322,13 @@ def link_get(mem, S, node, which, gz, order):
 def link_set(mem, S, node, which, to, gz, order):
     """Set next/prev of ``node`` to ``to``, keeping the type/order nibbles that share the word."""
     if node < 0:
-        S[hx(S, -1 - node) + which] = to
-        acc_head(S, -1 - node, which, True, to)
+        head_set(S, -1 - node, which, to)
         return
     _enc_link_set(mem, S, node, which, to, gz, order)  # noqa: F821 -- generated
 
 
 @njit(cache=True)
-def list_empty(S, h):
-    first = S[hx(S, h)]
-    acc_head(S, h, 0, False, first)
-    return first == -1 - h
-
-
-@njit(cache=True)
-def list_first(S, h):
-    first = S[hx(S, h)]
-    acc_head(S, h, 0, False, first)
-    return first
-
-
-@njit(cache=True)
-def list_last(S, h):
-    last = S[hx(S, h) + 1]
-    acc_head(S, h, 1, False, last)
-    return last
-
-
-@njit(cache=True)
-def list_add(mem, S, node, h, gz, order):
+def dlist_add(mem, S, node, h, gz, order):
     """Mirrors list_add(): insert after the head."""
     head = -1 - h
     nxt = list_first(S, h)
@@ -313,7 +339,7 @@ def list_add(mem, S, node, h, gz, order):
 
 
 @njit(cache=True)
-def list_add_tail(mem, S, node, h, gz, order):
+def dlist_add_tail(mem, S, node, h, gz, order):
     """Mirrors list_add_tail(): insert before the head."""
     head = -1 - h
     prev = list_last(S, h)
@@ -324,7 +350,7 @@ def list_add_tail(mem, S, node, h, gz, order):
 
 
 @njit(cache=True)
-def list_del(mem, S, node, gz, order):
+def dlist_del(mem, S, node, gz, order):
     """Mirrors list_del() (without LIST_POISON: the caller rewrites the words next). prev is
     read first and not as the operation's latest pointer: next is (memdesc.mm.access_core)."""
     acc_noptr(S, True)
@@ -333,6 +359,71 @@ def list_del(mem, S, node, gz, order):
     nxt = link_get(mem, S, node, 0, gz, order)
     link_set(mem, S, nxt, 1, prev, gz, order)      # __list_del(): next->prev, then prev->next
     link_set(mem, S, prev, 0, nxt, gz, order)
+
+
+# ---- the shared doubly linked free list (every list option; bitmap's pcp lists) -----------
+
+dl_empty, dl_first, dl_last = head_empty, head_first, head_last
+
+
+@njit(cache=True)
+def dl_next(mem, S, node, h, gz, order):
+    """The element after ``node`` (``-1 - h``: the list's first); ``-1 - h`` at the end."""
+    return link_get(mem, S, node, 0, gz, order)
+
+
+@njit(cache=True)
+def dl_linked_ok(mem, S, node, prev, h, gz, order):
+    """``node``'s prev link names ``prev`` (walkers check the list both ways)."""
+    return link_get(mem, S, node, 1, gz, order) == prev
+
+
+@njit(cache=True)
+def dl_add(mem, S, node, h, gz, order, tail):
+    if tail:
+        dlist_add_tail(mem, S, node, h, gz, order)
+    else:
+        dlist_add(mem, S, node, h, gz, order)
+
+
+@njit(cache=True)
+def dl_del(mem, S, node, h, gz, order):
+    dlist_del(mem, S, node, gz, order)
+
+
+@njit(cache=True)
+def dl_move(mem, S, node, h, nh, gz, order):
+    """Mirrors list_move_tail()."""
+    dlist_del(mem, S, node, gz, order)
+    dlist_add_tail(mem, S, node, nh, gz, order)
+
+
+for _m in (ft_page_type, ft_flags_bit, ft_type_alias, ft_option1, ft_packed, ft_inpage,
+           ft_bitmap, ft_slist):
+    ENCODINGS[_m.NAME] = len(REGISTRY)
+    REGISTRY.append(_m)
+_bind_dispatchers()
+
+
+# ---- the free-list interface the allocator calls (whatever the option) ----------------------
+
+@njit(cache=True)
+def list_add(mem, S, node, h, gz, order):
+    """list_add() onto list ``h`` in the option's own structure (fl_add)."""
+    fl_add(mem, S, node, h, gz, order, False)  # noqa: F821 -- generated
+
+
+@njit(cache=True)
+def list_add_tail(mem, S, node, h, gz, order):
+    """list_add_tail() onto list ``h`` in the option's own structure (fl_add)."""
+    fl_add(mem, S, node, h, gz, order, True)  # noqa: F821 -- generated
+
+
+@njit(cache=True)
+def list_del(mem, S, node, gz, order):
+    """list_del() of ``node`` from whatever list holds it (fl_del; options that need the head
+    find it from the page's word)."""
+    fl_del(mem, S, node, -1, gz, order)  # noqa: F821 -- generated
 
 
 # ---- node / zone ----------------------------------------------------------------------------

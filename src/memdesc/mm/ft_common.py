@@ -46,6 +46,9 @@ C_F_PTYPE, C_F_MD, C_F_MAPPING, C_REF_SHIFT = 23, 24, 25, 26
 C_BIT_BUDDY, C_X0, C_X1 = 27, 28, 29
 # region of S an option keeps beside the allocator state (side memory, or free-page contents)
 C_OFF_SIDE = 30
+#: the first words of the side region of an option that walks (WALKS = True): walks, total
+#: steps, longest walk, operations (emulator instrumentation, not kernel memory)
+SIDE_STATS = 4
 # the address of the access accounting block (memdesc.mm.access_core), 0: off
 assert C_ACC == 31
 NCFG = 32
@@ -56,6 +59,9 @@ HEADS_FREE = (MAX_PAGE_ORDER + 1) * MIGRATE_TYPES
 #: columns of a zone row and a per_cpu_pages row (see memdesc.mm.page_alloc Z_*, P_*)
 NZCOL, NPCOL = 40, 8
 Z_BASE = 0
+#: zone row columns an option's search reads (memdesc.mm.zone_state defines the row; a test
+#: checks they agree)
+Z_START, Z_END = 1, 2
 
 HEADS_BASE = 0xFFFFE90000000000         # [I] unused hole below vmemmap (x86-64 mm.rst)
 VMEMMAP = np.uint64(VMEMMAP_START)
@@ -192,6 +198,84 @@ def acc_head(S, h, which, store, to):
     if acc_on(S):
         a = HEADS + (np.uint64(h) << np.uint64(4)) + np.uint64(8 * which)
         acc(S, a, KIND_STORE if store else KIND_PTR, -1 - h, to)
+
+
+@njit(cache=True)
+def record_walk(S, steps):
+    """Count one operation of a walking option and its ``steps`` (a walk when > 0)."""
+    b = S[C_OFF_SIDE]
+    S[b + 3] += 1
+    if steps > 0:
+        S[b] += 1
+        S[b + 1] += steps
+        if steps > S[b + 2]:
+            S[b + 2] = steps
+
+
+@njit(cache=True)
+def local_head(S, h, gz):
+    """Index of list head ``h`` inside zone ``gz``'s heads (< HEADS_FREE: free_area)."""
+    return h - gz * S[C_HPZ]
+
+
+@njit(cache=True)
+def bit_test(S, base, i):
+    """Bit ``i`` of the side bitmap at S[base:], counted as a load of its word."""
+    return (lds(S, base + (i >> 6)) >> (i & 63)) & 1
+
+
+@njit(cache=True)
+def bit_assign(S, base, i, on):
+    """Set (``on``) or clear bit ``i`` of the side bitmap at S[base:] (a load and a store)."""
+    w = lds(S, base + (i >> 6))
+    m = np.int64(1) << (i & 63)
+    sts(S, base + (i >> 6), (w | m) if on else (w & ~m))
+
+
+@njit(cache=True)
+def list_empty(S, h):
+    first = S[hx(S, h)]
+    acc_head(S, h, 0, False, first)
+    return first == -1 - h
+
+
+@njit(cache=True)
+def list_first(S, h):
+    first = S[hx(S, h)]
+    acc_head(S, h, 0, False, first)
+    return first
+
+
+@njit(cache=True)
+def list_last(S, h):
+    last = S[hx(S, h) + 1]
+    acc_head(S, h, 1, False, last)
+    return last
+
+
+@njit(cache=True)
+def head_empty(mem, S, h, gz, order):
+    """fl_empty() of lists whose head keeps (first, last) as the kernel's list_head."""
+    return list_empty(S, h)
+
+
+@njit(cache=True)
+def head_first(mem, S, h, gz, order):
+    """fl_first() of lists whose head keeps (first, last)."""
+    return list_first(S, h)
+
+
+@njit(cache=True)
+def head_last(mem, S, h, gz, order):
+    """fl_last() of lists whose head keeps (first, last): O(1)."""
+    return list_last(S, h)
+
+
+@njit(cache=True)
+def head_set(S, h, which, to):
+    """Set list head ``h``'s next (which=0) or prev (1) to ``to``, counted as a store."""
+    S[hx(S, h) + which] = to
+    acc_head(S, h, which, True, to)
 
 
 # ---- links as emulated addresses (encodings that store pointers) ------------------------------

@@ -41,13 +41,12 @@ from memdesc.mm.free_tracking import (
     C_NZ,
     NR_PCP_LISTS,
     clear_buddy,
+    fl_add,
+    fl_del,
+    fl_empty,
+    fl_first,
+    fl_last,
     lds,
-    list_add,
-    list_add_tail,
-    list_del,
-    list_empty,
-    list_first,
-    list_last,
     mark_pcp,
     px,
     sadd,
@@ -122,7 +121,7 @@ def rmqueue_bulk(mem, S, gz, order, count, h, mt, alloc_flags):
         if page < 0:
             break
         mark_pcp(mem, S, page)
-        list_add_tail(mem, S, page, h, gz, order)
+        fl_add(mem, S, page, h, gz, order, True)
         i += 1
     return i
 
@@ -160,15 +159,15 @@ def rmqueue_pcplist(mem, S, gz, cpu, order, mt, alloc_flags):
     pc = px(S, gz, cpu)
     sts(S, pc + P_FREE_COUNT, lds(S, pc + P_FREE_COUNT) >> (1))
     h = pcp_head(S, gz, cpu, order_to_pindex(mt, order))
-    if list_empty(S, h):
+    if fl_empty(mem, S, h, gz, order):
         op_refine(S, OP_ALLOC_PCP, OP_ALLOC_BUDDY, OP_ALLOC_REFILL)
         batch = nr_pcp_alloc(S, gz, cpu, lds(S, zx(S, gz) + Z_FLAGS), order)
         alloced = rmqueue_bulk(mem, S, gz, order, batch, h, mt, alloc_flags)
         sadd(S, pc + P_COUNT, alloced << order)
-        if list_empty(S, h):
+        if fl_empty(mem, S, h, gz, order):
             return -1
-    page = list_first(S, h)
-    list_del(mem, S, page, gz, order)
+    page = fl_first(mem, S, h, gz, order)
+    fl_del(mem, S, page, h, gz, order)
     sadd(S, pc + P_COUNT, -(np.int64(1) << order))
     return page
 
@@ -225,19 +224,19 @@ def free_pcppages_bulk(mem, S, gz, cpu, count, pindex):
             if pindex > NR_PCP_LISTS - 1:
                 pindex = 0
             h = pcp_head(S, gz, cpu, pindex)
-            if not list_empty(S, h):
+            if not fl_empty(mem, S, h, gz, pindex_to_order(pindex)):
                 break
         order = pindex_to_order(pindex)
         nr = np.int64(1) << order
         while True:
-            page = list_last(S, h)
+            page = fl_last(mem, S, h, gz, order)
             mt = get_pfnblock_migratetype(S, page)
-            list_del(mem, S, page, gz, order)
+            fl_del(mem, S, page, h, gz, order)
             count -= nr
             sadd(S, pc + P_COUNT, -(nr))
             clear_buddy(mem, S, page)
             __free_one_page(mem, S, page, gz, order, mt, FPI_NONE)
-            if count <= 0 or list_empty(S, h):
+            if count <= 0 or fl_empty(mem, S, h, gz, order):
                 break
 
 
@@ -250,7 +249,7 @@ def free_frozen_page_commit(mem, S, gz, cpu, pfn, mt, order):
     sts(S, pc + P_ALLOC_FACTOR, lds(S, pc + P_ALLOC_FACTOR) >> (1))
     pindex = order_to_pindex(mt, order)
     mark_pcp(mem, S, pfn)
-    list_add(mem, S, pfn, pcp_head(S, gz, cpu, pindex), gz, order)
+    fl_add(mem, S, pfn, pcp_head(S, gz, cpu, pindex), gz, order, False)
     sadd(S, pc + P_COUNT, np.int64(1) << order)
     batch = lds(S, pc + P_BATCH)
     free_high = False

@@ -34,8 +34,6 @@ from memdesc.mm.free_tracking import (
     C_NCPU,
     C_NZ,
     NR_PCP_LISTS,
-    list_first,
-    list_last,
     px,
     unmanaged,
     zx,
@@ -134,17 +132,17 @@ def walk_list_nb(mem, S, h, gz, order, out):
     mem, S = unmanaged(mem), unmanaged(S)
     n = 0
     prev = -1 - h
-    node = list_first(S, h)
+    node = ft.fl_next(mem, S, prev, h, gz, order)
     while node != -1 - h:
         if n >= out.shape[0]:
             return -3
-        if ft.link_get(mem, S, node, 1, gz, order) != prev:
+        if not ft.fl_linked_ok(mem, S, node, prev, h, gz, order):
             return -2
         out[n] = node
         n += 1
         prev = node
-        node = ft.link_get(mem, S, node, 0, gz, order)
-    if list_last(S, h) != prev:
+        node = ft.fl_next(mem, S, node, h, gz, order)
+    if ft.fl_last(mem, S, h, gz, order) != prev:
         return -2
     return n
 
@@ -161,12 +159,12 @@ def pagetypeinfo_free_nb(mem, S, gz, out):
         for mt in range(MIGRATE_TYPES):
             h = free_head(S, gz, order, mt)
             n = 0
-            node = list_first(S, h)
+            node = ft.fl_next(mem, S, -1 - h, h, gz, order)
             while node != -1 - h:
                 n += 1
                 if n > limit:
                     return False
-                node = ft.link_get(mem, S, node, 0, gz, order)
+                node = ft.fl_next(mem, S, node, h, gz, order)
             out[mt, order] = n
     return True
 

@@ -284,3 +284,17 @@ def print_lines(lines: Sequence[str], console: Console) -> None:
         for part in textwrap.wrap(line, console.width, subsequent_indent=" " * (indent + 2),
                                   break_long_words=False, break_on_hyphens=False) or [""]:
             console.print(Text(part.replace(NBSP, " ")), soft_wrap=True)
+
+
+def render_text(lines: Sequence[str], tables: Sequence[Table], width: int | None = None) -> str:
+    """A report as text: ``lines`` (the answer, wrapped) then ``tables``, at ``width``
+    columns (the terminal's by default)."""
+    import io
+
+    width = width or terminal_width()
+    buf = io.StringIO()
+    con = make_console(buf, width)
+    print_lines(lines, con)
+    for t in tables:
+        con.print(t)
+    return buf.getvalue().rstrip("\n").replace(NBSP, " ")
