@@ -76,6 +76,7 @@ from memdesc.analysis.census import NR_UNIT_ORDERS, Census
 from memdesc.analysis.classify import Layout
 from memdesc.analysis.descriptors import DescriptorTable, load_descriptors
 from memdesc.analysis.replay_checks import MT_NAMES, CheckPoint, check_points
+from memdesc.analysis.replay_folios import StageFolios, peak_live_folios
 from memdesc.analysis.replay_lookups import ReplayLookups, lookups_from_trace
 from memdesc.analysis.replay_loops import (
     _placement_loop,
@@ -261,6 +262,39 @@ def _digest(a: np.ndarray) -> str:
 BLOCK_OPS = 1 << 18
 
 
+class _LogSizer:
+    """Blocks of a replay with an access log (memdesc.mm.access), sized so that one block's
+    accesses fit the log between two drains: ``capacity // (2 * per_op)`` operations, where
+    ``per_op`` is the most accesses per replay operation any block so far made (its lookups
+    included), assumed 1,024 before the first block. A block that still overflows the log is
+    reported by the sink (access.dropped(): ``log_dropped`` in memdesc timing's output) and
+    the blocks after it shrink to what it measured."""
+
+    FIRST_PER_OP = 1024
+
+    def __init__(self, mm: pa.MemMap, capacity: int, block: int):
+        self.mm, self.capacity, self.block = mm, capacity, block
+        self.per_op, self.first = self.FIRST_PER_OP, True
+        self.seen = self._accesses()
+
+    def _accesses(self) -> int:
+        c = access.counters(self.mm)
+        return int(c[:, access.CT_LOADS].sum() + c[:, access.CT_STORES].sum())
+
+    def step(self) -> int:
+        """Operations of the next block."""
+        if not self.capacity:
+            return self.block
+        return max(1, min(self.block, self.capacity // (2 * self.per_op)))
+
+    def measured(self, nops: int) -> None:
+        """After a block of ``nops`` operations (before its drain)."""
+        now = self._accesses()
+        per = max(1, -(-(now - self.seen) // max(1, nops)))
+        self.per_op = per if self.first else max(self.per_op, per)
+        self.seen, self.first = now, False
+
+
 def _boundaries(inp: ReplayInput, block: int) -> tuple[np.ndarray, list[int]]:
     """Op indices where the loop stops: every ``block`` ops and at each check point (the first
     op at or past its event), so the state there can be read."""
@@ -324,7 +358,9 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
              "pageblocks_by_type": {MT_NAMES[t]: int((s0.pageblock_mt == t).sum())
                                     for t in range(MIGRATE_TYPES)},
              "pageblock_rule": s0.rule, "buddyinfo": pa.buddyinfo(mm)}
+    folios = None
     if mode == "policy":
+        folios = StageFolios(mm, _peak_live_folios(inp))
         start["snapshot_pcp_pages_freed"] = int(_policy_release_pcp(
             mm.mem, mm.S, ops.kind, ops.pfn, ops.order, ops.applies, ops.first, managed, st,
             ucls, uord, units))
@@ -341,8 +377,11 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     nxt = 0
     lookups = None
     if access_sink is not None:                  # memdesc.mm.access: counted from here on
-        block = access.attach_sink(mm, access_sink, block)
-        lookups = inp.lookups.start(mm) if inp.lookups is not None else None
+        access.attach_sink(mm, access_sink, block)
+        if folios is not None:
+            folios.account_with(mm)
+        lookups = (inp.lookups.start(mm, folios.HE if folios is not None else None)
+                   if inp.lookups is not None else None)
     bounds, check_at = _boundaries(inp, block)
     t_ops = ops.time if ops.time is not None else np.zeros(len(ops), np.int64)
     first_t = int(t_ops[0]) if len(t_ops) else 0
@@ -350,14 +389,14 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                   np.int64)
     at_checks: list[dict | None] = [None] * len(check_at)
     t1 = time.monotonic()
-    for lo, hi in zip(bounds[:-1].tolist() + [len(ops)], bounds[1:].tolist() + [len(ops)],
-                      strict=True):
+    sizer = _LogSizer(mm, int(getattr(access_sink, "log_capacity", 0) or 0), block) \
+        if access_sink is not None else None
+    for lo, end in zip(bounds[:-1].tolist() + [len(ops)], bounds[1:].tolist() + [len(ops)],
+                       strict=True):
         for j, c in enumerate(check_at):
             if c == lo and at_checks[j] is None:
                 at_checks[j] = {"free_mt": _free_mt(mm), "counters": dict(zip(
                     MISMATCHES, mism[:, 0].tolist(), strict=True))}
-        if hi <= lo:
-            continue
         if mode == "placement":
             loop, mid, post = _placement_loop, (
                 ops.kind, ops.pfn, ops.order, ops.mt, ops.cpu, ops.cls, ops.evidx,
@@ -367,20 +406,27 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
             loop, mid, post = _policy_loop, (
                 ops.kind, ops.pfn, ops.order, ops.cpu, ops.gfp, ops.cls, ops.evidx,
                 ops.applies, ops.pair, managed, st, blk, ucls, uord, units, emu, mism,
-                spos), (nr_free, pcp, units_s, t_ops, vm)
-        if lookups is None:
-            nxt = loop(mm.mem, mm.S, lo, hi, *mid, nxt, *post)
-        else:                                     # the trace's lookups between the ops
-            nxt = lookups.run(loop, lo, hi, mid, nxt, post, emu if mode == "policy" else None)
-        if progress:
-            progress(hi - lo)
-        if access_sink is not None:
-            access_sink(stage.id, mm)
+                spos), (nr_free, pcp, units_s, t_ops, vm, folios.HE, folios.AE)
+        while lo < end:
+            hi = min(end, lo + sizer.step()) if sizer is not None else end
+            if lookups is None:
+                nxt = loop(mm.mem, mm.S, lo, hi, *mid, nxt, *post)
+            else:                                 # the trace's lookups between the ops
+                nxt = lookups.run(loop, lo, hi, mid, nxt, post,
+                                  emu if mode == "policy" else None)
+            if progress:
+                progress(hi - lo)
+            if access_sink is not None:
+                sizer.measured(hi - lo)
+                access_sink(stage.id, mm)
+            lo = hi
     while nxt < ns:                                   # samples at or past the last op
         _sample(mm.S, units, nxt, nr_free, pcp, units_s)
         nxt += 1
     seconds = time.monotonic() - t1
     digest = _digest(emu) if mode == "policy" else ""
+    if folios is not None:
+        start["folio_descriptors_live_at_end"] = folios.live_descriptors()
     if mode == "policy":
         start["vmstat"] = {"decay_pcp_high": bool(vmstat), "intervals": int(vm[2]),
                            "pages_freed_by_decay": int(vm[1])}
@@ -390,6 +436,13 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                     {name: int(v) for name, v in zip(MISMATCHES, mism[:, 0], strict=True)},
                     start, pa.buddyinfo(mm), digest, where, mm if keep_memmap else None,
                     [c or {} for c in at_checks])
+
+
+def _peak_live_folios(inp: ReplayInput) -> int:
+    """replay_folios.peak_live_folios() of the input's ops, computed once."""
+    if "peak_live_folios" not in inp.cache:
+        inp.cache["peak_live_folios"] = peak_live_folios(inp.ops)
+    return inp.cache["peak_live_folios"]
 
 
 def _start_units(inp: ReplayInput, n: int) -> tuple[np.ndarray, ...]:
