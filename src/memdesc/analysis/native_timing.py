@@ -60,10 +60,8 @@ windows are the same positions in every stage's op sequence. They are the same o
 when the stages perform the same ones (a placement-faithful run); where the emulator's
 allocator decides differently per stage (policy replays of trace-pagecache: 60 k ops at
 v6.18, 72 k at page8) a position is only the same place in the run. Per-class counts of the
-whole stream are kept apart (``ops_seen``) and weight :meth:`NativeResult.total_ns`. Besides
-the windows, the first RESERVE_OPS operations of every class are kept
-(_Sample.reserve()): a class too rare to fall in a kept window (trace-slab's pcp drains and
-buddy frees, a few hundred among 110 k operations) is still measured.
+whole stream are kept apart (``ops_seen``) and weight :meth:`NativeResult.total_ns`. The
+first RESERVE_OPS operations of every class are kept too (_Sample.reserve(): rare classes).
 
 Measuring (:meth:`NativeRun.measure`): one warm-up repeat, then ``repeats`` repeats. Each
 repeat walks the kept windows in chunks of ``chunk_ops`` operations; for every chunk each
@@ -168,18 +166,14 @@ class _Sample:
     reserved: np.ndarray = field(default_factory=lambda: np.zeros(NCLS, np.int64))
     accesses_seen: int = 0
 
-    def reserve(self, cls: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        """Of the candidate operations ``cand``, the first ones of each class until
-        RESERVE_OPS of it are reserved (kept whatever the windows): a class too rare to fall in the
-        windows (a trace's few drains and buddy frees) is still measured. Ranked by class,
-        so stages that perform the same operations reserve the same ones."""
+    def reserve(self, cls: np.ndarray) -> np.ndarray:
+        """The operations kept whatever the windows: the first RESERVE_OPS of each class (a
+        class too rare for the windows, e.g. trace-slab's three pcp drains, is measured)."""
         out = np.zeros(len(cls), bool)
-        for c in np.unique(cls[cand]):
-            take = RESERVE_OPS - int(self.reserved[c])
-            if take > 0:
-                idx = np.flatnonzero(cand & (cls == c))[:take]
-                out[idx] = True
-                self.reserved[c] += len(idx)
+        for c in np.unique(cls):
+            idx = np.flatnonzero(cls == c)[:max(0, RESERVE_OPS - int(self.reserved[c]))]
+            out[idx] = True
+            self.reserved[c] += len(idx)
         return out
 
     def append(self, pos, op_class, op_len, addr, kind, rsv) -> None:
@@ -488,9 +482,7 @@ class NativeRun:
         pos = smp.seen + np.arange(n, dtype=np.int64)
         smp.seen += n
         win = window_mask(pos, self.window, self.period)
-        # reserved whether or not a window holds them now: a later doubling of the period
-        # may drop their window (trace-slab's three drains at v6.18 were lost so)
-        rsv = smp.reserve(cls, np.ones(n, bool))
+        rsv = smp.reserve(cls)          # even in a window: a later doubling may drop it
         keep = win | rsv
         acc = np.repeat(keep, op_len)
         lo, hi = int(first[0]), int(first[-1])
