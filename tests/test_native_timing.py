@@ -154,6 +154,21 @@ def test_sampling_never_drops_window_zero():
     assert r.samples["v6.18"].pos.tolist() == list(range(100))
 
 
+def test_rare_class_is_kept_when_its_window_is_dropped():
+    """A class seen only in a window that a later doubling of the period drops (window 1 at
+    period 1) is still measured: the first RESERVE_OPS operations of every class are kept
+    (trace-slab's three pcp drains at v6.18 had no native ns before)."""
+    r = nt.NativeRun([nt.StageMemory("v6.18", 64)], 4096, budget=500, window=100)
+    ops = page_zone_ops(64, range(150), 0)
+    ops[120] = (FOLIO, [(VM + 7 * 64 + 8, KIND_PTR)])             # one op of a rare class
+    r.add("v6.18", stream(ops))
+    r.add("v6.18", stream(page_zone_ops(64, range(2000), 0)))     # the period doubles
+    smp = r.samples["v6.18"]
+    assert r.period > 1
+    assert (smp.op_class == FOLIO).sum() == 1 and 120 in smp.pos.tolist()
+    assert smp.reserved[FOLIO] == 1 and smp.reserved[ZONE] == nt.RESERVE_OPS
+
+
 # ---- the measurement ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -314,5 +314,9 @@ def test_replay_runs_the_lookups_at_every_stage(rec):
     c = got[stages[-1].id]
     assert [c[OP_CLASS_ID[n], CT_OPS] for n in LOOKUP_CLASSES] == [
         want[n] for n in LOOKUP_CLASSES]
+    # ... and the trace's file/anon allocations are folios there (analysis.replay_folios):
+    # page_zone() of one of their pages reads the memdesc word, then the descriptor (2
+    # dependent loads at page8); the snapshot's pages stay 1 load (the Misc word)
     n = int((known & (lk.op_class == OP_CLASS_ID["page_zone"])).sum())
-    assert n <= c[OP_CLASS_ID["page_zone"], CT_LOADS] <= 1.01 * n
+    assert 1.5 * n <= c[OP_CLASS_ID["page_zone"], CT_LOADS] <= 2 * n
+    assert c[OP_CLASS_ID["page_zone"], CT_CHAIN_MAX] == 2

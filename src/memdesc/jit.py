@@ -170,6 +170,18 @@ def _warm_replay(tmp: Path) -> None:
               "--mode", mode, "--samples", "4"])
 
 
+def _warm_timing(tmp: Path) -> None:
+    # accounting, the replay's lookups and folios, the cache model and the native run: a
+    # recording with lookup events (policy replay, every stage) and a scenario's readbacks
+    trace = _repo_file("tests", "data", "record-lookups")
+    if trace is None:
+        raise FileNotFoundError("tests/data/record-lookups is not in this installation")
+    _cli(["timing", str(trace), "--stages", "all", "--repeats", "1", "--brief"])
+    sc = tmp / "warm.scenario"
+    sc.write_text(WARM_SCENARIO)
+    _cli(["timing", str(sc), "--stages", "v6.18,page16", "--repeats", "1", "--brief"])
+
+
 def _warm_fleet(tmp: Path) -> None:
     # what a local run's fork server loads before forking its worker processes (its one
     # kernel compiles here, not in front of a user's first `fleet survey`)
@@ -182,6 +194,8 @@ PARTS: tuple[tuple[str, str, Callable[[Path], None]], ...] = (
     ("simulate", "every step kind at every stage, with fault injection", _warm_simulate),
     ("replay", "tests/data/trace-small, both modes, every stage", _warm_replay),
     ("fleet", "the local worker processes' preload", _warm_fleet),
+    ("timing", "tests/data/record-lookups at every stage, a scenario, the native run",
+     _warm_timing),
 )
 
 _HASH_DIR = re.compile(r"^[0-9a-f]{16}$")

@@ -60,7 +60,8 @@ windows are the same positions in every stage's op sequence. They are the same o
 when the stages perform the same ones (a placement-faithful run); where the emulator's
 allocator decides differently per stage (policy replays of trace-pagecache: 60 k ops at
 v6.18, 72 k at page8) a position is only the same place in the run. Per-class counts of the
-whole stream are kept apart (``ops_seen``) and weight :meth:`NativeResult.total_ns`.
+whole stream are kept apart (``ops_seen``) and weight :meth:`NativeResult.total_ns`. The
+first RESERVE_OPS operations of every class are kept too (_Sample.reserve(): rare classes).
 
 Measuring (:meth:`NativeRun.measure`): one warm-up repeat, then ``repeats`` repeats. Each
 repeat walks the kept windows in chunks of ``chunk_ops`` operations; for every chunk each
@@ -101,6 +102,7 @@ HUGE = 2 << 20
 VMEMMAP_SPAN = 1 << 40
 DEFAULT_BUDGET = 2_000_000      # accesses kept per stage
 DEFAULT_WINDOW = 512            # operations per sampling window
+RESERVE_OPS = 64                # operations of each class kept outside the windows
 DEFAULT_CHUNK = 4096            # operations per measured chunk (a few ms)
 DEFAULT_LOG = 1 << 22           # accesses in the emulator's log between two drains
 #: RAM left to the rest of the machine when checking MemAvailable
@@ -158,11 +160,24 @@ class _Sample:
     op_len: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     addr: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    rsv: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     seen: int = 0
     ops_seen: np.ndarray = field(default_factory=lambda: np.zeros(NCLS, np.int64))
+    reserved: np.ndarray = field(default_factory=lambda: np.zeros(NCLS, np.int64))
     accesses_seen: int = 0
 
-    def append(self, pos, op_class, op_len, addr, kind) -> None:
+    def reserve(self, cls: np.ndarray) -> np.ndarray:
+        """The operations kept whatever the windows: the first RESERVE_OPS of each class (a
+        class too rare for the windows, e.g. trace-slab's three pcp drains, is measured)."""
+        out = np.zeros(len(cls), bool)
+        for c in np.unique(cls):
+            idx = np.flatnonzero(cls == c)[:max(0, RESERVE_OPS - int(self.reserved[c]))]
+            out[idx] = True
+            self.reserved[c] += len(idx)
+        return out
+
+    def append(self, pos, op_class, op_len, addr, kind, rsv) -> None:
+        self.rsv = np.concatenate([self.rsv, rsv])
         self.pos = np.concatenate([self.pos, pos])
         self.op_class = np.concatenate([self.op_class, op_class])
         self.op_len = np.concatenate([self.op_len, op_len])
@@ -170,7 +185,10 @@ class _Sample:
         self.kind = np.concatenate([self.kind, kind])
 
     def keep(self, op_mask: np.ndarray) -> None:
+        """Keep the operations of ``op_mask`` and the reserved ones (reserve())."""
+        op_mask = op_mask | self.rsv
         acc = np.repeat(op_mask, self.op_len)
+        self.rsv = self.rsv[op_mask]
         self.pos, self.op_class = self.pos[op_mask], self.op_class[op_mask]
         self.op_len = self.op_len[op_mask]
         self.addr, self.kind = self.addr[acc], self.kind[acc]
@@ -463,14 +481,18 @@ class NativeRun:
         smp.accesses_seen += int(first[-1] - first[0]) if n else 0
         pos = smp.seen + np.arange(n, dtype=np.int64)
         smp.seen += n
-        keep = window_mask(pos, self.window, self.period)
+        win = window_mask(pos, self.window, self.period)
+        rsv = smp.reserve(cls)          # even in a window: a later doubling may drop it
+        keep = win | rsv
         acc = np.repeat(keep, op_len)
         lo, hi = int(first[0]), int(first[-1])
         smp.append(pos[keep], cls[keep], op_len[keep],
                    np.asarray(stream.addr, np.uint64)[lo:hi][acc],
-                   np.asarray(stream.kind, np.uint8)[lo:hi][acc])
-        # window 0 is always kept: stop doubling once it is all that is left
-        while len(smp.addr) > self.budget and smp.pos[-1] >= self.window:
+                   np.asarray(stream.kind, np.uint8)[lo:hi][acc], rsv[keep])
+        # window 0 is always kept: stop doubling once it is all that is left (the reserved
+        # operations stay: at most RESERVE_OPS per class)
+        while (len(smp.addr) - int(smp.op_len[smp.rsv].sum()) > self.budget
+               and smp.pos[~smp.rsv][-1:].sum() >= self.window):
             self.period *= 2
             for s in self.samples.values():
                 s.keep(window_mask(s.pos, self.window, self.period))

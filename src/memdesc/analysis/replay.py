@@ -66,19 +66,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from memdesc.analysis import fragmentation as frag
 from memdesc.analysis import trace_types as tt
-from memdesc.analysis.census import CLASSES, NR_UNIT_ORDERS, Census
+from memdesc.analysis.census import NR_UNIT_ORDERS, Census
 from memdesc.analysis.classify import Layout
-from memdesc.analysis.cost import stage_cost
 from memdesc.analysis.descriptors import DescriptorTable, load_descriptors
-from memdesc.analysis.machine_from_snapshot import zone_specs
-from memdesc.analysis.replay_checks import MT_NAMES, CheckPoint, check_points, compare
+from memdesc.analysis.replay_checks import MT_NAMES, CheckPoint, check_points
+from memdesc.analysis.replay_folios import StageFolios, peak_live_folios
 from memdesc.analysis.replay_lookups import ReplayLookups, lookups_from_trace
 from memdesc.analysis.replay_loops import (
     _placement_loop,
@@ -87,11 +85,7 @@ from memdesc.analysis.replay_loops import (
     _sample,
     unit_counts_nb,
 )
-from memdesc.analysis.replay_memmap import (
-    MemMapPrefault,
-    mem_map_buffer,
-    release_in_background,
-)
+from memdesc.analysis.replay_memmap import mem_map_buffer, release_in_background
 from memdesc.analysis.replay_ops import (  # noqa: F401 (the replay's public names)
     _CHUNK,
     EXPECTED,
@@ -110,92 +104,33 @@ from memdesc.analysis.replay_ops import (  # noqa: F401 (the replay's public nam
     prepare_ops,
     snapshot_gates,
 )
-from memdesc.analysis.replay_start import StartState, start_state
-from memdesc.analysis.survey import layout_of, nr_cpus_of
+from memdesc.analysis.replay_results import (  # noqa: F401 (the replay's public names)
+    StageSeries,
+    census_at,
+    check_rows,
+    stage_series,
+    zone_names,
+)
+from memdesc.analysis.replay_snapshot import (  # noqa: F401 (the replay's public names)
+    SnapshotStart,
+    load_snapshot_start,
+    machine_for_replay,
+)
+from memdesc.analysis.replay_start import StartState
 from memdesc.errors import InputError
 from memdesc.ingest import procfs
-from memdesc.ingest.snapshot import Snapshot, open_snapshot
+from memdesc.ingest.snapshot import Snapshot
 from memdesc.ingest.trace_events import LOOKUP_EVENTS, Trace
 from memdesc.mm import access
 from memdesc.mm import free_tracking as ft
 from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import MIGRATE_TYPES
-from memdesc.mm.mmzone import NR_PAGE_ORDERS, PAGES_PER_SECTION, Machine
+from memdesc.mm.mmzone import NR_PAGE_ORDERS, Machine
 from memdesc.mm.start_state import set_start_state
 from memdesc.mm.vmstat import STAT_INTERVAL_NS
 from memdesc.stages import Stage, variant_name
 
 MODES = ("placement", "policy")
-
-# ---- the start state ---------------------------------------------------------------------------
-
-def _ranges(mask: np.ndarray, base: int = 0) -> list[tuple[int, int]]:
-    """[start, end) runs of True in ``mask``."""
-    m = np.concatenate(([False], mask, [False]))
-    d = np.flatnonzero(m[1:] != m[:-1])
-    return [(base + int(a), base + int(b)) for a, b in zip(d[::2], d[1::2], strict=True)]
-
-
-def _last_true(mask: np.ndarray) -> int:
-    """Index of the last True in ``mask``, -1 when there is none (without the int64 index
-    array np.flatnonzero() would make: 44 MB for a 24 GiB zone)."""
-    if not len(mask):
-        return -1
-    k = int(np.argmax(mask[::-1]))
-    return -1 if not mask[-1 - k] else len(mask) - 1 - k
-
-
-def _last_n(mask: np.ndarray, n: int) -> np.ndarray:
-    """bool like ``mask``: its last ``n`` True elements (all of them when it has fewer)."""
-    out = np.zeros_like(mask)
-    if mask.all():                                  # the usual case: one run to the end
-        out[max(0, len(mask) - n):] = True
-        return out
-    run = np.flatnonzero(mask)
-    out[run[-n:] if n <= len(run) else run] = True
-    return out
-
-
-def machine_for_replay(snapshot: Snapshot, layout: Layout, units: tt.SnapshotUnits,
-                       zoneinfo: list[procfs.ZoneInfo]) -> tuple[Machine, list[str]]:
-    """The emulated machine of the snapshot, with the non-managed RAM placed where the
-    snapshot shows it: PG_reserved pages and the never-initialised run at the top of a zone
-    (as many as zoneinfo's present - managed leaves). Where the two disagree the snapshot
-    wins and the difference is noted."""
-    notes = []
-    specs = {(s.node, s.name): s for s in zone_specs(zoneinfo)}
-    ram = layout.ram or [(z.start_pfn, z.end_pfn) for z in layout.zones]
-    in_ram = np.zeros(snapshot.pfn_count, bool)
-    for a, b in ram:
-        in_ram[a:min(b, snapshot.pfn_count)] = True
-    reserved: list[tuple[int, int]] = []
-    new_specs = []
-    for z in layout.zones:
-        lo, hi = z.start_pfn, min(z.end_pfn, snapshot.pfn_count)
-        pc = units.pclass[lo:hi]
-        ram_z = in_ram[lo:hi]
-        res = (pc == tt.CLASS_INDEX["reserved"]) & ram_z
-        need = z.present - z.managed - int(res.sum())
-        last = _last_true(ram_z & (pc != tt.FLAG0))
-        top = hi - lo if last < 0 else last + 1
-        f0_top = np.zeros_like(res)
-        if need > 0:
-            f0_top[top:] = _last_n(ram_z[top:], need)  # flags==0 RAM at the top of the zone
-        managed_mask = ram_z & ~res & ~f0_top
-        managed = int(managed_mask.sum())
-        if managed != z.managed:
-            notes.append(f"zone {z.name}: zoneinfo says managed {z.managed:,}, the snapshot "
-                         f"leaves {managed:,} (PG_reserved and never-initialised pages "
-                         "counted from kpageflags); the emulator uses the snapshot's")
-        reserved += _ranges(ram_z & ~managed_mask, lo)
-        s = specs[(z.node, z.name)]
-        new_specs.append(replace(s, managed=managed))
-    others = [s for k, s in specs.items() if k not in {(z.node, z.name) for z in layout.zones}]
-    nr_cpus = nr_cpus_of(zoneinfo) or 1
-    machine = Machine.from_zones(new_specs + others, ram, nr_cpus=nr_cpus,
-                                 reserved=reserved, name=str(snapshot.source))
-    return machine, notes
-
 
 # ---- the driver -------------------------------------------------------------------------------
 
@@ -228,63 +163,6 @@ class ReplayInput:
     @property
     def pageblock_mt(self) -> np.ndarray:
         return self.start.pageblock_mt
-
-
-@dataclass
-class SnapshotStart:
-    """The trace-independent half of a replay's input: the snapshot, its classification,
-    census, emulated machine and start state (load_snapshot_start())."""
-
-    snapshot: Snapshot
-    layout: Layout
-    zoneinfo: list[procfs.ZoneInfo]
-    units: tt.SnapshotUnits
-    base_census: Census
-    machine: Machine
-    start: StartState
-    notes: list[str]
-    seconds: float
-    #: the mem_map storage being faulted in (load_snapshot_start(stages=...))
-    prefault: MemMapPrefault | None = None
-
-
-def load_snapshot_start(snapshot_dir: Path,
-                        progress: Callable[[int], None] | None = None,
-                        stages: list[Stage] | None = None,
-                        snapshot: Snapshot | None = None) -> SnapshotStart:
-    """Snapshot, classification, census, emulated machine and start state of the folder
-    ``snapshot_dir`` (nothing here depends on the trace). With ``stages``, the mem_map
-    storage for them is faulted in from the moment the zones are known, and the first
-    stage booted in it from the moment the machine is (MemMapPrefault). ``snapshot``: the
-    one at ``snapshot_dir``, when the caller has opened it already."""
-    from memdesc.analysis.classify import build_census, classify_chunks
-
-    t0 = time.monotonic()
-    snapshot = snapshot or open_snapshot(snapshot_dir)
-    layout, zoneinfo = layout_of(snapshot)
-    if not zoneinfo or not layout.zones:
-        raise InputError(f"{snapshot_dir}: the snapshot has no zoneinfo; the emulated "
-                         "machine is built from it")
-    prefault = MemMapPrefault(_mem_map_pfns(layout), stages) if stages else None
-    units = tt.snapshot_units(snapshot, layout, progress=progress)
-    tally = classify_chunks(((s, a["kpageflags"]) for s, a in
-                             snapshot.chunks(("kpageflags",))), layout)
-    base = build_census(tally, str(snapshot.source), snapshot.kernel, nr_cpus_of(zoneinfo))
-    machine, notes = machine_for_replay(snapshot, layout, units, zoneinfo)
-    if prefault is not None:
-        prefault.set_machine(machine)
-    pti_text = snapshot.text("pagetypeinfo", "before") or snapshot.text("pagetypeinfo", "after")
-    start = start_state(units, machine, procfs.parse_pagetypeinfo(pti_text) if pti_text
-                        else None)
-    return SnapshotStart(snapshot, layout, zoneinfo, units, base, machine, start,
-                         notes + start.notes, time.monotonic() - t0, prefault)
-
-
-def _mem_map_pfns(layout: Layout) -> int:
-    """Struct pages of the machine machine_for_replay() will build from ``layout``
-    (Machine.nr_pfns: the highest zone end, a whole section of struct pages at a time)."""
-    end = max(z.end_pfn for z in layout.zones)
-    return -(-end // PAGES_PER_SECTION) * PAGES_PER_SECTION
 
 
 def load_replay_input(tr: Trace, snapshot_dir: Path | None = None,
@@ -387,6 +265,40 @@ def _digest(a: np.ndarray) -> str:
 BLOCK_OPS = 1 << 18
 
 
+class _LogSizer:
+    """Blocks of a replay with an access log (memdesc.mm.access), sized so that one block's
+    accesses fit the log between two drains: ``capacity // (8 * per_op)`` operations, where
+    ``per_op`` is the most accesses per replay operation any block so far made (its lookups
+    included), never less than MIN_PER_OP (a block of ops the snapshot gate skips makes
+    none; trace-pagecache's policy replay makes ~280 per applied op, and 4 times that in its
+    busiest blocks: hence the factor 8). A block that still
+    overflows the log is reported by the sink (access.dropped(): ``log_dropped`` in memdesc
+    timing's output), and the blocks after it shrink to what it measured."""
+
+    MIN_PER_OP = 256
+
+    def __init__(self, mm: pa.MemMap, capacity: int, block: int):
+        self.mm, self.capacity, self.block = mm, capacity, block
+        self.per_op = self.MIN_PER_OP
+        self.seen = self._accesses()
+
+    def _accesses(self) -> int:
+        c = access.counters(self.mm)
+        return int(c[:, access.CT_LOADS].sum() + c[:, access.CT_STORES].sum())
+
+    def step(self) -> int:
+        """Operations of the next block."""
+        if not self.capacity:
+            return self.block
+        return max(1, min(self.block, self.capacity // (8 * self.per_op)))
+
+    def measured(self, nops: int) -> None:
+        """After a block of ``nops`` operations (before its drain)."""
+        now = self._accesses()
+        self.per_op = max(self.per_op, -(-(now - self.seen) // max(1, nops)))
+        self.seen = now
+
+
 def _boundaries(inp: ReplayInput, block: int) -> tuple[np.ndarray, list[int]]:
     """Op indices where the loop stops: every ``block`` ops and at each check point (the first
     op at or past its event), so the state there can be read."""
@@ -450,7 +362,9 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
              "pageblocks_by_type": {MT_NAMES[t]: int((s0.pageblock_mt == t).sum())
                                     for t in range(MIGRATE_TYPES)},
              "pageblock_rule": s0.rule, "buddyinfo": pa.buddyinfo(mm)}
+    folios = None
     if mode == "policy":
+        folios = StageFolios(mm, _peak_live_folios(inp))
         start["snapshot_pcp_pages_freed"] = int(_policy_release_pcp(
             mm.mem, mm.S, ops.kind, ops.pfn, ops.order, ops.applies, ops.first, managed, st,
             ucls, uord, units))
@@ -467,8 +381,11 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     nxt = 0
     lookups = None
     if access_sink is not None:                  # memdesc.mm.access: counted from here on
-        block = access.attach_sink(mm, access_sink, block)
-        lookups = inp.lookups.start(mm) if inp.lookups is not None else None
+        access.attach_sink(mm, access_sink, block)
+        if folios is not None:
+            folios.account_with(mm)
+        lookups = (inp.lookups.start(mm, folios.HE if folios is not None else None)
+                   if inp.lookups is not None else None)
     bounds, check_at = _boundaries(inp, block)
     t_ops = ops.time if ops.time is not None else np.zeros(len(ops), np.int64)
     first_t = int(t_ops[0]) if len(t_ops) else 0
@@ -476,14 +393,14 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                   np.int64)
     at_checks: list[dict | None] = [None] * len(check_at)
     t1 = time.monotonic()
-    for lo, hi in zip(bounds[:-1].tolist() + [len(ops)], bounds[1:].tolist() + [len(ops)],
-                      strict=True):
+    sizer = _LogSizer(mm, int(getattr(access_sink, "log_capacity", 0) or 0), block) \
+        if access_sink is not None else None
+    for lo, end in zip(bounds[:-1].tolist() + [len(ops)], bounds[1:].tolist() + [len(ops)],
+                       strict=True):
         for j, c in enumerate(check_at):
             if c == lo and at_checks[j] is None:
                 at_checks[j] = {"free_mt": _free_mt(mm), "counters": dict(zip(
                     MISMATCHES, mism[:, 0].tolist(), strict=True))}
-        if hi <= lo:
-            continue
         if mode == "placement":
             loop, mid, post = _placement_loop, (
                 ops.kind, ops.pfn, ops.order, ops.mt, ops.cpu, ops.cls, ops.evidx,
@@ -493,20 +410,27 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
             loop, mid, post = _policy_loop, (
                 ops.kind, ops.pfn, ops.order, ops.cpu, ops.gfp, ops.cls, ops.evidx,
                 ops.applies, ops.pair, managed, st, blk, ucls, uord, units, emu, mism,
-                spos), (nr_free, pcp, units_s, t_ops, vm)
-        if lookups is None:
-            nxt = loop(mm.mem, mm.S, lo, hi, *mid, nxt, *post)
-        else:                                     # the trace's lookups between the ops
-            nxt = lookups.run(loop, lo, hi, mid, nxt, post, emu if mode == "policy" else None)
-        if progress:
-            progress(hi - lo)
-        if access_sink is not None:
-            access_sink(stage.id, mm)
+                spos), (nr_free, pcp, units_s, t_ops, vm, folios.HE, folios.AE)
+        while lo < end:
+            hi = min(end, lo + sizer.step()) if sizer is not None else end
+            if lookups is None:
+                nxt = loop(mm.mem, mm.S, lo, hi, *mid, nxt, *post)
+            else:                                 # the trace's lookups between the ops
+                nxt = lookups.run(loop, lo, hi, mid, nxt, post,
+                                  emu if mode == "policy" else None)
+            if progress:
+                progress(hi - lo)
+            if access_sink is not None:
+                sizer.measured(hi - lo)
+                access_sink(stage.id, mm)
+            lo = hi
     while nxt < ns:                                   # samples at or past the last op
         _sample(mm.S, units, nxt, nr_free, pcp, units_s)
         nxt += 1
     seconds = time.monotonic() - t1
     digest = _digest(emu) if mode == "policy" else ""
+    if folios is not None:
+        start["folio_descriptors_live_at_end"] = folios.live_descriptors()
     if mode == "policy":
         start["vmstat"] = {"decay_pcp_high": bool(vmstat), "intervals": int(vm[2]),
                            "pages_freed_by_decay": int(vm[1])}
@@ -516,6 +440,13 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                     {name: int(v) for name, v in zip(MISMATCHES, mism[:, 0], strict=True)},
                     start, pa.buddyinfo(mm), digest, where, mm if keep_memmap else None,
                     [c or {} for c in at_checks], ft.walk_stats(mm.S))
+
+
+def _peak_live_folios(inp: ReplayInput) -> int:
+    """replay_folios.peak_live_folios() of the input's ops, computed once."""
+    if "peak_live_folios" not in inp.cache:
+        inp.cache["peak_live_folios"] = peak_live_folios(inp.ops)
+    return inp.cache["peak_live_folios"]
 
 
 def _start_units(inp: ReplayInput, n: int) -> tuple[np.ndarray, ...]:
@@ -546,102 +477,6 @@ def _unit_counts(ucls: np.ndarray, uord: np.ndarray) -> np.ndarray:
     if bad >= 0:
         raise ValueError(f"pfn {bad}: unit class {ucls[bad]} order {uord[bad]} out of range")
     return out
-
-
-# ---- results -----------------------------------------------------------------------------------
-
-def zone_names(machine: Machine) -> list[str]:
-    """Name of each emulated zone row (node * NR_ZONES + zone type)."""
-    return [f"{z.node}/{z.name}" for z in machine.zones]
-
-
-def check_rows(inp: ReplayInput, run: StageRun) -> list[dict]:
-    """The emulated free lists against the kernel's at every check point (start, inner
-    snapshots, end): one row per check point and zone (memdesc.analysis.replay_checks)."""
-    rows = []
-    fit = {r["zone"]: r["free_pages_off_after_repair"] for r in inp.start.rule}
-    for point, got in zip(inp.checkpoints, run.at_checks, strict=True):
-        k = int(np.searchsorted(run.samples_pos, point.event))
-        if not got or k >= len(run.samples_pos) or run.samples_pos[k] != point.event:
-            continue
-        counters = {c: v for c, v in got["counters"].items() if v}
-        rows += compare(point, run.nr_free[k], got["free_mt"], run.pcp[k], counters, fit)
-    return rows
-
-
-def census_at(inp: ReplayInput, units: np.ndarray, nr_free: np.ndarray,
-              pcp_pages: int) -> Census:
-    """A Census of the emulated state for the cost model: allocation units by class and
-    order from the replay (``flags0`` snapshot pages count as untyped, as the survey's
-    classification would), free blocks from the buddy lists, pcp pages as untyped, and the
-    classes the trace never changes (holes, never-initialised) from the snapshot's census."""
-    base = inp.base_census
-    u = {c: units[i].copy() for i, c in enumerate(CLASSES)}
-    # flags==0 pages are order-0 units; the never-initialised ones (never touched by a trace)
-    # are the snapshot census's own class
-    u["untyped"] = u["untyped"] + units[tt.FLAG0]
-    u["untyped"][0] += pcp_pages - base.pages_by_class["uninitialised"]
-    u["untyped"][0] = max(0, int(u["untyped"][0]))
-    free = np.zeros(NR_UNIT_ORDERS, np.int64)
-    free[:NR_PAGE_ORDERS] = nr_free.sum(axis=0)
-    u["free"] = free
-    u["hole"] = base.units_by_class["hole"].copy()
-    u["uninitialised"] = base.units_by_class["uninitialised"].copy()
-    sizes = 1 << np.arange(NR_UNIT_ORDERS, dtype=np.int64)
-    pages = {c: int((u[c] * sizes).sum()) for c in CLASSES}
-    return Census(source=f"replay of {inp.trace.path}", pfns=base.pfns, pages_by_class=pages,
-                  units_by_class=u, memmap_pages=base.memmap_pages, ram_pages=base.ram_pages,
-                  kernel=base.kernel, nr_cpus=base.nr_cpus)
-
-
-@dataclass
-class StageSeries:
-    """Per-sample results of one stage."""
-
-    name: str
-    struct_page_bytes: np.ndarray     # int64[samples]
-    descriptor_bytes: np.ndarray
-    total_bytes: np.ndarray
-    by_type: dict[str, np.ndarray]
-    unusable: np.ndarray              # int64[samples, zones, orders] (thousandths)
-    extfrag: np.ndarray
-    free_2m_blocks: np.ndarray        # int64[samples] (all zones)
-    free_huge_percent: np.ndarray     # float[samples] (all zones)
-    free_pages: np.ndarray            # int64[samples] buddy free pages (all zones)
-
-
-def stage_series(inp: ReplayInput, run: StageRun,
-                 table: DescriptorTable | None = None) -> StageSeries:
-    """Metadata bytes (cost model on the census of each sample) and fragmentation."""
-    table = table or load_descriptors()
-    ns = len(run.samples_pos)
-    sp = np.zeros(ns, np.int64)
-    desc = np.zeros(ns, np.int64)
-    by_type: dict[str, np.ndarray] = {}
-    cache: dict[bytes, object] = {}
-    # one census per distinct sample state, shared by every stage (inp.cache)
-    censuses = inp.cache.setdefault("census_at", {})
-    for k in range(ns):
-        key = run.units[k].tobytes() + run.pcp[k].tobytes()
-        cost = cache.get(key)
-        if cost is None:
-            ckey = key + run.nr_free[k].tobytes()
-            census = censuses.get(ckey)
-            if census is None:
-                census = censuses[ckey] = census_at(inp, run.units[k], run.nr_free[k],
-                                                    int(run.pcp[k].sum()))
-            cost = cache[key] = stage_cost(census, run.stage, table)
-        sp[k] = cost.struct_page_bytes
-        desc[k] = cost.descriptor_bytes
-        for t, v in cost.by_type.items():
-            by_type.setdefault(t, np.zeros(ns, np.int64))[k] = v
-    populated = [gz for gz, z in enumerate(inp.machine.zones) if z.managed]
-    nf = run.nr_free[:, populated]
-    total = nf.sum(axis=1)
-    return StageSeries(run.name, sp, desc, sp + desc, by_type,
-                       frag.unusable_free_index(nf), frag.fragmentation_index(nf),
-                       frag.free_pageblocks(nf).sum(axis=1), frag.free_huge_score(total),
-                       frag.contig_arrays(nf, 0)[0].sum(axis=1))
 
 
 @dataclass

@@ -42,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from memdesc.analysis.replay_folios import _unbooted
 from memdesc.analysis.replay_loops import _placement_loop, _policy_loop
 from memdesc.analysis.replay_ops import OP_ALLOC, OP_FREE
 from memdesc.ingest.trace_events import EVENT_CODE, Trace
@@ -393,20 +394,12 @@ def schedule(lk: Lookups, op_event: np.ndarray) -> np.ndarray:
 
 def replay_env(mm) -> tuple:
     """The environment tuple E of the lookup entry points (memdesc.mm.access ``*_e``) for a
-    replay's MemMap: its mem_map and allocator state, an empty slab/descriptor layer (the
-    replay allocates no descriptors and no slab objects: docs/replay.md "Limits"), so nothing
-    is allocated from the replayed memory."""
-    from memdesc.mm.fault_inject import FaultInjection
+    replay's MemMap without kernel memory: its mem_map and allocator state, no slab or
+    descriptor layer, so nothing is allocated from the replayed memory (the policy replay
+    passes its own, replay_folios.StageFolios.HE)."""
     from memdesc.mm.kmem import PageContents
-    from memdesc.mm.memdesc_alloc import ST_WORDS
-    from memdesc.mm.slab_caches import Slub
 
-    class _Unbooted(Slub):
-        def boot(self) -> None:          # no caches: they would take pages off the replay
-            pass
-
-    return _Unbooted(mm, PageContents(mm.nr_pfns, 1), FaultInjection(),
-                     np.zeros(mm.nr_pfns, np.uint32), np.zeros(ST_WORDS, np.int64)).E
+    return _unbooted(mm, PageContents(1, 1))
 
 
 @njit(cache=True)
@@ -524,16 +517,19 @@ class ReplayLookups:
         # an allocation before the snapshot read its pfn is the snapshot's, at that pfn
         self.owner = np.where((owner >= 0) & ~np.asarray(ops.applies, bool)[owner], -1, owner)
 
-    def start(self, mm) -> _StageLookups:
-        return _StageLookups(self, mm)
+    def start(self, mm, E: tuple | None = None) -> _StageLookups:
+        """The runner of one stage; ``E``: the stage's environment tuple over ``mm`` (the
+        policy replay's, whose kernel memory holds the folio descriptors), else one
+        without kernel memory (replay_env())."""
+        return _StageLookups(self, mm, E)
 
 
 class _StageLookups:
     """The lookups of one stage's replay, run between its operations (:func:`_run_due`)."""
 
-    def __init__(self, plan: ReplayLookups, mm):
+    def __init__(self, plan: ReplayLookups, mm, E: tuple | None = None):
         self.plan, self.mm, self.k = plan, mm, 0
-        self.E = replay_env(mm)
+        self.E = E if E is not None else replay_env(mm)
 
     def run(self, loop, lo: int, hi: int, mid: tuple, nxt: int, post: tuple,
             emu: np.ndarray | None = None) -> int:

@@ -7,6 +7,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from memdesc.analysis.replay_folios import (
+    is_folio_class,
+    replay_folio_alloc,
+    replay_folio_put,
+)
 from memdesc.analysis.replay_ops import (
     M_ALLOC_CLAIMED,
     M_ALLOC_FAILED,
@@ -392,12 +397,13 @@ def _placement_loop(mem, S, lo, hi, kind, pfn, order, mt, cpu, cls, evidx, appli
 @njit(cache=True, nogil=True)
 def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies, pair,
                  managed, st, blk, ucls, uord, units, emu, mism, spos, snext, nr_free, pcp,
-                 units_s, t, vm):
+                 units_s, t, vm, HE, AE):
     """Replay only the requests (module docstring). ``emu[i]`` is the emulator's PFN for
     alloc op ``i`` (-1: failed / not yet / freed). With ``vm[0] >= 0`` (the next vmstat
     interval, trace clock ns) vmstat's periodic work runs as trace time passes
     (memdesc.mm.vmstat: decay_pcp_high() on every CPU each second); ``vm[1]`` counts the
-    pages it freed, ``vm[2]`` the intervals."""
+    pages it freed, ``vm[2]`` the intervals. File/anon units are folios (folio_alloc() and
+    folio_put() of memdesc.analysis.replay_folios on ``HE``/``AE``)."""
     mem, S = unmanaged(mem), unmanaged(S)
     ncpu = S[pa.C_NCPU]
     k = snext
@@ -413,7 +419,10 @@ def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies
         op = kind[i]
         o = np.int64(order[i])
         if op == OP_ALLOC:
-            q = pa.alloc_pages_nb(mem, S, gfp[i], o, 0, cpu[i] % ncpu)
+            if is_folio_class(cls[i]):
+                q = replay_folio_alloc(HE, AE, gfp[i], o, cpu[i] % ncpu, cls[i])
+            else:
+                q = pa.alloc_pages_nb(mem, S, gfp[i], o, 0, cpu[i] % ncpu)
             emu[i] = q
             if q < 0:
                 _count(mism, M_ALLOC_FAILED, i)
@@ -430,6 +439,11 @@ def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies
                     continue
                 oo = np.int64(order[j])
                 emu[j] = -1
+                if is_folio_class(cls[j]):
+                    _unit_drop(ucls, uord, units, q, oo)
+                    st[q] = ST_NONE
+                    replay_folio_put(HE, AE, q, oo, cpu[i] % ncpu)
+                    continue
             else:
                 q = pfn[i]                 # an allocation the snapshot holds at this pfn
                 oo = o

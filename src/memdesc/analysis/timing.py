@@ -48,8 +48,9 @@ if TYPE_CHECKING:
     from memdesc.analysis.scenario_parse import Scenario
 
 SCHEMA_VERSION = 1
-#: accesses the emulator's log holds between two drains (a replay's blocks shrink to fit it)
-LOG_CAPACITY = 1 << 22
+#: accesses the emulator's log holds between two drains (a replay's blocks shrink to fit it:
+#: analysis.replay._LogSizer); 16 M: 128 MB of log + 64 MB of operation table
+LOG_CAPACITY = 1 << 24
 #: a scenario's log per PFN of its machine (run_scenario_timing())
 LOG_PER_PFN = 16
 
