@@ -228,11 +228,12 @@ def warm_up(parts: list[str] | None = None, out=sys.stderr) -> int:
     beside = _start_beside(parts)
     try:
         _warm_parts(parts, beside, out)
-    finally:
+        if beside is not None:
+            _report_beside(beside, out)
+    except BaseException:                      # Ctrl-C, or a bug: the child goes too
         if beside is not None and beside.poll() is None:
             beside.kill()
-    if beside is not None:
-        _report_beside(beside, out)
+        raise
     print(f"memdesc: kernels ready in {time.perf_counter() - t_all:.0f} s", file=out, flush=True)
     return 0
 
