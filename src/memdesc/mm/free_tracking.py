@@ -64,7 +64,9 @@ from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's
     C_DYNAMIC,
     C_ENC,
     C_F_FLAGS,
+    C_F_LINK,
     C_F_MD,
+    C_F_PTYPE,
     C_HPZ,
     C_LINKOFF,
     C_MISC,
@@ -114,7 +116,14 @@ from memdesc.mm.ft_common import (  # noqa: F401 -- re-exported: the allocator's
     zx,
 )
 from memdesc.mm.ft_packed import MAX_PACKED_BLOCKS, PACKED_HEADS  # noqa: F401
-from memdesc.mm.mm_types import NODES_PGSHIFT, ZONES_PGSHIFT, PG_reserved
+from memdesc.mm.mm_types import (
+    NODES_PGSHIFT,
+    PGTY,
+    ZONES_PGSHIFT,
+    PG_lru,
+    PG_movable_ops,
+    PG_reserved,
+)
 from memdesc.mm.mmzone import NR_ZONES
 from memdesc.stages import (
     Stage,
@@ -125,6 +134,8 @@ from memdesc.stages import (
 )
 
 _PG_RESERVED = np.uint64(1 << PG_reserved)
+#: page types that may carry PG_movable_ops (page_has_movable_ops())
+_PGTY_ZSMALLOC, _PGTY_OFFLINE = np.uint64(PGTY["zsmalloc"]), np.uint64(PGTY["offline"])
 
 #: the functions every encoding module implements (numba), with their arguments
 OPS: dict[str, str] = {
@@ -478,15 +489,17 @@ def page_is_movable(mem, S, pfn):
     deposited page table of a PMD-mapped anon folio)."""
     slot = memdesc_slot(S)
     if slot < 0:
-        b = pfn * 8
-        pty = (ldm(mem, S, b + 6) >> np.uint64(24)) & np.uint64(0xFF)
-        if (ldm(mem, S, b) >> np.uint64(3)) & np.uint64(1) and (pty == 0xF6 or pty == 0xF1):
-            return True                            # PG_movable_ops on zsmalloc/offline
-        ch = ldm(mem, S, b + 1)
+        w = S[C_W]
+        b = pfn * w
+        pty = (ldm(mem, S, b + S[C_F_PTYPE]) >> np.uint64(24)) & np.uint64(0xFF)  # page_type
+        if ((ldm(mem, S, b + S[C_F_FLAGS]) >> np.uint64(PG_movable_ops)) & np.uint64(1)
+                and (pty == _PGTY_ZSMALLOC or pty == _PGTY_OFFLINE)):  # noqa: SIM109
+            return True
+        ch = ldm(mem, S, b + S[C_F_LINK])          # compound_head (the lru/buddy_list union)
         if ch & np.uint64(1):                      # tail: look at the head
-            b = np.int64((ch - np.uint64(1) - VMEMMAP) >> np.uint64(6)) * 8
-        f = ldm(mem, S, b)
-        return (f >> np.uint64(5)) & np.uint64(1) == 1   # PG_lru
+            b = np.int64((ch - np.uint64(1) - VMEMMAP) >> np.uint64(S[C_SHIFT])) * w
+        f = ldm(mem, S, b + S[C_F_FLAGS])
+        return (f >> np.uint64(PG_lru)) & np.uint64(1) == 1
     w = ldm(mem, S, pfn * S[C_W] + slot)
     t = np.int64(w & np.uint64(15))
     return (S[C_MOVMASK] >> t) & 1 == 1
