@@ -10,6 +10,11 @@ The emulator's counters (operations, loads, stores, distinct lines, dependent-lo
 are read at the end. :func:`timing_doc` turns it all into the JSON document of
 docs/timing.md, which the report (memdesc.report.timing_out) prints.
 
+A trace's operations are the replay's (memdesc.analysis.replay): its allocator operations
+(policy mode), its lookups (``--lookups`` recordings) and its slab events (``--slab``
+recordings: kmem_cache_alloc/kmem_cache_free in the stage's kernel-memory arena,
+memdesc.analysis.replay_slab), the latter two in both modes.
+
 The counters count every operation; the cache model and the native run see the operations
 the log held. When the log overflowed between two drains the model saw fewer accesses than
 the counters count: the stage says so (``log_dropped``), never silently.
