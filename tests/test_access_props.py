@@ -122,7 +122,12 @@ def test_trace_slab_policy_replay_with_an_access_sink():
     check_against_stream(c, s)
     check_regions(run.memmap, s)
     # alloc_pages.* and free_pages.*, and the file/anon units' folio_alloc/folio_put (their
-    # descriptor's kmem_cache_alloc/free counts for the enclosing folio operation)
+    # descriptor's kmem_cache_alloc/free counts for the enclosing folio operation), and the
+    # trace's slab events (analysis.replay_slab: 469,335 kmem_cache_alloc + 257,466 kmalloc;
+    # 613,618 paired frees + 3,694 of objects allocated before the trace)
     folio = [OP_CLASS_ID["folio_alloc"], OP_CLASS_ID["folio_put"]]
-    assert c[:6, CT_OPS].sum() + c[folio, CT_OPS].sum() == s.nr_ops > 100_000
+    slab = [OP_CLASS_ID["kmem_cache_alloc"], OP_CLASS_ID["kmem_cache_free"]]
+    assert c[slab, CT_OPS].tolist() == [726_801, 617_312]
+    assert c[:6, CT_OPS].sum() + c[folio, CT_OPS].sum() + c[slab, CT_OPS].sum() == \
+        s.nr_ops > 100_000
     assert c[folio, CT_OPS].min() > 10_000
