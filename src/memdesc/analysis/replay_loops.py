@@ -9,6 +9,8 @@ from numba import njit
 
 from memdesc.analysis.replay_folios import (
     is_folio_class,
+    is_start_folio,
+    release_start_folios_in,
     replay_folio_alloc,
     replay_folio_put,
 )
@@ -450,6 +452,14 @@ def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies
                 if q < 0 or q >= managed.shape[0] or not managed[q] or st[q] != ST_SNAP:
                     _count(mism, M_FREE_UNKNOWN, i)
                     continue
+                if is_start_folio(ucls, uord, q):      # folio_put(): the folio's own order
+                    oo = np.int64(uord[q])
+                    _unit_drop(ucls, uord, units, q, oo)
+                    st[q] = ST_NONE
+                    replay_folio_put(HE, AE, q, oo, cpu[i] % ncpu)
+                    continue
+                if oo > 0:
+                    release_start_folios_in(HE, AE, st, ucls, uord, q, oo)
             _unit_drop(ucls, uord, units, q, oo)
             st[q] = ST_NONE
             pa.free_pages_nb(mem, S, q, oo, cpu[i] % ncpu)
