@@ -17,6 +17,7 @@ from memdesc.analysis.census import CLASS_INDEX
 from memdesc.analysis.replay_folios import (
     CLS_FILE,
     StageFolios,
+    release_start_folios_in,
     replay_folio_alloc,
     replay_start_folios,
 )
@@ -54,13 +55,17 @@ def _expected(inp: rp.ReplayInput) -> tuple[np.ndarray, np.ndarray]:
     return p[keep], inp.units.uord[p][keep].astype(np.int64)
 
 
-def _start(inp: rp.ReplayInput, sid: str) -> tuple[pa.MemMap, StageFolios, int]:
-    """``sid``'s emulated memory in the start state with the start folios made."""
+def _start(inp: rp.ReplayInput, sid: str, units: list | None = None
+           ) -> tuple[pa.MemMap, StageFolios, int]:
+    """``sid``'s emulated memory in the start state with the start folios made; ``units``
+    receives the per-PFN state, class and order arrays."""
     mm = rp.setup_stage(inp, get_stage(sid))
     st, _, ucls, uord, _ = rp._start_units(inp, mm.nr_pfns)
     folios = StageFolios(mm, rp._peak_live_folios(inp))
     made = replay_start_folios(folios.HE, folios.AE, inp.start.unit_pfn, inp.start.managed,
                                st, ucls, uord)
+    if units is not None:
+        units += [st, ucls, uord]
     return mm, folios, int(made)
 
 
@@ -170,3 +175,23 @@ def test_start_file_unit_at_page16_points_to_its_descriptor(inp):
         access.disable(mm)
     assert (c[CT_OPS], c[CT_LOADS], c[CT_CHAIN_MAX]) == (50, 100, 2)
 
+
+
+@pytest.mark.parametrize("sid", ["v6.18", "page16"])
+def test_a_free_over_a_start_folio_releases_it(inp, sid):
+    """A snapshot free whose block holds another start folio (a snapshot that does not fit
+    the trace) takes that folio off the LRU and, from ``dynamic`` on, frees its descriptor:
+    release_start_folios_in() over [r - 1, r + 1) for a start folio at odd pfn r."""
+    units: list = []
+    mm, folios, made = _start(inp, sid, units)
+    st, ucls, uord = units
+    heads, orders = _expected(inp)
+    r = int(heads[(heads & 1 == 1) & (orders == 0)][0])
+    folio = page_folio(folios.HE, r)
+    assert int(fget(folios.HE, folio, F_FLAGS)) >> PG_lru & 1
+    assert release_start_folios_in(folios.HE, folios.AE, st, ucls, uord, r - 1, 1) == 1
+    if mm.stage.dynamic:
+        assert folios.live_descriptors() == made - 1
+    else:
+        assert not int(fget(folios.HE, folio, F_FLAGS)) >> PG_lru & 1
+        assert not page_is_movable(mm.mem, mm.S, r)
