@@ -216,10 +216,10 @@ def slab_plan(tr: Trace, snapshot=None) -> SlabPlan | None:
     pre_pos = np.flatnonzero(pre_ok)
     tcache = np.concatenate([np.where(kca[alloc_pos], cache_row(names[alloc_pos]), -1),
                              cache_row(names[pre_pos])])
+    cache_size = np.array([sz for _, sz in caches] + [0], np.int64)
     size = np.concatenate([np.where(kca[alloc_pos], balloc[alloc_pos],
                                     ev["bytes_req"][rows][alloc_pos]),
-                           np.asarray([caches[r][1] for r in cache_row(names[pre_pos])],
-                                      np.int64)]).astype(np.int64)
+                           cache_size[cache_row(names[pre_pos])]]).astype(np.int64)
     obj_of_pos[pre_pos] = n_alloc + np.arange(len(pre_pos))
     paired = ~is_alloc & (pair >= 0)
     free_obj = np.full(len(rows), -1, np.int64)
