@@ -48,6 +48,7 @@ from numba import njit
 
 from memdesc.ingest.trace_events import EVENT_CODE, Trace
 from memdesc.mm.access_core import OP_KMEM_ALLOC, OP_KMEM_FREE, op_begin, op_end
+from memdesc.mm.free_tracking import unmanaged
 from memdesc.mm.kmalloc import kmalloc_nb
 from memdesc.mm.memdesc_alloc import E_S, E_STATS, ST_IN_FREE
 from memdesc.mm.slab import _GROW
@@ -99,6 +100,14 @@ def slab_op(AE, sl, cls, sub, obj):
             stats[ST_IN_FREE] -= 1
             obj_addr[obj] = _U0
     op_end(S)
+
+
+@njit(cache=True)
+def borrow_ctx(sl):
+    """slab_op()'s ``sl`` with borrowed arrays (memdesc.mm.memdesc_alloc.borrow(): the
+    caller keeps them alive; no reference counting per call)."""
+    return (unmanaged(sl[0]), unmanaged(sl[1]), unmanaged(sl[2]), unmanaged(sl[3]),
+            unmanaged(sl[4]), unmanaged(sl[5]))
 
 
 def empty_ctx() -> tuple:
