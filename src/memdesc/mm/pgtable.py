@@ -291,6 +291,9 @@ PMD_HUGE_PTE = 16
 PT_PFN = 24
 PT_ORDER = 44
 PT_PAGE_TYPE = 48
+#: ptdesc->ptl: the split ptlock, embedded (ALLOC_SPLIT_PTLOCKS false on x86-64 without
+#: lockdep: sizeof(spinlock_t) 4 <= sizeof(long)) [S: include/linux/mm_types.h, mm.h]
+PT_PTL = 40
 PGTY_TABLE = 0xF2
 #: GFP_PGTABLE_USER = GFP_KERNEL_ACCOUNT | __GFP_ZERO [S: include/asm-generic/pgalloc.h].
 GFP_PGTABLE_USER = _gfp.GFP_KERNEL_ACCOUNT | _gfp.__GFP_ZERO
@@ -328,7 +331,7 @@ def pagetable_alloc_nb(E, gfpflags, order, nid):
     m, d, s = E[E_MEM], E[E_DATA], E[E_SLOT]
     if not desc_separate(E, sp[SP_T_PGTABLE]):
         # pmd_ptlock_init(): pmd_huge_pte = NULL; pt_index and the split ptl cleared
-        for off in (PMD_HUGE_PTE, 32, 40):
+        for off in (PMD_HUGE_PTE, 32, PT_PTL):
             kwrite(m, d, s, pt + np.uint64(off), np.uint64(0))
     kwrite32(m, d, s, pt + np.uint64(PT_PAGE_TYPE), np.uint32(PGTY_TABLE << 24))
     if not sp[SP_DYNAMIC]:
