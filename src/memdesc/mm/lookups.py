@@ -323,19 +323,29 @@ def _walk_pfn(E, pgd_pfn, va):
 
 
 @njit(cache=True)
-def pt_walk_e(E, pgd_pfn, va):
+def pt_walk_te(TE, HE, pgd_pfn, va):
     """Mirrors follow_page_pte() (mm/gup.c) with pte_offset_map_lock() and
-    pte_unmap_unlock(): (PFN mapped at ``va`` or -1, its folio or 0)."""
-    S = E[E_S]
+    pte_unmap_unlock(): (PFN mapped at ``va`` or -1, its folio or 0). The page tables (their
+    pages, entries and ptdescs) are in ``TE``'s memory, the mapped page in ``HE``'s mem_map
+    (the replay's arena and replayed memory: analysis/replay_pgtables.py; the same tuple in
+    a scenario). A PFN outside ``HE``'s memory gets no page_folio(). Both state arrays must
+    record into the same accounting block."""
+    S = HE[E_S]
     op_begin(S, OP_PT_WALK)
-    pfn, ptl = _walk_pfn(E, pgd_pfn, va)
+    pfn, ptl = _walk_pfn(TE, pgd_pfn, va)
     folio = np.uint64(0)
-    if pfn >= 0:
-        folio = page_folio(E, pfn)       # its struct page's address came from the PTE
+    if 0 <= pfn < HE[E_MEM].shape[0] // S[C_W]:
+        folio = page_folio(HE, pfn)      # its struct page's address came from the PTE
     if ptl != 0:
-        acc(S, ptl, KIND_STORE, NONODE, NONODE)     # spin_unlock()
+        acc(TE[E_S], ptl, KIND_STORE, NONODE, NONODE)     # spin_unlock()
     op_end(S)
     return pfn, folio
+
+
+@njit(cache=True)
+def pt_walk_e(E, pgd_pfn, va):
+    """pt_walk_te() with the tables and the pages in one kernel's memory."""
+    return pt_walk_te(E, E, pgd_pfn, va)
 
 
 @njit(cache=True)
@@ -347,12 +357,14 @@ def _xa_height(size):
 
 
 @njit(cache=True)
-def pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, order):
-    """Mirrors filemap_get_folio(mapping, idx) (see the module doc): the folio or 0."""
+def pagecache_lookup_at_e(E, xa_nodes, size, mapping, idx, order, f):
+    """Mirrors filemap_get_folio(mapping, idx) (see the module doc) in an xarray of ``size``
+    indices whose nodes are ``xa_nodes``, its entry at ``idx`` folio ``f`` (0: none, or a
+    folio the caller does not know: no reference taken) of 2^``order`` pages."""
     S = E[E_S]
     op_begin(S, OP_PAGECACHE)
     acc(S, mapping + np.uint64(XA_HEAD_OFF), KIND_PTR, NONODE, NONODE)
-    h = _xa_height(index_map.shape[0])
+    h = _xa_height(size)
     nn = xa_nodes.shape[0]
     for level in range(h - 1, order // XA_CHUNK_SHIFT - 1, -1):
         if nn == 0:
@@ -362,13 +374,19 @@ def pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, order):
                                  % np.uint64(nn))]
         off = (idx >> (XA_CHUNK_SHIFT * level)) & 63
         acc(S, node + np.uint64(XA_SLOTS_OFF + 8 * off), KIND_PTR | KIND_DEP, NONODE,
-            np.int64(index_map[idx]) if level == order // XA_CHUNK_SHIFT else NONODE)
-    f = index_map[idx]
+            np.int64(f) if level == order // XA_CHUNK_SHIFT else NONODE)
     if f != 0:
         fset32(E, f, F_REFCOUNT, fget32(E, f, F_REFCOUNT) + 1)     # folio_try_get()
         fset32(E, f, F_REFCOUNT, fget32(E, f, F_REFCOUNT) - 1)     # the reader's folio_put()
     op_end(S)
     return f
+
+
+@njit(cache=True)
+def pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, order):
+    """Mirrors filemap_get_folio(mapping, idx) (see the module doc): the folio or 0."""
+    return pagecache_lookup_at_e(E, xa_nodes, index_map.shape[0], mapping, idx, order,
+                                 index_map[idx])
 
 
 @njit(cache=True)
