@@ -432,3 +432,22 @@ def ensure_tables(E, pgd_pfn, va, depth, nid):
             parent = np.int64((e & np.uint64(PTE_PFN_MASK)) >> np.uint64(PAGE_SHIFT))
         w = _entry_word(slot, parent, (va >> shifts[missing - 1]) & (PTRS_PER_TABLE - 1))
         data[w] = (np.uint64(new) << np.uint64(PAGE_SHIFT)) | np.uint64(_PAGE_TABLE)
+
+
+@njit(cache=True)
+def set_ptes_kernel(slot_of_pfn, data, pgds, vas, pfns):
+    """Write PTE_ANON entries mapping ``pfns[i]`` at ``vas[i]`` in the tables of ``pgds[i]``
+    (the PTE tables must exist: ensure_tables()); a negative pgd or pfn is skipped. Mirrors
+    the set_pte_at() that ends do_anonymous_page()/finish_fault() (no rmap, no counters).
+    Returns the number of entries written."""
+    n = 0
+    for i in range(pgds.shape[0]):
+        if pgds[i] < 0 or pfns[i] < 0:
+            continue
+        table, missing = _walk(slot_of_pfn, data, pgds[i], vas[i], LEVEL_PTE)
+        if missing:
+            continue
+        w = _entry_word(slot_of_pfn, table, (vas[i] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1))
+        data[w] = (np.uint64(pfns[i]) << np.uint64(PAGE_SHIFT)) | np.uint64(PTE_ANON)
+        n += 1
+    return n
