@@ -75,9 +75,10 @@ from memdesc.analysis import trace_types as tt
 from memdesc.analysis.census import NR_UNIT_ORDERS, Census
 from memdesc.analysis.classify import Layout
 from memdesc.analysis.descriptors import DescriptorTable, load_descriptors
+from memdesc.analysis.replay_arena import StageArena
 from memdesc.analysis.replay_checks import MT_NAMES, CheckPoint, check_points
-from memdesc.analysis.replay_folios import StageFolios, peak_live_folios
-from memdesc.analysis.replay_lookups import ReplayLookups, lookups_from_trace
+from memdesc.analysis.replay_folios import peak_live_folios
+from memdesc.analysis.replay_lookups import ReplayLookups, SideRows, lookups_from_trace
 from memdesc.analysis.replay_loops import (
     _placement_loop,
     _policy_loop,
@@ -111,6 +112,7 @@ from memdesc.analysis.replay_results import (  # noqa: F401 (the replay's public
     stage_series,
     zone_names,
 )
+from memdesc.analysis.replay_slab import SlabPlan, slab_plan
 from memdesc.analysis.replay_snapshot import (  # noqa: F401 (the replay's public names)
     SnapshotStart,
     load_snapshot_start,
@@ -120,7 +122,7 @@ from memdesc.analysis.replay_start import StartState
 from memdesc.errors import InputError
 from memdesc.ingest import procfs
 from memdesc.ingest.snapshot import Snapshot
-from memdesc.ingest.trace_events import LOOKUP_EVENTS, Trace
+from memdesc.ingest.trace_events import LOOKUP_EVENTS, SLAB_EVENTS, Trace
 from memdesc.mm import access
 from memdesc.mm import free_tracking as ft
 from memdesc.mm import page_alloc as pa
@@ -362,9 +364,14 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
              "pageblocks_by_type": {MT_NAMES[t]: int((s0.pageblock_mt == t).sum())
                                     for t in range(MIGRATE_TYPES)},
              "pageblock_rule": s0.rule, "buddyinfo": pa.buddyinfo(mm)}
-    folios = None
+    # kernel memory (replay_arena): policy mode's folio descriptors; with access accounting
+    # the trace's slab operations (replay_slab), run as side operations with the lookups
+    slab = _slab_plan(inp) if access_sink is not None else None
+    arena = None
+    if mode == "policy" or slab is not None:
+        arena = StageArena(mm, _peak_live_folios(inp) if mode == "policy" else 0,
+                           mode == "policy", slab)
     if mode == "policy":
-        folios = StageFolios(mm, _peak_live_folios(inp))
         start["snapshot_pcp_pages_freed"] = int(_policy_release_pcp(
             mm.mem, mm.S, ops.kind, ops.pfn, ops.order, ops.applies, ops.first, managed, st,
             ucls, uord, units))
@@ -382,10 +389,10 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     lookups = None
     if access_sink is not None:                  # memdesc.mm.access: counted from here on
         access.attach_sink(mm, access_sink, block)
-        if folios is not None:
-            folios.account_with(mm)
-        lookups = (inp.lookups.start(mm, folios.HE if folios is not None else None)
-                   if inp.lookups is not None else None)
+        if arena is not None:
+            arena.account_with(mm)
+        side = _side_ops(inp)
+        lookups = side.start(mm, arena) if side is not None else None
     bounds, check_at = _boundaries(inp, block)
     t_ops = ops.time if ops.time is not None else np.zeros(len(ops), np.int64)
     first_t = int(t_ops[0]) if len(t_ops) else 0
@@ -410,7 +417,7 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
             loop, mid, post = _policy_loop, (
                 ops.kind, ops.pfn, ops.order, ops.cpu, ops.gfp, ops.cls, ops.evidx,
                 ops.applies, ops.pair, managed, st, blk, ucls, uord, units, emu, mism,
-                spos), (nr_free, pcp, units_s, t_ops, vm, folios.HE, folios.AE)
+                spos), (nr_free, pcp, units_s, t_ops, vm, arena.HE, arena.AE)
         while lo < end:
             hi = min(end, lo + sizer.step()) if sizer is not None else end
             if lookups is None:
@@ -429,8 +436,10 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
         nxt += 1
     seconds = time.monotonic() - t1
     digest = _digest(emu) if mode == "policy" else ""
-    if folios is not None:
-        start["folio_descriptors_live_at_end"] = folios.live_descriptors()
+    if mode == "policy":
+        start["folio_descriptors_live_at_end"] = arena.live_descriptors()
+    if arena is not None and arena.slab is not None:
+        start["slab"] = arena.slab.summary()
     if mode == "policy":
         start["vmstat"] = {"decay_pcp_high": bool(vmstat), "intervals": int(vm[2]),
                            "pages_freed_by_decay": int(vm[1])}
@@ -447,6 +456,26 @@ def _peak_live_folios(inp: ReplayInput) -> int:
     if "peak_live_folios" not in inp.cache:
         inp.cache["peak_live_folios"] = peak_live_folios(inp.ops)
     return inp.cache["peak_live_folios"]
+
+
+def _slab_plan(inp: ReplayInput) -> SlabPlan | None:
+    """replay_slab.slab_plan() of the trace (None without slab events), computed once."""
+    if "slab_plan" not in inp.cache:
+        ev = inp.trace.events["event"]
+        inp.cache["slab_plan"] = (slab_plan(inp.trace, inp.snapshot)
+                                  if np.isin(ev, SLAB_EVENTS).any() else None)
+    return inp.cache["slab_plan"]
+
+
+def _side_ops(inp: ReplayInput) -> ReplayLookups | None:
+    """The side operations of an accounted replay: the lookups and the slab operations
+    (replay_lookups.ReplayLookups), None without either; computed once."""
+    if "side_ops" not in inp.cache:
+        plan = _slab_plan(inp)
+        inp.cache["side_ops"] = inp.lookups if plan is None else ReplayLookups(
+            inp.lookups.lookups if inp.lookups is not None else None, inp.ops,
+            SideRows(*plan.rows()))
+    return inp.cache["side_ops"]
 
 
 def _start_units(inp: ReplayInput, n: int) -> tuple[np.ndarray, ...]:

@@ -19,7 +19,8 @@ At every stage (mm/ code, memdesc.mm.folio and memdesc.mm.slub):
 
 Departures, stated [I]:
 
-* The descriptors' slab pages come from a **descriptor arena**: a separate emulated kernel
+* The descriptors' slab pages come from the stage's **kernel-memory arena**
+  (memdesc.analysis.replay_arena.StageArena): a separate emulated kernel
   (memdesc.mm.mm_init.Kernel, same stage) whose slab allocator serves the descriptor caches,
   sized for the trace's peak of live folios. The kernel takes them from the same buddy
   allocator; taking them from the replayed memory would move every later allocation at the
@@ -43,7 +44,7 @@ from numba import njit
 from memdesc.analysis.census import CLASS_INDEX
 from memdesc.mm import gfp as _gfp
 from memdesc.mm import page_alloc as pa
-from memdesc.mm.access_core import C_ACC, OP_FOLIO_ALLOC, OP_FOLIO_PUT, op_begin, op_end
+from memdesc.mm.access_core import OP_FOLIO_ALLOC, OP_FOLIO_PUT, op_begin, op_end
 from memdesc.mm.folio import (
     __page_cache_release,
     _init_desc,
@@ -67,8 +68,6 @@ from memdesc.mm.slub import _alloc_obj, kmem_cache_free_one_nb
 
 CLS_FILE = CLASS_INDEX["file"]
 CLS_ANON = CLASS_INDEX["anon"]
-#: bytes a descriptor takes at most (folio_large, memdesc.mm.folio.FOLIO_LARGE_PATH)
-_DESC_BYTES = 128
 
 
 @njit(cache=True)
@@ -125,7 +124,7 @@ def replay_folio_put(HE, AE, pfn, order, cpu):
     op_end(S)
 
 
-# ---- the environments of one stage (Python) ---------------------------------------------------
+# ---- sizing the stage's arena (Python; memdesc.analysis.replay_arena) ---------------------------
 
 def peak_live_folios(ops) -> int:
     """The most file/anon trace allocations alive at once (frees by identity)."""
@@ -138,64 +137,3 @@ def peak_live_folios(ops) -> int:
     f = (ops.kind == OP_FREE) & (pair >= 0)
     f &= a[np.maximum(pair, 0)]
     return int(np.cumsum(a.astype(np.int64) - f.astype(np.int64)).max(initial=0))
-
-
-def arena_bytes(peak: int) -> int:
-    """RAM of the descriptor arena for ``peak`` live folios: four times their descriptors'
-    bytes (slab fragmentation, per-CPU slabs, the kmalloc caches of boot) + 48 MiB, in MiB."""
-    mib = (4 * peak * _DESC_BYTES >> 20) + 48
-    return mib << 20
-
-
-def _unbooted(mm, contents) -> tuple:
-    """The environment tuple E over ``mm`` with ``contents`` as its kernel memory and no slab
-    caches of its own (nothing is allocated from the replayed memory)."""
-    from memdesc.mm.fault_inject import FaultInjection
-    from memdesc.mm.memdesc_alloc import ST_WORDS
-    from memdesc.mm.slab_caches import Slub
-
-    class _Unbooted(Slub):
-        def boot(self) -> None:          # no caches: they would take pages off the replay
-            pass
-
-    return _Unbooted(mm, contents, FaultInjection(), np.zeros(mm.nr_pfns, np.uint32),
-                     np.zeros(ST_WORDS, np.int64)).E
-
-
-class StageFolios:
-    """The folio environments of one stage's replay: ``HE`` (the replayed memory, its
-    kernel memory the arena's) and ``AE`` (the descriptor arena; ``HE`` again at the overlay
-    stages, which allocate no descriptor). ``arena`` is the arena Kernel or None."""
-
-    def __init__(self, mm, peak: int):
-        from memdesc.mm.kmem import PageContents
-
-        self.arena = None
-        if mm.stage.dynamic:
-            from memdesc.mm.mm_init import Kernel
-            from memdesc.mm.mmzone import Machine
-
-            size = arena_bytes(peak)
-            k = Kernel(Machine.from_spec(f"{size >> 20}M", nr_cpus=1), mm.stage, debug=False)
-            k.contents.grow(k.mm.nr_pfns)         # never grown again: HE keeps its arrays
-            k.slub._rebuild()
-            self.arena = k
-            self.HE = _unbooted(mm, k.contents)
-            self.AE = k.E
-        else:
-            self.HE = _unbooted(mm, PageContents(1, 1))
-            self.AE = self.HE
-
-    def account_with(self, mm) -> None:
-        """Record the arena's accesses in ``mm``'s accounting (memdesc.mm.access), inside
-        the replay's folio_alloc/folio_put operations."""
-        if self.arena is not None:
-            self.arena.mm.S[C_ACC] = mm.S[C_ACC]
-
-    def live_descriptors(self) -> int:
-        """Descriptors allocated in the arena and not freed (0 at the overlay stages)."""
-        if self.arena is None:
-            return 0
-        sl = self.arena.slub
-        return sum(sl.live(kc) for kc in sl.cache_list if kc.descriptor in ("folio",
-                                                                             "large_folio"))

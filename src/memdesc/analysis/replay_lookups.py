@@ -30,7 +30,10 @@ indices of other mappings count as order-0 folios of unknown pfn (-1), cached be
 replay operation that follows it in the trace (the replay runs ``lk[before_op == k]`` just
 before its operation ``k``). :class:`ReplayLookups` runs them inside a replay with access
 accounting on, through the lookup entry points of memdesc.mm.access on the replayed mem_map
-(docs/replay.md "In the replay" for what that can and cannot count). Numba hazard: the
+(docs/replay.md "In the replay" for what that can and cannot count), together with the
+other **side operations** (:class:`SideRows`, one dispatcher :func:`_side_op`): the trace's
+slab events as kmem_cache_alloc/kmem_cache_free in the kernel-memory arena
+(memdesc.analysis.replay_slab, memdesc.analysis.replay_arena). Numba hazard: the
 drivers call the replay's loops (analysis/replay_loops.py); after editing those, delete the
 numba cache (a cached driver keeps the old loop).
 """
@@ -42,9 +45,10 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from memdesc.analysis.replay_folios import _unbooted
+from memdesc.analysis.replay_arena import _unbooted
 from memdesc.analysis.replay_loops import _placement_loop, _policy_loop
 from memdesc.analysis.replay_ops import OP_ALLOC, OP_FREE
+from memdesc.analysis.replay_slab import empty_ctx, slab_op
 from memdesc.ingest.trace_events import EVENT_CODE, Trace
 from memdesc.mm.access import (
     OP_CLASSES,
@@ -55,7 +59,7 @@ from memdesc.mm.access import (
     page_to_nid_e,
     page_zone_e,
 )
-from memdesc.mm.access_core import op_begin, op_end
+from memdesc.mm.access_core import OP_KMEM_ALLOC, OP_KMEM_FREE, op_begin, op_end
 from memdesc.mm.folio import page_folio
 from memdesc.mm.memdesc_alloc import E_S
 from memdesc.mm.mm_types import PG_lru
@@ -382,36 +386,88 @@ def lookups_from_trace(tr: Trace) -> Lookups:
                    np.where(is_fault, ev["address"][e], np.uint64(0)).astype(np.uint64), table)
 
 
-def schedule(lk: Lookups, op_event: np.ndarray) -> np.ndarray:
-    """For each lookup, the first replay operation after it: ``op_event`` is the (sorted)
-    trace event index of each replay operation (memdesc.analysis.replay_ops.ReplayOps.event);
-    the replay runs the lookups with ``before_op == k`` just before operation ``k`` (and those
-    with ``before_op == len(op_event)`` after the last one)."""
+def schedule(lk: Lookups | SideRows, op_event: np.ndarray) -> np.ndarray:
+    """For each lookup (or side-operation row), the first replay operation after it:
+    ``op_event`` is the (sorted) trace event index of each replay operation
+    (memdesc.analysis.replay_ops.ReplayOps.event); the replay runs the rows with
+    ``before_op == k`` just before operation ``k`` (and those with ``before_op ==
+    len(op_event)`` after the last one)."""
     return np.searchsorted(op_event, lk.event, side="left").astype(np.int64)
 
 
-# ---- running the lookups inside a replay (memdesc.analysis.replay) ---------------------------
+# ---- side operations: what runs between the replay's operations ------------------------------
+
+class SideRows(NamedTuple):
+    """Side operations in trace order, one row per operation, run between the replay's
+    allocator operations: the lookups (:func:`lookup_rows`) and the trace's slab operations
+    (memdesc.analysis.replay_slab.SlabPlan.rows()). ``arg`` is the row's payload: a lookup's
+    row in its Lookups (its va, mapping, index), a slab operation's object id."""
+
+    event: np.ndarray       # int64: trace event index
+    op_class: np.ndarray    # int64: memdesc.mm.access OP_CLASSES id
+    pfn: np.ndarray         # int64: the page (lookups), -1 unknown or none
+    sub: np.ndarray         # int64: folio_page's page in the folio; slab: gfp / kfree
+    arg: np.ndarray         # int64: payload (above)
+
+    def __len__(self) -> int:
+        return len(self.event)
+
+
+def lookup_rows(lk: Lookups) -> SideRows:
+    """The lookups as side-operation rows (``arg``: the row in ``lk``)."""
+    return SideRows(lk.event.astype(np.int64), lk.op_class.astype(np.int64),
+                    lk.pfn.astype(np.int64), lk.sub.astype(np.int64),
+                    np.arange(len(lk), dtype=np.int64))
+
+
+def merge_rows(*parts: SideRows) -> SideRows:
+    """Rows of several sources in one trace order (stable: a source's own order is kept)."""
+    cat = SideRows(*(np.concatenate([getattr(p, f) for p in parts]).astype(np.int64)
+                     for f in SideRows._fields))
+    srt = np.argsort(cat.event, kind="stable")
+    return SideRows(*(a[srt] for a in cat))
+
+
+# ---- running them inside a replay (memdesc.analysis.replay) -----------------------------------
 
 def replay_env(mm) -> tuple:
     """The environment tuple E of the lookup entry points (memdesc.mm.access ``*_e``) for a
     replay's MemMap without kernel memory: its mem_map and allocator state, no slab or
-    descriptor layer, so nothing is allocated from the replayed memory (the policy replay
-    passes its own, replay_folios.StageFolios.HE)."""
+    descriptor layer, so nothing is allocated from the replayed memory (a replay with a
+    kernel-memory arena passes its own, replay_arena.StageArena.HE)."""
     from memdesc.mm.kmem import PageContents
 
     return _unbooted(mm, PageContents(1, 1))
 
 
+#: the context slot of the page-table walks and page-cache lookups (``ctx[1]``): none yet
+NO_PT = (np.zeros(0, np.int64),)
+
+
 @njit(cache=True)
-def _lookup(E, cls, pfn, sub, npfn):
-    """One lookup operation of class ``cls`` on page ``pfn`` (memdesc.mm.access entry points).
-    Counted without accesses: an unknown page, and pt_walk / pagecache_lookup (the replay has
-    no page tables and no xarrays); folio_page() of a page in no folio (page_folio() NULL)."""
+def _no_access(S, cls):
+    """An operation counted without accesses."""
+    op_begin(S, cls)
+    op_end(S)
+
+
+@njit(cache=True)
+def _side_op(E, AE, ctx, cls, pfn, sub, arg, npfn):
+    """One side operation of class ``cls`` (the dispatcher). ``E``: the replayed memory's
+    environment; ``AE``: the kernel-memory arena's (replay_arena; ``E`` without one);
+    ``ctx``: (slab context of replay_slab.slab_op(), page-table/page-cache context).
+
+    * kmem_cache_alloc / kmem_cache_free: the slab operation of object ``arg`` in the arena
+      (replay_slab.slab_op(): slab_alloc_node()/kmalloc(), slab_free()/kfree());
+    * pt_walk / pagecache_lookup: counted without accesses (the replay has no page tables and
+      no xarrays);
+    * the lookups of page ``pfn`` (memdesc.mm.access entry points); counted without accesses:
+      an unknown page, folio_page() of a page in no folio (page_folio() NULL)."""
     S = E[E_S]
-    if (pfn < 0 or pfn >= npfn or cls == OP_CLASS_ID_PT_WALK  # noqa: SIM109 (numba)
-            or cls == OP_CLASS_ID_PAGECACHE):
-        op_begin(S, cls)
-        op_end(S)
+    if cls == OP_KMEM_ALLOC or cls == OP_KMEM_FREE:  # noqa: SIM109 (numba)
+        slab_op(AE, ctx[0], cls, sub, arg)
+    elif cls == OP_CLASS_ID_PT_WALK or cls == OP_CLASS_ID_PAGECACHE or pfn < 0 or pfn >= npfn:  # noqa: SIM109
+        _no_access(S, cls)
     elif cls == OP_CLASS_ID_PAGE_ZONE:
         page_zone_e(E, pfn)
     elif cls == OP_CLASS_ID_PAGE_TO_NID:
@@ -425,14 +481,13 @@ def _lookup(E, cls, pfn, sub, npfn):
         if folio != 0:
             folio_page_e(E, folio, sub)
         else:
-            op_begin(S, cls)
-            op_end(S)
+            _no_access(S, cls)
 
 
 @njit(cache=True)
 def _owners(kind, pfn, order, before, lpfn, npfn):
-    """Per lookup, the trace allocation op holding its page then (-1: none, a page the
-    snapshot holds), walking the ops and the lookups in trace order."""
+    """Per side operation, the trace allocation op holding its page then (-1: none, a page
+    the snapshot holds, or no page), walking the ops and the rows in trace order."""
     owner = np.full(npfn, -1, np.int64)
     out = np.full(len(before), -1, np.int64)
     k = 0
@@ -452,11 +507,11 @@ def _owners(kind, pfn, order, before, lpfn, npfn):
 
 
 @njit(cache=True)
-def _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, owner, op_pfn, emu):
-    """Run the lookups due before op ``i`` (``before`` is at most the number of ops: those
-    after the last op run when ``i`` reaches it); returns the next lookup and the op where
-    the next lookups are due (at most ``hi``). With ``emu`` (policy mode: the emulator's pfn
-    of each allocation op) a page of a trace allocation is looked up where the emulator put
+def _run_due(E, AE, ctx, cls, pfn, sub, arg, before, k, npfn, i, hi, owner, op_pfn, emu):
+    """Run the side operations due before op ``i`` (``before`` is at most the number of ops:
+    those after the last op run when ``i`` reaches it); returns the next row and the op where
+    the next rows are due (at most ``hi``). With ``emu`` (policy mode: the emulator's pfn of
+    each allocation op) a page of a trace allocation is looked up where the emulator put
     that allocation (-1 when it failed or is freed); other pages are the snapshot's own."""
     n = len(before)
     while k < n and before[k] <= i:
@@ -464,21 +519,22 @@ def _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, owner, op_pfn, emu):
         if len(emu) and owner[k] >= 0:
             q = emu[owner[k]]
             p = q + p - op_pfn[owner[k]] if q >= 0 else np.int64(-1)
-        _lookup(E, cls[k], p, sub[k], npfn)
+        _side_op(E, AE, ctx, cls[k], p, sub[k], arg[k], npfn)
         k += 1
     return k, (hi if k >= n else min(hi, max(before[k], i + 1)))
 
 
 # One driver per replay loop (a loop passed as an argument would not be cached by numba):
-# ops [lo, hi) with ``loop(*pre, lo, hi, *mid, nxt, *post)``, each lookup ``k`` run just
-# before op ``before[k]``. Each returns (next sample slot, next lookup).
+# ops [lo, hi) with ``loop(*pre, lo, hi, *mid, nxt, *post)``, each side operation ``k`` run
+# just before op ``before[k]``. Each returns (next sample slot, next row).
 
 @njit(cache=True)
-def _interleave_placement(E, cls, pfn, sub, before, k, npfn, owner, op_pfn, emu, pre, lo, hi,
-                          mid, nxt, post):
+def _interleave_placement(E, AE, ctx, cls, pfn, sub, arg, before, k, npfn, owner, op_pfn, emu,
+                          pre, lo, hi, mid, nxt, post):
     i = lo
     while True:
-        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, owner, op_pfn, emu)
+        k, j = _run_due(E, AE, ctx, cls, pfn, sub, arg, before, k, npfn, i, hi, owner, op_pfn,
+                        emu)
         if i >= hi:
             return nxt, k
         nxt = _placement_loop(*pre, i, j, *mid, nxt, *post)
@@ -486,11 +542,12 @@ def _interleave_placement(E, cls, pfn, sub, before, k, npfn, owner, op_pfn, emu,
 
 
 @njit(cache=True)
-def _interleave_policy(E, cls, pfn, sub, before, k, npfn, owner, op_pfn, emu, pre, lo, hi, mid,
-                       nxt, post):
+def _interleave_policy(E, AE, ctx, cls, pfn, sub, arg, before, k, npfn, owner, op_pfn, emu,
+                       pre, lo, hi, mid, nxt, post):
     i = lo
     while True:
-        k, j = _run_due(E, cls, pfn, sub, before, k, npfn, i, hi, owner, op_pfn, emu)
+        k, j = _run_due(E, AE, ctx, cls, pfn, sub, arg, before, k, npfn, i, hi, owner, op_pfn,
+                        emu)
         if i >= hi:
             return nxt, k
         nxt = _policy_loop(*pre, i, j, *mid, nxt, *post)
@@ -501,44 +558,55 @@ _DRIVERS = {"_placement_loop": _interleave_placement, "_policy_loop": _interleav
 
 
 class ReplayLookups:
-    """A trace's lookups scheduled on its replay operations (:func:`schedule`); ``start(mm)``
-    gives the runner of one stage's replay, whose ``run()`` replaces the call of the replay's
-    numba loop for a block of ops."""
+    """A trace's side operations scheduled on its replay operations (:func:`schedule`): its
+    lookups (``lookups``, may be empty) and ``more`` rows (the slab operations);
+    ``start(mm, arena)`` gives the runner of one stage's replay, whose ``run()`` replaces the
+    call of the replay's numba loop for a block of ops."""
 
-    def __init__(self, lk: Lookups, ops):
+    def __init__(self, lk: Lookups | None, ops, more: SideRows | None = None):
         self.lookups = lk
-        self.before = schedule(lk, ops.evidx)
+        parts = ([lookup_rows(lk)] if lk is not None else []) + ([more] if more is not None else [])
+        self.rows = merge_rows(*parts) if parts else SideRows(*(np.zeros(0, np.int64)
+                                                                for _ in SideRows._fields))
+        self.before = schedule(self.rows, ops.evidx)
         self.n_ops = len(ops.evidx)
-        self.cls = lk.op_class.astype(np.int64)
         self.op_pfn = np.asarray(ops.pfn, np.int64)
-        npfn = int(max(self.op_pfn.max(initial=-1), lk.pfn.max(initial=-1))) + 1
+        r = self.rows
+        npfn = int(max(self.op_pfn.max(initial=-1), r.pfn.max(initial=-1))) + 1
         owner = _owners(np.asarray(ops.kind, np.int64), self.op_pfn,
-                        np.asarray(ops.order, np.int64), self.before, lk.pfn, npfn)
+                        np.asarray(ops.order, np.int64), self.before, r.pfn, npfn)
         # an allocation before the snapshot read its pfn is the snapshot's, at that pfn
         self.owner = np.where((owner >= 0) & ~np.asarray(ops.applies, bool)[owner], -1, owner)
 
-    def start(self, mm, E: tuple | None = None) -> _StageLookups:
-        """The runner of one stage; ``E``: the stage's environment tuple over ``mm`` (the
-        policy replay's, whose kernel memory holds the folio descriptors), else one
-        without kernel memory (replay_env())."""
-        return _StageLookups(self, mm, E)
+    def start(self, mm, arena=None) -> _StageLookups:
+        """The runner of one stage; ``arena``: the stage's replay_arena.StageArena (its HE
+        holds the folio descriptors, its AE and slab plan the slab operations), else
+        the replayed memory without kernel memory (replay_env())."""
+        return _StageLookups(self, mm, arena)
 
 
 class _StageLookups:
-    """The lookups of one stage's replay, run between its operations (:func:`_run_due`)."""
+    """The side operations of one stage's replay, run between its operations
+    (:func:`_run_due`). ``ctx`` = (slab context, ``pt``: the page-table/page-cache
+    context, NO_PT until those run with accesses)."""
 
-    def __init__(self, plan: ReplayLookups, mm, E: tuple | None = None):
+    def __init__(self, plan: ReplayLookups, mm, arena=None):
         self.plan, self.mm, self.k = plan, mm, 0
-        self.E = E if E is not None else replay_env(mm)
+        self.E = arena.HE if arena is not None else replay_env(mm)
+        self.AE = arena.AE if arena is not None else self.E
+        slab = arena.slab.ctx if arena is not None and arena.slab is not None else empty_ctx()
+        self.pt = NO_PT
+        self.ctx = (slab, self.pt)
 
     def run(self, loop, lo: int, hi: int, mid: tuple, nxt: int, post: tuple,
             emu: np.ndarray | None = None) -> int:
-        """``loop`` over ops [lo, hi) with the lookups due among them; the next sample slot.
-        ``emu``: policy mode's pfn of each allocation op (see _run_due())."""
+        """``loop`` over ops [lo, hi) with the side operations due among them; the next
+        sample slot. ``emu``: policy mode's pfn of each allocation op (see _run_due())."""
         p = self.plan
         drive = _DRIVERS[loop.__name__]
         emu = np.zeros(0, np.int64) if emu is None else emu
-        nxt, self.k = drive(self.E, p.cls, p.lookups.pfn, p.lookups.sub, p.before, self.k,
-                            self.mm.nr_pfns, p.owner, p.op_pfn, emu,
+        r = p.rows
+        nxt, self.k = drive(self.E, self.AE, self.ctx, r.op_class, r.pfn, r.sub, r.arg,
+                            p.before, self.k, self.mm.nr_pfns, p.owner, p.op_pfn, emu,
                             (self.mm.mem, self.mm.S), lo, hi, mid, nxt, post)
         return nxt
