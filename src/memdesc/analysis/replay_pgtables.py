@@ -39,7 +39,8 @@ replay's placement stays the same at every stage), before accounting starts (not
   tree grows and shrinks with the cache.
 
 :class:`ReplayTables` holds them and gives each lookup row its payload (pgd, mapping,
-order); :func:`side_pt_walk` / :func:`side_pagecache_lookup` run one row.
+order); :func:`side_table_op` runs one row (the replay's dispatcher,
+replay_lookups._side_op, calls it).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from numba import njit
 from memdesc.errors import MemdescError
 from memdesc.ingest.trace_events import EVENT_CODE, Trace
 from memdesc.mm import gfp as _gfp
+from memdesc.mm.access_core import C_ACC, OP_PT_WALK
 from memdesc.mm.filemap import PageCache, xa_nodes_needed
 from memdesc.mm.folio import page_folio
 from memdesc.mm.lookups import pagecache_lookup_at_e, pt_walk_te
@@ -97,40 +99,69 @@ def fault_pages(tr: Trace, lk) -> np.ndarray:
     return out
 
 
+def table_payload(tr: Trace, lk) -> dict[str, np.ndarray]:
+    """The per-row payload of ``lk`` (replay_lookups.Lookups) the tables need, from the
+    trace: ``pid`` (common_pid of the row's event), ``pte_pfn`` (a fault row: the PFN its
+    PTE maps, :func:`fault_pages`; else -1) and ``order`` (a page-cache row: the order of
+    the folio at the index -- the add/delete event's own, else the latest add of the
+    row's head PFN before it; 0 when unknown)."""
+    ev = tr.events
+    code = ev["event"]
+    e = lk.event
+    pte_pfn = np.where(np.isin(code[e], FAULT_EVENTS), fault_pages(tr, lk)[e], -1)
+    order = np.zeros(len(lk), np.int64)
+    add_code = EVENT_CODE["mm_filemap_add_to_page_cache"]
+    own = np.isin(code[e], [add_code, EVENT_CODE["mm_filemap_delete_from_page_cache"]])
+    order[own] = np.maximum(ev["order"][e[own]], 0)
+    add = np.flatnonzero((code == add_code) & (ev["pfn"] >= 0))
+    q = np.flatnonzero(~own & (lk.mapping >= 0) & (lk.pfn >= 0))
+    if len(add) and len(q):                # the latest add of the head PFN before the row
+        span = np.int64(len(code) + 1)
+        keys = ev["pfn"][add] * span + add
+        hk = np.argsort(keys)
+        j = np.searchsorted(keys[hk], lk.pfn[q] * span + e[q], "left") - 1
+        ok = (j >= 0) & (ev["pfn"][add][hk][np.maximum(j, 0)] == lk.pfn[q])
+        order[q[ok]] = np.maximum(ev["order"][add][hk][j[ok]], 0)
+    return {"pid": ev["pid"][e].astype(np.int64), "pte_pfn": pte_pfn.astype(np.int64),
+            "order": order}
+
+
 class ReplayTables:
-    """Per-pid page tables and per-mapping xarray nodes of a trace's lookups, built in
-    ``arena`` (a memdesc.mm.mm_init.Kernel at the replay's stage) -- see the module doc.
+    """Per-pid page tables and per-mapping xarray nodes of a trace's lookups ``lk``
+    (replay_lookups.Lookups with its :func:`table_payload` columns), built in ``arena`` (a
+    memdesc.mm.mm_init.Kernel at the replay's stage) -- see the module doc. Build it before
+    the arena's accesses are counted.
 
-    Per lookup row: ``pgd`` (the pid's PGD PFN, -1: no table) and ``order`` (the folio
-    order of a page-cache row, from the trace's add event of its head); per mapping id:
-    ``map_addr`` (address_space), ``map_size`` (indices), ``node_lo``/``node_hi`` into
-    ``nodes`` (radix_tree_node addresses)."""
+    :attr:`ctx` is the dispatcher's context (:func:`side_table_op`): per lookup row ``pgd``
+    (the pid's PGD PFN, -1: no table), ``va``, ``mapping``, ``index``, ``order``; per
+    mapping id ``map_addr`` (address_space), ``map_size`` (indices), ``node_lo``/``node_hi``
+    into ``nodes`` (radix_tree_node addresses)."""
 
-    def __init__(self, arena, tr: Trace, lk):
+    def __init__(self, arena, lk):
         self.k = arena
-        ev = tr.events
-        code = ev["event"]
         E = arena.E
-        rows = np.flatnonzero(np.isin(code[lk.event], FAULT_EVENTS))
-        pid = ev["pid"][lk.event[rows]].astype(np.int64)
-        va = lk.va[rows]
+        fault = np.flatnonzero(lk.op_class == OP_PT_WALK)
+        pid, va = lk.pid[fault], lk.va[fault]
         user = (va < np.uint64(TASK_SIZE)) & (pid >= 0)
-        self.pgd = np.full(len(lk), -1, np.int64)
         self.pgd_of: dict[int, int] = {}
         for p in np.unique(pid[user]).tolist():
             self.pgd_of[p] = self._alloc(pagetable_alloc_nb, E, GFP_PGTABLE_USER,
                                          PGD_ALLOCATION_ORDER, 0)
         pgds = np.array([self.pgd_of.get(p, -1) for p in pid.tolist()], np.int64)
         pgds[~user] = -1
-        self.pgd[rows] = pgds
+        self.pgd = np.full(len(lk), -1, np.int64)
+        self.pgd[fault] = pgds
         regions = np.unique(np.stack([pgds[user], (va[user] >> np.uint64(PMD_SHIFT)
                                                    ).astype(np.int64)], 1), axis=0)
         for g, r in regions.tolist():
             self._alloc(ensure_tables, E, g, np.uint64(r << PMD_SHIFT), LEVEL_PTE, 0)
-        mapped = fault_pages(tr, lk)[lk.event[rows]]
-        self.ptes = int(set_ptes_kernel(E[E_SLOT], E[E_DATA], pgds, va, mapped))
+        E = arena.E
+        self.ptes = int(set_ptes_kernel(E[E_SLOT], E[E_DATA], pgds, va, lk.pte_pfn[fault]))
         self.tables = len(self.pgd_of) + len(regions)
-        self._xarrays(tr, lk)
+        self._xarrays(lk)
+        self.ctx = (self.pgd, lk.va.astype(np.uint64), lk.mapping.astype(np.int64),
+                    lk.index.astype(np.int64), lk.order.astype(np.int64), self.map_addr,
+                    self.map_size, self.node_lo, self.node_hi, self.nodes)
 
     @staticmethod
     def _alloc(fn, E, *args) -> int:
@@ -140,52 +171,28 @@ class ReplayTables:
                                f"({fn.__name__} returned {got})")
         return got
 
-    def _xarrays(self, tr: Trace, lk) -> None:
-        """The inode and radix_tree_node objects of every mapping (module doc), and each
-        page-cache row's folio order."""
-        ev = tr.events
-        code = ev["event"]
-        add = np.flatnonzero((code == EVENT_CODE["mm_filemap_add_to_page_cache"])
-                             & (ev["index"] >= 0))
-        pairs = np.stack([ev["dev"][add].astype(np.uint64), ev["ino"][add]], 1)
-        maps = lk.mappings
-        m_of_add = np.full(len(add), -1, np.int64)
-        if len(maps) and len(add):
-            key = maps[:, 0] << np.uint64(32) ^ maps[:, 1]
-            srt = np.argsort(key)
-            k_add = pairs[:, 0] << np.uint64(32) ^ pairs[:, 1]
-            pos = np.minimum(np.searchsorted(key[srt], k_add), len(key) - 1)
-            m_of_add = np.where(key[srt][pos] == k_add, srt[pos], -1)
-        self.order = np.zeros(len(lk), np.int64)
+    def _xarrays(self, lk) -> None:
+        """The inode and radix_tree_node objects of every mapping (module doc)."""
         pc = np.flatnonzero((lk.mapping >= 0) & (lk.index >= 0))
-        with_head = pc[lk.pfn[pc] >= 0]
-        if len(add) and len(with_head):             # the latest add of the head before
-            span = np.int64(len(code) + 1)
-            keys = ev["pfn"][add] * span + add
-            hk = np.argsort(keys)
-            q = lk.pfn[with_head] * span + lk.event[with_head]
-            j = np.searchsorted(keys[hk], q, "left") - 1
-            ok = (j >= 0) & (ev["pfn"][add][hk][np.maximum(j, 0)] == lk.pfn[with_head])
-            self.order[with_head[ok]] = ev["order"][add][hk][j[ok]]
         pcache = PageCache(self.k)
-        n = len(maps)
+        n = len(lk.mappings)
         self.map_addr = np.zeros(n, np.uint64)
         self.map_size = np.zeros(n, np.int64)
         self.node_lo = np.zeros(n, np.int64)
         self.node_hi = np.zeros(n, np.int64)
         nodes: list[np.ndarray] = []
         at = 0
+        by_map = pc[np.argsort(lk.mapping[pc], kind="stable")]
+        bounds = np.searchsorted(lk.mapping[by_map], np.arange(n + 1))
         for m in range(n):
-            a = pcache.file(f"{int(maps[m, 0])}:{int(maps[m, 1])}")
+            a = pcache.file(f"{int(lk.mappings[m, 0])}:{int(lk.mappings[m, 1])}")
             if a is None:
                 raise MemdescError("replay xarrays: the kernel-memory arena is full")
-            sel = add[m_of_add == m]
-            mine = pc[lk.mapping[pc] == m]
-            starts = np.concatenate([ev["index"][sel], lk.index[mine]]).astype(np.int64)
-            orders = np.concatenate([np.clip(ev["order"][sel], 0, 30),
-                                     np.zeros(len(mine), np.int8)]).astype(np.int64)
+            mine = by_map[bounds[m]:bounds[m + 1]]
+            orders = np.clip(lk.order[mine], 0, 30)
+            starts = lk.index[mine] & ~((np.int64(1) << orders) - 1)
             self.map_addr[m] = a.mapping
-            self.map_size[m] = int((starts + (1 << orders)).max(initial=1))
+            self.map_size[m] = int((starts + (np.int64(1) << orders)).max(initial=1))
             need = xa_nodes_needed(starts, orders)
             got = pcache.k.slub.kmem_cache_alloc_bulk(pcache.xa_cache, _gfp.GFP_KERNEL, need)
             if (got == 0).any():
@@ -194,6 +201,49 @@ class ReplayTables:
             self.node_lo[m], self.node_hi[m] = at, at + need
             at += need
         self.nodes = np.concatenate(nodes) if nodes else np.zeros(0, np.uint64)
+
+
+#: the dispatcher's context without tables (every pt_walk/pagecache_lookup row: no access)
+NO_TABLES = (np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64),
+             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint64),
+             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+             np.zeros(0, np.uint64))
+
+
+def stage_tables(arena, lk):
+    """ReplayTables of ``lk`` in the StageArena ``arena``'s kernel (None without one),
+    built uncounted: the arena's accounting word is cleared while they are built, and the
+    arena's environment refreshed (a cache created here may have grown its arrays)."""
+    if arena is None or arena.arena is None or lk is None or lk.pid is None:
+        return None
+    k = arena.arena
+    word = int(k.mm.S[C_ACC])
+    k.mm.S[C_ACC] = 0
+    try:
+        rt = ReplayTables(k, lk)
+    finally:
+        k.mm.S[C_ACC] = word
+    arena.AE = k.E
+    return rt
+
+
+@njit(cache=True)
+def side_table_op(HE, TE, pt, cls, row, pfn, npfn):
+    """The dispatcher's pt_walk / pagecache_lookup of lookup row ``row`` with the context
+    ``pt`` (ReplayTables.ctx, or NO_TABLES): :func:`side_pt_walk` or
+    :func:`side_pagecache_lookup`. False when the row has no table or mapping: the caller
+    counts it without accesses."""
+    pgd, va, mapping, index, order, map_addr, map_size, node_lo, node_hi, nodes = pt
+    if row < 0 or row >= pgd.shape[0]:
+        return False
+    if cls == OP_PT_WALK:
+        return side_pt_walk(TE, HE, pgd[row], va[row])
+    m = mapping[row]
+    if m < 0 or index[row] < 0:
+        return False
+    side_pagecache_lookup(HE, nodes[node_lo[m]:node_hi[m]], map_size[m], map_addr[m],
+                          index[row], order[row], pfn, npfn)
+    return True
 
 
 @njit(cache=True)
