@@ -1,7 +1,8 @@
 """The trace's slab events as slab operations (memdesc.analysis.replay_slab) in the kernel-memory
 arena (memdesc.analysis.replay_arena), run through the replay's side-operation dispatcher
 (memdesc.analysis.replay_lookups), on the real recording in tests/data/trace-small (507 events
-of `memdesc record --slab`: 259 kmem_cache_alloc, 77 kmem_cache_free, 39 kmalloc, 49 kfree)."""
+of `memdesc record --slab`: 259 kmem_cache_alloc, 77 kmem_cache_free, 39 kmalloc, 49 kfree),
+and in a whole replay of the trace-slab fixture."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import fixture_dir
+from memdesc.analysis import replay as rp
 from memdesc.analysis.replay_arena import StageArena
 from memdesc.analysis.replay_lookups import NO_PT, SideRows, _run_due
 from memdesc.analysis.replay_slab import pair_slab_events, slab_plan
@@ -154,3 +157,31 @@ def test_counts_identical_between_two_runs(run, plan):
     _, _, again = _replay(plan, stage)
     assert np.array_equal(c, again)
     assert c[OP_CLASS_ID["kmem_cache_alloc"], CT_OPS] == plan.n_alloc
+
+
+def test_a_replay_runs_the_slab_events_and_observes_the_same():
+    """trace-slab, placement mode, v6.18 and page16: with accounting every slab event runs
+    (726,801 allocations: 469,335 kmem_cache_alloc + 257,466 kmalloc; every paired free
+    and the 3,694 frees of objects allocated before the trace), nothing fails, what is
+    live at the end is what the pairing says; and the replay observes what it observes
+    without accounting (the slab operations live in the arena, not the replayed memory)."""
+    inp = rp.load_replay_input(read_trace(fixture_dir("trace-slab")))
+    stages = [get_stage("v6.18"), get_stage("page16")]
+    got = {}
+
+    def sink(stage_id, mm):
+        got[stage_id] = access.counters(mm)
+
+    counted = rp.replay(inp, stages, "placement", 10, access_sink=sink)
+    plain = rp.replay(inp, stages, "placement", 10)
+    p = rp._slab_plan(inp)
+    assert p.n_alloc == 469_335 + 257_466 and p.counts["pre_trace_objects"] == 3_694
+    for r, q in zip(counted.runs, plain.runs, strict=True):
+        assert np.array_equal(r.nr_free, q.nr_free) and np.array_equal(r.units, q.units)
+        c = got[r.stage.id]
+        assert c[OP_CLASS_ID["kmem_cache_alloc"], CT_OPS] == p.n_alloc
+        assert c[OP_CLASS_ID["kmem_cache_free"], CT_OPS] == p.counts["frees_paired"] + 3_694
+        sl = r.start["slab"]
+        assert (sl["alloc_failed"], sl["bad_free"], sl["pre_trace_alloc_failed"]) == (0, 0, 0)
+        assert sl["live_at_end"] == p.n_alloc - p.counts["frees_paired"] - sl["free_of_failed"]
+        assert "slab" not in q.start
