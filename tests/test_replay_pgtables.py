@@ -4,6 +4,8 @@ file gets a folio and is read."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -150,3 +152,34 @@ def test_pagecache_lookup_walks_the_mappings_xa_nodes(tiny, stage):
     slots = [(a - 40 - 8 * s, s) for (a, _), s in zip(walk[1:3], (1, 36), strict=True)]
     # a node of this mapping per level (picked by (level, prefix): lookups.py departure [I])
     assert {n for n, _ in slots} <= nodes and [kd for _, kd in walk[1:3]] == [P | D] * 2
+
+
+@pytest.mark.slow
+def test_replay_of_the_recording_walks_tables():
+    """The real recording (tests/data/record-lookups: 41,159 faults of 10 pids, 95
+    mappings), replayed with accounting: every fault on a user address walks its pid's
+    four levels and takes the PTE table's ptlock -- at least 6 loads (PGD, PUD, PMD, ptl,
+    recheck, PTE) and 2 stores (lock, unlock) per walk at v6.18, one load more (the memdesc
+    word) from ptdesc-first on; the page-cache lookups walk xa_nodes (loads > 0)."""
+    from memdesc.analysis.replay import load_replay_input, replay
+    from memdesc.ingest.ftrace import read_trace
+    from memdesc.stages import get_stage
+
+    inp = load_replay_input(read_trace(Path(__file__).parent / "data" / "record-lookups"))
+    lk = inp.lookups.lookups
+    got: dict[str, np.ndarray] = {}
+
+    def sink(stage_id, mm):
+        got[stage_id] = access.counters(mm)
+    stages = [get_stage(s) for s in ("v6.18", "ptdesc-first", "page16")]
+    replay(inp, stages, "placement", 4, access_sink=sink)
+    pt, pc = OP_CLASS_ID["pt_walk"], OP_CLASS_ID["pagecache_lookup"]
+    n = int((lk.op_class == pt).sum())
+    assert n == 41_159 and (lk.va[lk.op_class == pt] < 0x00007FFFFFFFF000).all()
+    for sid, c in got.items():
+        sep = sid != "v6.18"
+        assert c[pt, access.CT_OPS] == n
+        assert c[pt, access.CT_LOADS] >= (6 + sep) * n and c[pt, access.CT_STORES] == 2 * n
+        assert c[pt, access.CT_CHAIN_MAX] >= 5 + sep
+        assert c[pc, access.CT_LOADS] > 2 * c[pc, access.CT_OPS] > 0
+    assert got["ptdesc-first"][pt, access.CT_LOADS] - got["v6.18"][pt, access.CT_LOADS] == n

@@ -613,8 +613,8 @@ class _StageLookups:
         self.plan, self.mm, self.k = plan, mm, 0
         self.E = arena.HE if arena is not None else replay_env(mm)
         slab = arena.slab.ctx if arena is not None and arena.slab is not None else empty_ctx()
-        tables = stage_tables(arena, plan.lookups)      # before self.AE: it may refresh it
-        self.AE = arena.AE if arena is not None else self.E
+        tables = stage_tables(arena, plan.lookups, mm)  # before self.AE: may refresh it
+        self.AE = tables.E if tables is not None else arena.AE if arena is not None else self.E
         self.pt = tables.ctx if tables is not None else NO_PT
         self.ctx = (slab, self.pt)
 

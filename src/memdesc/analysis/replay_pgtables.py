@@ -210,20 +210,40 @@ NO_TABLES = (np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64
              np.zeros(0, np.uint64))
 
 
-def stage_tables(arena, lk):
-    """ReplayTables of ``lk`` in the StageArena ``arena``'s kernel (None without one),
-    built uncounted: the arena's accounting word is cleared while they are built, and the
-    arena's environment refreshed (a cache created here may have grown its arrays)."""
-    if arena is None or arena.arena is None or lk is None or lk.pid is None:
+#: RAM of the kernel that holds the tables when the replay has no arena (overlay stages of
+#: a replay without slab events): page tables, inodes and xa_nodes, plus its boot caches
+TABLES_ARENA = "32M"
+
+
+def stage_tables(arena, lk, mm):
+    """ReplayTables of ``lk`` for the replay of ``mm`` (None without a Lookups payload),
+    built uncounted in the StageArena ``arena``'s kernel: the arena's accounting word is
+    cleared while they are built and the arena's environment refreshed (a cache created here
+    may have grown its arrays). Without an arena kernel (an overlay stage of a replay without
+    slab events), in a kernel of their own (TABLES_ARENA, the stage's layout), recording
+    into ``mm``'s accounting as the arena does (StageArena.account_with()). The walks use
+    the returned tables' ``E`` as their tables' environment."""
+    if lk is None or lk.pid is None:
         return None
-    k = arena.arena
-    word = int(k.mm.S[C_ACC])
+    if arena is not None and arena.arena is not None:
+        k = arena.arena
+    else:
+        from memdesc.mm.mm_init import Kernel
+        from memdesc.mm.mmzone import Machine
+
+        k = Kernel(Machine.from_spec(TABLES_ARENA, nr_cpus=1), mm.stage, debug=False)
+        k.contents.grow(k.mm.nr_pfns)
+        k.slub._rebuild()
+        k.mm.S[C_ACC] = 0
+    word = int(mm.S[C_ACC])
     k.mm.S[C_ACC] = 0
     try:
         rt = ReplayTables(k, lk)
     finally:
         k.mm.S[C_ACC] = word
-    arena.AE = k.E
+    if arena is not None and arena.arena is k:
+        arena.AE = k.E
+    rt.E = k.E
     return rt
 
 
