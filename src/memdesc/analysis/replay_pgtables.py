@@ -2,9 +2,11 @@
 (``memdesc record --lookups``; analysis/replay_lookups.py), so its pt_walk and
 pagecache_lookup operations make real accesses, as the scenarios' do.
 
-Built once per stage, at set-up, in the replay's kernel-memory arena (the emulated Kernel
-whose slab serves the replay's descriptors; its pages are not the replayed memory, so the
-replay's placement stays the same at every stage), before accounting starts (not counted):
+Built once per stage, at set-up, in the replay's kernel-memory arena (analysis/replay_arena.py:
+the emulated Kernel whose slab serves the replay's descriptors and slab objects; its pages
+are not the replayed memory, so the replay's placement stays the same at every stage; where
+the replay has no arena -- an overlay stage of a replay without slab events -- in a small
+Kernel of their own at the stage, TABLES_ARENA), before accounting starts (not counted):
 
 * **page tables, one tree per pid** (the trace's ``pid`` column, common_pid): pgd_alloc()
   (pagetable_alloc() of order PGD_ALLOCATION_ORDER, as memdesc.mm.memory fork() does), then
