@@ -278,17 +278,24 @@ def test_stage_zone_lookup_rule_matches_the_layout():
 
 # ---- the page-table walk and the page-cache lookup ---------------------------------------------
 
-@pytest.mark.parametrize("stage", ["v6.18", "page16"])
+@pytest.mark.parametrize("stage", ["v6.18", "ptdesc-first", "page16"])
 def test_pt_walk_and_pagecache_lookup(stage):
-    """follow_page_pte() of a mapped anon page: PGD, PUD, PMD and PTE entries in the page
-    table pages (direct map), each computed from the previous one, then page_folio() of the
-    struct page the PTE names: chain 5. The counted readbacks give the scenario's digests
-    (pgtable.readback_kernel / filemap.readback_file_nb, uncounted)."""
+    """follow_page_pte() of a mapped anon page, hand-worked: the PGD, PUD and PMD entries
+    in the page-table pages (direct map), each computed from the previous one; then
+    pte_offset_map_lock(): the ptlock of the PTE table page, ptdesc->ptl at byte 40 (v6.18:
+    the table page's own struct page, no load to find it; ptdesc-first and page16: the
+    table page's memdesc word first, one more dependent load, then the ptl in the ptdesc),
+    the LOCK CMPXCHG (load + store), the pmd_same() recheck of the PMD entry, the PTE entry,
+    page_folio() of the struct page the PTE names and spin_unlock() (a store).
+    v6.18: 7 loads, 2 stores, chain PGD 1 PUD 2 PMD 3 ptl 4 recheck/PTE 5 page 6;
+    ptdesc-first and page16: 8 loads, chain 7 (the memdesc word is 4, ptl 5).
+    The counted readbacks give the scenario's digests (pgtable.readback_kernel /
+    filemap.readback_file_nb, uncounted)."""
     from memdesc.analysis.scenario import World, parse_scenario
     from memdesc.mm.filemap import readback_file_nb
-    from memdesc.mm.memdesc_alloc import E_DATA, E_SLOT
+    from memdesc.mm.memdesc_alloc import E_DATA, E_SLOT, E_SP, SP_MEMDESC_OFF
     from memdesc.mm.memory import MMAP_BASE
-    from memdesc.mm.pgtable import readback_kernel
+    from memdesc.mm.pgtable import LEVEL_PTE, _walk, readback_kernel
 
     sc = parse_scenario("machine 256M\nanon 1M proc=a order=0\npagecache 1M file=f order=2\n")
     w = World(sc, stage)
@@ -299,10 +306,28 @@ def test_pt_walk_and_pagecache_lookup(stage):
     pfn, folio = access.pt_walk_e(k.E, p.pgd, np.uint64(MMAP_BASE))
     assert folio == p.folios[0] and pfn == int(fo.folio_pfn(k.E, np.uint64(folio)))
     (walk,) = _ops(access.drain(k), "pt_walk")
-    assert [kind for _, kind in walk] == [P, P | D, P | D, P | D, D | (P if stage != "v6.18"
-                                                                       else LD)]
-    assert all(PAGE_OFFSET <= a < VMEMMAP_START for a, _ in walk[:4])
-    assert walk[4][0] == _page(k.mm, pfn, 1) or stage != "v6.18"
+    pte_table, _ = _walk(k.E[E_SLOT], k.E[E_DATA], p.pgd, np.uint64(MMAP_BASE), LEVEL_PTE)
+    sep = stage != "v6.18"
+    table_page = VMEMMAP_START + pte_table * k.mm.stage.page.size
+    md_off = int(k.E[E_SP][SP_MEMDESC_OFF])                 # the memdesc word's offset
+    assert md_off == (16 if stage == "ptdesc-first" else md_off)
+    ptdesc = int(k.mm.mem[(table_page - VMEMMAP_START + md_off) // 8]) & ~15 if sep \
+        else table_page
+    ptl = ptdesc + 40
+    want = [P, P | D, P | D] + ([P | D] if sep else []) + [
+        P | D, ST, D, P | D, D | (P if stage == "page16" else LD), ST]
+    assert [kind for _, kind in walk] == want
+    addrs = [a for a, _ in walk]
+    assert all(PAGE_OFFSET <= a < VMEMMAP_START for a in addrs[:3])
+    if sep:
+        assert addrs[3] == table_page + md_off and addrs[4] == ptl
+        assert PAGE_OFFSET <= ptdesc < VMEMMAP_START          # the ptdesc is slab memory
+    assert addrs[-6] == addrs[-5] == addrs[-1] == ptl
+    assert addrs[-4] == addrs[2]                             # the recheck: the PMD entry
+    assert addrs[-2] == _page(k.mm, pfn, 1) or stage == "page16"
+    c = access.counters(k)[OP_CLASS_ID["pt_walk"]]
+    assert (c[CT_OPS], c[CT_LOADS], c[CT_STORES], c[CT_CHAIN_MAX]) == (
+        1, 8 if sep else 7, 2, 7 if sep else 6)
     nr = (p.end - MMAP_BASE) >> 12
     assert access.readback_anon_e(k.E, p.pgd, np.uint64(MMAP_BASE), nr, p.pid) == \
         readback_kernel(k.E[E_SLOT], k.E[E_DATA], k.tags, p.pgd, np.uint64(MMAP_BASE), nr,
@@ -313,5 +338,5 @@ def test_pt_walk_and_pagecache_lookup(stage):
     assert got["digest"] == f"{int(ref[0]):016x}" and got["pages"] == ref[1] == 256
     c = access.counters(k)
     assert c[OP_CLASS_ID["pt_walk"], CT_OPS] == 1 + nr
-    assert c[OP_CLASS_ID["pt_walk"], CT_CHAIN_MAX] == 5
+    assert c[OP_CLASS_ID["pt_walk"], CT_CHAIN_MAX] == (7 if sep else 6)
     assert c[OP_CLASS_ID["pagecache_lookup"], CT_OPS] == 256
