@@ -56,22 +56,12 @@ class NativeResult:
     what: str = WHAT
     reference: str = REFERENCE
 
-    @property
-    def median(self) -> np.ndarray:
-        return _nanstat(np.nanmedian, self.ns)
-
-    @property
-    def floor(self) -> np.ndarray:
-        """[stage, class]: median over repeats of the floor run (every access an L1 hit)."""
-        return _nanstat(np.nanmedian, self.floor_ns)
-
-    @property
-    def lo(self) -> np.ndarray:
-        return _nanstat(np.nanmin, self.ns)
-
-    @property
-    def hi(self) -> np.ndarray:
-        return _nanstat(np.nanmax, self.ns)
+    #: [stage, class]: median, min and max over repeats of the net ns per operation; floor:
+    #: the median of the floor run (every access an L1 hit)
+    median = property(lambda self: _nanstat(np.nanmedian, self.ns))
+    lo = property(lambda self: _nanstat(np.nanmin, self.ns))
+    hi = property(lambda self: _nanstat(np.nanmax, self.ns))
+    floor = property(lambda self: _nanstat(np.nanmedian, self.floor_ns))
 
     def ratio(self) -> np.ndarray:
         """[stage, class]: median over repeats of ns(stage) / ns(reference) of the same
