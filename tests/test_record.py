@@ -97,13 +97,13 @@ def test_record_command_end_to_end(tracefs_ok, tmp_path):
     assert_same_events(raw, text)
     texts = raw.markers["text"]
     assert texts[0] == f"memdesc record start pid={meta['instance'].rsplit('-', 1)[1]}"
-    assert texts[-4:-2] == ["memdesc workload begin", "memdesc workload end"]
-    assert texts[-2].startswith("memdesc state end monotonic_ns=")
-    assert texts[-1].startswith("memdesc state end done monotonic_ns=")
     entries = sum(s["entries"] for s in meta["per_cpu_stats"].values())
-    if meta["lost_total"] == 0:     # the kernel's count of what it kept = what we decoded
+    if meta["lost_total"] == 0 and meta["markers_failed"] == 0:   # nothing dropped:
+        assert texts[-4:-2] == ["memdesc workload begin", "memdesc workload end"]
+        assert texts[-2].startswith("memdesc state end monotonic_ns=")
+        assert texts[-1].startswith("memdesc state end done monotonic_ns=")
         assert entries == len(raw) + len(texts) + sum(raw.other_events.values())
-    else:
+    elif meta["lost_total"]:    # a full buffer drops new events, markers too (seen at load 6)
         assert meta["warnings"] and "lost events" in r.stderr
     assert raw.overruns == {int(k): v for k, v in meta["per_cpu_stats"].items()}
     with tracefs_view() as root:

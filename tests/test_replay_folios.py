@@ -11,6 +11,7 @@ import pytest
 
 from conftest import fixture_dir
 from memdesc.analysis import replay as rp
+from memdesc.analysis.census import CLASS_INDEX
 from memdesc.analysis.replay_folios import CLS_ANON, CLS_FILE
 from memdesc.ingest.ftrace import read_trace
 from memdesc.mm import access
@@ -22,6 +23,7 @@ from memdesc.mm.mm_types import PG_lru
 from memdesc.stages import get_stage, type_code
 
 STAGES = ("v6.18", "folio", "dynamic", "page32", "page16", "page8")
+FOLIO_CLASSES = [CLASS_INDEX[c] for c in ("file", "anon", "shmem")]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,39 @@ def _live_folios(inp: rp.ReplayInput) -> tuple[int, int]:
     return int(live.sum()), int((1 << ops.order[live].astype(np.int64)).sum())
 
 
+def _live_start_folios(inp: rp.ReplayInput, made: int) -> tuple[int, int]:
+    """Start folios (replay_start_folios(): units of class file/anon/shmem the snapshot holds)
+    alive at the end, and their pages, from the input alone: the units the policy start
+    does not free as snapshot pcp pages (an alloc/drain that is the first event at a unit's
+    pfn), less those a free of an allocation older than the trace releases."""
+    ops, s0, u = inp.ops, inp.start, inp.units
+    heads = s0.unit_pfn[np.isin(u.ucls[s0.unit_pfn], FOLIO_CLASSES)
+                        & (s0.managed[s0.unit_pfn] != 0)]
+    is_unit = np.zeros(len(s0.managed), bool)
+    is_unit[s0.unit_pfn] = True
+    rel = ops.applies & ops.first & np.isin(ops.kind, (rp.OP_ALLOC, rp.OP_DRAIN)) & (
+        ops.pfn >= 0) & (ops.pfn < len(s0.managed))
+    rel[rel] &= is_unit[ops.pfn[rel]]
+    gone = np.zeros(len(s0.managed), bool)
+    for p, o in zip(ops.pfn[rel].tolist(), ops.order[rel].tolist(), strict=True):
+        gone[p:p + (1 << o)] = True
+    heads = heads[~gone[heads]]
+    assert len(heads) == made
+    pair = np.asarray(ops.pair)
+    old = (ops.kind == rp.OP_FREE) & ops.applies & ((pair < 0) | ~ops.applies[np.maximum(
+        pair, 0)])
+    live = heads[~np.isin(heads, ops.pfn[old])]
+    return len(live), int((1 << u.uord[live].astype(np.int64)).sum())
+
+
+def _live_at_end(inp: rp.ReplayInput, run: rp.StageRun) -> tuple[int, int]:
+    """Every folio alive at the end (trace and start folios) and their pages."""
+    n, pages = _live_folios(inp)
+    sn, spages = _live_start_folios(inp, run.start["start_folios"])
+    assert sn > 1000
+    return n + sn, pages + spages
+
+
 def test_observables_identical_with_folios(runs):
     _, r = runs
     a = r["v6.18"]
@@ -57,22 +92,24 @@ def test_observables_identical_with_folios(runs):
 
 def test_every_live_folio_keeps_one_descriptor(runs):
     """Dynamic stages: the arena's folio/large_folio caches hold exactly one descriptor per
-    live folio (a descriptor not freed at the unit's free, or freed twice, shows here)."""
+    live folio, the trace's and the start snapshot's (a descriptor not freed at the unit's
+    free, or freed twice, shows here)."""
     inp, r = runs
-    n, _ = _live_folios(inp)
-    assert n > 500
+    assert _live_folios(inp)[0] > 500
     for s in STAGES:
+        n, _ = _live_at_end(inp, r[s])
         want = n if get_stage(s).dynamic else 0
         assert r[s].start["folio_descriptors_live_at_end"] == want, s
 
 
 def test_live_folios_are_lru_and_movable(runs):
-    """v6.18/folio: PG_lru on the head page of every live folio, nowhere else; from dynamic
+    """v6.18/folio: PG_lru on the head page of every live folio (start folios included),
+    nowhere else; from dynamic
     on every page of a live folio has the File/Anon memdesc type. Either way
     prep_move_freepages_block() counts them movable (free_tracking.page_is_movable())."""
     inp, r = runs
-    n, pages = _live_folios(inp)
     for s in STAGES:
+        n, pages = _live_at_end(inp, r[s])
         mm = r[s].memmap
         w = int(mm.S[C_W])
         if not mm.stage.dynamic:

@@ -255,7 +255,8 @@ TRACKING: dict[str, TrackingOption] = {o.name: o for o in (
     TrackingOption("bitmap", "LLFree-style: PageBuddy and order in the word; no free_area "
                    "lists but a bit per page, a free-page counter per pageblock and per "
                    "list a head outside struct page (blocks, lowest PFN); takes the "
-                   "lowest-addressed block; pcp lists stay linked through the word",
+                   "lowest-addressed block; pcp lists stay linked through the word. "
+                   "Departure: LLFree's per-CPU reservations are not modelled",
                    1 / 8 + 2 / 512, "a bit per page + a 16-bit counter per 512-page block",
                    False, ("no public kernel code: LLFree replaces the buddy allocator (and "
                            "the pcp lists) whole",)),

@@ -76,7 +76,12 @@ from memdesc.analysis.census import NR_UNIT_ORDERS, Census
 from memdesc.analysis.classify import Layout
 from memdesc.analysis.descriptors import DescriptorTable, load_descriptors
 from memdesc.analysis.replay_checks import MT_NAMES, CheckPoint, check_points
-from memdesc.analysis.replay_folios import StageFolios, peak_live_folios
+from memdesc.analysis.replay_folios import (
+    StageFolios,
+    peak_live_folios,
+    replay_start_folios,
+    start_folio_units,
+)
 from memdesc.analysis.replay_lookups import ReplayLookups, lookups_from_trace
 from memdesc.analysis.replay_loops import (
     _placement_loop,
@@ -368,6 +373,8 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
         start["snapshot_pcp_pages_freed"] = int(_policy_release_pcp(
             mm.mem, mm.S, ops.kind, ops.pfn, ops.order, ops.applies, ops.first, managed, st,
             ucls, uord, units))
+        start["start_folios"] = int(replay_start_folios(folios.HE, folios.AE, s0.unit_pfn,
+                                                        managed, st, ucls, uord))
     setup = time.monotonic() - t0
     spos = sample_positions(inp, samples)
     ns = len(spos)
@@ -445,7 +452,8 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
 def _peak_live_folios(inp: ReplayInput) -> int:
     """replay_folios.peak_live_folios() of the input's ops, computed once."""
     if "peak_live_folios" not in inp.cache:
-        inp.cache["peak_live_folios"] = peak_live_folios(inp.ops)
+        inp.cache["peak_live_folios"] = (peak_live_folios(inp.ops)
+                                         + start_folio_units(inp.units, inp.start))
     return inp.cache["peak_live_folios"]
 
 

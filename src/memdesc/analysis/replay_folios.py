@@ -29,10 +29,15 @@ Departures, stated [I]:
   arena's own metadata accesses (its struct slab, free lists) are recorded in the replay's
   accounting under the enclosing folio_alloc/folio_put, at the arena's addresses (which
   share the vmemmap/zone-head addresses of the replayed machine's first PFNs).
-* Units the snapshot holds at the start (allocated before the trace) get no folio: they stay
-  the snapshot's pages (docs/replay.md "Limits").
+* The units the start snapshot holds (allocated before the trace) of the folio classes
+  (START_FOLIO_CLASSES) become folios before the replay's first operation
+  (replay_start_folios(): the state folio_alloc() + folio_add_lru() leaves, not counted as
+  operations), so movability and lookups are the same for them as for the trace's folios;
+  the trace's free of one is its folio_put() at the folio's own order. Other start units
+  stay the snapshot's pages.
 * Placement mode runs no kernel allocation (the trace's own PFNs move on the free lists),
-  so it makes no folios.
+  so it makes no folios; nothing it runs reads movability (prep_move_freepages_block()'s
+  counts are read by try_to_claim_block() only, which placement never calls).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ import numpy as np
 from numba import njit
 
 from memdesc.analysis.census import CLASS_INDEX
+from memdesc.analysis.replay_ops import ST_SNAP
+from memdesc.analysis.trace_types import CLASS_NAMES
 from memdesc.mm import gfp as _gfp
 from memdesc.mm import page_alloc as pa
 from memdesc.mm.access_core import C_ACC, OP_FOLIO_ALLOC, OP_FOLIO_PUT, op_begin, op_end
@@ -62,11 +69,20 @@ from memdesc.mm.memdesc_alloc import (
     SP_T_ANON,
     SP_T_FILE,
 )
+from memdesc.mm.mmzone import MAX_PAGE_ORDER
 from memdesc.mm.slab import _GROW
 from memdesc.mm.slub import _alloc_obj, kmem_cache_free_one_nb
+from memdesc.stages import DESCRIPTOR_TYPES
 
 CLS_FILE = CLASS_INDEX["file"]
 CLS_ANON = CLASS_INDEX["anon"]
+#: census classes whose start units are folios: those of the folio descriptor types
+#: (memdesc.stages.DESCRIPTOR_TYPES "folio"/"large_folio": file, anon, shmem). KSM and
+#: hugetlb units have no emulated descriptor (no ksmd, no hugetlbfs) and zsmalloc pages no
+#: census class (kpageflags has no zsmalloc bit): they stay the snapshot's pages.
+START_FOLIO_CLASSES: tuple[str, ...] = tuple(dict.fromkeys(
+    c for t in DESCRIPTOR_TYPES if t.key in ("folio", "large_folio") for c in t.census_classes))
+_START_FOLIO = np.array([c in START_FOLIO_CLASSES for c in CLASS_NAMES], np.bool_)
 #: bytes a descriptor takes at most (folio_large, memdesc.mm.folio.FOLIO_LARGE_PATH)
 _DESC_BYTES = 128
 
@@ -75,6 +91,37 @@ _DESC_BYTES = 128
 def is_folio_class(c):
     """A unit of this class is a folio (page cache or anonymous memory)."""
     return c == CLS_FILE or c == CLS_ANON  # noqa: SIM109 (numba)
+
+
+@njit(cache=True)
+def _desc_alloc(AE, gfpflags, order):
+    """folio_alloc()'s first step from ``dynamic`` on: kmem_cache_alloc() of the descriptor
+    from the arena's "folio" (order 0) or "folio_large" cache."""
+    asp = AE[E_SP]
+    desc = _alloc_obj(AE, asp[SP_C_FOLIO] if order == 0 else asp[SP_C_FOLIO_LARGE],
+                      gfpflags, 0)
+    if desc == _GROW:
+        raise AssertionError("replay descriptor arena: kernel memory store full")
+    if desc == 0:
+        raise AssertionError("replay descriptor arena: out of memory")
+    return desc
+
+
+@njit(cache=True)
+def _folio_prep(HE, q, order, cls, desc):
+    """The allocated pages [q, q + 2^order) become the folio: from ``dynamic`` on ``desc |
+    File/Anon`` in every memdesc word (alloc_page_desc()) and the descriptor's fields
+    (folio._init_desc()); the head struct page at the overlay stages. Then folio_add_lru().
+    A shmem unit is a File folio (the tmpfs mapping's page cache)."""
+    mem, S, sp = HE[E_MEM], HE[E_S], HE[E_SP]
+    if sp[SP_DYNAMIC]:
+        t = sp[SP_T_ANON] if cls == CLS_ANON else sp[SP_T_FILE]
+        pa.set_memdesc_nb(mem, S, q, order, desc | np.uint64(t))
+        _init_desc(HE, desc, q, order)
+        folio = desc
+    else:
+        folio = np.uint64(VMEMMAP_START) + np.uint64(q) * np.uint64(sp[SP_PAGE_BYTES])
+    folio_add_lru(HE, folio)
 
 
 @njit(cache=True)
@@ -87,27 +134,14 @@ def replay_folio_alloc(HE, AE, gfpflags, order, cpu, cls):
     op_begin(S, OP_FOLIO_ALLOC)
     desc = np.uint64(0)
     if dyn:
-        asp = AE[E_SP]
-        desc = _alloc_obj(AE, asp[SP_C_FOLIO] if order == 0 else asp[SP_C_FOLIO_LARGE],
-                          gfpflags, 0)
-        if desc == _GROW:
-            raise AssertionError("replay descriptor arena: kernel memory store full")
-        if desc == 0:
-            raise AssertionError("replay descriptor arena: out of memory")
+        desc = _desc_alloc(AE, gfpflags, order)
     q = pa.alloc_pages_nb(mem, S, gfpflags | _gfp.__GFP_COMP, order, 0, cpu)
     if q < 0:
         if dyn:
             kmem_cache_free_one_nb(AE, desc)
         op_end(S)
         return q
-    if dyn:
-        t = sp[SP_T_FILE] if cls == CLS_FILE else sp[SP_T_ANON]
-        pa.set_memdesc_nb(mem, S, q, order, desc | np.uint64(t))
-        _init_desc(HE, desc, q, order)
-        folio = desc
-    else:
-        folio = np.uint64(VMEMMAP_START) + np.uint64(q) * np.uint64(sp[SP_PAGE_BYTES])
-    folio_add_lru(HE, folio)
+    _folio_prep(HE, q, order, cls, desc)
     op_end(S)
     return q
 
@@ -125,6 +159,58 @@ def replay_folio_put(HE, AE, pfn, order, cpu):
     op_end(S)
 
 
+@njit(cache=True)
+def is_start_folio(ucls, uord, p):
+    """The unit the start snapshot holds at head ``p`` is a folio: a class of the folio
+    descriptor types (START_FOLIO_CLASSES: file, anon, shmem) and an order the buddy
+    allocator hands out."""
+    c = ucls[p]
+    return c >= 0 and _START_FOLIO[c] and 0 <= uord[p] <= MAX_PAGE_ORDER
+
+
+@njit(cache=True)
+def replay_start_folios(HE, AE, unit_pfn, managed, st, ucls, uord):
+    """The policy replay's start: every start unit that is_start_folio() (still held:
+    ``st == ST_SNAP``, managed memory) becomes the folio a traced folio_alloc() +
+    folio_add_lru() of its order would have left at its pfn: _start_state_nb() prepared its
+    pages as prep_new_page() does for __GFP_COMP (prep_compound_page() when order > 0); here
+    from ``dynamic`` on the descriptor (kmem_cache_alloc() from the arena,
+    GFP_HIGHUSER_MOVABLE: the gfp of vma_alloc_folio() and of the default mapping_gfp_mask()),
+    ``desc | File/Anon`` in every memdesc word and the descriptor's fields, then PG_lru
+    (__folio_set_lru()). No operation is counted (the caller runs this before accounting
+    starts). Returns the folios made."""
+    dyn = HE[E_SP][SP_DYNAMIC]
+    n = 0
+    for i in range(unit_pfn.shape[0]):
+        p = unit_pfn[i]
+        if not managed[p] or st[p] != ST_SNAP or not is_start_folio(ucls, uord, p):
+            continue
+        o = np.int64(uord[p])
+        desc = _desc_alloc(AE, _gfp.GFP_HIGHUSER_MOVABLE, o) if dyn else np.uint64(0)
+        _folio_prep(HE, p, o, ucls[p], desc)
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def release_start_folios_in(HE, AE, st, ucls, uord, q, order):
+    """A trace free of the start unit at ``q`` whose block [q, q + 2^order) holds start
+    folios other than its own head (a snapshot that does not fit the trace; none on the
+    fixtures): each leaves the LRU (__page_cache_release()) and, from ``dynamic`` on, its
+    descriptor goes back to its cache, as folio_put() would; the trace's free then frees the
+    pages. Returns the folios released."""
+    n = 0
+    for r in range(q + 1, q + (np.int64(1) << order)):
+        if st[r] != ST_SNAP or not is_start_folio(ucls, uord, r):
+            continue
+        folio = page_folio(HE, r)
+        __page_cache_release(HE, folio)
+        if HE[E_SP][SP_DYNAMIC] and not kmem_cache_free_one_nb(AE, folio):
+            raise AssertionError("replay start folio: descriptor not a slab object")
+        n += 1
+    return n
+
+
 # ---- the environments of one stage (Python) ---------------------------------------------------
 
 def peak_live_folios(ops) -> int:
@@ -138,6 +224,17 @@ def peak_live_folios(ops) -> int:
     f = (ops.kind == OP_FREE) & (pair >= 0)
     f &= a[np.maximum(pair, 0)]
     return int(np.cumsum(a.astype(np.int64) - f.astype(np.int64)).max(initial=0))
+
+
+def start_folio_units(units, start) -> int:
+    """The start units replay_start_folios() can make folios of (an upper bound: the policy
+    start frees some first), for the arena's size."""
+    p = np.asarray(start.unit_pfn, np.int64)
+    p = p[p < units.pfn_count]
+    c = units.ucls[p].astype(np.int64)
+    o = units.uord[p]
+    ok = (c >= 0) & (o >= 0) & (o <= MAX_PAGE_ORDER)
+    return int((_START_FOLIO[np.maximum(c, 0)] & ok & (np.asarray(start.managed)[p] != 0)).sum())
 
 
 def arena_bytes(peak: int) -> int:

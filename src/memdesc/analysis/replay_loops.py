@@ -9,6 +9,8 @@ from numba import njit
 
 from memdesc.analysis.replay_folios import (
     is_folio_class,
+    is_start_folio,
+    release_start_folios_in,
     replay_folio_alloc,
     replay_folio_put,
 )
@@ -306,7 +308,9 @@ def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies
     interval, trace clock ns) vmstat's periodic work runs as trace time passes
     (memdesc.mm.vmstat: decay_pcp_high() on every CPU each second); ``vm[VM_FREED]`` counts
     the pages it freed, ``vm[VM_INTERVALS]`` the intervals. File/anon units are folios
-    (folio_alloc() and folio_put() of memdesc.analysis.replay_folios on ``HE``/``AE``)."""
+    (folio_alloc() and folio_put() of memdesc.analysis.replay_folios on ``HE``/``AE``), and
+    so are the start units replay_start_folios() made: their free by the trace is a
+    folio_put()."""
     mem, S = unmanaged(mem), unmanaged(S)
     ncpu = S[pa.C_NCPU]
     k = snext
@@ -342,20 +346,24 @@ def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies
                     continue
                 oo = np.int64(order[j])
                 emu[j] = -1
-                if is_folio_class(cls[j]):
-                    _unit_drop(ucls, uord, units, q, oo)
-                    st[q] = ST_NONE
-                    replay_folio_put(HE, AE, q, oo, cpu[i] % ncpu)
-                    continue
+                folio = is_folio_class(cls[j])
             else:
                 q = pfn[i]                 # an allocation the snapshot holds at this pfn
                 oo = o
                 if q < 0 or q >= managed.shape[0] or not managed[q] or st[q] != ST_SNAP:
                     _count(mism, M_FREE_UNKNOWN, i)
                     continue
+                folio = is_start_folio(ucls, uord, q)
+                if folio:                  # folio_put() frees the folio's own order
+                    oo = np.int64(uord[q])
+                elif oo > 0:
+                    release_start_folios_in(HE, AE, st, ucls, uord, q, oo)
             _unit_drop(ucls, uord, units, q, oo)
             st[q] = ST_NONE
-            pa.free_pages_nb(mem, S, q, oo, cpu[i] % ncpu)
+            if folio:
+                replay_folio_put(HE, AE, q, oo, cpu[i] % ncpu)
+            else:
+                pa.free_pages_nb(mem, S, q, oo, cpu[i] % ncpu)
     return k
 
 

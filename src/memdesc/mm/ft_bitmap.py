@@ -15,8 +15,11 @@ The struct page word is ``packed``'s (type Buddy:4 | order:4 for PageBuddy and t
 which merging reads); a free block's first page also keeps its list index (bits 8..19)
 so a removal finds its head. The per-cpu lists stay the kernel's doubly linked lists,
 threaded through the word as ``packed`` does (this option owns only the free_area lists),
-so packed's limits apply (a zone < 2^28 pages, at most 288 CPUs). Not modelled: LLFree's
-per-CPU tree reservations and lock-free updates (the kernel's pcp lists take their place).
+so packed's limits apply (a zone < 2^28 pages, at most 288 CPUs).
+
+Departure, stated: LLFree's per-CPU reservations (each CPU reserves a tree and allocates
+from it) and its lock-free updates are not modelled; the kernel's pcp lists take their place
+(``memdesc stages`` says so in this option's description).
 """
 
 from __future__ import annotations
