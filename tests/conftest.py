@@ -13,11 +13,20 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MEMDESC_FIXTURES", REPO.parent / "shared" / "fixtures"))
 SNAPSHOTS = ("snapshot-idle", "snapshot-idle-early")
 
-settings.register_profile("ci", max_examples=60, deadline=None,
+#: Examples per property under the CI profile (.ci/run loads it: HYPOTHESIS_PROFILE unset).
+CI_EXAMPLES = 60
+settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def examples(n_ci: int) -> int:
+    """max_examples of a property that runs ``n_ci`` examples under the CI profile (fewer
+    than CI_EXAMPLES where each example is costly), scaled to the loaded profile (dev: 25/60
+    of it), at least 1: no property hard-codes a count the profile cannot reach."""
+    return max(1, round(n_ci * settings.default.max_examples / CI_EXAMPLES))
 
 
 def fixture_dir(name: str) -> Path:

@@ -5,23 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from access_ops import (  # noqa: F401 -- test_access_props imports check_against_stream here
+    LD,
+    ST,
+    D,
+    P,
+    check_against_stream,
+    class_ops,
+    counts,
+    ops_stream,
+)
 from memdesc.mm import access
 from memdesc.mm import folio as fo
 from memdesc.mm import page_alloc as pa
-from memdesc.mm.access import (
-    CT_CHAIN_MAX,
-    CT_CHAIN_SUM,
-    CT_LINES,
-    CT_LOADS,
-    CT_OPS,
-    CT_STORES,
-    KIND_DEP,
-    KIND_PTR,
-    KIND_STORE,
-    OP_CLASS_ID,
-    AccessStream,
-    chain_levels,
-)
+from memdesc.mm.access import OP_CLASS_ID, AccessStream, chain_levels
 from memdesc.mm.ft_common import HEADS_BASE
 from memdesc.mm.gfp import GFP_HIGHUSER_MOVABLE, GFP_KERNEL, MIGRATE_UNMOVABLE
 from memdesc.mm.kmem import PAGE_OFFSET, VMEMMAP_START
@@ -41,21 +38,12 @@ from memdesc.mm.zone_state import (
 )
 from memdesc.stages import get_stage
 
-LD, ST, P, D = 0, KIND_STORE, KIND_PTR, KIND_DEP
 WMARK_HIGH = 2
 
 
 @pytest.fixture(scope="module")
 def machine():
     return Machine.from_spec("64M")
-
-
-def _ops(stream: AccessStream, cls: str) -> list[list[tuple[int, int]]]:
-    """The (address, kind) lists of the operations of class ``cls``."""
-    c = OP_CLASS_ID[cls]
-    return [[(int(stream.addr[a]), int(stream.kind[a]))
-             for a in range(stream.op_first[i], stream.op_first[i + 1])]
-            for i in range(stream.nr_ops) if stream.op_class[i] == c]
 
 
 def _page(mm, pfn: int, word: int) -> int:
@@ -98,10 +86,10 @@ def test_page_zone_of_an_allocated_folio_page(machine, stage, chain):
     want = ([[(_page(k.mm, p, 0), LD)] for p in (pfn, pfn + 3)] if stage == "v6.18" else
             [[(VMEMMAP_START + p * k.mm.stage.page.size + md.offset, P), (folio, D)]
              for p in (pfn, pfn + 3)])
-    assert _ops(s, "page_zone") == want
+    assert class_ops(s, "page_zone") == want
     assert chain_levels(s).tolist() == [chain, chain]
-    c = access.counters(k)[OP_CLASS_ID["page_zone"]]
-    assert (c[CT_OPS], c[CT_LOADS], c[CT_STORES], c[CT_CHAIN_SUM], c[CT_CHAIN_MAX]) == \
+    c = counts(access.counters(k)[OP_CLASS_ID["page_zone"]])
+    assert (c.ops, c.loads, c.stores, c.chain_sum, c.chain_max) == \
         (2, 2 * chain, 0, 2 * chain, chain)
 
 
@@ -116,11 +104,11 @@ def test_page_folio_of_a_tail_page(machine, stage):
     access.enable(k, 1000)
     assert access.page_folio_e(k.E, pfn + 1) == folio
     assert access.page_folio_e(k.E, pfn) == folio
-    got = _ops(access.drain(k), "page_folio")
+    got = class_ops(access.drain(k), "page_folio")
     # the same on a bare (mem, S), as the trace replay has it
     assert access.page_folio_ms(k.mm.mem, k.mm.S, pfn + 1) == folio
     assert access.page_folio_ms(k.mm.mem, k.mm.S, pfn) == folio
-    assert _ops(access.drain(k), "page_folio") == got
+    assert class_ops(access.drain(k), "page_folio") == got
     if stage == "v6.18":
         assert got == [[(_page(k.mm, pfn + 1, 1), P)], [(_page(k.mm, pfn, 1), LD)]]
     else:
@@ -146,7 +134,7 @@ def _pcp_hit(machine, stage):
     h = pcp_head(mm.S, gz, 0, MIGRATE_UNMOVABLE)          # order 0, unmovable
     assert pfn == first + 1
     assert s.nr_ops == 1 and s.op_class[0] == OP_CLASS_ID["alloc_pages.pcp"]
-    return mm, pfn, _ops(s, "alloc_pages.pcp")[0], gz, h
+    return mm, pfn, class_ops(s, "alloc_pages.pcp")[0], gz, h
 
 
 def _alloc_common_head(mm, gz):
@@ -186,8 +174,7 @@ def test_alloc_from_a_nonempty_pcp_list_v618(machine):
         (_page(mm, pfn + 1, 2), ST | D), (_head(h, 0), ST),
     ] + count + [(_page(mm, pfn, 6), LD), (_page(mm, pfn, 6), ST)] + pgalloc
     assert got == want
-    s = AccessStream(np.array([a for a, _ in got], np.uint64), np.array([k for _, k in got],
-                     np.uint8), np.zeros(1, np.uint8), np.array([0, len(got)]))
+    s = ops_stream([(0, got)])
     assert chain_levels(s).tolist() == [2]
 
 
@@ -207,24 +194,6 @@ def test_alloc_from_a_nonempty_pcp_list_page8(machine):
 
 
 # ---- counters, stream and regions ---------------------------------------------------------------
-
-def check_against_stream(counters: np.ndarray, s: AccessStream) -> None:
-    """Counters (from zero) agree with the drained stream: per class operations, loads,
-    stores, distinct lines per operation, chain sum and max (access.chain_levels)."""
-    chains = chain_levels(s)
-    want = np.zeros_like(counters)
-    for i in range(s.nr_ops):
-        a, b = int(s.op_first[i]), int(s.op_first[i + 1])
-        row = want[s.op_class[i]]
-        st = (s.kind[a:b] & KIND_STORE) != 0
-        row[CT_OPS] += 1
-        row[CT_STORES] += int(st.sum())
-        row[CT_LOADS] += int((~st).sum())
-        row[CT_LINES] += len(np.unique(s.addr[a:b] >> np.uint64(6)))
-        row[CT_CHAIN_SUM] += chains[i]
-        row[CT_CHAIN_MAX] = max(row[CT_CHAIN_MAX], chains[i])
-    np.testing.assert_array_equal(counters, want)
-
 
 def check_regions(mm, s: AccessStream) -> None:
     """Every address lies in a region the stage has: the vmemmap within the mem_map, the
@@ -246,7 +215,7 @@ def test_disable_and_drain_errors(machine):
         access.counters(mm)
     access.enable(mm)
     pa.alloc_pages(mm, GFP_KERNEL, 0)
-    assert access.counters(mm)[OP_CLASS_ID["alloc_pages.refill"], CT_OPS] == 1
+    assert counts(access.counters(mm)[OP_CLASS_ID["alloc_pages.refill"]]).ops == 1
     assert access.drain(mm).nr_ops == 0                  # no log asked for
     access.disable(mm)
     assert not access.enabled(mm)
@@ -261,7 +230,7 @@ def test_full_log_keeps_whole_operations(machine):
     pa.alloc_pages(mm, GFP_KERNEL, 0)                      # fits, but after a drop
     assert access.dropped(mm)
     s = access.drain(mm)
-    assert access.counters(mm)[:, CT_OPS].sum() == 2
+    assert sum(counts(r).ops for r in access.counters(mm)) == 2
     assert s.nr_ops == 0 and s.nr_accesses == 0 and not access.dropped(mm)
     pa.alloc_pages(mm, GFP_KERNEL, 0)                      # a pcp hit fits
     s = access.drain(mm)
@@ -278,17 +247,24 @@ def test_stage_zone_lookup_rule_matches_the_layout():
 
 # ---- the page-table walk and the page-cache lookup ---------------------------------------------
 
-@pytest.mark.parametrize("stage", ["v6.18", "page16"])
+@pytest.mark.parametrize("stage", ["v6.18", "ptdesc-first", "page16"])
 def test_pt_walk_and_pagecache_lookup(stage):
-    """follow_page_pte() of a mapped anon page: PGD, PUD, PMD and PTE entries in the page
-    table pages (direct map), each computed from the previous one, then page_folio() of the
-    struct page the PTE names: chain 5. The counted readbacks give the scenario's digests
-    (pgtable.readback_kernel / filemap.readback_file_nb, uncounted)."""
+    """follow_page_pte() of a mapped anon page, hand-worked: the PGD, PUD and PMD entries
+    in the page-table pages (direct map), each computed from the previous one; then
+    pte_offset_map_lock(): the ptlock of the PTE table page, ptdesc->ptl at byte 40 (v6.18:
+    the table page's own struct page, no load to find it; ptdesc-first and page16: the
+    table page's memdesc word first, one more dependent load, then the ptl in the ptdesc),
+    the LOCK CMPXCHG (load + store), the pmd_same() recheck of the PMD entry, the PTE entry,
+    page_folio() of the struct page the PTE names and spin_unlock() (a store).
+    v6.18: 7 loads, 2 stores, chain PGD 1 PUD 2 PMD 3 ptl 4 recheck/PTE 5 page 6;
+    ptdesc-first and page16: 8 loads, chain 7 (the memdesc word is 4, ptl 5).
+    The counted readbacks give the scenario's digests (pgtable.readback_kernel /
+    filemap.readback_file_nb, uncounted)."""
     from memdesc.analysis.scenario import World, parse_scenario
     from memdesc.mm.filemap import readback_file_nb
-    from memdesc.mm.memdesc_alloc import E_DATA, E_SLOT
+    from memdesc.mm.memdesc_alloc import E_DATA, E_SLOT, E_SP, SP_MEMDESC_OFF
     from memdesc.mm.memory import MMAP_BASE
-    from memdesc.mm.pgtable import readback_kernel
+    from memdesc.mm.pgtable import LEVEL_PTE, _walk, readback_kernel
 
     sc = parse_scenario("machine 256M\nanon 1M proc=a order=0\npagecache 1M file=f order=2\n")
     w = World(sc, stage)
@@ -298,11 +274,28 @@ def test_pt_walk_and_pagecache_lookup(stage):
     access.enable(k, 1 << 16)
     pfn, folio = access.pt_walk_e(k.E, p.pgd, np.uint64(MMAP_BASE))
     assert folio == p.folios[0] and pfn == int(fo.folio_pfn(k.E, np.uint64(folio)))
-    (walk,) = _ops(access.drain(k), "pt_walk")
-    assert [kind for _, kind in walk] == [P, P | D, P | D, P | D, D | (P if stage != "v6.18"
-                                                                       else LD)]
-    assert all(PAGE_OFFSET <= a < VMEMMAP_START for a, _ in walk[:4])
-    assert walk[4][0] == _page(k.mm, pfn, 1) or stage != "v6.18"
+    (walk,) = class_ops(access.drain(k), "pt_walk")
+    pte_table, _ = _walk(k.E[E_SLOT], k.E[E_DATA], p.pgd, np.uint64(MMAP_BASE), LEVEL_PTE)
+    sep = stage != "v6.18"
+    table_page = VMEMMAP_START + pte_table * k.mm.stage.page.size
+    md_off = int(k.E[E_SP][SP_MEMDESC_OFF])                 # the memdesc word's offset
+    assert md_off == (16 if stage == "ptdesc-first" else md_off)
+    ptdesc = int(k.mm.mem[(table_page - VMEMMAP_START + md_off) // 8]) & ~15 if sep \
+        else table_page
+    ptl = ptdesc + 40
+    want = [P, P | D, P | D] + ([P | D] if sep else []) + [
+        P | D, ST, D, P | D, D | (P if stage == "page16" else LD), ST]
+    assert [kind for _, kind in walk] == want
+    addrs = [a for a, _ in walk]
+    assert all(PAGE_OFFSET <= a < VMEMMAP_START for a in addrs[:3])
+    if sep:
+        assert addrs[3] == table_page + md_off and addrs[4] == ptl
+        assert PAGE_OFFSET <= ptdesc < VMEMMAP_START          # the ptdesc is slab memory
+    assert addrs[-6] == addrs[-5] == addrs[-1] == ptl
+    assert addrs[-4] == addrs[2]                             # the recheck: the PMD entry
+    assert addrs[-2] == _page(k.mm, pfn, 1) or stage == "page16"
+    c = counts(access.counters(k)[OP_CLASS_ID["pt_walk"]])
+    assert (c.ops, c.loads, c.stores, c.chain_max) == (1, 8 if sep else 7, 2, 7 if sep else 6)
     nr = (p.end - MMAP_BASE) >> 12
     assert access.readback_anon_e(k.E, p.pgd, np.uint64(MMAP_BASE), nr, p.pid) == \
         readback_kernel(k.E[E_SLOT], k.E[E_DATA], k.tags, p.pgd, np.uint64(MMAP_BASE), nr,
@@ -312,6 +305,6 @@ def test_pt_walk_and_pagecache_lookup(stage):
     ref = readback_file_nb(k.E, a.index_map, np.uint64(a.mapping), a.file_id)
     assert got["digest"] == f"{int(ref[0]):016x}" and got["pages"] == ref[1] == 256
     c = access.counters(k)
-    assert c[OP_CLASS_ID["pt_walk"], CT_OPS] == 1 + nr
-    assert c[OP_CLASS_ID["pt_walk"], CT_CHAIN_MAX] == 5
-    assert c[OP_CLASS_ID["pagecache_lookup"], CT_OPS] == 256
+    walks = counts(c[OP_CLASS_ID["pt_walk"]])
+    assert (walks.ops, walks.chain_max) == (1 + nr, 7 if sep else 6)
+    assert counts(c[OP_CLASS_ID["pagecache_lookup"]]).ops == 256

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from memdesc.analysis.scenario import load_scenario, run_stage
 from memdesc.mm import access
 from memdesc.mm import page_alloc as pa
@@ -39,7 +40,7 @@ def _run(stage: str, ops, log: int):
 
 
 @pytest.mark.parametrize("stage", ALL)
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(8), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=ops_st)
 def test_accounting_changes_nothing_and_agrees_with_its_log(stage, ops):
     off, out_off = _run(stage, ops, -1)

@@ -58,6 +58,11 @@ def test_fixture_raw_equals_text(name):
         n = int((raw.events["cpu"] == cpu).sum() + (raw.markers["cpu"] == cpu).sum())
         assert stats["entries"] == n and stats["overrun"] == stats["dropped_events"] == 0
     assert raw.events["time"].dtype == np.int64 and raw.events["time"][0] % 1000 != 0
+    # common_pid, equal in both readers above; the first line, read by hand:
+    # " trace_record.sh-19133   [000] .....  2547.194685: kmem_cache_free: ..." (trace-slab),
+    # " trace_record.sh-18376   [000] .....  2504.253502: mm_page_alloc: ..." (trace-pagecache)
+    assert raw.events["pid"][0] == {"trace-slab": 19133, "trace-pagecache": 18376}[name]
+    assert (raw.events["pid"] >= 0).all() and len(np.unique(raw.events["pid"])) > 10
 
 
 def test_small_raw_equals_text():

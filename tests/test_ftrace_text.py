@@ -147,8 +147,8 @@ def per_cpu_window(a, b, cpu):
     def rows(tr):
         ev, names = tr.events, np.array(tr.strings + [""], dtype=object)
         m = (ev["cpu"] == cpu) & (ev["time"] >= lo) & (ev["time"] <= hi)
-        cols = [ev[k][m] for k in ("event", "pfn", "order", "gfp", "migratetype", "ptr",
-                                   "bytes_req", "bytes_alloc")]
+        cols = [ev[k][m] for k in ("event", "pid", "pfn", "order", "gfp", "migratetype",
+                                   "ptr", "bytes_req", "bytes_alloc")]
         return list(zip(*[c.tolist() for c in cols], names[ev["cache"][m]],
                         names[ev["call_site"][m]], strict=True)), ev["time"][m]
     return rows(a), rows(b)
@@ -276,6 +276,22 @@ def test_page_address_and_failed_allocation(tmp_path):
     assert tr.quirks["page_alloc_failed"] == 1
 
 
+def test_pid_of_every_task_column_form(tmp_path):
+    """common_pid from the task column before [CPU], hand-checked: tracefs ``TASK-PID`` (a
+    comm with '-', spaces and digits; ``<idle>-0``), the record-tgid form ``TASK-PID
+    (TGID)``, trace-cmd's ``INSTANCE: TASK-PID`` and perf script's ``TASK PID``; a line
+    without one reads -1."""
+    body = b"mm_page_free: page=ffffea0000004000 pfn=0x100 order=0\n"
+    lines = [b"  kworker/u4:1-x 2-123     [001] d..1.    10.000001: " + body,
+             b"          <idle>-0       [000] d.s2.    10.000002: " + body,
+             b"            bash-4567    (   4500) [000] .....    10.000003: " + body,
+             b"inst-b-7639:          gen.sh-7639  [001]  10.000004: " + body,
+             b"          gen.sh  7890 [000]    10.000005:    kmem:" + body,
+             b"[000]    10.000006: " + body]
+    tr = read_text(write(tmp_path, lines))
+    assert tr.events["pid"].tolist() == [123, 0, 4567, 7639, 7890, -1]
+
+
 def test_gfp_table_is_the_kernels():
     """The built-in 6.18 table equals the one evaluated from the fixture's format file."""
     fmt = load_formats(fixture_dir("trace-slab") / "formats")
@@ -322,7 +338,7 @@ def fmt_line(task, pid, cpu, ns, ev) -> tuple[str, dict]:
         want["gfp"] = 0
         for g in gfp:
             want["gfp"] |= dict(GFP_NAMES_6_18)[g]
-    want.update(event=code, cpu=cpu, time=t * 1000)
+    want.update(event=code, cpu=cpu, time=t * 1000, pid=pid)
     return f"{head}{name}: {body}\n", want
 
 

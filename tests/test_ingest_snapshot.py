@@ -18,6 +18,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from memdesc.cli import main
 from memdesc.errors import InputError
 from memdesc.ingest.procfs import parse_zoneinfo, zones_max_pfn
@@ -554,7 +555,7 @@ def test_gzip_truncated_and_corrupt_are_told_apart(tmp_path, idle_flags):
         open_snapshot(folder)
 
 
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(st.lists(st.integers(1, 39_999), max_size=4, unique=True),
        st.integers(1_000, 9_000), st.integers(0, 3))
 def test_gzip_any_members_any_chunks_equal_the_source(cuts, chunk, padding):

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from memdesc.analysis import cycles
 from memdesc.analysis import native_timing as nt
 from memdesc.errors import MemdescError
@@ -72,7 +73,7 @@ def test_address_past_the_mem_map_is_an_error():
         nt.translate(np.array([VM + 1000 * 8], np.uint64), nr_pfns=1000, page_bytes=8)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 999), st.integers(0, 511)),
                 min_size=1, max_size=60))
 def test_translation_is_one_to_one_and_keeps_lines(acc):

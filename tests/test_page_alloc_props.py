@@ -11,6 +11,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from memdesc.mm import free_tracking as ft
 from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import (
@@ -103,7 +104,7 @@ def test_every_registered_option_is_exercised():
     assert {v.split("/")[1].split("@")[0] for v in VARIANTS if "/" in v} | {"page_type"} == used
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(st.lists(_op, min_size=1, max_size=40))
 def test_same_sequence_same_result_at_every_stage(ops):
     ref_trace, ref = _replay(IN_ORDER[0], ops)
@@ -119,7 +120,7 @@ def test_same_sequence_same_result_at_every_stage(ops):
         assert pa.free_lists(mm) == ref_lists, stage
 
 
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(st.lists(_op, min_size=1, max_size=40))
 def test_options_not_in_list_order_keep_the_invariants(ops):
     """The same sequences at bitmap & co: every invariant (memdesc.mm.debug) holds after each
@@ -134,7 +135,7 @@ def test_options_not_in_list_order_keep_the_invariants(ops):
             assert held(mm) == held(ref), stage
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 2)), min_size=100, max_size=400),
        st.sampled_from(VARIANTS))
 def test_churn_to_exhaustion_keeps_every_page_accounted(ops, stage):

@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from memdesc.analysis import replay_start as rs
 
 
@@ -71,7 +72,7 @@ def test_swaps_a_candidate_past_a_run_of_its_own_type():
     assert got.tolist() == [0, 1, 1, 1] and passes == 2
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.data())
 def test_repair_is_the_reference_search(data):
     n = data.draw(st.integers(1, 24))

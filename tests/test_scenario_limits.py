@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
+from conftest import examples
 from memdesc.analysis.scenario import churn_ops, parse_scenario
 from memdesc.analysis.scenario_limits import check_scenario, host_bytes
 from memdesc.cli import main as cli_main
@@ -150,7 +151,7 @@ def test_churn_ops_hand_worked():
     assert keep.tolist() == [0, 2]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(hs.lists(hs.integers(1, 4096), min_size=1, max_size=60), hs.integers(1, 10),
        hs.randoms(use_true_random=False))
 def test_churn_ops_matches_the_python_loop(sizes, live_max, rnd):

@@ -9,26 +9,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
+from access_ops import ST, D, P, counts, ops_stream
 from memdesc import cli
 from memdesc.analysis.cache_model import CacheConfig
 from memdesc.analysis.timing import TimingCollector, stream_counters, timing_doc
 from memdesc.ingest.cpu_caches import parse_cache_spec
-from memdesc.mm.access import (
-    CT_CHAIN_MAX,
-    CT_CHAIN_SUM,
-    CT_LINES,
-    CT_LOADS,
-    CT_OPS,
-    CT_STORES,
-    KIND_DEP,
-    KIND_PTR,
-    KIND_STORE,
-    OP_CLASS_ID,
-    AccessStream,
-)
+from memdesc.mm.access import OP_CLASS_ID, AccessStream
 from memdesc.mm.kmem import PAGE_OFFSET, VMEMMAP_START
 from memdesc.report import timing_out
 from memdesc.report.console import make_console
@@ -37,28 +25,19 @@ from memdesc.stages import parse_stages
 ZONE, ALLOC = OP_CLASS_ID["page_zone"], OP_CLASS_ID["alloc_pages.pcp"]
 
 
-def ops_stream(ops) -> AccessStream:
-    """``ops`` = [(op_class, [(addr, kind), ...]), ...]."""
-    addr = [a for _, acc in ops for a, _ in acc]
-    kind = [k for _, acc in ops for _, k in acc]
-    first = np.cumsum([0] + [len(acc) for _, acc in ops]).astype(np.int64)
-    return AccessStream(np.array(addr, np.uint64), np.array(kind, np.uint8),
-                        np.array([c for c, _ in ops], np.uint8), first)
-
-
 def page_zone(stage: str, pfn: int) -> tuple[int, list]:
     """page_zone() of an allocated folio page: v6.18 reads page->flags (one load); page16
     reads the memdesc word (PTR) then the folio's flags (DEP): the module doc's example."""
     if stage == "v6.18":
         return ZONE, [(VMEMMAP_START + 64 * pfn, 0)]
     folio = PAGE_OFFSET + (1 << 30) + 64 * (pfn // 512)
-    return ZONE, [(VMEMMAP_START + 16 * pfn, KIND_PTR), (folio, KIND_DEP)]
+    return ZONE, [(VMEMMAP_START + 16 * pfn, P), (folio, D)]
 
 
 def alloc(stage: str, pfn: int) -> tuple[int, list]:
     size = 64 if stage == "v6.18" else 16
-    return ALLOC, [(VMEMMAP_START + size * pfn, 0), (VMEMMAP_START + size * pfn, KIND_STORE),
-                   (VMEMMAP_START + size * pfn + 8, KIND_STORE)]
+    return ALLOC, [(VMEMMAP_START + size * pfn, 0), (VMEMMAP_START + size * pfn, ST),
+                   (VMEMMAP_START + size * pfn + 8, ST)]
 
 
 def workload(stage: str) -> AccessStream:
@@ -70,10 +49,11 @@ def workload(stage: str) -> AccessStream:
 def test_stream_counters_by_hand():
     s = ops_stream([page_zone("page16", 5), page_zone("v6.18", 5), alloc("v6.18", 7)])
     ct = stream_counters(s)
-    assert ct[ZONE, CT_OPS] == 2 and ct[ZONE, CT_LOADS] == 3
-    assert ct[ZONE, CT_CHAIN_SUM] == 3 and ct[ZONE, CT_CHAIN_MAX] == 2     # 2 + 1
-    assert ct[ZONE, CT_LINES] == 3             # memdesc word, folio flags; page->flags
-    assert (ct[ALLOC, CT_LOADS], ct[ALLOC, CT_STORES], ct[ALLOC, CT_LINES]) == (1, 2, 1)
+    zone, pcp = counts(ct[ZONE]), counts(ct[ALLOC])
+    assert zone.ops == 2 and zone.loads == 3
+    assert zone.chain_sum == 3 and zone.chain_max == 2     # 2 + 1
+    assert zone.lines == 3             # memdesc word, folio flags; page->flags
+    assert (pcp.loads, pcp.stores, pcp.lines) == (1, 2, 1)
 
 
 @pytest.fixture(scope="module")

@@ -75,11 +75,8 @@ medians of the per-repeat ratios (the stages of one repeat ran side by side).
 
 from __future__ import annotations
 
-import mmap
-import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,153 +84,35 @@ import numpy as np
 from numba import njit
 
 from memdesc.analysis import cycles
+from memdesc.analysis.native_memory import (  # noqa: F401 -- public names of this module
+    HEADROOM,
+    HUGE,
+    VMEMMAP_SPAN,
+    Layout,
+    StageMemory,
+    _align,
+    _Buffer,
+    _stage_memory,
+    check_memory,
+    huge_fraction,
+    mem_available,
+    translate,
+)
+from memdesc.analysis.native_result import (  # noqa: F401 -- public names of this module
+    INTERRUPT_FLOOR_NS,
+    WHAT,
+    NativeResult,
+    filter_interruptions,
+)
+from memdesc.analysis.native_sample import NCLS, RESERVE_OPS, _Sample, window_mask  # noqa: F401
 from memdesc.errors import MemdescError
 from memdesc.mm import access
 from memdesc.mm.access import KIND_DEP, KIND_PTR, KIND_STORE, OP_CLASSES, AccessStream
-from memdesc.mm.kmem import VMEMMAP_START
-from memdesc.stages import PAGE_SIZE, REFERENCE
 
-WHAT = ("native ns per operation: the recorded metadata accesses of each stage run on this "
-        "CPU against real RAM laid out like the stage's mem_map and descriptors; metadata "
-        "access cost on this CPU, not a kernel build")
-
-HUGE = 2 << 20
-#: x86-64 vmemmap region: 1 TiB from VMEMMAP_START [S: Documentation/arch/x86/x86_64/mm.rst]
-VMEMMAP_SPAN = 1 << 40
 DEFAULT_BUDGET = 2_000_000      # accesses kept per stage
 DEFAULT_WINDOW = 512            # operations per sampling window
-RESERVE_OPS = 64                # operations of each class kept outside the windows
 DEFAULT_CHUNK = 4096            # operations per measured chunk (a few ms)
 DEFAULT_LOG = 1 << 22           # accesses in the emulator's log between two drains
-#: RAM left to the rest of the machine when checking MemAvailable
-HEADROOM = 256 << 20
-#: an op's time this much over its median over the repeats is an interruption (see
-#: filter_interruptions())
-INTERRUPT_FLOOR_NS = 2000.0
-NCLS = len(OP_CLASSES)
-
-
-@dataclass(frozen=True)
-class StageMemory:
-    """What the measurement needs of a stage: its id and sizeof(struct page)."""
-
-    id: str
-    page_bytes: int
-
-
-def _stage_memory(s) -> StageMemory:
-    if isinstance(s, StageMemory):
-        return s
-    return StageMemory(s.id, int(s.struct_page_bytes))
-
-
-def _align(n: int, a: int = HUGE) -> int:
-    return (n + a - 1) // a * a
-
-
-def mem_available(meminfo: str | Path = "/proc/meminfo") -> int | None:
-    """MemAvailable in bytes, or None when /proc/meminfo cannot be read."""
-    try:
-        m = re.search(r"^MemAvailable:\s+(\d+) kB", Path(meminfo).read_text(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) * 1024 if m else None
-
-
-def check_memory(need: int, what: str, meminfo: str | Path = "/proc/meminfo") -> None:
-    """Refuse (one line, MemdescError) when ``need`` bytes plus HEADROOM exceed MemAvailable."""
-    avail = mem_available(meminfo)
-    if avail is not None and need + HEADROOM > avail:
-        raise MemdescError(
-            f"native timing needs {need / 2**20:,.0f} MiB of RAM for {what} but "
-            f"MemAvailable is {avail / 2**20:,.0f} MiB: measure fewer stages or free memory")
-
-
-# ---- sampling -------------------------------------------------------------------------------
-
-@dataclass
-class _Sample:
-    """The kept operations of one stage (positions in its op sequence) and their accesses."""
-
-    pos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    op_class: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
-    op_len: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    addr: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
-    rsv: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    seen: int = 0
-    ops_seen: np.ndarray = field(default_factory=lambda: np.zeros(NCLS, np.int64))
-    reserved: np.ndarray = field(default_factory=lambda: np.zeros(NCLS, np.int64))
-    accesses_seen: int = 0
-
-    def reserve(self, cls: np.ndarray) -> np.ndarray:
-        """The operations kept whatever the windows: the first RESERVE_OPS of each class (a
-        class too rare for the windows, e.g. trace-slab's three pcp drains, is measured)."""
-        out = np.zeros(len(cls), bool)
-        for c in np.unique(cls):
-            idx = np.flatnonzero(cls == c)[:max(0, RESERVE_OPS - int(self.reserved[c]))]
-            out[idx] = True
-            self.reserved[c] += len(idx)
-        return out
-
-    def append(self, pos, op_class, op_len, addr, kind, rsv) -> None:
-        self.rsv = np.concatenate([self.rsv, rsv])
-        self.pos = np.concatenate([self.pos, pos])
-        self.op_class = np.concatenate([self.op_class, op_class])
-        self.op_len = np.concatenate([self.op_len, op_len])
-        self.addr = np.concatenate([self.addr, addr])
-        self.kind = np.concatenate([self.kind, kind])
-
-    def keep(self, op_mask: np.ndarray) -> None:
-        """Keep the operations of ``op_mask`` and the reserved ones (reserve())."""
-        op_mask = op_mask | self.rsv
-        acc = np.repeat(op_mask, self.op_len)
-        self.rsv = self.rsv[op_mask]
-        self.pos, self.op_class = self.pos[op_mask], self.op_class[op_mask]
-        self.op_len = self.op_len[op_mask]
-        self.addr, self.kind = self.addr[acc], self.kind[acc]
-
-
-def window_mask(pos: np.ndarray, window: int, period: int) -> np.ndarray:
-    """Which operations (by position in the op sequence) lie in kept windows."""
-    return (pos // window) % period == 0
-
-
-# ---- address translation ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a stage's sampled addresses live in its buffer."""
-
-    vmemmap_bytes: int          # nr_pfns * sizeof(struct page)
-    compact_base: int           # byte offset of the compacted pages (2 MiB aligned)
-    pages: np.ndarray           # uint64: the compacted pages' addresses >> 12, sorted
-    total_bytes: int            # the mapping's size (2 MiB aligned)
-
-
-def translate(addr: np.ndarray, nr_pfns: int, page_bytes: int) -> tuple[np.ndarray, Layout]:
-    """Byte offsets in the stage's buffer of emulated kernel addresses (vectorised).
-
-    vmemmap addresses map to ``addr - VMEMMAP_START`` (an address past the stage's mem_map
-    is an error); every other address to ``compact_base + 4096 * rank(addr >> 12) +
-    (addr & 4095)`` where rank is the page's index among the distinct pages touched."""
-    addr = np.asarray(addr, np.uint64)
-    vm_bytes = int(nr_pfns) * int(page_bytes)
-    rel = addr - np.uint64(VMEMMAP_START)
-    in_vm_region = (addr >= np.uint64(VMEMMAP_START)) & (rel < np.uint64(VMEMMAP_SPAN))
-    bad = in_vm_region & (rel >= np.uint64(vm_bytes))
-    if bad.any():
-        a = int(addr[np.argmax(bad)])
-        raise ValueError(f"vmemmap address {a:#x} lies past the mem_map of {nr_pfns} PFNs "
-                         f"x {page_bytes} B")
-    other = ~in_vm_region
-    pages, rank = np.unique(addr[other] >> np.uint64(12), return_inverse=True)
-    base = _align(vm_bytes)
-    off = rel.astype(np.int64)
-    off[other] = (base + rank.astype(np.int64) * PAGE_SIZE
-                  + (addr[other] & np.uint64(PAGE_SIZE - 1)).astype(np.int64))
-    total = _align(base + len(pages) * PAGE_SIZE)
-    return off, Layout(vm_bytes, base, pages, max(total, HUGE))
 
 
 # ---- the compiled replay ---------------------------------------------------------------------
@@ -265,153 +144,6 @@ def run_ops(buf, widx, kind, op_first, lo, hi, out):
         out[op - lo] = t2 - t
         t = t2
     return csum
-
-
-def filter_interruptions(ns: np.ndarray, floor_ns: float = INTERRUPT_FLOOR_NS
-                         ) -> tuple[np.ndarray, int]:
-    """``ns`` [repeat, op]: each op's time in each repeat. A time over both 4x the op's
-    median over the repeats and that median + ``floor_ns`` is an interruption (a timer
-    interrupt, the process preempted: microseconds to milliseconds, where a cache or TLB
-    miss costs a few hundred ns) and is replaced by the median. Returns the filtered copy
-    and how many times were replaced."""
-    med = np.median(ns, axis=0)
-    bad = (ns > 4 * med) & (ns > med + floor_ns)
-    return np.where(bad, med, ns), int(bad.sum())
-
-
-class _Buffer:
-    """One stage's anonymous mapping (huge pages advised, every 4 KiB written once)."""
-
-    def __init__(self, nbytes: int):
-        self.map = mmap.mmap(-1, nbytes + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            self.map.madvise(mmap.MADV_HUGEPAGE)
-        raw = np.frombuffer(self.map, np.uint8)
-        start = (-raw.ctypes.data) % HUGE
-        self.bytes = raw[start:start + nbytes]
-        self.bytes[::PAGE_SIZE] = 0
-        self.words = self.bytes.view(np.uint64)
-
-    def huge_fraction(self) -> float | None:
-        """Share of the buffer backed by transparent huge pages (/proc/self/smaps)."""
-        lo = self.bytes.ctypes.data
-        return huge_fraction(lo, lo + self.bytes.nbytes)
-
-    def close(self) -> None:
-        del self.words, self.bytes
-        self.map.close()
-
-
-def huge_fraction(lo: int, hi: int, smaps: str = "/proc/self/smaps") -> float | None:
-    """AnonHugePages / size of the mapping holding [lo, hi), or None if unreadable."""
-    try:
-        text = Path(smaps).read_text()
-    except OSError:
-        return None
-    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
-        start, _, rest = block.partition("-")
-        end = rest.split(" ", 1)[0]
-        try:
-            s, e = int(start, 16), int(end, 16)
-        except ValueError:
-            continue
-        if s <= lo < e:
-            m = re.search(r"^AnonHugePages:\s+(\d+) kB", block, re.M)
-            return min(1.0, int(m.group(1)) * 1024 / (hi - lo)) if m else 0.0
-    return None
-
-
-# ---- result ----------------------------------------------------------------------------------
-
-@dataclass
-class NativeResult:
-    """Per stage and op class: net ns per operation of every repeat (NaN: no operations)."""
-
-    stages: list[str]
-    classes: list[str]
-    ns: np.ndarray              # float [stage, class, repeat]
-    floor_ns: np.ndarray        # the same ops with every access on one word (L1 hits)
-    ops: np.ndarray             # int64 [stage, class]: measured operations per repeat
-    ops_seen: np.ndarray        # int64 [stage, class]: operations in the whole stream
-    accesses: np.ndarray        # int64 [stage]: measured accesses per repeat
-    empty_ns: np.ndarray        # float [repeat]: the subtracted cost of an empty operation
-    ns_per_cycle: float
-    tsc_invariant: bool
-    memory_bytes: np.ndarray    # int64 [stage]: the mapping (vmemmap + compacted pages)
-    huge_fraction: list         # per stage: share backed by huge pages (None: unknown)
-    period: int
-    window: int
-    checksum: int
-    seconds: float
-    interrupted: int = 0        # op timings replaced as interruptions (filter_interruptions)
-    dropped_blocks: int = 0     # emulator blocks whose access log overflowed (ops missing)
-    what: str = WHAT
-    reference: str = REFERENCE
-
-    @property
-    def median(self) -> np.ndarray:
-        return _nanstat(np.nanmedian, self.ns)
-
-    @property
-    def floor(self) -> np.ndarray:
-        """[stage, class]: median over repeats of the floor run (every access an L1 hit)."""
-        return _nanstat(np.nanmedian, self.floor_ns)
-
-    @property
-    def lo(self) -> np.ndarray:
-        return _nanstat(np.nanmin, self.ns)
-
-    @property
-    def hi(self) -> np.ndarray:
-        return _nanstat(np.nanmax, self.ns)
-
-    def ratio(self) -> np.ndarray:
-        """[stage, class]: median over repeats of ns(stage) / ns(reference) of the same
-        repeat (NaN where the reference has no operations or a net cost <= 0)."""
-        r = self.stages.index(self.reference) if self.reference in self.stages else 0
-        ref = self.ns[r][None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            q = np.where(ref > 0, self.ns / ref, np.nan)
-        return _nanstat(np.nanmedian, q)
-
-    def total_ns(self) -> np.ndarray:
-        """[stage, repeat]: ns of the whole stream (every class's median ns x its count)."""
-        return np.nansum(self.ns * self.ops_seen[:, :, None], axis=1)
-
-    def summary(self) -> dict:
-        """JSON-ready: what was measured, how, and :meth:`rows`."""
-        return {"what": self.what, "reference": self.reference, "stages": self.stages,
-                "repeats": int(self.ns.shape[-1]), "tsc_invariant": self.tsc_invariant,
-                "ns_per_cycle": self.ns_per_cycle, "empty_op_ns": self.empty_ns.tolist(),
-                "interrupted_op_times": self.interrupted, "dropped_blocks": self.dropped_blocks,
-                "sample": {"window_ops": self.window, "period_windows": self.period,
-                           "accesses": self.accesses.tolist()},
-                "memory_bytes": self.memory_bytes.tolist(),
-                "huge_page_fraction": self.huge_fraction, "seconds": self.seconds,
-                "ops": self.rows()}
-
-    def rows(self) -> list[dict]:
-        """One dict per stage and class with operations (JSON-ready)."""
-        med, lo, hi, ratio = self.median, self.lo, self.hi, self.ratio()
-        floor = self.floor
-        out = []
-        for s, sid in enumerate(self.stages):
-            for c, name in enumerate(self.classes):
-                if self.ops[s, c] == 0:
-                    continue
-                out.append({"stage": sid, "op": name, "count": int(self.ops_seen[s, c]),
-                            "measured": int(self.ops[s, c]), "native_ns": float(med[s, c]),
-                            "ns_min": float(lo[s, c]), "ns_max": float(hi[s, c]),
-                            "floor_ns": float(floor[s, c]),
-                            "ratio": float(ratio[s, c])})
-        return out
-
-
-def _nanstat(fn, a: np.ndarray) -> np.ndarray:
-    out = np.full(a.shape[:-1], np.nan)
-    ok = ~np.all(np.isnan(a), axis=-1)
-    out[ok] = fn(a[ok], axis=-1)
-    return out
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -446,6 +178,14 @@ class _Prepared(NamedTuple):
     first: np.ndarray
     op_class: np.ndarray
     layout: Layout | None
+
+
+class _Repeat(NamedTuple):
+    """One repeat's times (NativeRun._repeat())."""
+
+    ns: list                    # per stage, then per stage's floor run: ns of every op
+    empty_ns: np.ndarray        # ns of the empty ops, every chunk
+    checksum: int
 
 
 class NativeRun:
@@ -560,8 +300,7 @@ class NativeRun:
 
     def _repeat(self, prepared, bufs, bounds, invariant, ns_per_cycle, r):
         """One repeat: per chunk, every stage, every stage's floor run (all its accesses on
-        word 0: L1 hits) and the empty op, in a rotating order. Returns (ns of every op of
-        every stage, then of every floor run, ns of the empty ops, checksum)."""
+        word 0: L1 hits) and the empty op, in a rotating order (a :class:`_Repeat`)."""
         n = len(self.stages)
         ns = [np.zeros(len(p.pos), np.float32) for p in prepared + prepared]
         zero = [np.zeros(len(p.widx), np.int64) for p in prepared]
@@ -589,17 +328,17 @@ class NativeRun:
                 # invariant TSC: one calibration; else this chunk's own wall clock
                 scale = ns_per_cycle if invariant else wall / max(float(got.sum()), 1.0)
                 dest[at:at + hi - lo] = got * scale
-        return ns, empty_ns, csum
+        return _Repeat(ns, empty_ns, csum)
 
     def _result(self, prepared, per, ns_per_cycle, invariant, huge, seconds) -> NativeResult:
         n, reps = len(self.stages), len(per)
-        empty = np.array([float(np.median(e)) for _, e, _ in per])
+        empty = np.array([float(np.median(p.empty_ns)) for p in per])
         ns = np.full((2 * n, NCLS, reps), np.nan)
         ops = np.zeros((n, NCLS), np.int64)
         interrupted = 0
         for s in range(2 * n):
             cls = prepared[s % n].op_class
-            times, bad = filter_interruptions(np.stack([t[s] for t, _, _ in per]).astype(float))
+            times, bad = filter_interruptions(np.stack([p.ns[s] for p in per]).astype(float))
             interrupted += bad if s < n else 0
             ops[s % n] = np.bincount(cls, minlength=NCLS)[:NCLS]
             for r in range(reps):
@@ -614,5 +353,5 @@ class NativeRun:
             ns_per_cycle=ns_per_cycle, tsc_invariant=invariant,
             memory_bytes=np.array([p.layout.total_bytes for p in prepared], np.int64),
             huge_fraction=huge, period=self.period, window=self.window,
-            checksum=int(sum(c for _, _, c in per)), seconds=seconds, interrupted=interrupted,
+            checksum=int(sum(p.checksum for p in per)), seconds=seconds, interrupted=interrupted,
             dropped_blocks=self.dropped_blocks)

@@ -48,6 +48,12 @@ from numba import njit
 from memdesc.analysis.replay_arena import _unbooted
 from memdesc.analysis.replay_loops import _placement_loop, _policy_loop
 from memdesc.analysis.replay_ops import OP_ALLOC, OP_FREE
+from memdesc.analysis.replay_pgtables import (
+    NO_TABLES,
+    side_table_op,
+    stage_tables,
+    table_payload,
+)
 from memdesc.analysis.replay_slab import borrow_ctx, empty_ctx, slab_op
 from memdesc.ingest.trace_events import EVENT_CODE, Trace
 from memdesc.mm.access import (
@@ -179,6 +185,11 @@ class Lookups(NamedTuple):
     index: np.ndarray       # int64: page index in the mapping, else -1
     va: np.ndarray          # uint64: virtual address (page faults), else 0
     mappings: np.ndarray    # uint64 [n, 2]: (dev, ino) of each mapping id
+    # the page tables' and xarrays' payload (replay_pgtables.table_payload()): common_pid
+    # of the row's event; a fault's PTE page (-1 none); a page-cache row's folio order
+    pid: np.ndarray | None = None
+    pte_pfn: np.ndarray | None = None
+    order: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.event)
@@ -380,10 +391,12 @@ def lookups_from_trace(tr: Trace) -> Lookups:
     unit, cls = unit[srt], cls[srt]
     e = u.event[unit]
     is_fault = np.isin(code[e], [EVENT_CODE["page_fault_user"], EVENT_CODE["page_fault_kernel"]])
-    return Lookups(e.astype(np.int64), cls, u.pfn[unit].astype(np.int64),
-                   u.sub[unit].astype(np.int64), u.mapping[unit].astype(np.int64),
-                   u.index[unit].astype(np.int64),
-                   np.where(is_fault, ev["address"][e], np.uint64(0)).astype(np.uint64), table)
+    lk = Lookups(e.astype(np.int64), cls, u.pfn[unit].astype(np.int64),
+                 u.sub[unit].astype(np.int64), u.mapping[unit].astype(np.int64),
+                 u.index[unit].astype(np.int64),
+                 np.where(is_fault, ev["address"][e], np.uint64(0)).astype(np.uint64), table)
+    # (not _replace(): __len__ is the number of rows, which namedtuple's _make checks)
+    return Lookups(*(getattr(lk, f) for f in Lookups._fields[:8]), **table_payload(tr, lk))
 
 
 def schedule(lk: Lookups | SideRows, op_event: np.ndarray) -> np.ndarray:
@@ -440,8 +453,9 @@ def replay_env(mm) -> tuple:
     return _unbooted(mm, PageContents(1, 1))
 
 
-#: the context slot of the page-table walks and page-cache lookups (``ctx[1]``): none yet
-NO_PT = (np.zeros(0, np.int64),)
+#: the context slot of the page-table walks and page-cache lookups (``ctx[1]``) without
+#: tables (replay_pgtables.ReplayTables.ctx with them)
+NO_PT = NO_TABLES
 
 
 @njit(cache=True)
@@ -459,14 +473,19 @@ def _side_op(E, AE, ctx, cls, pfn, sub, arg, npfn):
 
     * kmem_cache_alloc / kmem_cache_free: the slab operation of object ``arg`` in the arena
       (replay_slab.slab_op(): slab_alloc_node()/kmalloc(), slab_free()/kfree());
-    * pt_walk / pagecache_lookup: counted without accesses (the replay has no page tables and
-      no xarrays);
+    * pt_walk / pagecache_lookup: with the stage's tables (``ctx[1]``, replay_pgtables:
+      the pid's page tables and the mapping's xa_nodes in the arena ``AE``) the walk and the
+      lookup of the row's va / index (``arg``: the row in the Lookups); without them, or a
+      row without a table (a kernel address), counted without accesses;
     * the lookups of page ``pfn`` (memdesc.mm.access entry points); counted without accesses:
       an unknown page, folio_page() of a page in no folio (page_folio() NULL)."""
     S = E[E_S]
     if cls == OP_KMEM_ALLOC or cls == OP_KMEM_FREE:  # noqa: SIM109 (numba)
         slab_op(AE, ctx[0], cls, sub, arg)
-    elif cls == OP_CLASS_ID_PT_WALK or cls == OP_CLASS_ID_PAGECACHE or pfn < 0 or pfn >= npfn:  # noqa: SIM109
+    elif cls == OP_CLASS_ID_PT_WALK or cls == OP_CLASS_ID_PAGECACHE:  # noqa: SIM109
+        if not side_table_op(E, AE, ctx[1], cls, arg, pfn, npfn):
+            _no_access(S, cls)
+    elif pfn < 0 or pfn >= npfn:
         _no_access(S, cls)
     elif cls == OP_CLASS_ID_PAGE_ZONE:
         page_zone_e(E, pfn)
@@ -599,14 +618,15 @@ class ReplayLookups:
 class _StageLookups:
     """The side operations of one stage's replay, run between its operations
     (:func:`_run_due`). ``ctx`` = (slab context, ``pt``: the page-table/page-cache
-    context, NO_PT until those run with accesses)."""
+    context, replay_pgtables.stage_tables() built in the arena; NO_PT without one)."""
 
     def __init__(self, plan: ReplayLookups, mm, arena=None):
         self.plan, self.mm, self.k = plan, mm, 0
         self.E = arena.HE if arena is not None else replay_env(mm)
-        self.AE = arena.AE if arena is not None else self.E
         slab = arena.slab.ctx if arena is not None and arena.slab is not None else empty_ctx()
-        self.pt = NO_PT
+        tables = stage_tables(arena, plan.lookups, mm)  # before self.AE: may refresh it
+        self.AE = tables.E if tables is not None else arena.AE if arena is not None else self.E
+        self.pt = tables.ctx if tables is not None else NO_PT
         self.ctx = (slab, self.pt)
 
     def run(self, loop, lo: int, hi: int, mid: tuple, nxt: int, post: tuple,

@@ -44,18 +44,11 @@ from memdesc.analysis.replay_ops import (
 )
 from memdesc.mm import page_alloc as pa
 from memdesc.mm.free_tracking import (
-    buddy_order_of,
     clear_buddy,
     free_state,
-    list_add,
-    list_del,
-    mark_pcp,
     page_zone_index,
     prep_new_page,
-    px,
-    set_buddy_order,
     unmanaged,
-    zx,
 )
 from memdesc.mm.gfp import (
     MIGRATE_HIGHATOMIC,
@@ -63,78 +56,23 @@ from memdesc.mm.gfp import (
     MIGRATE_MOVABLE,
     MIGRATE_PCPTYPES,
 )
-from memdesc.mm.mmzone import MAX_PAGE_ORDER, NR_PAGE_ORDERS, pageblock_order
+from memdesc.mm.mmzone import NR_PAGE_ORDERS, pageblock_order
+from memdesc.mm.page_take import (
+    claim_whole_block,
+    free_head_of,
+    pcp_list_add,
+    pcp_list_del,
+    pcp_pages,
+    take_range,
+    zone_nr_free,
+)
 from memdesc.mm.vmstat import STAT_INTERVAL_NS, vmstat_update_until
 
-
-@njit(cache=True, nogil=True)
-def _release_outside(mem, S, gz, head, order, lo, hi, mt):
-    """Give back to the free lists the parts of the free block [head, head + 2^order) (already
-    off its list) outside [lo, hi), as buddy blocks. Generalises break_down_buddy_pages()
-    (mm/page_alloc.c, used by take_page_off_buddy()) to a target range."""
-    stack_p = np.empty(2 * (MAX_PAGE_ORDER + 1), np.int64)
-    stack_o = np.empty(2 * (MAX_PAGE_ORDER + 1), np.int64)
-    top = 0
-    stack_p[0] = head
-    stack_o[0] = order
-    top = 1
-    while top > 0:
-        top -= 1
-        p = stack_p[top]
-        o = stack_o[top]
-        end = p + (np.int64(1) << o)
-        if end <= lo or p >= hi:
-            pa.add_to_free_list(mem, S, p, gz, o, mt, False)
-            set_buddy_order(mem, S, p, o)
-            pa.account_freepages(S, gz, np.int64(1) << o, mt)
-        elif not (p >= lo and end <= hi):
-            half = np.int64(1) << (o - 1)
-            stack_p[top] = p
-            stack_o[top] = o - 1
-            stack_p[top + 1] = p + half
-            stack_o[top + 1] = o - 1
-            top += 2
-
-
-@njit(cache=True, nogil=True)
-def _free_head_of(mem, S, pfn):
-    """(head, order) of the free buddy block holding ``pfn``, or (-1, -1)."""
-    for o in range(NR_PAGE_ORDERS):
-        h = pfn & ~((np.int64(1) << o) - 1)
-        bo = buddy_order_of(mem, S, h)
-        if bo >= o:
-            return h, bo
-    return -1, -1
-
-
-@njit(cache=True, nogil=True)
-def take_range(mem, S, gz, pfn, order):
-    """Take [pfn, pfn + 2^order) off the buddy lists. Mirrors take_page_off_buddy() for a
-    block: the free block holding it is deleted and broken down around it
-    (break_down_buddy_pages()). Returns 2 when one free block held it all, 1 when it was
-    gathered from several (or only partly free), 0 when none of it was free."""
-    lo = pfn
-    hi = pfn + (np.int64(1) << order)
-    h, o = _free_head_of(mem, S, pfn)
-    if h >= 0 and h + (np.int64(1) << o) >= hi:
-        mt = pa.get_pfnblock_migratetype(S, h)
-        pa.del_page_from_free_list(mem, S, h, gz, o, mt)
-        _release_outside(mem, S, gz, h, o, lo, hi, mt)
-        return 2
-    got = 0
-    p = lo
-    while p < hi:
-        h, o = _free_head_of(mem, S, p)
-        if h < 0:
-            p += 1
-            continue
-        mt = pa.get_pfnblock_migratetype(S, h)
-        pa.del_page_from_free_list(mem, S, h, gz, o, mt)
-        _release_outside(mem, S, gz, h, o, lo, hi, mt)
-        got += 1
-        p = h + (np.int64(1) << o)
-    return 1 if got else 0
-
+#: the columns of ``mism`` [mismatch, column]: how many, the first and the last op index
+MISM_COUNT, MISM_FIRST, MISM_LAST = 0, 1, 2
+#: the slots of the policy loop's ``vm``: the next vmstat interval (trace clock ns, < 0:
+#: vmstat off), the pages decay_pcp_high() freed, the intervals run
+VM_NEXT, VM_FREED, VM_INTERVALS = 0, 1, 2
 
 
 # ---- unit accounting (both modes) ---------------------------------------------------------------
@@ -164,35 +102,24 @@ def _unit_drop(ucls, uord, units, p, o):
 @njit(cache=True, nogil=True)
 def _count(mism, slot, i):
     """Count a mismatch and keep the first and last op index where it happened."""
-    if mism[slot, 0] == 0:
-        mism[slot, 1] = i
-    mism[slot, 0] += 1
-    mism[slot, 2] = i
+    if mism[slot, MISM_COUNT] == 0:
+        mism[slot, MISM_FIRST] = i
+    mism[slot, MISM_COUNT] += 1
+    mism[slot, MISM_LAST] = i
 
 
 @njit(cache=True, nogil=True)
 def _pcp_unlink(mem, S, st, blk, pcpu, p):
     """Take block ``p`` off the pcp list it sits on (list_del + per_cpu_pages.count)."""
-    o = np.int64(blk[p])
-    gz = page_zone_index(mem, S, p)
-    list_del(mem, S, p, gz, o)
-    S[px(S, gz, pcpu[p]) + pa.P_COUNT] -= np.int64(1) << o
+    pcp_list_del(mem, S, p, np.int64(blk[p]), page_zone_index(mem, S, p), pcpu[p])
     st[p] = ST_NONE
 
 
 @njit(cache=True, nogil=True)
 def _pcp_link(mem, S, st, blk, pcpu, p, o, gz, cpu, mt, tail):
     """Put block ``p`` on ``cpu``'s pcp list for (mt, o) (rmqueue_bulk() adds at the tail,
-    free_frozen_page_commit() at the head)."""
-    if mt >= MIGRATE_PCPTYPES or mt < 0:
-        mt = MIGRATE_MOVABLE
-    h = pa.pcp_head(S, gz, cpu, pa.order_to_pindex(mt, o))
-    mark_pcp(mem, S, p)
-    if tail:
-        pa.list_add_tail(mem, S, p, h, gz, o)
-    else:
-        list_add(mem, S, p, h, gz, o)
-    S[px(S, gz, cpu) + pa.P_COUNT] += np.int64(1) << o
+    free_frozen_page_commit() at the head: memdesc.mm.page_take.pcp_list_add())."""
+    pcp_list_add(mem, S, p, o, gz, cpu, mt, tail)
     st[p] = ST_PCP
     blk[p] = o
     pcpu[p] = cpu
@@ -226,16 +153,10 @@ def _to_buddy(mem, S, p, o, gz):
 @njit(cache=True, nogil=True)
 def _sample(S, units, k, nr_free, pcp, units_s):
     """Free blocks per zone and order, pcp pages per zone and the unit counts, into slot k."""
-    nz = S[pa.C_NZ]
-    ncpu = S[pa.C_NCPU]
-    for gz in range(nz):
-        z = zx(S, gz)
+    for gz in range(S[pa.C_NZ]):
         for o in range(NR_PAGE_ORDERS):
-            nr_free[k, gz, o] = S[z + pa.Z_NRFREE + o]
-        c = 0
-        for cpu in range(ncpu):
-            c += S[px(S, gz, cpu) + pa.P_COUNT]
-        pcp[k, gz] = c
+            nr_free[k, gz, o] = zone_nr_free(S, gz, o)
+        pcp[k, gz] = pcp_pages(S, gz)
     units_s[k] = units
 
 
@@ -257,28 +178,10 @@ def _learn_mt(mem, S, gz, p, emt):
     pmt = pa.get_pfnblock_migratetype(S, p)
     if not (0 <= emt < MIGRATE_PCPTYPES) or pmt >= MIGRATE_PCPTYPES or emt == pmt:
         return False
-    h, o = _free_head_of(mem, S, p)
+    h, o = free_head_of(mem, S, p)
     if o > pageblock_order:
         return False
     return pa.move_freepages_block(mem, S, gz, p, pmt, emt) >= 0
-
-
-@njit(cache=True, nogil=True)
-def claim_whole_block(mem, S, gz, pfn, order, start_mt):
-    """Take [pfn, pfn + 2^order) from a free block of pageblock_order or more as
-    try_to_claim_block() does when it claims the whole block: the block leaves its list, its
-    pageblocks become ``start_mt`` (change_pageblock_range()) and the rest is expanded onto
-    the new type's lists. Smaller free blocks are taken as take_range() does."""
-    h, o = _free_head_of(mem, S, pfn)
-    if h < 0 or o < pageblock_order or not (0 <= start_mt < MIGRATE_PCPTYPES):
-        return take_range(mem, S, gz, pfn, order)
-    old = pa.get_pfnblock_migratetype(S, h)
-    if old >= MIGRATE_PCPTYPES:
-        return take_range(mem, S, gz, pfn, order)
-    pa.del_page_from_free_list(mem, S, h, gz, o, old)
-    pa.change_pageblock_range(S, h, o, start_mt)
-    _release_outside(mem, S, gz, h, o, pfn, pfn + (np.int64(1) << order), start_mt)
-    return 2
 
 
 @njit(cache=True, nogil=True)
@@ -401,12 +304,13 @@ def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies
                  managed, st, blk, ucls, uord, units, emu, mism, spos, snext, nr_free, pcp,
                  units_s, t, vm, HE, AE):
     """Replay only the requests (module docstring). ``emu[i]`` is the emulator's PFN for
-    alloc op ``i`` (-1: failed / not yet / freed). With ``vm[0] >= 0`` (the next vmstat
+    alloc op ``i`` (-1: failed / not yet / freed). With ``vm[VM_NEXT] >= 0`` (the next vmstat
     interval, trace clock ns) vmstat's periodic work runs as trace time passes
-    (memdesc.mm.vmstat: decay_pcp_high() on every CPU each second); ``vm[1]`` counts the
-    pages it freed, ``vm[2]`` the intervals. File/anon units are folios (folio_alloc() and
-    folio_put() of memdesc.analysis.replay_folios on ``HE``/``AE``), and so are the start
-    units replay_start_folios() made: their free by the trace is a folio_put()."""
+    (memdesc.mm.vmstat: decay_pcp_high() on every CPU each second); ``vm[VM_FREED]`` counts
+    the pages it freed, ``vm[VM_INTERVALS]`` the intervals. File/anon units are folios
+    (folio_alloc() and folio_put() of memdesc.analysis.replay_folios on ``HE``/``AE``), and
+    so are the start units replay_start_folios() made: their free by the trace is a
+    folio_put()."""
     mem, S = unmanaged(mem), unmanaged(S)
     ncpu = S[pa.C_NCPU]
     k = snext
@@ -414,11 +318,11 @@ def _policy_loop(mem, S, lo, hi, kind, pfn, order, cpu, gfp, cls, evidx, applies
         k = _samples_until(S, units, k, evidx[i], spos, nr_free, pcp, units_s)
         if not applies[i]:
             continue
-        if vm[0] >= 0 and t[i] >= vm[0]:
-            before = vm[0]
-            vm[0], freed = vmstat_update_until(mem, S, t[i], vm[0])
-            vm[1] += freed
-            vm[2] += (vm[0] - before) // STAT_INTERVAL_NS
+        if vm[VM_NEXT] >= 0 and t[i] >= vm[VM_NEXT]:
+            before = vm[VM_NEXT]
+            vm[VM_NEXT], freed = vmstat_update_until(mem, S, t[i], vm[VM_NEXT])
+            vm[VM_FREED] += freed
+            vm[VM_INTERVALS] += (vm[VM_NEXT] - before) // STAT_INTERVAL_NS
         op = kind[i]
         o = np.int64(order[i])
         if op == OP_ALLOC:

@@ -25,6 +25,8 @@ column               dtype    meaning                                           
 ===================  =======  =====================================================  ======
 time                 int64    ns of the trace clock (text: µs as printed, x1000)
 cpu                  int16    CPU that emitted the event
+pid                  int32    common_pid: the task the event ran in (text: TASK-PID   -1
+                              before [CPU]; raw: the record's common_pid); 0 idle
 event                int8     code above
 pfn                  int64    page events; from ``pfn=``, else from ``page=``         -1
                               (vmemmap_base 0xffffea0000000000 + 64*pfn); -1 for a

@@ -28,8 +28,8 @@ def fnv1a(data: bytes) -> int:
 (R_KIND, R_LINE, R_CPU, R_TIME, R_EV, R_PFN, R_ORDER, R_MT, R_GFP_H, R_GFP_S, R_GFP_E, R_PTR,
  R_NAME_H, R_NAME_S, R_NAME_E, R_CS_H, R_CS_S, R_CS_E, R_BREQ, R_BALLOC, R_REFILL, R_COUNT,
  R_TXT_S, R_TXT_E, R_PAGE, R_HAVE, R_ERR, R_SYS, R_DEV, R_INO, R_INDEX, R_LAST, R_LRU,
- R_LRU_FLAGS, R_ADDR, R_ERRCODE) = range(36)
-NROW = 36
+ R_LRU_FLAGS, R_ADDR, R_ERRCODE, R_PID) = range(37)
+NROW = 37
 K_EVENT, K_MARKER, K_LOST, K_OTHER, K_BAD = 1, 2, 3, 4, 5
 # Bits of R_HAVE: which key=value fields the line carried.
 (H_PFN, H_PAGE, H_ORDER, H_MT, H_GFP, H_PTR, H_NAME, H_CS, H_BREQ, H_BALLOC, H_REFILL, H_DEV,
@@ -161,6 +161,7 @@ def _parse_line(buf, p, e, row, ev_hashes, key_hashes, required):
     if cpu_s < 0:
         return _parse_loss(buf, p, e, row)
     row[R_CPU] = _num(buf, cpu_s, cpu_e, False)[0]
+    row[R_PID] = _pid_before(buf, p, cpu_s - 1)
     q = cpu_e + 1
     # Optional irq/preempt flags column, then the timestamp token "S.F:".
     for _ in range(2):
@@ -362,6 +363,30 @@ def _lookup_field(buf, vs, ve, k, row):
 
 
 @njit(cache=True)
+def _pid_before(buf, p, q):
+    """The PID of the task column ending before ``q`` (the [CPU] field's '['): ``TASK-PID``
+    (tracefs, trace-cmd; the comm may hold '-' and spaces: the PID is the digits after the
+    last '-'), ``TASK-PID (TGID)`` (the record-tgid option) or ``TASK PID`` (perf script).
+    -1 when there is none. The PID is the task's common_pid, which the raw records carry
+    (trace_output.c lat_print_generic()/trace_print_context(): "%16s-%-7d")."""
+    q -= 1
+    while q >= p and buf[q] == 32:
+        q -= 1
+    if q >= p and buf[q] == 41:                        # ')': skip "(TGID)"
+        while q >= p and buf[q] != 40:
+            q -= 1
+        q -= 1
+        while q >= p and buf[q] == 32:
+            q -= 1
+    e = q + 1
+    while q >= p and 48 <= buf[q] <= 57:
+        q -= 1
+    if q + 1 == e or q < p or (buf[q] != 45 and buf[q] != 32):
+        return -1
+    return _num(buf, q + 1, e, False)[0]
+
+
+@njit(cache=True)
 def _span_digits(buf, p, e):
     n = 0
     while p + n < e and 48 <= buf[p + n] <= 57:
@@ -429,7 +454,7 @@ def parse_block(buf, n, out, defaults, ev_hashes, key_hashes, required):
 
 ROW_DEFAULTS = np.zeros(NROW, dtype=np.int64)
 for _c in (R_CPU, R_EV, R_PFN, R_ORDER, R_MT, R_REFILL, R_BREQ, R_BALLOC, R_TIME, R_COUNT,
-           R_INDEX, R_LAST, R_LRU, R_LRU_FLAGS, R_ERRCODE):
+           R_INDEX, R_LAST, R_LRU, R_LRU_FLAGS, R_ERRCODE, R_PID):
     ROW_DEFAULTS[_c] = -1
 
 

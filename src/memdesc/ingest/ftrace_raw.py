@@ -44,12 +44,12 @@ from memdesc.ingest.trace_format import Formats, load_formats, print_flags_table
 # Field slots decoded from each record (index into the per-event offset tables).
 FIELDS = ("pfn", "order", "gfp_flags", "migratetype", "percpu_refill", "ptr", "call_site",
           "bytes_req", "bytes_alloc", "i_ino", "s_dev", "index", "last_index", "address", "lru",
-          "flags", "error_code", "name", "buf")
+          "flags", "error_code", "common_pid", "name", "buf")
 (F_PFN, F_ORDER, F_GFP, F_MT, F_REFILL, F_PTR, F_CS, F_BREQ, F_BALLOC, F_INO, F_DEV, F_INDEX,
- F_LAST, F_ADDR, F_LRU, F_FLAGS, F_ERR, F_NAME, F_BUF) = range(19)
+ F_LAST, F_ADDR, F_LRU, F_FLAGS, F_ERR, F_PID, F_NAME, F_BUF) = range(20)
 #: Value when an event has no such field (mm_page_free_batched's missing order is printed 0,
 #: set in RawTables).
-ABSENT = (-1, -1, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, -1, -1, -1, 0, 0)
+ABSENT = (-1, -1, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, -1, -1, -1, -1, 0, 0)
 #: The fields kept in the int64 rows of ``o_val`` (rows beyond ``o_val.shape[0]`` are not
 #: written: a trace without lookup events gets the first 5 rows only), and their columns.
 VAL_FIELDS = (F_PFN, F_PTR, F_CS, F_BREQ, F_BALLOC, F_INO, F_DEV, F_INDEX, F_LAST, F_ADDR,
@@ -109,8 +109,8 @@ def _keep_text(data, s, e, key, pool, ht, st):
 
 @njit(cache=True, nogil=True)
 def _walk(data, page_size, hp, eh, id2code, foff, fsize, fsign, need, absent, ct_off, ct_size,
-          fill, cpu, times, codes, dest, o_time, o_cpu, o_event, o_val, o_order, o_gfp, o_mt,
-          o_refill, o_key, pool, ht, st, m_span, lost, errs, others):
+          fill, cpu, times, codes, dest, o_time, o_cpu, o_pid, o_event, o_val, o_order, o_gfp,
+          o_mt, o_refill, o_key, pool, ht, st, m_span, lost, errs, others):
     """Walk every page of one CPU's file. Mirrors rb_update_read_stamp()/rb_event_length() in
     kernel/trace/ring_buffer.c.
 
@@ -236,6 +236,7 @@ def _walk(data, page_size, hp, eh, id2code, foff, fsize, fsign, need, absent, ct
                         else absent[code, f])
             o_time[d] = ts
             o_cpu[d] = cpu
+            o_pid[d] = v[F_PID]
             o_event[d] = code
             for r in range(o_val.shape[0]):
                 o_val[r, d] = v[VAL_FIELDS[r]]
@@ -451,6 +452,7 @@ def read_raw(folder: str | Path, formats: Formats | str | Path, *, lenient: bool
     others = np.zeros(len(tab.id2code) + 1, dtype=np.int64)
     # pass 1 leaves the output columns alone: empty ones of the same types (one compilation)
     z8, z16, z32 = np.empty(0, np.int8), np.empty(0, np.int16), np.empty(0, np.uint32)
+    zi32 = np.empty(0, np.int32)
     z64, z2, zu8 = np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty(0, np.uint8)
     times = {c: [] for c in cpus}
     codes = {c: [] for c in cpus}
@@ -479,8 +481,8 @@ def read_raw(folder: str | Path, formats: Formats | str | Path, *, lenient: bool
         bound = tab.bound(len(data))
         t, c = np.empty(bound, np.int64), np.empty(bound, np.int8)
         errs = np.zeros((20, 2), dtype=np.int64)
-        n, nl, nerr = _walk(*tab.args(data), False, cpu, t, c, z64, z64, z16, z8, z2, z8, z32,
-                            z8, z8, z64, zu8, z2, z64, z64, z2, errs, others)
+        n, nl, nerr = _walk(*tab.args(data), False, cpu, t, c, z64, z64, z16, zi32, z8, z2, z8,
+                            z32, z8, z8, z64, zu8, z2, z64, z64, z2, errs, others)
         where.extend(f"{path}: byte offset {off + int(o)}: {ERRORS.get(int(k), 'bad record')}"
                      for o, k in errs[:min(nerr, len(errs))])
         n_skipped += nerr
@@ -507,8 +509,8 @@ def read_raw(folder: str | Path, formats: Formats | str | Path, *, lenient: bool
     val = np.empty((len(VAL_FIELDS) if lookups else NVAL_KMEM, n_ev), np.int64)
     key = np.empty(n_ev, np.int64)
     lost_rows = {c: np.empty((nlost[c], 3), np.int64) for c in cpus}
-    cols = (ev["time"], ev["cpu"], ev["event"], val, ev["order"], ev["gfp"], ev["migratetype"],
-            ev["percpu_refill"], key)
+    cols = (ev["time"], ev["cpu"], ev["pid"], ev["event"], val, ev["order"], ev["gfp"],
+            ev["migratetype"], ev["percpu_refill"], key)
     texts = [_Texts(len(mrows)) for _ in range(FILL_THREADS)]
     if all(d is not None for _, _, d in kept):
         todo = iter(kept)

@@ -77,6 +77,7 @@ from memdesc.ingest.ftrace_lines import (
     R_ORDER,
     R_PAGE,
     R_PFN,
+    R_PID,
     R_PTR,
     R_REFILL,
     R_TIME,
@@ -192,6 +193,7 @@ def _columns(rows: np.ndarray, buf: np.ndarray, dec: _Decoder, line_of: Callable
     code = rows[:, R_EV]
     ev["time"][:] = rows[:, R_TIME]
     ev["cpu"][:] = rows[:, R_CPU]
+    ev["pid"][:] = rows[:, R_PID]
     ev["event"][:] = code
     have = rows[:, R_HAVE]
     pfn = np.where(have & H_PFN, rows[:, R_PFN], -1)

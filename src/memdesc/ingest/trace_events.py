@@ -55,6 +55,8 @@ MARKER = len(EVENT_NAMES)
 COLUMNS: dict[str, tuple[np.dtype, int]] = {
     "time": (np.dtype(np.int64), 0),
     "cpu": (np.dtype(np.int16), -1),
+    # common_pid of the event (the task it ran in; 0: the idle task, -1: the reader had none)
+    "pid": (np.dtype(np.int32), -1),
     "event": (np.dtype(np.int8), -1),
     "pfn": (np.dtype(np.int64), -1),
     "order": (np.dtype(np.int8), -1),

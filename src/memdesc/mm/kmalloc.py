@@ -30,7 +30,6 @@ from memdesc.mm.memdesc_alloc import (
 from memdesc.mm.page_alloc import set_memdesc_nb
 from memdesc.mm.slab import (
     _GCOMP,
-    _GROW,
     _OPS_FAILED,
     DONE,
     MISC_KMALLOC_LARGE,
@@ -42,7 +41,7 @@ from memdesc.mm.slab import (
 )
 from memdesc.mm.slab_common import KMALLOC_MAX_CACHE_SIZE
 from memdesc.mm.slub import (
-    _alloc_obj,
+    alloc_bulk_slot,
     kmem_cache_free_nb,
 )
 from memdesc.stages import PAGE_SIZE
@@ -88,11 +87,9 @@ def kmalloc_nb(E, kmc, size_index, sizes, gfpflags, nid, out, start):
                          np.uint32(PGTY_LARGE_KMALLOC << 24))
             out[i] = np.uint64(PAGE_OFFSET) + (np.uint64(pfn) << np.uint64(12))
             continue
-        c = kmc[_kmalloc_index_nb(size, size_index)]
-        obj = _alloc_obj(E, c, gfpflags, nid)
-        if obj == _GROW:
+        if not alloc_bulk_slot(E, kmc[_kmalloc_index_nb(size, size_index)], gfpflags, nid,
+                               out, i):
             return i, NEED_GROW
-        out[i] = obj
     return n, DONE
 
 

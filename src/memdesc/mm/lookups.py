@@ -13,9 +13,26 @@ one operation of its OP_CLASSES row, with the loads the stage's kernel does, in 
 * folio_page(): &folio->page + n at the overlay stages (no load), pfn_to_page(folio->pfn +
   n) after (one load).
 * a page-flag test: PF_HEAD policy, PageFoo(page) = test_bit(PG_foo, &page_folio(page)->flags).
-* pt_walk: follow_page_pte() of one address: the PGD, PUD, PMD and PTE entries (each a
-  pointer computed from the previous one), then page_folio() of the mapped page (its
-  address is computed from the PTE). A PMD-mapped page stops at the PMD.
+* pt_walk: follow_page_pte() of one address: the PGD, PUD and PMD entries (each a pointer
+  computed from the previous one), then pte_offset_map_lock() (include/linux/mm.h ->
+  __pte_offset_map_lock(), mm/pgtable-generic.c): pte_lockptr() = ptlock_ptr(page_ptdesc(
+  pmd_page(pmdval))) and spin_lock() of that ptdesc's ``ptl`` (split PTE ptlocks; on x86-64
+  without lockdep ALLOC_SPLIT_PTLOCKS is false, so the spinlock is embedded in the ptdesc:
+  ptl @40, mm/pgtable.py), the pmd_same() recheck of the PMD entry, the PTE entry, then
+  page_folio() of the mapped page (its address is computed from the PTE) and, at the end
+  (pte_unmap_unlock()), spin_unlock(). page_ptdesc() is a cast while ptdesc overlays struct
+  page (v6.18, folio: the lock is in the PTE table page's own struct page, ``private``'s
+  word) and the memdesc word of that page once ptdesc is separate (``ptdesc-first`` on: one
+  more dependent load, page -> memdesc word -> ptdesc). spin_lock() is queued_spin_lock()'s
+  LOCK CMPXCHG (a load and a store of the lock word), spin_unlock() a store; the lock word
+  is not changed in memory (lock and unlock cancel). A PMD-mapped page stops at the PMD:
+  follow_pmd_mask() takes pmd_lock() instead, the ptlock of the PMD table's ptdesc
+  (pmd_ptdesc(), split PMD ptlocks), and rereads the entry under it.
+  Departure [I]: the chain counts ordering, not only addresses: the x86 locked instruction
+  orders every later load after it, so the recheck and the PTE load (and what follows from
+  them) are counted as dependent on the lock word's load (chain: PGD 1, PUD 2, PMD 3,
+  [memdesc word 4,] ptl 4|5, PTE 5|6, page 6|7). The kernel's address dependence alone
+  would give the PTE 4; in time the PTE load waits for the lock.
 * pagecache_lookup: filemap_get_folio(): xa_load() from mapping->i_pages.xa_head down the
   xa_nodes to the entry, folio_try_get() and the reader's folio_put() (loads and stores of
   _refcount, dependent), and the reader's folio->index and folio->mapping checks.
@@ -33,6 +50,7 @@ from memdesc.mm.access_core import (
     ADDRNODE,
     KIND_DEP,
     KIND_PTR,
+    KIND_STORE,
     NONODE,
     OP_FOLIO_PAGE,
     OP_PAGE_FLAG,
@@ -72,6 +90,7 @@ from memdesc.mm.kmem import (
     TAG_FILE,
     VMEMMAP_START,
     content_tag,
+    kread,
 )
 from memdesc.mm.memdesc_alloc import (
     E_DATA,
@@ -80,12 +99,22 @@ from memdesc.mm.memdesc_alloc import (
     E_SLOT,
     E_SP,
     E_TAGS,
+    SP_MEMDESC_OFF,
     SP_PAGE_BYTES,
+    SP_T_PGTABLE,
     borrow,
+    desc_separate,
 )
 from memdesc.mm.mm_types import NODES_PGSHIFT, ZONES_PGSHIFT
 from memdesc.mm.mmzone import NR_ZONES
-from memdesc.mm.pgtable import PGDIR_SHIFT, PMD_SHIFT, PTE_PFN_MASK, PTRS_PER_TABLE, PUD_SHIFT
+from memdesc.mm.pgtable import (
+    PGDIR_SHIFT,
+    PMD_SHIFT,
+    PT_PTL,
+    PTE_PFN_MASK,
+    PTRS_PER_TABLE,
+    PUD_SHIFT,
+)
 
 _PSE = np.uint64(1 << 7)
 _DM = np.uint64(PAGE_OFFSET)
@@ -223,46 +252,100 @@ def _entry(E, table, idx):
 @njit(cache=True)
 def _count_entry(E, table, idx, level, page):
     """Count the load of entry ``idx`` of ``table``: a pointer, dependent on the previous
-    level's entry; the last one names the struct page ``page`` (pfn_to_page(pte_pfn()))."""
+    level's entry (or on the lock: see the module doc); the last one names the struct page
+    ``page`` (pfn_to_page(pte_pfn()))."""
     a = _DM + (np.uint64(table) << np.uint64(12)) + np.uint64(8 * idx)
     acc(E[E_S], a, KIND_PTR | (KIND_DEP if level > 1 else 0), NONODE, page)
 
 
 @njit(cache=True)
+def ptlock_addr(E, table):
+    """ptlock_ptr(page_ptdesc(pfn_to_page(table))): the address of the split ptlock of page
+    table page ``table``, ``&ptdesc->ptl`` (ALLOC_SPLIT_PTLOCKS false: embedded). Counts
+    page_ptdesc()'s load of the memdesc word when ptdesc is separate (a pointer, dependent on
+    the PMD entry that named the page); overlaying it is a cast of the struct page."""
+    sp = E[E_SP]
+    page = _VM + np.uint64(table) * np.uint64(sp[SP_PAGE_BYTES])
+    if not desc_separate(E, sp[SP_T_PGTABLE]):
+        return page + np.uint64(PT_PTL)
+    a = page + np.uint64(sp[SP_MEMDESC_OFF])
+    pt = kread(E[E_MEM], E[E_DATA], E[E_SLOT], a) & ~np.uint64(15)
+    acc(E[E_S], a, KIND_PTR | KIND_DEP, NONODE, NONODE)
+    return pt + np.uint64(PT_PTL)
+
+
+@njit(cache=True)
+def _spin_lock(E, table):
+    """spin_lock(ptlock_ptr(...)) of table page ``table``: queued_spin_lock()'s LOCK CMPXCHG,
+    a load (dependent on where the lock is; later loads wait for it) and a store."""
+    ptl = ptlock_addr(E, table)
+    S = E[E_S]
+    acc(S, ptl, KIND_PTR | KIND_DEP, NONODE, NONODE)
+    acc(S, ptl, KIND_STORE, NONODE, NONODE)
+    return ptl
+
+
+@njit(cache=True)
 def _walk_pfn(E, pgd_pfn, va):
-    """follow_page_pte()'s walk: the PFN mapped at ``va`` or -1 (counted entries)."""
+    """follow_page_pte()'s walk (follow_pmd_mask() for a huge PMD): (the PFN mapped at
+    ``va`` or -1, the address of the ptlock taken or 0), counted as the module doc says."""
     table = pgd_pfn
     shifts = (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT, 12)
     size = np.uint64(E[E_SP][SP_PAGE_BYTES])
+    S = E[E_S]
+    ptl = np.uint64(0)
+    pmd_at = np.uint64(0)
     for level in range(1, 5):
         idx = np.int64((va >> np.uint64(shifts[level - 1])) & np.uint64(511))
+        if level == 4:                    # pte_offset_map_lock(): the PTE table's ptlock,
+            ptl = _spin_lock(E, table)    # then pmd_same(pmdval, pmdp_get_lockless(pmd))
+            acc(S, pmd_at, KIND_DEP, NONODE, NONODE)
         e = _entry(E, table, idx)
         base = np.int64((e & np.uint64(PTE_PFN_MASK)) >> np.uint64(12))
-        last = level == 4 or (level == 3 and e & _PSE != 0)
+        huge = level == 3 and e & _PSE != 0
+        last = level == 4 or huge
         pfn = base
-        if level == 3 and last:
+        if huge:
             pfn = base + np.int64((va >> np.uint64(12)) & np.uint64(PTRS_PER_TABLE - 1))
         page = np.int64(_VM + np.uint64(pfn) * size) if last and e != 0 else NONODE
-        _count_entry(E, table, idx, level, page)
+        _count_entry(E, table, idx, level, NONODE if huge else page)
         if e == 0:
-            return np.int64(-1)
+            return np.int64(-1), ptl
+        if huge:                          # follow_pmd_mask(): pmd_lock(), pmdval = *pmd
+            ptl = _spin_lock(E, table)
+            acc(S, _DM + (np.uint64(table) << np.uint64(12)) + np.uint64(8 * idx),
+                KIND_PTR | KIND_DEP, NONODE, page)
         if last:
-            return pfn
+            return pfn, ptl
+        pmd_at = _DM + (np.uint64(table) << np.uint64(12)) + np.uint64(8 * idx)
         table = base
-    return np.int64(-1)
+    return np.int64(-1), ptl
+
+
+@njit(cache=True)
+def pt_walk_te(TE, HE, pgd_pfn, va):
+    """Mirrors follow_page_pte() (mm/gup.c) with pte_offset_map_lock() and
+    pte_unmap_unlock(): (PFN mapped at ``va`` or -1, its folio or 0). The page tables (their
+    pages, entries and ptdescs) are in ``TE``'s memory, the mapped page in ``HE``'s mem_map
+    (the replay's arena and replayed memory: analysis/replay_pgtables.py; the same tuple in
+    a scenario). A PFN outside ``HE``'s memory gets no page_folio(). Both state arrays must
+    record into the same accounting block."""
+    S = HE[E_S]
+    op_begin(S, OP_PT_WALK)
+    pfn, ptl = _walk_pfn(TE, pgd_pfn, va)
+    folio = np.uint64(0)
+    if 0 <= pfn < HE[E_MEM].shape[0] // S[C_W]:
+        folio = page_folio(HE, pfn)      # its struct page's address came from the PTE
+    if ptl != 0:
+        acc(TE[E_S], ptl, KIND_STORE, NONODE, NONODE)     # spin_unlock()
+    op_end(S)
+    return pfn, folio
 
 
 @njit(cache=True)
 def pt_walk_e(E, pgd_pfn, va):
-    """Mirrors follow_page_pte(): (PFN mapped at ``va`` or -1, its folio or 0)."""
-    S = E[E_S]
-    op_begin(S, OP_PT_WALK)
-    pfn = _walk_pfn(E, pgd_pfn, va)
-    folio = np.uint64(0)
-    if pfn >= 0:
-        folio = page_folio(E, pfn)       # its struct page's address came from the PTE
-    op_end(S)
-    return pfn, folio
+    """pt_walk_te() with the tables and the pages in one kernel's memory."""
+    return pt_walk_te(E, E, pgd_pfn, va)
 
 
 @njit(cache=True)
@@ -274,12 +357,14 @@ def _xa_height(size):
 
 
 @njit(cache=True)
-def pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, order):
-    """Mirrors filemap_get_folio(mapping, idx) (see the module doc): the folio or 0."""
+def pagecache_lookup_at_e(E, xa_nodes, size, mapping, idx, order, f):
+    """Mirrors filemap_get_folio(mapping, idx) (see the module doc) in an xarray of ``size``
+    indices whose nodes are ``xa_nodes``, its entry at ``idx`` folio ``f`` (0: none, or a
+    folio the caller does not know: no reference taken) of 2^``order`` pages."""
     S = E[E_S]
     op_begin(S, OP_PAGECACHE)
     acc(S, mapping + np.uint64(XA_HEAD_OFF), KIND_PTR, NONODE, NONODE)
-    h = _xa_height(index_map.shape[0])
+    h = _xa_height(size)
     nn = xa_nodes.shape[0]
     for level in range(h - 1, order // XA_CHUNK_SHIFT - 1, -1):
         if nn == 0:
@@ -289,13 +374,19 @@ def pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, order):
                                  % np.uint64(nn))]
         off = (idx >> (XA_CHUNK_SHIFT * level)) & 63
         acc(S, node + np.uint64(XA_SLOTS_OFF + 8 * off), KIND_PTR | KIND_DEP, NONODE,
-            np.int64(index_map[idx]) if level == order // XA_CHUNK_SHIFT else NONODE)
-    f = index_map[idx]
+            np.int64(f) if level == order // XA_CHUNK_SHIFT else NONODE)
     if f != 0:
         fset32(E, f, F_REFCOUNT, fget32(E, f, F_REFCOUNT) + 1)     # folio_try_get()
         fset32(E, f, F_REFCOUNT, fget32(E, f, F_REFCOUNT) - 1)     # the reader's folio_put()
     op_end(S)
     return f
+
+
+@njit(cache=True)
+def pagecache_lookup_e(E, index_map, xa_nodes, mapping, idx, order):
+    """Mirrors filemap_get_folio(mapping, idx) (see the module doc): the folio or 0."""
+    return pagecache_lookup_at_e(E, xa_nodes, index_map.shape[0], mapping, idx, order,
+                                 index_map[idx])
 
 
 @njit(cache=True)

@@ -291,6 +291,9 @@ PMD_HUGE_PTE = 16
 PT_PFN = 24
 PT_ORDER = 44
 PT_PAGE_TYPE = 48
+#: ptdesc->ptl: the split ptlock, embedded (ALLOC_SPLIT_PTLOCKS false on x86-64 without
+#: lockdep: sizeof(spinlock_t) 4 <= sizeof(long)) [S: include/linux/mm_types.h, mm.h]
+PT_PTL = 40
 PGTY_TABLE = 0xF2
 #: GFP_PGTABLE_USER = GFP_KERNEL_ACCOUNT | __GFP_ZERO [S: include/asm-generic/pgalloc.h].
 GFP_PGTABLE_USER = _gfp.GFP_KERNEL_ACCOUNT | _gfp.__GFP_ZERO
@@ -328,7 +331,7 @@ def pagetable_alloc_nb(E, gfpflags, order, nid):
     m, d, s = E[E_MEM], E[E_DATA], E[E_SLOT]
     if not desc_separate(E, sp[SP_T_PGTABLE]):
         # pmd_ptlock_init(): pmd_huge_pte = NULL; pt_index and the split ptl cleared
-        for off in (PMD_HUGE_PTE, 32, 40):
+        for off in (PMD_HUGE_PTE, 32, PT_PTL):
             kwrite(m, d, s, pt + np.uint64(off), np.uint64(0))
     kwrite32(m, d, s, pt + np.uint64(PT_PAGE_TYPE), np.uint32(PGTY_TABLE << 24))
     if not sp[SP_DYNAMIC]:
@@ -429,3 +432,22 @@ def ensure_tables(E, pgd_pfn, va, depth, nid):
             parent = np.int64((e & np.uint64(PTE_PFN_MASK)) >> np.uint64(PAGE_SHIFT))
         w = _entry_word(slot, parent, (va >> shifts[missing - 1]) & (PTRS_PER_TABLE - 1))
         data[w] = (np.uint64(new) << np.uint64(PAGE_SHIFT)) | np.uint64(_PAGE_TABLE)
+
+
+@njit(cache=True)
+def set_ptes_kernel(slot_of_pfn, data, pgds, vas, pfns):
+    """Write PTE_ANON entries mapping ``pfns[i]`` at ``vas[i]`` in the tables of ``pgds[i]``
+    (the PTE tables must exist: ensure_tables()); a negative pgd or pfn is skipped. Mirrors
+    the set_pte_at() that ends do_anonymous_page()/finish_fault() (no rmap, no counters).
+    Returns the number of entries written."""
+    n = 0
+    for i in range(pgds.shape[0]):
+        if pgds[i] < 0 or pfns[i] < 0:
+            continue
+        table, missing = _walk(slot_of_pfn, data, pgds[i], vas[i], LEVEL_PTE)
+        if missing:
+            continue
+        w = _entry_word(slot_of_pfn, table, (vas[i] >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1))
+        data[w] = (np.uint64(pfns[i]) << np.uint64(PAGE_SHIFT)) | np.uint64(PTE_ANON)
+        n += 1
+    return n

@@ -447,16 +447,28 @@ def _kmem_cache_free_one(E, obj):
 
 
 @njit(cache=True)
+def alloc_bulk_slot(E, c, gfpflags, nid, out, i):
+    """One slot of a bulk allocation: out[i] = an object of cache ``c`` (0 if it failed).
+    Mirrors the body of __kmem_cache_alloc_bulk()'s loop (``p[i] = ...`` in mm/slub.c),
+    shared by kmem_cache_alloc_nb() and memdesc.mm.kmalloc's kmalloc_nb(). Returns False,
+    leaving out[i] unset, when the cache must grow first (the caller returns NEED_GROW at i
+    and is called again from i)."""
+    obj = _alloc_obj(E, c, gfpflags, nid)
+    if obj == _GROW:
+        return False
+    out[i] = obj
+    return True
+
+
+@njit(cache=True)
 def kmem_cache_alloc_nb(E, c, gfpflags, nid, out, start):
     """kmem_cache_alloc() for out[start:] (0 where an allocation failed; the next call is
     independent, as separate kernel calls are). Returns (next index, DONE | NEED_GROW)."""
     E = borrow(E)
     n = out.shape[0]
     for i in range(start, n):
-        obj = _alloc_obj(E, c, gfpflags, nid)
-        if obj == _GROW:
+        if not alloc_bulk_slot(E, c, gfpflags, nid, out, i):
             return i, NEED_GROW
-        out[i] = obj
     return n, DONE
 
 

@@ -7,13 +7,12 @@ from typing import Any
 
 from rich.console import Console
 
+from memdesc.report.answer_tables import print_answer_then_tables
 from memdesc.report.console import (
     NBSP,
     Column,
     fit_table,
-    make_console,
     percent_text,
-    print_lines,
     qty,
     size_text,
 )
@@ -147,15 +146,12 @@ def divergence_lines(doc: dict[str, Any]) -> list[str]:
 
 def render(doc: dict[str, Any], console: Console | None = None, brief: bool = False) -> None:
     """Print the answer, then (unless ``brief``) the fitted table and the divergences."""
-    con = console or make_console()
-    print_lines(answer_lines(doc), con)
-    if brief:
-        return
-    con.print()
-    con.print(fit_table(COLUMNS, table_rows(doc), con.width,
-                        title="Metadata per stage after the last step (model: the survey's "
-                              "cost model)"))
-    print_lines(divergence_lines(doc), con)
+    print_answer_then_tables(
+        answer_lines(doc),
+        lambda width: [fit_table(COLUMNS, table_rows(doc), width,
+                                 title="Metadata per stage after the last step (model: the "
+                                       "survey's cost model)")],
+        lambda: divergence_lines(doc), console, brief)
 
 
 # ---- plot -----------------------------------------------------------------------------------

@@ -11,12 +11,11 @@ from typing import Any
 
 from rich.console import Console
 
+from memdesc.report.answer_tables import print_answer_then_tables
 from memdesc.report.console import (
     Column,
     fit_table,
-    make_console,
     percent_text,
-    print_lines,
 )
 
 #: the operation the answer names first when the workload has it (issue 9's example)
@@ -187,15 +186,10 @@ def detail_lines(doc: dict[str, Any]) -> list[str]:
 
 def render(doc: dict[str, Any], console: Console | None = None, brief: bool = False) -> None:
     """Print the answer, then (unless ``brief``) the tables and notes."""
-    con = console or make_console()
-    print_lines(answer_lines(doc), con)
-    if brief:
-        return
-    con.print()
-    con.print(totals_table(doc, con.width))
-    for t in op_tables(doc, con.width):
-        con.print(t)
-    print_lines(detail_lines(doc), con)
+    print_answer_then_tables(
+        answer_lines(doc),
+        lambda width: [totals_table(doc, width), *op_tables(doc, width)],
+        lambda: detail_lines(doc), console, brief)
 
 
 def doc_json(doc: dict[str, Any]) -> bytes:
