@@ -14,7 +14,7 @@ import pytest
 from conftest import fixture_dir
 from memdesc.analysis import replay as rp
 from memdesc.analysis.replay_arena import StageArena
-from memdesc.analysis.replay_lookups import NO_PT, SideRows, _run_due
+from memdesc.analysis.replay_side import NO_PT, SideRows, _run_due
 from memdesc.analysis.replay_slab import pair_slab_events, slab_plan
 from memdesc.ingest.ftrace import read_trace
 from memdesc.mm import access

@@ -82,7 +82,7 @@ from memdesc.analysis.replay_folios import (
     replay_start_folios,
     start_folio_units,
 )
-from memdesc.analysis.replay_lookups import ReplayLookups, SideRows, lookups_from_trace
+from memdesc.analysis.replay_lookups import lookups_from_trace
 from memdesc.analysis.replay_loops import (
     _placement_loop,
     _policy_loop,
@@ -116,6 +116,7 @@ from memdesc.analysis.replay_results import (  # noqa: F401 (the replay's public
     stage_series,
     zone_names,
 )
+from memdesc.analysis.replay_side import ReplayLookups, SideRows
 from memdesc.analysis.replay_slab import SlabPlan, slab_plan
 from memdesc.analysis.replay_snapshot import (  # noqa: F401 (the replay's public names)
     SnapshotStart,
@@ -476,7 +477,7 @@ def _slab_plan(inp: ReplayInput) -> SlabPlan | None:
 
 def _side_ops(inp: ReplayInput) -> ReplayLookups | None:
     """The side operations of an accounted replay: the lookups and the slab operations
-    (replay_lookups.ReplayLookups), None without either; computed once."""
+    (replay_side.ReplayLookups), None without either; computed once."""
     if "side_ops" not in inp.cache:
         plan = _slab_plan(inp)
         inp.cache["side_ops"] = inp.lookups if plan is None else ReplayLookups(

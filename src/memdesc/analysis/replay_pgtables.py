@@ -42,7 +42,7 @@ Kernel of their own at the stage, TABLES_ARENA), before accounting starts (not c
 
 :class:`ReplayTables` holds them and gives each lookup row its payload (pgd, mapping,
 order); :func:`side_table_op` runs one row (the replay's dispatcher,
-replay_lookups._side_op, calls it).
+replay_side._side_op, calls it).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 ``kmem:kmem_cache_alloc`` / ``kmem_cache_free`` / ``kmalloc`` / ``kfree`` of a ``--slab``
 recording run through the emulated SLUB of the stage's kernel-memory arena
 (memdesc.analysis.replay_arena), in trace order, between the replay's allocator operations
-(the side operations of memdesc.analysis.replay_lookups).
+(the side operations of memdesc.analysis.replay_side).
 
 What each event becomes (mm/slub.c of Linux 6.18):
 
@@ -64,7 +64,7 @@ NR_SL = 3
 _U0 = np.uint64(0)
 
 
-# ---- the operation (numba; called by replay_lookups' side-operation dispatcher) -----------------
+# ---- the operation (numba; called by replay_side's side-operation dispatcher) -----------------
 
 @njit(cache=True)
 def slab_op(AE, sl, cls, sub, obj):
@@ -165,7 +165,7 @@ class SlabPlan:
     counts: dict[str, int] = field(default_factory=dict)
 
     def rows(self) -> tuple[np.ndarray, ...]:
-        """(event, op class, pfn, sub, arg) of replay_lookups.SideRows: pfn -1, arg the
+        """(event, op class, pfn, sub, arg) of replay_side.SideRows: pfn -1, arg the
         object id."""
         return (self.event, self.op_class.astype(np.int64), np.full(len(self.event), -1,
                                                                       np.int64),
