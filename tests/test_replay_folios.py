@@ -79,6 +79,19 @@ def _live_at_end(inp: rp.ReplayInput, run: rp.StageRun) -> tuple[int, int]:
     return n + sn, pages + spages
 
 
+def page_zone_counts(mm, pfns) -> tuple[int, int, int]:
+    """page_zone() of each of ``pfns`` with access accounting on: (operations, loads, longest
+    dependent chain); the zones must equal page_zone_index()'s (the uncounted reading)."""
+    zones = [page_zone_index(mm.mem, mm.S, int(p)) for p in pfns]
+    access.enable(mm, 0)
+    try:
+        assert [page_zone_ms(mm.mem, mm.S, int(p)) for p in pfns] == zones
+        c = access.counters(mm)[OP_CLASS_ID["page_zone"]]
+    finally:
+        access.disable(mm)
+    return int(c[CT_OPS]), int(c[CT_LOADS]), int(c[CT_CHAIN_MAX])
+
+
 def test_observables_identical_with_folios(runs):
     _, r = runs
     a = r["v6.18"]
@@ -140,11 +153,4 @@ def test_page_zone_of_a_replayed_folio_page(runs, stage, chain):
         md = mm.mem[int(memdesc_slot(mm.S))::w][:mm.nr_pfns]
         pfns = np.flatnonzero((md & np.uint64(15)) == type_code(mm.stage, "File"))[:50]
     assert len(pfns) == 50
-    zones = [page_zone_index(mm.mem, mm.S, int(p)) for p in pfns]
-    access.enable(mm, 0)
-    try:
-        assert [page_zone_ms(mm.mem, mm.S, int(p)) for p in pfns] == zones
-        c = access.counters(mm)[OP_CLASS_ID["page_zone"]]
-    finally:
-        access.disable(mm)
-    assert (c[CT_OPS], c[CT_LOADS], c[CT_CHAIN_MAX]) == (50, 50 * chain, chain)
+    assert page_zone_counts(mm, pfns) == (50, 50 * chain, chain)

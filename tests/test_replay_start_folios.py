@@ -22,19 +22,17 @@ from memdesc.analysis.replay_folios import (
     replay_start_folios,
 )
 from memdesc.ingest.ftrace import read_trace
-from memdesc.mm import access
 from memdesc.mm import page_alloc as pa
-from memdesc.mm.access import CT_CHAIN_MAX, CT_LOADS, CT_OPS, OP_CLASS_ID
 from memdesc.mm.buddy import prep_move_freepages_block
 from memdesc.mm.folio import F_FLAGS, fget, folio_order, folio_pfn, folio_ref_count, page_folio
 from memdesc.mm.free_tracking import memdesc_slot, page_is_movable, page_zone_index
 from memdesc.mm.ft_common import C_F_FLAGS, C_F_LINK, C_W
 from memdesc.mm.gfp import GFP_HIGHUSER_MOVABLE
 from memdesc.mm.kmem import VMEMMAP_START
-from memdesc.mm.lookups import page_zone_ms
 from memdesc.mm.mm_types import PG_lru
 from memdesc.mm.mmzone import pageblock_order
 from memdesc.stages import EMULATED_STAGE_IDS, get_stage, tracking_variants, type_code
+from test_replay_folios import page_zone_counts
 
 #: every stage and free-page tracking variant the replay runs (derived from the registry)
 REPLAYED = list(dict.fromkeys([*EMULATED_STAGE_IDS, *tracking_variants()]))
@@ -166,14 +164,7 @@ def test_start_file_unit_at_page16_points_to_its_descriptor(inp):
         descs.add(int(d))
     assert len(descs) == made == folios.live_descriptors()
     pfns = heads[:50]
-    zones = [page_zone_index(mm.mem, mm.S, int(p)) for p in pfns]
-    access.enable(mm, 0)
-    try:
-        assert [page_zone_ms(mm.mem, mm.S, int(p)) for p in pfns] == zones
-        c = access.counters(mm)[OP_CLASS_ID["page_zone"]]
-    finally:
-        access.disable(mm)
-    assert (c[CT_OPS], c[CT_LOADS], c[CT_CHAIN_MAX]) == (50, 100, 2)
+    assert page_zone_counts(mm, pfns) == (50, 100, 2)
 
 
 
