@@ -221,6 +221,23 @@ def test_disable_and_drain_errors(machine):
     assert not access.enabled(mm)
 
 
+def test_share_accounting_records_one_kernel_into_another(machine):
+    """share_accounting(dst, src): dst's allocation counts in src's counters (dst has none
+    of its own); src's accounting off turns dst's off too."""
+    src = pa.MemMap(machine, "v6.18", debug=False)
+    dst = pa.MemMap(machine, "v6.18", debug=False)
+    access.enable(src)
+    access.share_accounting(dst, src)
+    assert access.enabled(dst)
+    pa.alloc_pages(dst, GFP_KERNEL, 0)
+    assert counts(access.counters(src)[OP_CLASS_ID["alloc_pages.refill"]]).ops == 1
+    with pytest.raises(ValueError, match="not enabled"):
+        access.counters(dst)
+    access.disable(src)
+    access.share_accounting(dst, src)
+    assert not access.enabled(dst)
+
+
 def test_full_log_keeps_whole_operations(machine):
     """A log too small for an operation drops it whole (and every later one until the next
     drain), says so, and the counters still count them."""

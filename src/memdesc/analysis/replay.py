@@ -84,6 +84,12 @@ from memdesc.analysis.replay_folios import (
 )
 from memdesc.analysis.replay_lookups import lookups_from_trace
 from memdesc.analysis.replay_loops import (
+    MISM_COUNT,
+    MISM_FIRST,
+    MISM_LAST,
+    VM_FREED,
+    VM_INTERVALS,
+    VM_NEXT,
     _placement_loop,
     _policy_loop,
     _policy_release_pcp,
@@ -134,7 +140,7 @@ from memdesc.mm import page_alloc as pa
 from memdesc.mm.gfp import MIGRATE_TYPES
 from memdesc.mm.mmzone import NR_PAGE_ORDERS, Machine
 from memdesc.mm.start_state import set_start_state
-from memdesc.mm.vmstat import STAT_INTERVAL_NS
+from memdesc.mm.vmstat import STAT_INTERVAL_NS, zone_managed_pages
 from memdesc.stages import Stage, variant_name
 
 MODES = ("placement", "policy")
@@ -336,8 +342,9 @@ def setup_stage(inp: ReplayInput, stage: Stage, buffer: np.ndarray | None = None
 def _free_mt(mm: pa.MemMap) -> np.ndarray:
     nz = int(mm.S[pa.C_NZ])
     out = np.zeros((nz, MIGRATE_TYPES, NR_PAGE_ORDERS), np.int64)
+    managed = zone_managed_pages(mm)
     for gz in range(nz):
-        if mm.zs[gz, pa.Z_MANAGED] and not pa.pagetypeinfo_free_nb(mm.mem, mm.S, gz, out[gz]):
+        if managed[gz] and not pa.pagetypeinfo_free_nb(mm.mem, mm.S, gz, out[gz]):
             raise pa.VMBug(f"zone {gz}: a free list of the emulated memory is corrupt "
                            f"(stage {variant_name(mm.stage)})")
     return out
@@ -389,7 +396,7 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     nr_free = np.zeros((ns, nz, NR_PAGE_ORDERS), np.int64)
     pcp = np.zeros((ns, nz), np.int64)
     units_s = np.zeros((ns, NCLS, NR_UNIT_ORDERS), np.int64)
-    mism = np.zeros((len(MISMATCHES), 3), np.int64)
+    mism = np.zeros((len(MISMATCHES), MISM_LAST + 1), np.int64)
     # the emulator's pfn per trace allocation: policy mode only
     emu = np.full(len(ops) if mode == "policy" else 0, -1, np.int64)
     nxt = 0
@@ -403,8 +410,8 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     bounds, check_at = _boundaries(inp, block)
     t_ops = ops.time if ops.time is not None else np.zeros(len(ops), np.int64)
     first_t = int(t_ops[0]) if len(t_ops) else 0
-    vm = np.array([first_t + STAT_INTERVAL_NS if vmstat and mode == "policy" else -1, 0, 0],
-                  np.int64)
+    vm = np.zeros(VM_INTERVALS + 1, np.int64)
+    vm[VM_NEXT] = first_t + STAT_INTERVAL_NS if vmstat and mode == "policy" else -1
     at_checks: list[dict | None] = [None] * len(check_at)
     t1 = time.monotonic()
     sizer = _LogSizer(mm, int(getattr(access_sink, "log_capacity", 0) or 0), block) \
@@ -414,7 +421,7 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
         for j, c in enumerate(check_at):
             if c == lo and at_checks[j] is None:
                 at_checks[j] = {"free_mt": _free_mt(mm), "counters": dict(zip(
-                    MISMATCHES, mism[:, 0].tolist(), strict=True))}
+                    MISMATCHES, mism[:, MISM_COUNT].tolist(), strict=True))}
         if mode == "placement":
             loop, mid, post = _placement_loop, (
                 ops.kind, ops.pfn, ops.order, ops.mt, ops.cpu, ops.cls, ops.evidx,
@@ -448,12 +455,12 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     if arena is not None and arena.slab is not None:
         start["slab"] = arena.slab.summary()
     if mode == "policy":
-        start["vmstat"] = {"decay_pcp_high": bool(vmstat), "intervals": int(vm[2]),
-                           "pages_freed_by_decay": int(vm[1])}
-    where = {name: (int(ops.evidx[mism[j, 1]]), int(ops.evidx[mism[j, 2]]))
-             for j, name in enumerate(MISMATCHES) if mism[j, 0]}
+        start["vmstat"] = {"decay_pcp_high": bool(vmstat), "intervals": int(vm[VM_INTERVALS]),
+                           "pages_freed_by_decay": int(vm[VM_FREED])}
+    where = {name: (int(ops.evidx[mism[j, MISM_FIRST]]), int(ops.evidx[mism[j, MISM_LAST]]))
+             for j, name in enumerate(MISMATCHES) if mism[j, MISM_COUNT]}
     return StageRun(stage, mode, seconds, setup, spos, nr_free, pcp, units_s,
-                    {name: int(v) for name, v in zip(MISMATCHES, mism[:, 0], strict=True)},
+                    {name: int(v) for name, v in zip(MISMATCHES, mism[:, MISM_COUNT], strict=True)},
                     start, pa.buddyinfo(mm), digest, where, mm if keep_memmap else None,
                     [c or {} for c in at_checks], ft.walk_stats(mm.S))
 

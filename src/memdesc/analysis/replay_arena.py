@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from memdesc.mm.access_core import C_ACC
+from memdesc.mm.access import share_accounting
 
 #: bytes a folio descriptor takes at most (folio_large, memdesc.mm.folio.FOLIO_LARGE_PATH)
 DESC_BYTES = 128
@@ -101,7 +101,7 @@ class StageArena:
         """Record the arena's accesses in ``mm``'s accounting (memdesc.mm.access), inside
         the replay's operations."""
         if self.arena is not None:
-            self.arena.mm.S[C_ACC] = mm.S[C_ACC]
+            share_accounting(self.arena.mm, mm)
 
     def live_descriptors(self) -> int:
         """Folio descriptors allocated in the arena and not freed (0 without an arena or at

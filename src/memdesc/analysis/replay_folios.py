@@ -3,11 +3,13 @@ class file/anon, memdesc.analysis.trace_types) become folios, as the kernel's
 filemap_alloc_folio()/vma_alloc_folio() -> folio_alloc() and lru_add() make them, and are
 released as __folio_put() releases them.
 
-At every stage (mm/ code, memdesc.mm.folio and memdesc.mm.slub):
+At every stage (mm/ code: memdesc.mm.folio.folio_alloc_lru_nb(), folio_put_last_nb(),
+folio_lru_from_pages_nb(), on the two environments; this module makes only the replay's
+choices: which units are folios, the class's memdesc type, the arena's size):
 
 * ``folio_alloc``: from ``dynamic`` on the descriptor first (``kmem_cache_alloc()`` from the
   "folio" / "folio_large" descriptor cache, the caller's gfp), then the pages; if the pages
-  fail, the descriptor goes back (memdesc.mm.folio._folio_alloc()); ``desc | File/Anon`` into
+  fail, the descriptor goes back; ``desc | File/Anon`` into
   the memdesc word of every page (alloc_page_desc()) and the descriptor's fields
   (folio._init_desc()). At the overlay stages a __GFP_COMP allocation whose head struct page
   is the folio. Then folio_add_lru(): PG_lru in folio->flags (the head struct page's flags at
@@ -50,29 +52,13 @@ from memdesc.analysis.census import CLASS_INDEX
 from memdesc.analysis.replay_ops import ST_SNAP
 from memdesc.analysis.trace_types import CLASS_NAMES
 from memdesc.mm import gfp as _gfp
-from memdesc.mm import page_alloc as pa
-from memdesc.mm.access_core import OP_FOLIO_ALLOC, OP_FOLIO_PUT, op_begin, op_end
 from memdesc.mm.folio import (
-    __page_cache_release,
-    _init_desc,
-    folio_add_lru,
-    page_folio,
-)
-from memdesc.mm.kmem import VMEMMAP_START
-from memdesc.mm.memdesc_alloc import (
-    E_MEM,
-    E_S,
-    E_SP,
-    SP_C_FOLIO,
-    SP_C_FOLIO_LARGE,
-    SP_DYNAMIC,
-    SP_PAGE_BYTES,
-    SP_T_ANON,
-    SP_T_FILE,
+    folio_alloc_lru_nb,
+    folio_lru_from_pages_nb,
+    folio_put_last_nb,
+    folio_release_desc_nb,
 )
 from memdesc.mm.mmzone import MAX_PAGE_ORDER
-from memdesc.mm.slab import _GROW
-from memdesc.mm.slub import _alloc_obj, kmem_cache_free_one_nb
 from memdesc.stages import DESCRIPTOR_TYPES
 
 CLS_FILE = CLASS_INDEX["file"]
@@ -93,69 +79,18 @@ def is_folio_class(c):
 
 
 @njit(cache=True)
-def _desc_alloc(AE, gfpflags, order):
-    """folio_alloc()'s first step from ``dynamic`` on: kmem_cache_alloc() of the descriptor
-    from the arena's "folio" (order 0) or "folio_large" cache."""
-    asp = AE[E_SP]
-    desc = _alloc_obj(AE, asp[SP_C_FOLIO] if order == 0 else asp[SP_C_FOLIO_LARGE],
-                      gfpflags, 0)
-    if desc == _GROW:
-        raise AssertionError("replay descriptor arena: kernel memory store full")
-    if desc == 0:
-        raise AssertionError("replay descriptor arena: out of memory")
-    return desc
-
-
-@njit(cache=True)
-def _folio_prep(HE, q, order, cls, desc):
-    """The allocated pages [q, q + 2^order) become the folio: from ``dynamic`` on ``desc |
-    File/Anon`` in every memdesc word (alloc_page_desc()) and the descriptor's fields
-    (folio._init_desc()); the head struct page at the overlay stages. Then folio_add_lru().
-    A shmem unit is a File folio (the tmpfs mapping's page cache)."""
-    mem, S, sp = HE[E_MEM], HE[E_S], HE[E_SP]
-    if sp[SP_DYNAMIC]:
-        t = sp[SP_T_ANON] if cls == CLS_ANON else sp[SP_T_FILE]
-        pa.set_memdesc_nb(mem, S, q, order, desc | np.uint64(t))
-        _init_desc(HE, desc, q, order)
-        folio = desc
-    else:
-        folio = np.uint64(VMEMMAP_START) + np.uint64(q) * np.uint64(sp[SP_PAGE_BYTES])
-    folio_add_lru(HE, folio)
-
-
-@njit(cache=True)
 def replay_folio_alloc(HE, AE, gfpflags, order, cpu, cls):
-    """folio_alloc() + folio_add_lru() of a file/anon unit (module doc); the PFN or -1.
-    ``HE``: the replayed memory with the arena's kernel memory; ``AE``: the arena. One
-    counted folio_alloc operation."""
-    mem, S, sp = HE[E_MEM], HE[E_S], HE[E_SP]
-    dyn = sp[SP_DYNAMIC]
-    op_begin(S, OP_FOLIO_ALLOC)
-    desc = np.uint64(0)
-    if dyn:
-        desc = _desc_alloc(AE, gfpflags, order)
-    q = pa.alloc_pages_nb(mem, S, gfpflags | _gfp.__GFP_COMP, order, 0, cpu)
-    if q < 0:
-        if dyn:
-            kmem_cache_free_one_nb(AE, desc)
-        op_end(S)
-        return q
-    _folio_prep(HE, q, order, cls, desc)
-    op_end(S)
-    return q
+    """The trace's allocation of a file/anon unit: memdesc.mm.folio.folio_alloc_lru_nb()
+    (folio_alloc() + folio_add_lru()) with the Anon type for class anon, File otherwise (a
+    shmem unit is a File folio). The PFN or -1; one counted folio_alloc operation."""
+    return folio_alloc_lru_nb(HE, AE, gfpflags, order, cpu, cls == CLS_ANON)
 
 
 @njit(cache=True)
 def replay_folio_put(HE, AE, pfn, order, cpu):
-    """The last folio_put() of the folio at ``pfn`` (module doc). One counted folio_put."""
-    mem, S = HE[E_MEM], HE[E_S]
-    op_begin(S, OP_FOLIO_PUT)
-    folio = page_folio(HE, pfn)
-    __page_cache_release(HE, folio)
-    pa.free_pages_nb(mem, S, pfn, order, cpu)
-    if HE[E_SP][SP_DYNAMIC] and not kmem_cache_free_one_nb(AE, folio):
-        raise AssertionError("replay folio_put: descriptor not a slab object")
-    op_end(S)
+    """The trace's free of a folio: its last folio_put() (memdesc.mm.folio.folio_put_last_nb()).
+    One counted folio_put operation."""
+    folio_put_last_nb(HE, AE, pfn, order, cpu)
 
 
 @njit(cache=True)
@@ -178,15 +113,13 @@ def replay_start_folios(HE, AE, unit_pfn, managed, st, ucls, uord):
     ``desc | File/Anon`` in every memdesc word and the descriptor's fields, then PG_lru
     (__folio_set_lru()). No operation is counted (the caller runs this before accounting
     starts). Returns the folios made."""
-    dyn = HE[E_SP][SP_DYNAMIC]
     n = 0
     for i in range(unit_pfn.shape[0]):
         p = unit_pfn[i]
         if not managed[p] or st[p] != ST_SNAP or not is_start_folio(ucls, uord, p):
             continue
         o = np.int64(uord[p])
-        desc = _desc_alloc(AE, _gfp.GFP_HIGHUSER_MOVABLE, o) if dyn else np.uint64(0)
-        _folio_prep(HE, p, o, ucls[p], desc)
+        folio_lru_from_pages_nb(HE, AE, _gfp.GFP_HIGHUSER_MOVABLE, p, o, ucls[p] == CLS_ANON)
         n += 1
     return n
 
@@ -202,10 +135,7 @@ def release_start_folios_in(HE, AE, st, ucls, uord, q, order):
     for r in range(q + 1, q + (np.int64(1) << order)):
         if st[r] != ST_SNAP or not is_start_folio(ucls, uord, r):
             continue
-        folio = page_folio(HE, r)
-        __page_cache_release(HE, folio)
-        if HE[E_SP][SP_DYNAMIC] and not kmem_cache_free_one_nb(AE, folio):
-            raise AssertionError("replay start folio: descriptor not a slab object")
+        folio_release_desc_nb(HE, AE, r)
         n += 1
     return n
 

@@ -7,13 +7,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
 from memdesc.analysis import trace_types as tt
 from memdesc.errors import InputError
-from memdesc.ingest.trace_events import Trace
+from memdesc.ingest.trace_events import EVENT_NAMES, Trace
 from memdesc.mm.mmzone import MAX_PAGE_ORDER
 
 # ---- operations -----------------------------------------------------------------------------
@@ -102,6 +103,15 @@ _CHUNK = re.compile(r"^(FIXTURE|memdesc) snapshot .*?chunk start_pfn=0x([0-9a-fA
                     r"npfn=(\d+)")
 
 
+class _ChunkMark(NamedTuple):
+    """One pre-snapshot chunk marker of the trace (_CHUNK)."""
+
+    style: str          # "FIXTURE" (written before the read) or "memdesc" (after)
+    start_pfn: int
+    npfn: int
+    index: int          # the marker's event index
+
+
 def _steps(tr: Trace, snapshot_dir: Path | None) -> dict[str, int]:
     """meta.json capture steps (CLOCK_MONOTONIC ns) as event indices, when the trace clock is
     the same clock (the steps fall inside the trace)."""
@@ -132,16 +142,16 @@ def snapshot_gates(tr: Trace, snapshot_dir: Path | None = None) -> ChunkGates:
     for i, text in enumerate(texts):
         m = _CHUNK.match(text)
         if m:
-            rows.append((m[1], int(m[2], 16), int(m[3]), int(index[i])))
+            rows.append(_ChunkMark(m[1], int(m[2], 16), int(m[3]), int(index[i])))
     kpage_end = steps.get("kpage_end", steps.get("after_read_begin"))
     if not rows:
         gate = kpage_end if kpage_end is not None else 0
         return ChunkGates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
                           gate, "steps" if kpage_end is not None else "none", steps)
-    style = rows[0][0]
-    starts = np.array([r[1] for r in rows], np.int64)
-    sizes = np.array([r[2] for r in rows], np.int64)
-    marks = np.array([r[3] for r in rows], np.int64)
+    style = rows[0].style
+    starts = np.array([r.start_pfn for r in rows], np.int64)
+    sizes = np.array([r.npfn for r in rows], np.int64)
+    marks = np.array([r.index for r in rows], np.int64)
     if style == "FIXTURE":          # marker written just before the chunk is read
         gate = marks
         how = "fixture-before-read"
@@ -185,11 +195,22 @@ class ReplayOps:
         return len(self.kind)
 
 
+#: slots of _pair_ops()'s ``stats``: frees of trace allocations, frees of older allocations,
+#: frees whose order differs from the allocation's, allocations still live at the end
+PAIR_FREES_OF_TRACE, PAIR_FREES_OF_OLDER, PAIR_ORDER_DIFFERS, PAIR_LIVE_AT_END = 0, 1, 2, 3
+NR_PAIR_STATS = 4
+#: page-event codes of the trace (memdesc.ingest.trace_events.EVENT_NAMES)
+EV_PAGE_ALLOC = EVENT_NAMES.index("mm_page_alloc")
+EV_PAGE_FREE = EVENT_NAMES.index("mm_page_free")
+EV_PAGE_FREE_BATCHED = EVENT_NAMES.index("mm_page_free_batched")
+EV_PAGE_ZONE_LOCKED = EVENT_NAMES.index("mm_page_alloc_zone_locked")
+EV_PCPU_DRAIN = EVENT_NAMES.index("mm_page_pcpu_drain")
+
+
 @njit(cache=True, nogil=True)
 def _pair_ops(kind, pfn, order, applies, npfn, pair, first, stats):
-    """Pair frees with allocations by head PFN (stats: 0 frees of trace allocations, 1 frees
-    of older allocations, 2 order mismatches, 3 allocations still live at the end) and mark
-    the first applied op of each PFN."""
+    """Pair frees with allocations by head PFN (``stats`` by the PAIR_* slots) and mark the
+    first applied op of each PFN."""
     head = np.full(npfn, -1, np.int64)
     seen = np.zeros(npfn, np.uint8)
     for i in range(kind.shape[0]):
@@ -200,21 +221,21 @@ def _pair_ops(kind, pfn, order, applies, npfn, pair, first, stats):
             first[i] = 1
             seen[p] = 1
         k = kind[i]
-        if k == 0:
+        if k == OP_ALLOC:
             head[p] = i
-        elif k == 1:
+        elif k == OP_FREE:
             j = head[p]
             pair[i] = j
             if j >= 0:
-                stats[0] += 1
+                stats[PAIR_FREES_OF_TRACE] += 1
                 if order[j] != order[i]:
-                    stats[2] += 1
+                    stats[PAIR_ORDER_DIFFERS] += 1
                 head[p] = -1
             else:
-                stats[1] += 1
+                stats[PAIR_FREES_OF_OLDER] += 1
     for p in range(npfn):
         if head[p] >= 0:
-            stats[3] += 1
+            stats[PAIR_LIVE_AT_END] += 1
 
 
 def prepare_ops(tr: Trace, types: tt.TypeInference, gates: ChunkGates) -> ReplayOps:
@@ -222,10 +243,11 @@ def prepare_ops(tr: Trace, types: tt.TypeInference, gates: ChunkGates) -> Replay
     ev = tr.events
     e = ev["event"]
     pfn = ev["pfn"]
-    alloc = (e == 0) & (pfn >= 0)
-    free = ((e == 1) | ((e == 2) & ~ev["dup_of_prev_free"])) & (pfn >= 0)
-    take = (e == 3) & (pfn >= 0)
-    drain = (e == 4) & (pfn >= 0)
+    batched = e == EV_PAGE_FREE_BATCHED
+    alloc = (e == EV_PAGE_ALLOC) & (pfn >= 0)
+    free = ((e == EV_PAGE_FREE) | (batched & ~ev["dup_of_prev_free"])) & (pfn >= 0)
+    take = (e == EV_PAGE_ZONE_LOCKED) & (pfn >= 0)
+    drain = (e == EV_PCPU_DRAIN) & (pfn >= 0)
     sel = alloc | free | take | drain
     idx = np.nonzero(sel)[0]
     kind = np.select([alloc[idx], free[idx], take[idx]], [OP_ALLOC, OP_FREE, OP_TAKE],
@@ -236,7 +258,7 @@ def prepare_ops(tr: Trace, types: tt.TypeInference, gates: ChunkGates) -> Replay
     n = len(idx)
     pair = np.full(n, -1, np.int64)
     first = np.zeros(n, np.uint8)
-    stats = np.zeros(4, np.int64)
+    stats = np.zeros(NR_PAIR_STATS, np.int64)
     npfn = int(opfn.max(initial=-1)) + 1
     _pair_ops(kind, opfn, order, applies, npfn, pair, first, stats)
     bad_order = int(((order < 0) | (order > MAX_PAGE_ORDER)).sum())
@@ -249,11 +271,12 @@ def prepare_ops(tr: Trace, types: tt.TypeInference, gates: ChunkGates) -> Replay
         ev["gfp"][idx].astype(np.int64), types.cls[idx].astype(np.int8), idx.astype(np.int64),
         ev["percpu_refill"][idx], applies, pair, first, len(e),
         {"ops": counts, "applied": int(applies.sum()), "before_snapshot": int((~applies).sum()),
-         "free_batched_dups_skipped": int(((e == 2) & ev["dup_of_prev_free"]).sum()),
-         "free_batched_orphans": int(((e == 2) & ~ev["dup_of_prev_free"]).sum()),
-         "failed_allocs_skipped": int(((e == 0) & (pfn < 0)).sum()),
+         "free_batched_dups_skipped": int((batched & ev["dup_of_prev_free"]).sum()),
+         "free_batched_orphans": int((batched & ~ev["dup_of_prev_free"]).sum()),
+         "failed_allocs_skipped": int(((e == EV_PAGE_ALLOC) & (pfn < 0)).sum()),
          "take_refill": int(((kind == OP_TAKE) & (ev["percpu_refill"][idx] == 1)).sum()),
-         "frees_of_trace_allocs": int(stats[0]), "frees_of_older_allocs": int(stats[1]),
-         "free_order_differs_from_alloc": int(stats[2]),
-         "allocs_live_at_end": int(stats[3])}, ev["time"][idx].astype(np.int64))
+         "frees_of_trace_allocs": int(stats[PAIR_FREES_OF_TRACE]),
+         "frees_of_older_allocs": int(stats[PAIR_FREES_OF_OLDER]),
+         "free_order_differs_from_alloc": int(stats[PAIR_ORDER_DIFFERS]),
+         "allocs_live_at_end": int(stats[PAIR_LIVE_AT_END])}, ev["time"][idx].astype(np.int64))
 

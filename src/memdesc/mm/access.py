@@ -229,6 +229,17 @@ def disable(k) -> None:
     mm.access_block = None
 
 
+def share_accounting(dst, src) -> None:
+    """Record ``dst``'s accesses into ``src``'s accounting (each a Kernel or a MemMap): the
+    accounting word of ``dst`` (``S[C_ACC]``) points at ``src``'s block, so ``dst``'s
+    accesses land in ``src``'s counters and log, inside ``src``'s operations; with ``src``'s
+    accounting off, ``dst``'s is off too. [I: the kernel has one accounting per machine; two
+    emulated kernels make one machine's memory (the replay's descriptor arena,
+    memdesc.analysis.replay_arena).] ``dst`` keeps no block of its own: enable(),
+    counters() and drain() belong to ``src``."""
+    _memmap(dst).S[core.C_ACC] = _memmap(src).S[core.C_ACC]
+
+
 def enabled(k) -> bool:
     return bool(_memmap(k).S[core.C_ACC] != 0)
 

@@ -68,9 +68,10 @@ from memdesc.mm.memdesc_alloc import (
 )
 from memdesc.mm.mm_types import FOLIO_PATH_2025, FOLIO_V6_18, PG_head, PG_lru
 from memdesc.mm.mmzone import NR_ZONES
+from memdesc.mm.page_alloc import alloc_pages_nb, free_pages_nb, set_memdesc_nb
 from memdesc.mm.page_desc import desc_then_pages_nb
 from memdesc.mm.slab import _GROW
-from memdesc.mm.slub import kmem_cache_free_one_nb
+from memdesc.mm.slub import _alloc_obj, kmem_cache_free_one_nb
 from memdesc.stages import _layout
 
 #: Large-folio part of the dynamic folio: the 6.18 members of __page_1/__page_2 a large folio
@@ -424,6 +425,122 @@ def folio_put_bulk_nb(E, folios):
     for i in range(folios.shape[0]):
         if folios[i] != 0:
             folio_put_refs(E, folios[i], 1)
+
+
+# ---- folios whose descriptors another kernel's slab serves (two environments) ---------------
+# ``HE`` holds the pages (and, with the arena's kernel memory borrowed, reads the descriptors);
+# ``AE`` is the kernel-memory arena whose "folio"/"folio_large" caches serve the descriptors.
+# Departure [I]: the kernel takes the descriptors' slab pages from the same buddy allocator;
+# here they come from AE so that the pages' placement in HE is the same at every stage (the
+# policy replay, memdesc.analysis.replay_folios). With HE is AE it is the kernel's own path.
+
+@njit(cache=True)
+def _folio_desc_alloc(AE, gfpflags, order):
+    """folio_alloc()'s first step from ``dynamic`` on [S: FolioAlloc]: kmem_cache_alloc() of
+    the descriptor from AE's "folio" (order 0) or "folio_large" cache with the caller's gfp.
+    A full kernel-memory store or a failed slab page is an error (AE is sized beforehand)."""
+    asp = AE[E_SP]
+    desc = _alloc_obj(AE, asp[SP_C_FOLIO] if order == 0 else asp[SP_C_FOLIO_LARGE],
+                      gfpflags, 0)
+    if desc == _GROW:
+        raise AssertionError("folio descriptor arena: kernel memory store full")
+    if desc == 0:
+        raise AssertionError("folio descriptor arena: out of memory")
+    return desc
+
+
+@njit(cache=True)
+def _folio_lru_prep(HE, pfn, order, anon, desc):
+    """The pages [pfn, pfn + 2^order), allocated with __GFP_COMP, become a folio on the LRU:
+    from ``dynamic`` on ``desc | File/Anon`` into every memdesc word (alloc_page_desc()'s
+    last step) and the descriptor's fields (_init_desc()); at the overlay stages the head
+    struct page is the folio (prep_compound_page() done by the page allocator). Then
+    folio_add_lru() [S: mm/swap.c]. ``anon``: the Anon memdesc type, else File (shmem is a
+    File folio: the tmpfs mapping's page cache). Returns the folio."""
+    mem, S, sp = HE[E_MEM], HE[E_S], HE[E_SP]
+    if sp[SP_DYNAMIC]:
+        t = sp[SP_T_ANON] if anon else sp[SP_T_FILE]
+        set_memdesc_nb(mem, S, pfn, order, desc | np.uint64(t))
+        _init_desc(HE, desc, pfn, order)
+        folio = desc
+    else:
+        folio = np.uint64(VMEMMAP_START) + np.uint64(pfn) * np.uint64(sp[SP_PAGE_BYTES])
+    folio_add_lru(HE, folio)
+    return folio
+
+
+@njit(cache=True)
+def folio_alloc_lru_nb(HE, AE, gfpflags, order, cpu, anon):
+    """Mirrors filemap_alloc_folio() / vma_alloc_folio() -> folio_alloc() [mm/filemap.c,
+    mm/mempolicy.c], then folio_add_lru() [mm/swap.c]: from ``dynamic`` on the descriptor
+    first (_folio_desc_alloc() from AE), then the pages on ``cpu``'s pcp (__GFP_COMP); if
+    the pages fail the descriptor goes back (kmem_cache_free()); then _folio_lru_prep().
+    Returns the head PFN, or -1. One counted folio_alloc operation. Departure: the two
+    environments (section comment)."""
+    mem, S = HE[E_MEM], HE[E_S]
+    dyn = HE[E_SP][SP_DYNAMIC]
+    op_begin(S, OP_FOLIO_ALLOC)
+    desc = np.uint64(0)
+    if dyn:
+        desc = _folio_desc_alloc(AE, gfpflags, order)
+    pfn = alloc_pages_nb(mem, S, gfpflags | _gfp.__GFP_COMP, order, 0, cpu)
+    if pfn < 0:
+        if dyn:
+            kmem_cache_free_one_nb(AE, desc)
+        op_end(S)
+        return pfn
+    _folio_lru_prep(HE, pfn, order, anon, desc)
+    op_end(S)
+    return pfn
+
+
+@njit(cache=True)
+def folio_lru_from_pages_nb(HE, AE, gfpflags, pfn, order, anon):
+    """Pages [pfn, pfn + 2^order) already allocated as __GFP_COMP (prep_new_page(),
+    prep_compound_page() when order > 0) become the folio folio_alloc_lru_nb() would have
+    left there: from ``dynamic`` on the descriptor from AE (kmem_cache_alloc(), ``gfpflags``),
+    then the memdesc words, the descriptor's fields and folio_add_lru() (_folio_lru_prep()).
+    No operation is counted. Returns the folio. Departure: the two environments (section
+    comment), and the descriptor after the pages (folio_alloc() takes it first)."""
+    desc = np.uint64(0)
+    if HE[E_SP][SP_DYNAMIC]:
+        desc = _folio_desc_alloc(AE, gfpflags, order)
+    return _folio_lru_prep(HE, pfn, order, anon, desc)
+
+
+@njit(cache=True)
+def _folio_desc_free(HE, AE, folio):
+    """__folio_put()'s last step from ``dynamic`` on: the descriptor back to AE's cache."""
+    if HE[E_SP][SP_DYNAMIC] and not kmem_cache_free_one_nb(AE, folio):
+        raise AssertionError("folio_put: descriptor not a slab object")
+
+
+@njit(cache=True)
+def folio_release_desc_nb(HE, AE, pfn):
+    """The folio of the page at ``pfn`` (page_folio()) leaves the LRU (__page_cache_release())
+    and, from ``dynamic`` on, its descriptor goes back to AE's cache: __folio_put() without
+    freeing the pages (the caller frees them). Returns the folio."""
+    folio = page_folio(HE, pfn)
+    __page_cache_release(HE, folio)
+    _folio_desc_free(HE, AE, folio)
+    return folio
+
+
+@njit(cache=True)
+def folio_put_last_nb(HE, AE, pfn, order, cpu):
+    """Mirrors the last folio_put() -> __folio_put() [mm/swap.c] of the folio at ``pfn`` of
+    ``order``: page_folio(), __page_cache_release() (PG_lru cleared), the pages freed on
+    ``cpu``'s pcp, then (``dynamic`` on) the descriptor back to AE's cache (no page refers to
+    it any more). One counted folio_put operation. Departure: the two environments (section
+    comment); the pages are freed before the descriptor as in __folio_put(), both here at
+    once."""
+    mem, S = HE[E_MEM], HE[E_S]
+    op_begin(S, OP_FOLIO_PUT)
+    folio = page_folio(HE, pfn)
+    __page_cache_release(HE, folio)
+    free_pages_nb(mem, S, pfn, order, cpu)
+    _folio_desc_free(HE, AE, folio)
+    op_end(S)
 
 
 def folio_alloc_bulk(kernel, gfpflags: int, order: int, n: int, kind: str = "File"):

@@ -207,6 +207,12 @@ def zone_free_pages(mm: MemMap) -> np.ndarray:
     return mm.zs[:, Z_FREE].copy()
 
 
+def zone_managed_pages(mm: MemMap) -> np.ndarray:
+    """Mirrors zone_managed_pages() [include/linux/mmzone.h] per zone (zones indexed
+    nid*4 + type): the pages the buddy allocator manages (0: an empty or absent zone)."""
+    return mm.zs[:, Z_MANAGED].copy()
+
+
 def pcp_count(mm: MemMap) -> np.ndarray:
     """Pages on pcp lists per zone (summed over CPUs)."""
     return mm.pcp[:, :, P_COUNT].sum(axis=1)
