@@ -415,7 +415,7 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
     at_checks: list[dict | None] = [None] * len(check_at)
     t1 = time.monotonic()
     sizer = _LogSizer(mm, int(getattr(access_sink, "log_capacity", 0) or 0), block) \
-        if access_sink is not None else None
+        if access_sink is not None and access.enabled(mm) else None
     for lo, end in zip(bounds[:-1].tolist() + [len(ops)], bounds[1:].tolist() + [len(ops)],
                        strict=True):
         for j, c in enumerate(check_at):
@@ -441,8 +441,9 @@ def replay_stage(inp: ReplayInput, stage: Stage, mode: str = "placement",
                                   emu if mode == "policy" else None)
             if progress:
                 progress(hi - lo)
-            if access_sink is not None:
+            if sizer is not None:
                 sizer.measured(hi - lo)
+            if access_sink is not None:
                 access_sink(stage.id, mm)
             lo = hi
     while nxt < ns:                                   # samples at or past the last op

@@ -306,8 +306,12 @@ def attach_sink(k, sink, block: int) -> int:
     ``access_sink`` of analysis.replay.replay() and analysis.scenario.run_stage()). The sink's
     optional ``log_capacity`` attribute sizes the log (0 or absent: counters only); with a
     log, a replay's blocks shrink to ``log_capacity // ACCESSES_PER_OP`` operations so a
-    block's accesses fit. Returns the block size to use."""
+    block's accesses fit. A sink whose ``counting`` attribute is False leaves accounting off:
+    the run does the accounted run's work (a replay's side operations) uncounted, the
+    baseline the access bench compares against. Returns the block size to use."""
     cap = int(getattr(sink, "log_capacity", 0) or 0)
+    if getattr(sink, "counting", True) is False:
+        return block
     enable(k, cap)
     if cap and block:
         return max(1, min(block, cap // ACCESSES_PER_OP))
