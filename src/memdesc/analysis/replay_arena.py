@@ -63,6 +63,19 @@ def _unbooted(mm, contents) -> tuple:
                      np.zeros(ST_WORDS, np.int64)).E
 
 
+def arena_kernel(ram: str, stage):
+    """A kernel-memory arena: a Kernel of ``ram`` (a Machine spec size, "48M") at ``stage``,
+    one CPU, no debug checks, its kernel-memory store grown to all its memory at once (the
+    environments over it keep its arrays: never grown again)."""
+    from memdesc.mm.mm_init import Kernel
+    from memdesc.mm.mmzone import Machine
+
+    k = Kernel(Machine.from_spec(ram, nr_cpus=1), stage, debug=False)
+    k.contents.grow(k.mm.nr_pfns)
+    k.slub._rebuild()
+    return k
+
+
 class StageArena:
     """The environments of one stage's replay: ``HE`` (the replayed memory, its kernel
     memory the arena's) and ``AE`` (the arena's; ``HE`` again when there is no arena).
@@ -80,14 +93,9 @@ class StageArena:
         self.arena = None
         self.slab = None
         if (folios and mm.stage.dynamic) or slab is not None:
-            from memdesc.mm.mm_init import Kernel
-            from memdesc.mm.mmzone import Machine
-
             size = arena_bytes(peak_folios if folios else 0,
                                slab.peak_bytes if slab is not None else 0)
-            k = Kernel(Machine.from_spec(f"{size >> 20}M", nr_cpus=1), mm.stage, debug=False)
-            k.contents.grow(k.mm.nr_pfns)         # never grown again: HE keeps its arrays
-            k.slub._rebuild()
+            k = arena_kernel(f"{size >> 20}M", mm.stage)
             self.arena = k
             if slab is not None:                 # caches first: they rebuild the arena's E
                 self.slab = slab.start(k)

@@ -50,10 +50,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from memdesc.analysis.replay_arena import arena_kernel
 from memdesc.errors import MemdescError
 from memdesc.ingest.trace_events import EVENT_CODE, Trace
+from memdesc.mm import access
 from memdesc.mm import gfp as _gfp
-from memdesc.mm.access_core import C_ACC, OP_PT_WALK
+from memdesc.mm.access_core import OP_PT_WALK
 from memdesc.mm.filemap import PageCache, xa_nodes_needed
 from memdesc.mm.folio import page_folio
 from memdesc.mm.lookups import pagecache_lookup_at_e, pt_walk_te
@@ -227,22 +229,13 @@ def stage_tables(arena, lk, mm):
     the returned tables' ``E`` as their tables' environment."""
     if lk is None or lk.pid is None:
         return None
-    if arena is not None and arena.arena is not None:
-        k = arena.arena
-    else:
-        from memdesc.mm.mm_init import Kernel
-        from memdesc.mm.mmzone import Machine
-
-        k = Kernel(Machine.from_spec(TABLES_ARENA, nr_cpus=1), mm.stage, debug=False)
-        k.contents.grow(k.mm.nr_pfns)
-        k.slub._rebuild()
-        k.mm.S[C_ACC] = 0
-    word = int(mm.S[C_ACC])
-    k.mm.S[C_ACC] = 0
+    k = arena.arena if arena is not None and arena.arena is not None \
+        else arena_kernel(TABLES_ARENA, mm.stage)
+    access.disable(k)                      # built uncounted
     try:
         rt = ReplayTables(k, lk)
     finally:
-        k.mm.S[C_ACC] = word
+        access.share_accounting(k, mm)
     if arena is not None and arena.arena is k:
         arena.AE = k.E
     rt.E = k.E
